@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Side-by-side peer benchmark: Outpost against llama.cpp's own tools
+# (llama-bench, llama-server) on the same GGUF, threads, context and batch
+# settings, with llama.cpp built at the same instruction-set level as Outpost
+# (build-llama-cpp.sh). Prints one Markdown table of ratios measured in this
+# run and writes it to benches/peer/results.md. See benches/peer/README.md.
+#
+# Usage: bash benches/peer/run.sh [--peer-only]
+#   --peer-only   measure only the llama.cpp side (to check the harness)
+# Environment:
+#   OUTPOST_MODEL  GGUF to load (default: $MODEL_DEFAULT below)
+#   OUTPOST_BIN    outpost binary to use instead of `cargo build --release`
+#   PEER_THREADS   threads for every run (default 2)
+#   PEER_ROUNDS    concurrent-chat rounds (default 10)
+#   PEER_PORT      local port the servers listen on, one at a time (default 18091)
+#   PEER_ALLOW_BUSY=1  measure even if other work keeps the CPUs busy
+#   PEER_IDLE_TIMEOUT  seconds to wait for quiet CPUs before each step (default 600)
+set -euo pipefail
+
+MODEL_DEFAULT="$HOME/.cache/outpost/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Single-stream settings: llama-bench's defaults, passed explicitly to both.
+readonly N_PROMPT=512 N_GEN=128 REPS=5 BATCH=2048 UBATCH=512 FLASH_ATTN=auto
+# Server settings: 4 slots sharing one total context; both servers split it
+# evenly, 1024 tokens a slot, enough for the ~800-token shared system prompt,
+# the question, the chat template and 64 generated tokens.
+readonly PARALLEL=4 CTX_TOTAL=4096 MAX_TOKENS=64
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$here/../.." && pwd)
+build_dir="$here/build"
+results_dir="$build_dir/results"
+model=${OUTPOST_MODEL:-$MODEL_DEFAULT}
+threads=${PEER_THREADS:-2}
+rounds=${PEER_ROUNDS:-10}
+port=${PEER_PORT:-18091}
+peer_only=false
+
+die() {
+    echo "run.sh: error: $*" >&2
+    exit 1
+}
+
+note() {
+    echo "run.sh: $*" >&2
+}
+
+for arg in "$@"; do
+    case "$arg" in
+        --peer-only) peer_only=true ;;
+        -h | --help)
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+            exit 0
+            ;;
+        *) die "unknown argument '$arg' (try --help)" ;;
+    esac
+done
+
+pidfile="$build_dir/server.pid"
+cleanup() {
+    # load.py stops its server itself; this covers the script being killed.
+    if [[ -f "$pidfile" ]]; then
+        local pid
+        pid=$(cat "$pidfile")
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            sleep 1
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v python3 >/dev/null || die "python3 is required (standard library only)"
+[[ -f "$model" ]] || die "model not found: $model (set OUTPOST_MODEL to a GGUF file)"
+mkdir -p "$results_dir"
+rm -f "$results_dir"/*.json
+notes="$results_dir/interference.txt"
+: >"$notes"
+
+# --- peer tools -------------------------------------------------------------
+llama_bench="$build_dir/bin/llama-bench"
+llama_server="$build_dir/bin/llama-server"
+if [[ ! -x "$llama_bench" || ! -x "$llama_server" ]]; then
+    note "building llama-bench and llama-server (once; cached in $build_dir)"
+    bash "$here/build-llama-cpp.sh"
+fi
+peer_version=$(cat "$build_dir/peer-version.txt" 2>/dev/null || echo "llama.cpp (unknown version)")
+
+# --- outpost ----------------------------------------------------------------
+outpost_bin=""
+if [[ "$peer_only" == false ]]; then
+    if [[ -n "${OUTPOST_BIN:-}" ]]; then
+        outpost_bin=$OUTPOST_BIN
+    else
+        command -v cargo >/dev/null || die "cargo not found on PATH (or set OUTPOST_BIN)"
+        note "building outpost (cargo build --release --bin outpost)"
+        (cd "$repo_root" && cargo build --release --bin outpost) ||
+            die "cargo build --release --bin outpost failed"
+        outpost_bin="${CARGO_TARGET_DIR:-$repo_root/target}/release/outpost"
+    fi
+    [[ -x "$outpost_bin" ]] || die "outpost binary not found or not executable: $outpost_bin"
+    # Each subcommand must exist and know the flags this script passes.
+    for check in "bench --n-prompt" "serve --parallel"; do
+        sub=${check%% *}
+        flag=${check#* }
+        help_out=$("$outpost_bin" "$sub" --help 2>&1) || true
+        if [[ "$help_out" != *"$flag"* ]]; then
+            die "$outpost_bin lacks the '$sub' subcommand (or its $flag flag); '$sub --help' said: ${help_out:0:300}"
+        fi
+    done
+fi
+
+# Outpost's llama.cpp: the tree vendored in the llama-cpp-sys-2 crate it locks.
+sys_version=$(awk '/^name = "llama-cpp-sys-2"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' \
+    "$repo_root/Cargo.lock" 2>/dev/null || true)
+outpost_llama="llama-cpp-sys-2 ${sys_version:-unknown}"
+for sys_tree in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"llama-cpp-sys-2-$sys_version"/llama.cpp; do
+    [[ -f "$sys_tree/CMakeLists.txt" ]] || continue
+    llama_v=$(sed -n 's/^set(LLAMA_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\))$/\2/p' \
+        "$sys_tree/CMakeLists.txt" | paste -sd. -)
+    ggml_v=$(sed -n 's/^set(GGML_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\))$/\2/p' \
+        "$sys_tree/ggml/CMakeLists.txt" | paste -sd. -)
+    outpost_llama="llama.cpp $llama_v (ggml $ggml_v, from $outpost_llama)"
+    break
+done
+
+# Every measurement starts on quiet CPUs: on 2 cores any neighbour (a compiler,
+# the previous server still exiting) distorts the numbers badly.
+quiet() {
+    if [[ "${PEER_ALLOW_BUSY:-0}" == 1 ]]; then
+        return 0
+    fi
+    python3 "$here/load.py" wait-idle --timeout "${PEER_IDLE_TIMEOUT:-600}" ||
+        die "the machine is busy; measurements would be meaningless"
+}
+
+# --- single stream: llama-bench vs outpost bench -----------------------------
+# Two passes in A B B A order, so slow drift in the machine's speed (a VM's
+# neighbours, thermal state) weighs on both sides alike; the table averages
+# the passes.
+run_llama_bench() {
+    local tag=$1
+    quiet
+    note "llama-bench ($tag): pp$N_PROMPT / tg$N_GEN, $REPS repetitions"
+    python3 "$here/load.py" run --name "llama-bench ($tag)" --notes "$notes" -- \
+        "$llama_bench" -m "$model" -t "$threads" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" \
+        -b "$BATCH" -ub "$UBATCH" -fa "$FLASH_ATTN" -o json \
+        >"$results_dir/llama-bench-$tag.json" 2>"$results_dir/llama-bench-$tag.log" ||
+        die "llama-bench failed; see $results_dir/llama-bench-$tag.log"
+}
+
+run_outpost_bench() {
+    local tag=$1
+    [[ -n "$outpost_bin" ]] || return 0
+    quiet
+    note "outpost bench ($tag): pp$N_PROMPT / tg$N_GEN, $REPS repetitions"
+    python3 "$here/load.py" run --name "outpost bench ($tag)" --notes "$notes" -- \
+        "$outpost_bin" bench --model "$model" --threads "$threads" \
+        --n-prompt "$N_PROMPT" --n-gen "$N_GEN" --repetitions "$REPS" \
+        --batch "$BATCH" --ubatch "$UBATCH" --flash-attn "$FLASH_ATTN" --json \
+        >"$results_dir/outpost-bench-$tag.json" 2>"$results_dir/outpost-bench-$tag.log" ||
+        die "outpost bench failed; see $results_dir/outpost-bench-$tag.log"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["tests"]' \
+        "$results_dir/outpost-bench-$tag.json" 2>/dev/null ||
+        die "outpost bench did not print the expected JSON; see $results_dir/outpost-bench-$tag.json"
+}
+
+run_llama_bench 1
+run_outpost_bench 1
+run_outpost_bench 2
+run_llama_bench 2
+
+# --- servers, one at a time ---------------------------------------------------
+# llama-server keeps its per-slot prompt cache (its own prefix reuse); its
+# host-RAM prompt cache is disabled (--cache-ram 0) so both servers hold the
+# prefix only in KV memory.
+serve() {
+    local name=$1
+    shift
+    quiet
+    note "$name: cold start, warm-up, then $rounds rounds of $PARALLEL concurrent chats"
+    python3 "$here/load.py" serve --name "$name" --port "$port" \
+        --rounds "$rounds" --workers "$PARALLEL" --max-tokens "$MAX_TOKENS" \
+        --out "$results_dir/$name.json" --log "$results_dir/$name.log" \
+        --pidfile "$pidfile" --notes "$notes" -- "$@" ||
+        die "$name measurement failed; see $results_dir/$name.log"
+}
+
+serve llama-server "$llama_server" -m "$model" -t "$threads" -np "$PARALLEL" \
+    -c "$CTX_TOTAL" --cache-ram 0 --host 127.0.0.1 --port "$port"
+if [[ -n "$outpost_bin" ]]; then
+    serve outpost-serve "$outpost_bin" serve --model "$model" --threads "$threads" \
+        --parallel "$PARALLEL" --ctx-size "$CTX_TOTAL" --port "$port"
+fi
+
+# --- table ---------------------------------------------------------------------
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+peer_build=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))[0]; print(t["build_commit"])' \
+    "$results_dir/llama-bench-1.json" 2>/dev/null || echo unknown)
+outpost_build=""
+if [[ -f "$results_dir/outpost-bench-1.json" ]]; then
+    outpost_build=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("build", ""))' \
+        "$results_dir/outpost-bench-1.json" 2>/dev/null || true)
+fi
+today=$(date -u +%Y-%m-%d)
+cores=$(nproc)
+header="Outpost vs llama.cpp, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads. \
+Model: $(basename "$model"). Single stream: -p $N_PROMPT -n $N_GEN -r $REPS -b $BATCH -ub $UBATCH -fa $FLASH_ATTN. \
+Servers: $PARALLEL slots, $CTX_TOTAL-token total context ($((CTX_TOTAL / PARALLEL)) a slot), \
+$rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0; \
+llama-server --cache-ram 0. Both built for x86-64-v3 (AVX2/FMA/F16C), OpenMP. \
+Outpost: $outpost_llama${outpost_build:+, build $outpost_build}. \
+Peer: $peer_version; llama-bench reports build_commit $peer_build."
+
+report_args=(--llama-bench "$results_dir/llama-bench-1.json"
+    --llama-bench "$results_dir/llama-bench-2.json"
+    --llama-server "$results_dir/llama-server.json"
+    --n-prompt "$N_PROMPT" --n-gen "$N_GEN" --header "$header" --notes "$notes")
+if [[ -n "$outpost_bin" ]]; then
+    report_args+=(--outpost-bench "$results_dir/outpost-bench-1.json"
+        --outpost-bench "$results_dir/outpost-bench-2.json"
+        --outpost-serve "$results_dir/outpost-serve.json"
+        --out "$here/results.md")
+else
+    report_args+=(--out "$results_dir/results-peer-only.md")
+fi
+python3 "$here/report.py" "${report_args[@]}"
+if [[ -s "$notes" ]]; then
+    die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
+fi

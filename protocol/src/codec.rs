@@ -1,0 +1,495 @@
+//! Wire codec: one protocol-version byte, then the message in bincode.
+//!
+//! ```text
+//! payload = version:u8 ‖ bincode(message)      (standard config: varint, little endian)
+//! ```
+//!
+//! Each topic kind has a size limit ([`limits`]), checked on the whole payload
+//! before anything is decoded and handed to bincode as its allocation limit,
+//! so a length prefix inside a hostile payload cannot make the decoder
+//! allocate more than the limit either. [`decode`] accepts the current version
+//! and the one before ([`ProtocolVersion::OLDEST_SUPPORTED`]) and upgrades old
+//! messages; [`encode_as`] writes either, downgrading where the old shape can
+//! express the message.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::message::command::Command;
+use crate::message::feedback::Feedback;
+use crate::message::state::{DesiredState, ReportedState, Status};
+use crate::message::telemetry::{TelemetryAck, TelemetryBatch};
+use crate::topic::TopicKind;
+use crate::v1;
+
+/// Payload size limits per topic kind, in bytes, version byte included.
+/// Chosen for devices with little memory and links that may be slow: a
+/// publisher checks them in [`encode`] and splits (telemetry) or trims
+/// (failure details) instead of sending what the receiver would refuse.
+pub mod limits {
+    /// `status`: a few ids and numbers.
+    pub const STATUS: usize = 4 * 1024;
+    /// `state/desired`: five artifact refs with URLs up to 2 KiB each, with
+    /// ample room for later fields.
+    pub const DESIRED_STATE: usize = 256 * 1024;
+    /// `state/reported`: the active refs plus failure details.
+    pub const REPORTED_STATE: usize = 256 * 1024;
+    /// `telemetry`: one batch, at most [`crate::MAX_BATCH_EVENTS`] events.
+    pub const TELEMETRY_BATCH: usize = 1024 * 1024;
+    /// `telemetry/ack`: one sequence number.
+    pub const TELEMETRY_ACK: usize = 64;
+    /// `feedback`: one redacted question and answer.
+    pub const FEEDBACK: usize = 64 * 1024;
+    /// `cmd`: one command.
+    pub const COMMAND: usize = 4 * 1024;
+}
+
+/// The payload encodings this crate speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ProtocolVersion {
+    /// The previous version; see [`crate::v1`].
+    V1,
+    /// The current version.
+    V2,
+}
+
+impl ProtocolVersion {
+    /// What [`encode`] writes.
+    pub const CURRENT: Self = Self::V2;
+    /// The oldest version [`decode`] still reads and [`encode_as`] still writes.
+    pub const OLDEST_SUPPORTED: Self = Self::V1;
+
+    /// The prefix byte.
+    pub const fn as_byte(self) -> u8 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+        }
+    }
+
+    /// The version a prefix byte stands for, if this crate speaks it.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            _ => None,
+        }
+    }
+
+    /// The version to use with a peer whose highest version is `peer_max`
+    /// (from its [`Status`]): the highest both speak, `None` if there is none.
+    pub fn negotiate(peer_max: u8) -> Option<Self> {
+        if peer_max >= Self::CURRENT.as_byte() {
+            Some(Self::CURRENT)
+        } else {
+            Self::from_byte(peer_max)
+        }
+    }
+}
+
+/// Why a message could not be written in the asked-for version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DowngradeError {
+    /// The message uses something the older version does not have.
+    #[error("{what} does not exist in protocol v{version}")]
+    Unsupported {
+        /// What the old version lacks, e.g. "the re-report command".
+        what: &'static str,
+        /// The version asked for.
+        version: u8,
+    },
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The payload would exceed its topic's limit; the receiver would drop it.
+    #[error("{topic} payload would be {len} bytes; the limit is {limit}")]
+    TooLarge {
+        /// The message's topic kind.
+        topic: TopicKind,
+        /// The encoded length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The message cannot be expressed in the asked-for version.
+    #[error(transparent)]
+    Downgrade(#[from] DowngradeError),
+    /// bincode refused the value (not expected for this crate's types).
+    #[error("cannot encode {topic} payload: {detail}")]
+    Serialize {
+        /// The message's topic kind.
+        topic: TopicKind,
+        /// bincode's explanation.
+        detail: String,
+    },
+}
+
+/// What is wrong inside a payload whose envelope was fine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// The payload ends in the middle of the message.
+    #[error("the payload ends early")]
+    Truncated,
+    /// Bytes follow the message.
+    #[error("{0} bytes follow the message")]
+    TrailingBytes(usize),
+    /// A length prefix claims more than the size limit.
+    #[error("a length prefix claims more than the size limit")]
+    LengthLimit,
+    /// A value is out of range or breaks a rule of its type (a bad id, an
+    /// unknown enum variant, out-of-order telemetry, ...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a payload could not be decoded. Each variant has a stable
+/// [`kind`](Self::kind) for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload has no bytes, not even the version.
+    #[error("empty payload")]
+    Empty,
+    /// The version byte names a version this crate does not speak.
+    #[error("unknown protocol version {0}")]
+    UnknownVersion(u8),
+    /// The payload is over its topic's limit; nothing was decoded.
+    #[error("{topic} payload is {len} bytes; the limit is {limit}")]
+    TooLarge {
+        /// The topic kind it was decoded as.
+        topic: TopicKind,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The version is known but the message is not valid.
+    #[error("malformed {topic} payload (protocol v{version}): {reason}")]
+    Malformed {
+        /// The topic kind it was decoded as.
+        topic: TopicKind,
+        /// Its version byte.
+        version: u8,
+        /// What is wrong.
+        reason: Malformed,
+    },
+}
+
+impl DecodeError {
+    /// A stable snake_case name for the error, for metrics labels.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::UnknownVersion(_) => "unknown_version",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Malformed { .. } => "malformed",
+        }
+    }
+}
+
+/// Longest bincode detail kept in [`Malformed::Invalid`]; the detail may
+/// quote peer data.
+const MAX_DETAIL: usize = 200;
+
+fn malformed_reason(err: &bincode::error::DecodeError) -> Malformed {
+    use bincode::error::DecodeError as B;
+    match err {
+        B::UnexpectedEnd { .. } => Malformed::Truncated,
+        B::LimitExceeded => Malformed::LengthLimit,
+        other => {
+            let mut detail = other.to_string();
+            if detail.len() > MAX_DETAIL {
+                let mut end = MAX_DETAIL;
+                while !detail.is_char_boundary(end) {
+                    end -= 1;
+                }
+                detail.truncate(end);
+                detail.push('…');
+            }
+            Malformed::Invalid(detail)
+        }
+    }
+}
+
+pub(crate) mod sealed {
+    use super::DowngradeError;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// Version plumbing, private so the set of wire messages stays closed.
+    pub trait Sealed: Sized {
+        /// This message's shape in protocol v1.
+        type V1: Serialize + DeserializeOwned;
+        /// bincode with this message's allocation limit.
+        fn decode_body<D: DeserializeOwned>(
+            body: &[u8],
+        ) -> Result<(D, usize), bincode::error::DecodeError>;
+        /// v1 → current.
+        fn upgrade(old: Self::V1) -> Self;
+        /// current → v1.
+        fn downgrade(&self) -> Result<Self::V1, DowngradeError>;
+    }
+}
+
+/// A message type with a topic kind; the only types [`encode`] and [`decode`]
+/// accept. Sealed: the set of wire messages is this crate's to define.
+pub trait WireMessage: Serialize + DeserializeOwned + sealed::Sealed {
+    /// The topic kind that carries it.
+    const TOPIC: TopicKind;
+    /// Its payload size limit, version byte included.
+    const MAX_LEN: usize;
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+macro_rules! wire_message {
+    ($ty:ty, $topic:expr, $limit:path, v1 = $v1:ty, upgrade = $up:expr, downgrade = $down:expr) => {
+        const _: () = assert!($limit == $topic.max_payload_len());
+
+        impl sealed::Sealed for $ty {
+            type V1 = $v1;
+            fn decode_body<D: DeserializeOwned>(
+                body: &[u8],
+            ) -> Result<(D, usize), bincode::error::DecodeError> {
+                bincode::serde::decode_from_slice(body, config().with_limit::<{ $limit }>())
+            }
+            fn upgrade(old: $v1) -> Self {
+                $up(old)
+            }
+            fn downgrade(&self) -> Result<$v1, DowngradeError> {
+                $down(self)
+            }
+        }
+
+        impl WireMessage for $ty {
+            const TOPIC: TopicKind = $topic;
+            const MAX_LEN: usize = $limit;
+        }
+    };
+}
+
+fn unchanged<T>(message: T) -> T {
+    message
+}
+
+fn cloned<T: Clone>(message: &T) -> Result<T, DowngradeError> {
+    Ok(message.clone())
+}
+
+wire_message!(Status, TopicKind::Status, limits::STATUS,
+    v1 = v1::Status, upgrade = unchanged, downgrade = cloned);
+wire_message!(DesiredState, TopicKind::StateDesired, limits::DESIRED_STATE,
+    v1 = v1::DesiredState, upgrade = DesiredState::from,
+    downgrade = |m: &DesiredState| Ok(v1::DesiredState::from(m)));
+wire_message!(ReportedState, TopicKind::StateReported, limits::REPORTED_STATE,
+    v1 = v1::ReportedState, upgrade = unchanged, downgrade = cloned);
+wire_message!(TelemetryBatch, TopicKind::Telemetry, limits::TELEMETRY_BATCH,
+    v1 = v1::TelemetryBatch, upgrade = v1::upgrade_batch,
+    downgrade = |m: &TelemetryBatch| Ok(v1::downgrade_batch(m)));
+wire_message!(TelemetryAck, TopicKind::TelemetryAck, limits::TELEMETRY_ACK,
+    v1 = v1::TelemetryAck, upgrade = unchanged, downgrade = cloned);
+wire_message!(Feedback, TopicKind::Feedback, limits::FEEDBACK,
+    v1 = v1::Feedback, upgrade = unchanged, downgrade = cloned);
+wire_message!(Command, TopicKind::Cmd, limits::COMMAND,
+    v1 = v1::Command, upgrade = Command::from, downgrade = v1::Command::try_from);
+
+fn write_body<M: Serialize>(topic: TopicKind, body: &M, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    bincode::serde::encode_into_std_write(body, out, config())
+        .map(drop)
+        .map_err(|e| EncodeError::Serialize { topic, detail: e.to_string() })
+}
+
+/// Encodes `message` in the current protocol version.
+///
+/// Fails with [`EncodeError::TooLarge`] when the payload would exceed the
+/// topic's limit (the receiver would refuse it): split the telemetry batch or
+/// trim the text and try again.
+pub fn encode<T: WireMessage>(message: &T) -> Result<Vec<u8>, EncodeError> {
+    encode_as(message, ProtocolVersion::CURRENT)
+}
+
+/// Encodes `message` in `version`, for a peer that speaks only that version
+/// (see [`ProtocolVersion::negotiate`]).
+pub fn encode_as<T: WireMessage>(message: &T, version: ProtocolVersion) -> Result<Vec<u8>, EncodeError> {
+    let mut out = vec![version.as_byte()];
+    match version {
+        ProtocolVersion::V2 => write_body(T::TOPIC, message, &mut out)?,
+        ProtocolVersion::V1 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
+    }
+    if out.len() > T::MAX_LEN {
+        return Err(EncodeError::TooLarge { topic: T::TOPIC, len: out.len(), limit: T::MAX_LEN });
+    }
+    Ok(out)
+}
+
+/// A decoded message and the version it arrived in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T> {
+    /// The message, upgraded to the current shape.
+    pub message: T,
+    /// The sender's encoding; answer in it (or lower).
+    pub version: ProtocolVersion,
+}
+
+/// Decodes a payload of any supported version into the current shape.
+pub fn decode<T: WireMessage>(payload: &[u8]) -> Result<T, DecodeError> {
+    decode_versioned(payload).map(|d| d.message)
+}
+
+/// Like [`decode`], also telling which version the sender used.
+pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, DecodeError> {
+    let (&first, body) = payload.split_first().ok_or(DecodeError::Empty)?;
+    if payload.len() > T::MAX_LEN {
+        return Err(DecodeError::TooLarge { topic: T::TOPIC, len: payload.len(), limit: T::MAX_LEN });
+    }
+    let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
+    let malformed = |reason| DecodeError::Malformed { topic: T::TOPIC, version: first, reason };
+    let whole = |(value, used): (_, usize)| {
+        if used == body.len() {
+            Ok(value)
+        } else {
+            Err(malformed(Malformed::TrailingBytes(body.len() - used)))
+        }
+    };
+    let message = match version {
+        ProtocolVersion::V2 => {
+            whole(T::decode_body::<T>(body).map_err(|e| malformed(malformed_reason(&e)))?)?
+        }
+        ProtocolVersion::V1 => T::upgrade(whole(
+            T::decode_body::<T::V1>(body).map_err(|e| malformed(malformed_reason(&e)))?,
+        )?),
+    };
+    Ok(Decoded { message, version })
+}
+
+/// Any wire message, for a receiver that routes by topic kind.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AnyMessage {
+    /// From `status`.
+    Status(Status),
+    /// From `state/desired`.
+    DesiredState(DesiredState),
+    /// From `state/reported`.
+    ReportedState(ReportedState),
+    /// From `telemetry`.
+    Telemetry(TelemetryBatch),
+    /// From `telemetry/ack`.
+    TelemetryAck(TelemetryAck),
+    /// From `feedback`.
+    Feedback(Feedback),
+    /// From `cmd`.
+    Command(Command),
+}
+
+impl AnyMessage {
+    /// Decodes a payload received on a topic of `kind`.
+    pub fn decode(kind: TopicKind, payload: &[u8]) -> Result<Decoded<Self>, DecodeError> {
+        fn wrap<T: WireMessage>(
+            payload: &[u8],
+            into: fn(T) -> AnyMessage,
+        ) -> Result<Decoded<AnyMessage>, DecodeError> {
+            decode_versioned::<T>(payload).map(|d| Decoded { message: into(d.message), version: d.version })
+        }
+        match kind {
+            TopicKind::Status => wrap(payload, AnyMessage::Status),
+            TopicKind::StateDesired => wrap(payload, AnyMessage::DesiredState),
+            TopicKind::StateReported => wrap(payload, AnyMessage::ReportedState),
+            TopicKind::Telemetry => wrap(payload, AnyMessage::Telemetry),
+            TopicKind::TelemetryAck => wrap(payload, AnyMessage::TelemetryAck),
+            TopicKind::Feedback => wrap(payload, AnyMessage::Feedback),
+            TopicKind::Cmd => wrap(payload, AnyMessage::Command),
+        }
+    }
+
+    /// The topic kind that carries this message.
+    pub fn topic_kind(&self) -> TopicKind {
+        match self {
+            AnyMessage::Status(_) => TopicKind::Status,
+            AnyMessage::DesiredState(_) => TopicKind::StateDesired,
+            AnyMessage::ReportedState(_) => TopicKind::StateReported,
+            AnyMessage::Telemetry(_) => TopicKind::Telemetry,
+            AnyMessage::TelemetryAck(_) => TopicKind::TelemetryAck,
+            AnyMessage::Feedback(_) => TopicKind::Feedback,
+            AnyMessage::Command(_) => TopicKind::Cmd,
+        }
+    }
+
+    /// Encodes the message in `version`.
+    pub fn encode_as(&self, version: ProtocolVersion) -> Result<Vec<u8>, EncodeError> {
+        match self {
+            AnyMessage::Status(m) => encode_as(m, version),
+            AnyMessage::DesiredState(m) => encode_as(m, version),
+            AnyMessage::ReportedState(m) => encode_as(m, version),
+            AnyMessage::Telemetry(m) => encode_as(m, version),
+            AnyMessage::TelemetryAck(m) => encode_as(m, version),
+            AnyMessage::Feedback(m) => encode_as(m, version),
+            AnyMessage::Command(m) => encode_as(m, version),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::telemetry::Seq;
+
+    #[test]
+    fn an_ack_is_a_version_byte_and_a_varint() {
+        let bytes = encode(&TelemetryAck { up_to_seq: Seq(5) }).expect("encodes");
+        assert_eq!(bytes, [2, 5]);
+        assert_eq!(decode::<TelemetryAck>(&bytes), Ok(TelemetryAck { up_to_seq: Seq(5) }));
+    }
+
+    #[test]
+    fn decode_names_empty_unknown_version_and_oversized_payloads() {
+        assert_eq!(decode::<TelemetryAck>(&[]), Err(DecodeError::Empty));
+        assert_eq!(decode::<TelemetryAck>(&[9, 5]), Err(DecodeError::UnknownVersion(9)));
+        assert_eq!(decode::<TelemetryAck>(&[0]), Err(DecodeError::UnknownVersion(0)));
+        assert_eq!(
+            decode::<TelemetryAck>(&[2; 65]),
+            Err(DecodeError::TooLarge { topic: TopicKind::TelemetryAck, len: 65, limit: 64 })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_truncated_and_trailing_bytes() {
+        assert!(matches!(
+            decode::<TelemetryAck>(&[2]),
+            Err(DecodeError::Malformed { reason: Malformed::Truncated, .. })
+        ));
+        assert!(matches!(
+            decode::<TelemetryAck>(&[2, 5, 0]),
+            Err(DecodeError::Malformed { reason: Malformed::TrailingBytes(1), .. })
+        ));
+    }
+
+    #[test]
+    fn a_string_length_prefix_beyond_the_limit_fails_before_allocating() {
+        // Status starts with the presence variant (0), then the agent version
+        // string: here a length prefix of u64::MAX (0xfd + 8 bytes).
+        let mut payload = vec![2, 0, 0xfd];
+        payload.extend_from_slice(&u64::MAX.to_le_bytes());
+        let err = decode::<Status>(&payload).expect_err("hostile");
+        assert!(
+            matches!(err, DecodeError::Malformed { reason: Malformed::LengthLimit, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(ProtocolVersion::negotiate(1), Some(ProtocolVersion::V1));
+        assert_eq!(ProtocolVersion::negotiate(2), Some(ProtocolVersion::V2));
+        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V2));
+        assert_eq!(ProtocolVersion::negotiate(0), None);
+    }
+}

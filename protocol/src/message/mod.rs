@@ -1,0 +1,7 @@
+//! The messages, one type per topic kind, in their current (v2) shape.
+
+pub mod artifact;
+pub mod command;
+pub mod feedback;
+pub mod state;
+pub mod telemetry;

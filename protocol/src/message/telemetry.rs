@@ -1,0 +1,407 @@
+//! Telemetry: numbered events batched by the device, acknowledged by the hub.
+//!
+//! The outbox on the device numbers every event with a [`Seq`]; batches carry
+//! consecutive runs of them, and a [`TelemetryAck`] tells the device that
+//! everything up to a sequence number is stored, so the outbox deletes only
+//! what the hub has. No field here holds free text: telemetry carries numbers,
+//! versions and counts, never what a customer typed.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::artifact::ArtifactDigest;
+use crate::id::DeviceId;
+use crate::redact::PiiCounts;
+
+/// Most events in one [`TelemetryBatch`]. The byte limit
+/// ([`crate::codec::limits::TELEMETRY_BATCH`]) applies as well; an outbox
+/// should split a batch that [`crate::encode`] reports as too large.
+pub const MAX_BATCH_EVENTS: usize = 4096;
+
+/// Most scores in [`RetrievalScores`].
+pub const MAX_RETRIEVAL_SCORES: usize = 32;
+
+/// A device-wide telemetry sequence number, assigned by the outbox, strictly
+/// increasing, never reused.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// The sequence number after this one.
+    pub const fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A customer's rating of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Rating {
+    /// Helpful.
+    ThumbsUp,
+    /// Not helpful.
+    ThumbsDown,
+}
+
+/// The artifacts that produced an answer, by digest, so the hub can chart
+/// quality and latency per version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ActiveVersions {
+    /// The base model.
+    pub model: Option<ArtifactDigest>,
+    /// The LoRA adapter, if one was loaded.
+    pub adapter: Option<ArtifactDigest>,
+    /// The prompt set.
+    pub prompt_set: Option<ArtifactDigest>,
+    /// The knowledge base.
+    pub knowledge_base: Option<ArtifactDigest>,
+}
+
+/// Why a list of retrieval scores was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScoresError {
+    /// More than [`MAX_RETRIEVAL_SCORES`].
+    #[error("{count} retrieval scores; the limit is {MAX_RETRIEVAL_SCORES}")]
+    TooMany {
+        /// How many there were.
+        count: usize,
+    },
+    /// A NaN or infinite score.
+    #[error("retrieval score {index} is not finite")]
+    NotFinite {
+        /// Its position.
+        index: usize,
+    },
+}
+
+/// The fused retrieval scores of the passages given to the model, best first:
+/// at most [`MAX_RETRIEVAL_SCORES`], all finite.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<f32>")]
+pub struct RetrievalScores(Vec<f32>);
+
+impl RetrievalScores {
+    /// Checks and wraps `scores`.
+    pub fn new(scores: Vec<f32>) -> Result<Self, ScoresError> {
+        if scores.len() > MAX_RETRIEVAL_SCORES {
+            return Err(ScoresError::TooMany { count: scores.len() });
+        }
+        if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(ScoresError::NotFinite { index });
+        }
+        Ok(Self(scores))
+    }
+
+    /// The scores.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+
+    /// The best score, if any passage was retrieved.
+    pub fn top(&self) -> Option<f32> {
+        self.0.first().copied()
+    }
+}
+
+impl TryFrom<Vec<f32>> for RetrievalScores {
+    type Error = ScoresError;
+    fn try_from(scores: Vec<f32>) -> Result<Self, ScoresError> {
+        Self::new(scores)
+    }
+}
+
+/// One answered question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerEvent {
+    /// From question received to last token.
+    pub latency_ms: u32,
+    /// From question received to first token; `None` when no token was
+    /// generated (an escalation) or the sender speaks v1.
+    pub time_to_first_token_ms: Option<u32>,
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// What answered.
+    pub versions: ActiveVersions,
+    /// Retrieval confidence.
+    pub retrieval: RetrievalScores,
+    /// Whether the answer was an escalation to a human.
+    pub escalated: bool,
+    /// The customer's rating, if given before the event was written.
+    pub rating: Option<Rating>,
+    /// What the PII scan found in the question (counts only).
+    pub pii_found: PiiCounts,
+}
+
+/// A periodic health sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceMetrics {
+    /// Whole-machine CPU use, 0–100 per core summed as the OS reports it.
+    pub cpu_percent: f32,
+    /// Memory in use.
+    pub mem_used_bytes: u64,
+    /// Memory installed.
+    pub mem_total_bytes: u64,
+    /// Disk in use on the artifact store's volume.
+    pub disk_used_bytes: u64,
+    /// Size of that volume.
+    pub disk_total_bytes: u64,
+    /// Hottest sensor, where the device has one (new in v2).
+    pub temperature_c: Option<f32>,
+}
+
+/// What an event records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TelemetryPayload {
+    /// A question was answered.
+    Answer(AnswerEvent),
+    /// A health sample.
+    Metrics(DeviceMetrics),
+}
+
+/// One numbered telemetry event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryEvent {
+    /// The outbox's sequence number.
+    pub seq: Seq,
+    /// When it happened (unix milliseconds, device clock).
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub payload: TelemetryPayload,
+}
+
+/// Anything a [`TelemetryBatch`] can carry: it has a sequence number.
+pub trait Sequenced {
+    /// The event's sequence number.
+    fn seq(&self) -> Seq;
+}
+
+impl Sequenced for TelemetryEvent {
+    fn seq(&self) -> Seq {
+        self.seq
+    }
+}
+
+/// Why a batch was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A batch has at least one event.
+    #[error("telemetry batch has no events")]
+    Empty,
+    /// More than [`MAX_BATCH_EVENTS`].
+    #[error("telemetry batch has {count} events; the limit is {MAX_BATCH_EVENTS}")]
+    TooManyEvents {
+        /// How many there were.
+        count: usize,
+    },
+    /// `first_seq` is not the first event's sequence number.
+    #[error("telemetry batch says it starts at {first_seq} but its first event is {event_seq}")]
+    FirstSeqMismatch {
+        /// The batch header.
+        first_seq: Seq,
+        /// The first event.
+        event_seq: Seq,
+    },
+    /// Sequence numbers must strictly increase.
+    #[error("telemetry event {index} has {seq}, not after {previous}")]
+    NotIncreasing {
+        /// Position in the batch.
+        index: usize,
+        /// The previous event's number.
+        previous: Seq,
+        /// This event's number.
+        seq: Seq,
+    },
+}
+
+fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchError> {
+    let first = events.first().ok_or(BatchError::Empty)?;
+    if events.len() > MAX_BATCH_EVENTS {
+        return Err(BatchError::TooManyEvents { count: events.len() });
+    }
+    if first.seq() != first_seq {
+        return Err(BatchError::FirstSeqMismatch { first_seq, event_seq: first.seq() });
+    }
+    for (index, pair) in events.windows(2).enumerate() {
+        let (previous, seq) = (pair[0].seq(), pair[1].seq());
+        if seq <= previous {
+            return Err(BatchError::NotIncreasing { index: index + 1, previous, seq });
+        }
+    }
+    Ok(())
+}
+
+/// A run of telemetry events from one device: non-empty, at most
+/// [`MAX_BATCH_EVENTS`], sequence numbers strictly increasing from
+/// `first_seq`. Generic over the event type only so that [`crate::v1`] can
+/// reuse the envelope; `TelemetryBatch` means the current events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "BatchParts<E>",
+    bound(deserialize = "E: Deserialize<'de> + Sequenced")
+)]
+pub struct TelemetryBatch<E = TelemetryEvent> {
+    device: DeviceId,
+    first_seq: Seq,
+    events: Vec<E>,
+}
+
+/// The unchecked wire shape of [`TelemetryBatch`]; same fields, same order.
+#[derive(Deserialize)]
+struct BatchParts<E> {
+    device: DeviceId,
+    first_seq: Seq,
+    events: Vec<E>,
+}
+
+impl<E: Sequenced> TryFrom<BatchParts<E>> for TelemetryBatch<E> {
+    type Error = BatchError;
+    fn try_from(parts: BatchParts<E>) -> Result<Self, BatchError> {
+        check_events(parts.first_seq, &parts.events)?;
+        Ok(Self { device: parts.device, first_seq: parts.first_seq, events: parts.events })
+    }
+}
+
+impl<E: Sequenced> TelemetryBatch<E> {
+    /// Builds a batch from `device`'s `events`, checking the batch rules.
+    pub fn new(device: DeviceId, events: Vec<E>) -> Result<Self, BatchError> {
+        let first_seq = events.first().ok_or(BatchError::Empty)?.seq();
+        Self::try_from(BatchParts { device, first_seq, events })
+    }
+
+    /// The sending device, as it claims; the hub must check it against the
+    /// topic's device level.
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+
+    /// The first event's sequence number.
+    pub fn first_seq(&self) -> Seq {
+        self.first_seq
+    }
+
+    /// The last event's sequence number: what the hub acknowledges once the
+    /// batch is stored.
+    pub fn last_seq(&self) -> Seq {
+        self.events.last().map_or(self.first_seq, Sequenced::seq)
+    }
+
+    /// The events, in sequence order.
+    pub fn events(&self) -> &[E] {
+        &self.events
+    }
+
+    /// Takes the batch apart.
+    pub fn into_parts(self) -> (DeviceId, Vec<E>) {
+        (self.device, self.events)
+    }
+
+    /// Converts every event, keeping the envelope. `convert` must keep each
+    /// event's sequence number (the version conversions do).
+    pub(crate) fn map_events<T: Sequenced>(self, convert: impl FnMut(E) -> T) -> TelemetryBatch<T> {
+        let events: Vec<T> = self.events.into_iter().map(convert).collect();
+        debug_assert!(check_events(self.first_seq, &events).is_ok());
+        TelemetryBatch { device: self.device, first_seq: self.first_seq, events }
+    }
+}
+
+/// Hub → device on `telemetry/ack`: every event with a sequence number up to
+/// and including `up_to_seq` is durably stored and may leave the outbox.
+/// Acks are cumulative, so a lost ack is repaired by the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    /// The highest stored sequence number.
+    pub up_to_seq: Seq,
+}
+
+impl TelemetryAck {
+    /// Whether the event numbered `seq` is covered by this ack.
+    pub fn covers(&self, seq: Seq) -> bool {
+        seq <= self.up_to_seq
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn metrics_event(seq: u64) -> TelemetryEvent {
+        TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: 1_714_571_110_000 + seq,
+            payload: TelemetryPayload::Metrics(DeviceMetrics {
+                cpu_percent: 12.5,
+                mem_used_bytes: 1 << 30,
+                mem_total_bytes: 4 << 30,
+                disk_used_bytes: 10 << 30,
+                disk_total_bytes: 64 << 30,
+                temperature_c: Some(55.0),
+            }),
+        }
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::parse("kiosk-7").expect("valid")
+    }
+
+    #[test]
+    fn batch_takes_first_seq_from_its_first_event() {
+        let batch = TelemetryBatch::new(device(), vec![metrics_event(3), metrics_event(9)])
+            .expect("valid");
+        assert_eq!(batch.first_seq(), Seq(3));
+        assert_eq!(batch.last_seq(), Seq(9));
+    }
+
+    #[test]
+    fn batch_rejects_empty_and_out_of_order_events() {
+        assert_eq!(
+            TelemetryBatch::<TelemetryEvent>::new(device(), vec![]),
+            Err(BatchError::Empty)
+        );
+        assert_eq!(
+            TelemetryBatch::new(device(), vec![metrics_event(3), metrics_event(3)]),
+            Err(BatchError::NotIncreasing { index: 1, previous: Seq(3), seq: Seq(3) })
+        );
+        let parts = BatchParts { device: device(), first_seq: Seq(1), events: vec![metrics_event(2)] };
+        assert_eq!(
+            TelemetryBatch::try_from(parts),
+            Err(BatchError::FirstSeqMismatch { first_seq: Seq(1), event_seq: Seq(2) })
+        );
+        let many = (0..=MAX_BATCH_EVENTS as u64).map(metrics_event).collect();
+        assert_eq!(
+            TelemetryBatch::new(device(), many),
+            Err(BatchError::TooManyEvents { count: MAX_BATCH_EVENTS + 1 })
+        );
+    }
+
+    #[test]
+    fn retrieval_scores_must_be_few_and_finite() {
+        assert!(RetrievalScores::new(vec![0.9, 0.4]).is_ok());
+        assert_eq!(
+            RetrievalScores::new(vec![0.9, f32::NAN]),
+            Err(ScoresError::NotFinite { index: 1 })
+        );
+        assert!(RetrievalScores::new(vec![0.0; MAX_RETRIEVAL_SCORES + 1]).is_err());
+    }
+
+    #[test]
+    fn an_ack_covers_everything_up_to_its_sequence_number() {
+        let ack = TelemetryAck { up_to_seq: Seq(10) };
+        assert!(ack.covers(Seq(10)));
+        assert!(ack.covers(Seq(0)));
+        assert!(!ack.covers(Seq(11)));
+    }
+}

@@ -1,0 +1,351 @@
+//! Device configuration: raw (TOML file, flags and `OUTPOST_*` variables, all
+//! optional) → validated ([`DeviceConfig`], every problem reported at once).
+//!
+//! The library never reads files or the environment itself: the binary reads
+//! the TOML text and the flags, layers them with [`RawDeviceConfig::overlay`]
+//! and calls [`RawDeviceConfig::validate`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::engine::{EngineConfig, FlashAttn, LoraSpec, SamplingParams};
+
+/// The commented default configuration (`outpost config print-default`);
+/// `configs/device.toml` is a copy of it.
+pub const DEFAULT_TOML: &str = include_str!("../../configs/device.toml");
+
+/// Every key optional: a layer of configuration as read from one source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeviceConfig {
+    #[serde(default)]
+    pub model: RawModel,
+    #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub sampling: RawSampling,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub path: Option<String>,
+    pub lora: Option<String>,
+    pub models_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    pub threads: Option<i64>,
+    pub threads_batch: Option<i64>,
+    pub ctx_per_slot: Option<i64>,
+    /// Total context shared out among the slots, like llama.cpp's `-c`;
+    /// when set it decides `ctx_per_slot`.
+    pub ctx_size: Option<i64>,
+    pub parallel: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub ubatch_size: Option<i64>,
+    pub queue_capacity: Option<i64>,
+    pub flash_attn: Option<String>,
+    pub prefix_cache_mb: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub api_key: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub default_max_tokens: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub repeat_penalty: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+/// Log output style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated device configuration.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// A GGUF path or a catalog name; `None` means the catalog's default.
+    pub model: Option<String>,
+    pub lora: Option<LoraSpec>,
+    pub models_dir: Option<PathBuf>,
+    pub engine: EngineSettings,
+    pub server: ServerConfig,
+    pub sampling: SamplingParams,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// Engine settings without the model path, which is resolved separately.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub threads: i32,
+    pub threads_batch: i32,
+    pub ctx_per_slot: u32,
+    pub parallel: u32,
+    pub batch_size: u32,
+    pub ubatch_size: u32,
+    pub queue_capacity: usize,
+    pub flash_attn: FlashAttn,
+    pub prefix_cache_bytes: usize,
+}
+
+impl EngineSettings {
+    pub fn engine_config(&self, model: PathBuf, lora: Option<LoraSpec>) -> EngineConfig {
+        EngineConfig {
+            lora,
+            threads: self.threads,
+            threads_batch: self.threads_batch,
+            ctx_per_slot: self.ctx_per_slot,
+            parallel: self.parallel,
+            batch_size: self.batch_size,
+            ubatch_size: self.ubatch_size,
+            queue_capacity: self.queue_capacity,
+            flash_attn: self.flash_attn,
+            prefix_cache_bytes: self.prefix_cache_bytes,
+            ..EngineConfig::new(model)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Bearer token required on every route but `/health`; `None` = open.
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub default_max_tokens: u32,
+}
+
+/// All the problems found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl RawDeviceConfig {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![format!("{origin}: {}", e.to_string().trim())],
+        })
+    }
+
+    /// `other`'s keys win over `self`'s.
+    pub fn overlay(self, other: RawDeviceConfig) -> RawDeviceConfig {
+        let mut merged = self;
+        let o = &other;
+        macro_rules! take {
+            ($section:ident: $($key:ident),*) => {
+                $(if o.$section.$key.is_some() { merged.$section.$key = o.$section.$key.clone(); })*
+            };
+        }
+        take!(model: path, lora, models_dir);
+        take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
+              queue_capacity, flash_attn, prefix_cache_mb);
+        take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
+        take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
+        take!(log: format, level);
+        merged
+    }
+
+    pub fn validate(self) -> Result<DeviceConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let mut int = |key: &str, value: Option<i64>, default: i64, min: i64, max: i64| -> i64 {
+            let v = value.unwrap_or(default);
+            if v < min || v > max {
+                problems.push(format!("{key} = {v}: must be between {min} and {max}"));
+                default
+            } else {
+                v
+            }
+        };
+        let e = &self.engine;
+        let threads = int("engine.threads", e.threads, 2, 1, 256);
+        let threads_batch = int("engine.threads_batch", e.threads_batch, threads, 1, 256);
+        let parallel = int("engine.parallel", e.parallel, 4, 1, 64);
+        let per_slot = e.ctx_size.map(|total| total / parallel).or(e.ctx_per_slot);
+        let ctx_per_slot = int("engine.ctx_per_slot", per_slot, 2048, 64, 1 << 20);
+        let batch_size = int("engine.batch_size", e.batch_size, 512, 1, 1 << 16);
+        let ubatch_size = int("engine.ubatch_size", e.ubatch_size, 512, 1, 1 << 16);
+        let queue_capacity = int("engine.queue_capacity", e.queue_capacity, 32, 1, 1 << 16);
+        let prefix_cache_mb = int("engine.prefix_cache_mb", e.prefix_cache_mb, 256, 0, 1 << 16);
+        let port = int("server.port", self.server.port, 8080, 0, 65535);
+        let max_body_bytes = int(
+            "server.max_body_bytes",
+            self.server.max_body_bytes,
+            1 << 20,
+            1024,
+            1 << 30,
+        );
+        let default_max_tokens = int(
+            "server.default_max_tokens",
+            self.server.default_max_tokens,
+            512,
+            1,
+            1 << 20,
+        );
+        let top_k = int("sampling.top_k", self.sampling.top_k, 40, 0, 1 << 20);
+
+        let mut float = |key: &str, value: Option<f64>, default: f64, min: f64, max: f64| -> f32 {
+            let v = value.unwrap_or(default);
+            if !(min..=max).contains(&v) {
+                problems.push(format!("{key} = {v}: must be between {min} and {max}"));
+                default as f32
+            } else {
+                v as f32
+            }
+        };
+        let s = &self.sampling;
+        let sampling = SamplingParams {
+            temperature: float("sampling.temperature", s.temperature, 0.8, 0.0, 2.0),
+            top_p: float("sampling.top_p", s.top_p, 0.95, 0.0, 1.0),
+            top_k: top_k as i32,
+            min_p: float("sampling.min_p", s.min_p, 0.05, 0.0, 1.0),
+            repeat_penalty: float("sampling.repeat_penalty", s.repeat_penalty, 1.0, 0.0, 10.0),
+            ..SamplingParams::default()
+        };
+
+        let flash_attn = match e.flash_attn.as_deref().unwrap_or("auto").parse() {
+            Ok(f) => f,
+            Err(msg) => {
+                problems.push(format!("engine.flash_attn: {msg}"));
+                FlashAttn::Auto
+            }
+        };
+        let host_text = self.server.host.as_deref().unwrap_or("127.0.0.1");
+        let host = host_text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "server.host = {host_text:?}: must be an IP address such as 127.0.0.1 or 0.0.0.0"
+            ));
+            IpAddr::from([127, 0, 0, 1])
+        });
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let lora = match nonempty(&self.model.lora).map(|s| s.parse::<LoraSpec>()) {
+            None => None,
+            Some(Ok(spec)) => Some(spec),
+            Some(Err(msg)) => {
+                problems.push(format!("model.lora: {msg}"));
+                None
+            }
+        };
+        let log_format = match self.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!(
+                    "log.format = {other:?}: must be \"text\" or \"json\""
+                ));
+                LogFormat::Text
+            }
+        };
+        if ubatch_size > batch_size {
+            problems.push(format!(
+                "engine.ubatch_size ({ubatch_size}) must not exceed engine.batch_size ({batch_size})"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(DeviceConfig {
+            model: nonempty(&self.model.path),
+            lora,
+            models_dir: self.model.models_dir.filter(|p| !p.as_os_str().is_empty()),
+            engine: EngineSettings {
+                threads: threads as i32,
+                threads_batch: threads_batch as i32,
+                ctx_per_slot: ctx_per_slot as u32,
+                parallel: parallel as u32,
+                batch_size: batch_size as u32,
+                ubatch_size: ubatch_size as u32,
+                queue_capacity: queue_capacity as usize,
+                flash_attn,
+                prefix_cache_bytes: (prefix_cache_mb as usize) << 20,
+            },
+            server: ServerConfig {
+                host,
+                port: port as u16,
+                api_key: nonempty(&self.server.api_key),
+                max_body_bytes: max_body_bytes as usize,
+                default_max_tokens: default_max_tokens as u32,
+            },
+            sampling,
+            log_format,
+            log_level: self.log.level.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_is_valid_and_binds_loopback() {
+        let config = RawDeviceConfig::from_toml(DEFAULT_TOML, "default")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(config.server.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(config.engine.parallel, 4);
+        assert!(config.server.api_key.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let raw = RawDeviceConfig::from_toml(
+            "[engine]\nthreads = 0\nflash_attn = \"maybe\"\n[server]\nhost = \"kiosk\"\nport = 70000\n",
+            "t",
+        )
+        .unwrap();
+        let err = raw.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        assert!(err.to_string().contains("engine.threads = 0"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let err = RawDeviceConfig::from_toml("[engine]\nthread = 2\n", "device.toml").unwrap_err();
+        assert!(err.to_string().contains("thread"), "{err}");
+    }
+
+    #[test]
+    fn a_later_layer_overrides_an_earlier_one() {
+        let file =
+            RawDeviceConfig::from_toml("[engine]\nthreads = 3\nparallel = 2\n", "f").unwrap();
+        let flags = RawDeviceConfig::from_toml("[engine]\nthreads = 1\n", "flags").unwrap();
+        let config = file.overlay(flags).validate().unwrap();
+        assert_eq!(config.engine.threads, 1);
+        assert_eq!(config.engine.parallel, 2);
+    }
+}

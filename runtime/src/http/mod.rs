@@ -1,0 +1,243 @@
+//! The device HTTP API (axum) over an [`EngineHandle`]:
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/chat/completions` | OpenAI-compatible chat, streamed as SSE with `stream: true` |
+//! | `GET /v1/models` | the loaded model |
+//! | `GET /health` | 200 when ready, 503 while loading; never needs auth |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET, POST /admin/lora` | show / swap the LoRA adapter without reloading the model |
+//!
+//! Every route but `/health` requires `Authorization: Bearer <api_key>` when
+//! a key is configured. Bodies over `max_body_bytes` get 413, a full engine
+//! queue 503 with `Retry-After`, both with OpenAI-shaped error bodies.
+
+mod chat;
+mod error;
+pub mod openai;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+use openai::RequestDefaults;
+
+use crate::engine::{EngineHandle, EngineState, LoraSpec, ModelInfo};
+use crate::metrics::Metrics;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    pub defaults: RequestDefaults,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    engine: EngineHandle,
+    metrics: Arc<Metrics>,
+    config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn new(engine: EngineHandle, metrics: Arc<Metrics>, config: ApiConfig) -> Self {
+        Self {
+            engine,
+            metrics,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The loaded model, or the error a request should get meanwhile.
+    fn ready_model(&self) -> Result<Arc<ModelInfo>, ApiError> {
+        match self.engine.state() {
+            EngineState::Ready(info) => Ok(info),
+            EngineState::Loading => Err(ApiError::loading()),
+            EngineState::Failed(e) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_load",
+                e.to_string(),
+            )),
+            EngineState::Stopped => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine_stopped",
+                "the engine has stopped",
+            )),
+        }
+    }
+
+    /// Counts an error by kind and passes it on.
+    fn fail(&self, e: ApiError) -> ApiError {
+        self.metrics.error(e.kind);
+        e
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let protected = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/admin/lora", get(get_lora).post(set_lora))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "device API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn require_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = app.config.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(request).await,
+        _ => app
+            .fail(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong API key; send Authorization: Bearer <key>",
+            ))
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    match app.engine.state() {
+        EngineState::Ready(info) => Json(json!({"status": "ok", "model": info.id})).into_response(),
+        EngineState::Loading => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+        EngineState::Failed(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "error": e.to_string()})),
+        )
+            .into_response(),
+        EngineState::Stopped => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "stopped"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn models(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.metrics.request("models");
+    let info = app.ready_model().map_err(|e| app.fail(e))?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": info.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "outpost",
+            "meta": {
+                "architecture": info.architecture,
+                "n_params": info.n_params,
+                "n_ctx_train": info.n_ctx_train,
+                "ctx_per_slot": info.ctx_per_slot,
+                "parallel": info.parallel,
+                "size_bytes": info.size_bytes,
+                "lora": info.lora,
+            }
+        }]
+    })))
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(&app.engine),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoraBody {
+    /// `null` removes the adapter.
+    path: Option<String>,
+    #[serde(default)]
+    scale: Option<f32>,
+}
+
+async fn get_lora(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let info = app.ready_model().map_err(|e| app.fail(e))?;
+    Ok(Json(json!({ "lora": info.lora })))
+}
+
+async fn set_lora(
+    State(app): State<AppState>,
+    body: Result<Json<LoraBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.metrics.request("admin_lora");
+    let Json(body) = body.map_err(|e| app.fail(e.into()))?;
+    app.ready_model().map_err(|e| app.fail(e))?;
+    let spec = match body.path {
+        None => None,
+        Some(path) => {
+            let scale = body.scale.unwrap_or(1.0);
+            if !scale.is_finite() {
+                return Err(app.fail(ApiError::invalid("scale", "scale must be a finite number")));
+            }
+            Some(LoraSpec {
+                path: path.into(),
+                scale,
+            })
+        }
+    };
+    app.engine.set_lora(spec.clone()).await.map_err(|e| {
+        app.fail(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.kind(),
+            e.to_string(),
+        ))
+    })?;
+    Ok(Json(json!({ "lora": spec })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

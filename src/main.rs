@@ -1,0 +1,93 @@
+//! `outpost`: the one binary. Parses flags, loads and validates the
+//! configuration, runs the subcommand, and maps failures to exit codes:
+//! 64 for a bad configuration, 1 for any other failure, 0 on a broken pipe.
+
+mod cli;
+mod commands;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use outpost_runtime::config::{DeviceConfig, LogFormat, RawDeviceConfig};
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, ConfigCommand};
+use settings::BadConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit_code(&e),
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {e:#}");
+    if e.downcast_ref::<BadConfig>().is_some() {
+        ExitCode::from(64)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let flags = match &cli.command {
+        Command::Serve(args) => commands::serve::flags(args),
+        Command::Ask(args) => settings::engine_flags(&args.engine),
+        Command::Bench(args) => settings::engine_flags(&args.engine),
+        Command::Config(_) | Command::Models(_) => RawDeviceConfig::default(),
+    };
+    if let Command::Config(ConfigCommand::PrintDefault) = cli.command {
+        commands::config::print_default();
+        return Ok(());
+    }
+    let config = settings::load(&cli, flags)?;
+    // `ask` keeps the terminal for the answer: only warnings unless asked.
+    let quiet = matches!(cli.command, Command::Ask(_)) && cli.log.is_none();
+    init_logging(&config, quiet);
+    match cli.command {
+        Command::Serve(_) => runtime()?.block_on(commands::serve::run(config)),
+        Command::Ask(args) => runtime()?.block_on(commands::ask::run(config, args)),
+        Command::Bench(args) => runtime()?.block_on(commands::bench::run(config, args)),
+        Command::Models(command) => commands::models::run(command),
+        Command::Config(ConfigCommand::Check) => {
+            commands::config::check(&config);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::PrintDefault) => Ok(()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(config: &DeviceConfig, quiet: bool) {
+    let level = if quiet {
+        "warn"
+    } else {
+        config.log_level.as_str()
+    };
+    // llama.cpp is chatty at info; its warnings still show.
+    let filter = EnvFilter::try_new(format!("llama_cpp_2=warn,{level}"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,76 @@
+//! Builds the validated device configuration from its layers: built-in
+//! defaults, the TOML file, then flags and `OUTPOST_*` variables.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use outpost_models::{resolve_model, Catalog, ModelStore};
+use outpost_runtime::config::{DeviceConfig, RawDeviceConfig, RawEngine};
+
+use crate::cli::{Cli, EngineArgs};
+
+/// A configuration problem: the binary exits with 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadConfig(pub String);
+
+pub fn load(cli: &Cli, flags: RawDeviceConfig) -> Result<DeviceConfig, BadConfig> {
+    let mut raw = RawDeviceConfig::default();
+    if let Some(path) = &cli.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BadConfig(format!("cannot read config file {}: {e}", path.display())))?;
+        raw = RawDeviceConfig::from_toml(&text, &path.display().to_string())
+            .map_err(|e| BadConfig(e.to_string()))?;
+    }
+    if cli.log_json {
+        raw.log.format = Some("json".into());
+    }
+    if let Some(level) = &cli.log {
+        raw.log.level = Some(level.clone());
+    }
+    raw.overlay(flags)
+        .validate()
+        .map_err(|e| BadConfig(e.to_string()))
+}
+
+/// The flag layer for the engine settings.
+pub fn engine_flags(args: &EngineArgs) -> RawDeviceConfig {
+    let mut raw = RawDeviceConfig::default();
+    raw.model.path = args.model.clone();
+    raw.model.lora = args.lora.clone();
+    raw.model.models_dir = args.models_dir.clone();
+    raw.engine = RawEngine {
+        threads: args.threads,
+        threads_batch: args.threads_batch.or(args.threads),
+        ctx_per_slot: args.ctx_per_slot,
+        ctx_size: args.ctx_size,
+        parallel: args.parallel,
+        batch_size: args.batch_size,
+        ubatch_size: args.ubatch_size,
+        flash_attn: args.flash_attn.clone(),
+        ..RawEngine::default()
+    };
+    raw
+}
+
+pub fn models_dir(configured: Option<&Path>) -> PathBuf {
+    if let Some(dir) = configured {
+        return dir.to_path_buf();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("outpost").join("models")
+}
+
+/// The GGUF path the configuration names (a path or a catalog name).
+pub fn model_path(config: &DeviceConfig) -> anyhow::Result<PathBuf> {
+    let catalog = Catalog::builtin();
+    let store = ModelStore::new(models_dir(config.models_dir.as_deref()));
+    let spec = config
+        .model
+        .clone()
+        .unwrap_or_else(|| catalog.default_generator().name().as_str().to_string());
+    resolve_model(&spec, &catalog, &store).with_context(|| format!("model '{spec}'"))
+}
