@@ -44,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::flags(args),
         Command::Ask(args) => settings::engine_flags(&args.engine),
         Command::Bench(args) => settings::engine_flags(&args.engine),
+        Command::Config(ConfigCommand::Check(args)) => commands::serve::flags(args),
         Command::Config(_) | Command::Models(_) => RawDeviceConfig::default(),
     };
     if let Command::Config(ConfigCommand::PrintDefault) = cli.command {
@@ -59,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ask(args) => runtime()?.block_on(commands::ask::run(config, args)),
         Command::Bench(args) => runtime()?.block_on(commands::bench::run(config, args)),
         Command::Models(command) => commands::models::run(command),
-        Command::Config(ConfigCommand::Check) => {
+        Command::Config(ConfigCommand::Check(_)) => {
             commands::config::check(&config);
             Ok(())
         }
@@ -81,7 +82,7 @@ fn init_logging(config: &DeviceConfig, quiet: bool) {
         config.log_level.as_str()
     };
     // llama.cpp is chatty at info; its warnings still show.
-    let filter = EnvFilter::try_new(format!("llama_cpp_2=warn,{level}"))
+    let filter = EnvFilter::try_new(format!("{level},llama-cpp-2=warn,llama_cpp_2=error"))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

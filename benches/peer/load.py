@@ -46,6 +46,7 @@ HEALTH_POLL_S = 0.020
 # Ten sections make the manual 800 tokens with SmolLM2's tokenizer (the
 # request adds the chat template and a ~25-token question).
 SECTIONS = 10
+QUIET_SAMPLES = 3  # of 2 s each
 REQUEST_TIMEOUT_S = 300.0
 
 
@@ -471,10 +472,16 @@ def wait_idle(args: argparse.Namespace) -> int:
     OpenMP's spinning threads make oversubscription far worse than 2x."""
     start = time.monotonic()
     last_note = -math.inf
+    quiet_samples = 0
     while True:
         busy = cpu_busy_fraction(2.0)
-        if busy <= args.max_busy:
+        # A build leaves idle gaps of a second or two (linking, waiting on a
+        # dependency), so require several quiet samples in a row.
+        quiet_samples = quiet_samples + 1 if busy <= args.max_busy else 0
+        if quiet_samples >= QUIET_SAMPLES:
             return 0
+        if quiet_samples:
+            continue
         now = time.monotonic()
         if now - start > args.timeout:
             print(f"load.py wait-idle: CPUs still {busy:.0%} busy after "

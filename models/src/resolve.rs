@@ -1,15 +1,11 @@
 //! Turning the `--model` a user typed into a model file: a catalog name
 //! that was fetched already, or a path to a GGUF file.
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, ModelName};
 use crate::store::{CorruptReason, ModelStatus, ModelStore};
-
-/// The first four bytes of every GGUF file.
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// Why a model spec did not lead to a usable file.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +25,6 @@ pub enum ResolveError {
     NotAFile { path: PathBuf },
     #[error("cannot read {path}: {source}; check its permissions")]
     Unreadable { path: PathBuf, source: io::Error },
-    #[error("{path} is not a GGUF file (it does not start with the GGUF magic bytes); pass a .gguf model file")]
-    NotGguf { path: PathBuf },
 }
 
 /// Resolves `spec`: a catalog name first (its file must be in `store`;
@@ -75,21 +69,9 @@ pub fn resolve_model(
             path: path.to_owned(),
         });
     }
-    let mut magic = [0u8; 4];
-    let read = File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-    match read {
-        Ok(()) if &magic == GGUF_MAGIC => Ok(path.to_owned()),
-        Ok(()) => Err(ResolveError::NotGguf {
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ResolveError::NotGguf {
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(ResolveError::Unreadable {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    // The file's contents are checked by the runtime's GGUF inspection when
+    // it loads, which names the exact problem (truncation, bad header, …).
+    Ok(path.to_owned())
 }
 
 #[cfg(test)]
@@ -121,7 +103,7 @@ mod tests {
         let path = store.path_of(entry);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         let size = entry.expected().expect("pinned").size;
-        File::create(&path)
+        std::fs::File::create(&path)
             .and_then(|f| f.set_len(size))
             .expect("sparse file of the right size");
         assert_eq!(
@@ -151,15 +133,6 @@ mod tests {
             resolve_model(spec, &catalog, &store).expect("resolve"),
             path
         );
-    }
-
-    #[test]
-    fn non_gguf_file_is_refused() {
-        let (dir, catalog, store) = setup();
-        let path = dir.path().join("notes.txt");
-        std::fs::write(&path, b"hi").expect("write");
-        let err = resolve_model(path.to_str().expect("utf-8"), &catalog, &store).unwrap_err();
-        assert!(matches!(err, ResolveError::NotGguf { .. }), "{err}");
     }
 
     #[test]

@@ -292,8 +292,8 @@ wire_message!(DesiredState, TopicKind::StateDesired, limits::DESIRED_STATE,
 wire_message!(ReportedState, TopicKind::StateReported, limits::REPORTED_STATE,
     v1 = v1::ReportedState, upgrade = unchanged, downgrade = cloned);
 wire_message!(TelemetryBatch, TopicKind::Telemetry, limits::TELEMETRY_BATCH,
-    v1 = v1::TelemetryBatch, upgrade = v1::upgrade_batch,
-    downgrade = |m: &TelemetryBatch| Ok(v1::downgrade_batch(m)));
+    v1 = v1::TelemetryBatch, upgrade = TelemetryBatch::from,
+    downgrade = |m: &TelemetryBatch| Ok(v1::TelemetryBatch::from(m)));
 wire_message!(TelemetryAck, TopicKind::TelemetryAck, limits::TELEMETRY_ACK,
     v1 = v1::TelemetryAck, upgrade = unchanged, downgrade = cloned);
 wire_message!(Feedback, TopicKind::Feedback, limits::FEEDBACK,
@@ -339,6 +339,17 @@ pub struct Decoded<T> {
     pub version: ProtocolVersion,
 }
 
+/// Decodes `body` as `D` with `T`'s limits, insisting it uses every byte.
+fn whole<T: WireMessage, D: DeserializeOwned>(body: &[u8], version: u8) -> Result<D, DecodeError> {
+    let malformed = |reason| DecodeError::Malformed { topic: T::TOPIC, version, reason };
+    let (value, used) = T::decode_body::<D>(body).map_err(|e| malformed(malformed_reason(&e)))?;
+    if used == body.len() {
+        Ok(value)
+    } else {
+        Err(malformed(Malformed::TrailingBytes(body.len() - used)))
+    }
+}
+
 /// Decodes a payload of any supported version into the current shape.
 pub fn decode<T: WireMessage>(payload: &[u8]) -> Result<T, DecodeError> {
     decode_versioned(payload).map(|d| d.message)
@@ -351,21 +362,9 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
         return Err(DecodeError::TooLarge { topic: T::TOPIC, len: payload.len(), limit: T::MAX_LEN });
     }
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
-    let malformed = |reason| DecodeError::Malformed { topic: T::TOPIC, version: first, reason };
-    let whole = |(value, used): (_, usize)| {
-        if used == body.len() {
-            Ok(value)
-        } else {
-            Err(malformed(Malformed::TrailingBytes(body.len() - used)))
-        }
-    };
     let message = match version {
-        ProtocolVersion::V2 => {
-            whole(T::decode_body::<T>(body).map_err(|e| malformed(malformed_reason(&e)))?)?
-        }
-        ProtocolVersion::V1 => T::upgrade(whole(
-            T::decode_body::<T::V1>(body).map_err(|e| malformed(malformed_reason(&e)))?,
-        )?),
+        ProtocolVersion::V2 => whole::<T, T>(body, first)?,
+        ProtocolVersion::V1 => T::upgrade(whole::<T, T::V1>(body, first)?),
     };
     Ok(Decoded { message, version })
 }

@@ -1,1 +1,97 @@
-//! placeholder
+//! The Outpost sync protocol: MQTT topics and wire messages shared by the
+//! device agent (`outpost-agent`) and the hub (`outpost-hub`).
+//!
+//! This crate owns everything both sides must agree on, and nothing else: no
+//! I/O, no MQTT client, no llama.cpp. It is pure data, parsing and encoding,
+//! so the agent and hub state machines can be tested without a network.
+//!
+//! # Topics ([`topic`])
+//!
+//! ```text
+//! outpost/v1/{fleet}/{device}/status           device → hub  retained; last will = offline   Status
+//! outpost/v1/{fleet}/{device}/state/desired    hub → device  retained                        DesiredState
+//! outpost/v1/{fleet}/{device}/state/reported   device → hub  retained                        ReportedState
+//! outpost/v1/{fleet}/{device}/telemetry        device → hub  QoS 1, batched                  TelemetryBatch
+//! outpost/v1/{fleet}/{device}/telemetry/ack    hub → device  QoS 1, cumulative               TelemetryAck
+//! outpost/v1/{fleet}/{device}/feedback         device → hub  QoS 1, opt-in                   Feedback
+//! outpost/v1/{fleet}/{device}/cmd              hub → device  QoS 1, not retained             Command
+//! ```
+//!
+//! [`Topic`] builds and parses these (with [`FleetId`] and [`DeviceId`]
+//! validated once, at the edge); [`TopicFilter`] gives the hub its
+//! subscriptions, e.g. `outpost/v1/{fleet}/+/telemetry`. Large artifacts
+//! never travel over MQTT: a desired state carries their URL, size, SHA-256
+//! and Ed25519 signature ([`ArtifactRef`]).
+//!
+//! # Payloads ([`codec`])
+//!
+//! A payload is one protocol-version byte followed by the message in bincode.
+//! [`encode`] / [`decode`] work on any [`WireMessage`]; each topic kind has a
+//! size limit ([`codec::limits`]) checked before decoding allocates anything.
+//! [`AnyMessage::decode`] routes by topic kind. Errors are typed
+//! ([`DecodeError`]: empty, unknown version, too large, malformed).
+//!
+//! # Versioning
+//!
+//! - The topic layout is versioned by the `v1` in the topic; payloads by
+//!   their first byte. They change independently.
+//! - The current payload version is 2 ([`ProtocolVersion::CURRENT`]). Every
+//!   change to a message's bincode shape (bincode has no field tags, so even
+//!   an added optional field) is a version bump.
+//! - Each side reads the current and the previous version and can write
+//!   either: [`decode`] upgrades v1 payloads, [`encode_as`] downgrades for a
+//!   v1 peer (or says why it cannot). The hub learns a device's version from
+//!   its [`Status`] and answers with [`ProtocolVersion::negotiate`]. The
+//!   previous version's shapes live in [`v1`], frozen.
+//!
+//! # Messages ([`message`])
+//!
+//! - [`Status`]: online / offline, agent and protocol version.
+//! - [`DesiredState`]: a [`Generation`] (devices ignore stale ones), an
+//!   optional [`RolloutId`] for staged rollouts, and an [`ArtifactSet`] with
+//!   at most one [`ArtifactRef`] per [`ArtifactKind`].
+//! - [`ReportedState`]: the active set, the last [`ApplyReport`] per kind,
+//!   the last generation processed.
+//! - [`TelemetryBatch`] of numbered [`TelemetryEvent`]s (answers, device
+//!   metrics), acknowledged by [`TelemetryAck`].
+//! - [`Feedback`]: a rated, redacted question and answer.
+//! - [`Command`]: run an evaluation, flush telemetry, re-report.
+//!
+//! # PII ([`redact`])
+//!
+//! The only text type in any message is [`RedactedText`], whose only
+//! constructor is [`redact()`]; decoding one redacts again. So raw customer
+//! text cannot reach the wire by construction. Telemetry carries no text at
+//! all, only the [`PiiCounts`] of what the scan found.
+
+pub mod codec;
+pub mod id;
+pub mod message;
+pub mod redact;
+pub mod topic;
+pub mod v1;
+
+pub use codec::{
+    decode, decode_versioned, encode, encode_as, AnyMessage, DecodeError, Decoded,
+    DowngradeError, EncodeError, Malformed, ProtocolVersion, WireMessage,
+};
+pub use id::{
+    AgentVersion, ArtifactName, ArtifactVersion, DeviceId, FleetId, IdError, RolloutId,
+};
+pub use message::artifact::{
+    ArtifactDigest, ArtifactKind, ArtifactRef, ArtifactRefError, ArtifactSet,
+    ArtifactSignature, ArtifactUrl, DigestParseError, UrlError,
+};
+pub use message::command::{Command, CommandAction, CommandId};
+pub use message::feedback::Feedback;
+pub use message::state::{
+    ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence,
+    ReportedState, Status,
+};
+pub use message::telemetry::{
+    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, Rating, RetrievalScores,
+    ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent,
+    TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
+};
+pub use redact::{redact, PiiCounts, PiiKind, RedactedText, Redaction};
+pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

@@ -183,14 +183,18 @@ impl From<&current_tm::TelemetryEvent> for TelemetryEvent {
     }
 }
 
-/// v1 batch → current batch (sequence numbers kept).
-pub fn upgrade_batch(old: TelemetryBatch) -> current_tm::TelemetryBatch {
-    old.map_events(current_tm::TelemetryEvent::from)
+impl From<TelemetryBatch> for current_tm::TelemetryBatch {
+    /// Keeps the envelope and every sequence number.
+    fn from(old: TelemetryBatch) -> Self {
+        old.map_events(current_tm::TelemetryEvent::from)
+    }
 }
 
-/// Current batch → v1 batch (sequence numbers kept; v2-only fields dropped).
-pub fn downgrade_batch(new: &current_tm::TelemetryBatch) -> TelemetryBatch {
-    new.clone().map_events(|e| TelemetryEvent::from(&e))
+impl From<&current_tm::TelemetryBatch> for TelemetryBatch {
+    /// Keeps the envelope and every sequence number; drops v2-only fields.
+    fn from(new: &current_tm::TelemetryBatch) -> Self {
+        new.map_events_ref(|e| TelemetryEvent::from(e))
+    }
 }
 
 /// v1 command actions: no re-report.

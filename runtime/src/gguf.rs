@@ -241,7 +241,10 @@ impl<R: Read + Seek> Parser<'_, R> {
         }
         let mut magic = [0u8; 4];
         let got = self.read_up_to(&mut magic)?;
-        if got < 4 || &magic != MAGIC {
+        if got < 4 && magic[..got] == MAGIC[..got] {
+            return Err(self.truncated("the magic bytes"));
+        }
+        if &magic != MAGIC {
             return Err(GgufError::BadMagic {
                 path: self.path.to_path_buf(),
                 found: magic[..got].to_vec(),

@@ -124,7 +124,7 @@ mod fixed_bytes {
 }
 
 /// Why a digest string did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("a sha256 digest is 64 hex digits: {0}")]
 pub struct DigestParseError(hex::FromHexError);
 

@@ -316,6 +316,13 @@ impl<E: Sequenced> TelemetryBatch<E> {
         debug_assert!(check_events(self.first_seq, &events).is_ok());
         TelemetryBatch { device: self.device, first_seq: self.first_seq, events }
     }
+
+    /// [`map_events`](Self::map_events) by reference.
+    pub(crate) fn map_events_ref<T: Sequenced>(&self, convert: impl FnMut(&E) -> T) -> TelemetryBatch<T> {
+        let events: Vec<T> = self.events.iter().map(convert).collect();
+        debug_assert!(check_events(self.first_seq, &events).is_ok());
+        TelemetryBatch { device: self.device.clone(), first_seq: self.first_seq, events }
+    }
 }
 
 /// Hub → device on `telemetry/ack`: every event with a sequence number up to

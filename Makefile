@@ -1,0 +1,37 @@
+# One entry point for local work and CI.
+#   make demo   fresh machine: install what is missing, fetch the default model,
+#               start the device API and ask it questions
+#   make test   formatting, lints, docs and every test (what CI runs)
+
+CARGO ?= cargo
+
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer
+
+demo: deps
+	$(CARGO) build --release --bin outpost
+	./target/release/outpost models fetch
+	bash scripts/demo.sh ./target/release/outpost
+
+test: deps fmt-check
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) run --quiet --bin outpost -- models fetch
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+	$(CARGO) test --workspace
+
+deps:
+	@bash scripts/install-deps.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Criterion micro-benchmarks of the pure-Rust hot paths.
+bench:
+	$(CARGO) bench --bench engine
+
+# Side by side with llama.cpp's llama-bench and llama-server (see benches/peer/README.md).
+bench-peer: deps
+	bash benches/peer/run.sh

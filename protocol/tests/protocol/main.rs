@@ -1,0 +1,7 @@
+//! The crate's one integration-test binary.
+
+mod compat;
+mod corpus;
+mod gen;
+mod redact_props;
+mod wire_props;

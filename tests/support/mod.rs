@@ -1,0 +1,158 @@
+//! Shared pieces of the end-to-end tests: the real default model (fetched
+//! once through `outpost models fetch`), a real `outpost serve` process on a
+//! free loopback port, and a small GGUF writer for fixture files.
+
+#![allow(dead_code)]
+
+pub mod gguf_writer;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn outpost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outpost"))
+}
+
+/// The default model, fetched into the user's cache on first use.
+pub fn model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let out = outpost()
+            .args(["models", "fetch"])
+            .output()
+            .expect("run outpost models fetch");
+        assert!(
+            out.status.success(),
+            "outpost models fetch failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let path = stdout
+            .lines()
+            .last()
+            .and_then(|l| l.split('\t').nth(1))
+            .expect("fetch prints NAME<TAB>PATH");
+        PathBuf::from(path)
+    })
+    .clone()
+}
+
+/// Model processes run one at a time: on a 2-core box, several llama.cpp
+/// thread pools at once only slow every test down.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn outpost")
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Server {
+    /// `outpost serve` on a free port with the default model and `args`.
+    pub fn start(args: &[&str]) -> Server {
+        let serial = serial();
+        let model = model_path();
+        let mut child = outpost()
+            .args(["serve", "--port", "0", "--threads", "2", "--model"])
+            .arg(&model)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn outpost serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("outpost listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        let server = Server {
+            child,
+            base,
+            _serial: serial,
+        };
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = ureq::get(&self.url("/health")).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < limit, "server not ready after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A chat request body.
+pub fn chat(system: Option<&str>, user: &str, max_tokens: u32) -> serde_json::Value {
+    let mut messages = Vec::new();
+    if let Some(s) = system {
+        messages.push(serde_json::json!({"role": "system", "content": s}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": user}));
+    serde_json::json!({
+        "model": "default",
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// POSTs `body` and returns (status, parsed JSON body).
+pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    match ureq::post(url).send_json(body.clone()) {
+        Ok(r) => (r.status(), r.into_json().expect("json body")),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("request to {url} failed: {e}"),
+    }
+}
+
+pub fn answer_text(body: &serde_json::Value) -> String {
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content in {body}"))
+        .to_string()
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("write fixture");
+}
