@@ -149,7 +149,7 @@ pub enum ConfigCommand {
     /// Print the default configuration with comments.
     PrintDefault,
     /// Validate the configuration (file + flags + environment) and print it.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]

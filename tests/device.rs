@@ -24,7 +24,11 @@ fn ask_answers_the_capital_of_france_with_paris() {
         .arg(&model)
         .arg("What is the capital of France?"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("Paris"), "answer: {stdout}");
 }
 
@@ -40,7 +44,16 @@ fn broken_model_files_get_a_clear_error_and_no_crash() {
         corpus.push((name.to_string(), path, expect));
     };
     add("empty.gguf", b"", "empty");
-    for cut in [3usize, 4, 16, 23, 1000, 100_000, real.len() / 2, real.len() - 1] {
+    for cut in [
+        3usize,
+        4,
+        16,
+        23,
+        1000,
+        100_000,
+        real.len() / 2,
+        real.len() - 1,
+    ] {
         add(&format!("truncated-{cut}.gguf"), &real[..cut], "truncated");
     }
     let mut bad_magic = real[..4096].to_vec();
@@ -55,7 +68,10 @@ fn broken_model_files_get_a_clear_error_and_no_crash() {
     add(
         "encoder.gguf",
         &gguf_writer::write(
-            &[("general.architecture", gguf_writer::Value::Str("bert".into()))],
+            &[(
+                "general.architecture",
+                gguf_writer::Value::Str("bert".into()),
+            )],
             &[gguf_writer::Tensor {
                 name: "token_embd.weight".into(),
                 dims: vec![8, 2],
@@ -64,22 +80,44 @@ fn broken_model_files_get_a_clear_error_and_no_crash() {
         ),
         "embedding encoder",
     );
-    add("adapter.gguf", &gguf_writer::smollm2_lora(0.0, "llama"), "LoRA adapter");
-    add("text.gguf", b"this is not a model at all, just text", "not a GGUF file");
+    add(
+        "adapter.gguf",
+        &gguf_writer::smollm2_lora(0.0, "llama"),
+        "LoRA adapter",
+    );
+    add(
+        "text.gguf",
+        b"this is not a model at all, just text",
+        "not a GGUF file",
+    );
     let subdir = dir.path().join("a-directory.gguf");
     std::fs::create_dir(&subdir).unwrap();
     corpus.push(("directory".into(), subdir, "not a regular file"));
-    corpus.push(("missing".into(), dir.path().join("missing.gguf"), "nor an existing file"));
+    corpus.push((
+        "missing".into(),
+        dir.path().join("missing.gguf"),
+        "nor an existing file",
+    ));
 
     let _serial = serial();
     for (name, path, expect) in corpus {
         let out = run(outpost().args(["ask", "--model"]).arg(&path).arg("hi"));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: killed by a signal or wrong code; stderr: {stderr}");
-        assert!(stderr.contains(expect), "{name}: expected {expect:?} in: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: killed by a signal or wrong code; stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(expect),
+            "{name}: expected {expect:?} in: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
         let shown = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(stderr.contains(&shown), "{name}: error does not name the file: {stderr}");
+        assert!(
+            stderr.contains(&shown),
+            "{name}: error does not name the file: {stderr}"
+        );
     }
 }
 
@@ -88,7 +126,9 @@ fn the_official_openai_python_client_chats_streams_and_sees_errors() {
     let python = openai_python();
     let server = Server::start(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let out = run(std::process::Command::new(python).arg(script).arg(&server.base));
+    let out = run(std::process::Command::new(python)
+        .arg(script)
+        .arg(&server.base));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -159,22 +199,78 @@ fn concurrent_greedy_answers_equal_the_answers_produced_alone() {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(alone, together, "round {round}: batching changed a greedy answer");
+        assert_eq!(
+            alone, together,
+            "round {round}: batching changed a greedy answer"
+        );
     }
-    let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
-    assert!(metric(&metrics, "outpost_prefix_cache_hits") >= 10.0, "{metrics}");
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metric(&metrics, "outpost_prefix_cache_hits") >= 10.0,
+        "{metrics}"
+    );
 }
 
 #[test]
 fn the_shared_prefix_is_computed_once_and_reused() {
-    let server = Server::start(&["--parallel", "2"]);
+    let server = Server::start(&["--parallel", "4"]);
     let url = server.url("/v1/chat/completions");
-    let (_, first) = post(&url, &chat(Some(SYSTEM), "Where is the kiosk?", 8));
-    let (_, second) = post(&url, &chat(Some(SYSTEM), "Do you sell day passes?", 8));
-    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
-    let prompt = second["usage"]["prompt_tokens"].as_u64().unwrap();
-    assert!(cached >= 40 && cached < prompt, "cached {cached} of {prompt}");
+    // Four chats arrive together with a system prompt nobody has seen: one
+    // computes it, the other three wait for its saved state.
+    let questions = [
+        "Where is the kiosk?",
+        "Do you sell day passes?",
+        "Can I pay cash?",
+        "Hi!",
+    ];
+    let usages: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions
+            .iter()
+            .map(|q| {
+                let url = url.clone();
+                s.spawn(move || post(&url, &chat(Some(SYSTEM), q, 8)).1["usage"].clone())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cached: Vec<u64> = usages
+        .iter()
+        .map(|u| {
+            u["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(cached.iter().filter(|&&c| c == 0).count(), 1, "{usages:?}");
+    assert!(cached.iter().all(|&c| c == 0 || c >= 40), "{usages:?}");
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "outpost_prefix_cache_misses"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "outpost_prefix_cache_hits"),
+        3.0,
+        "{metrics}"
+    );
+    // Later requests restore it from the cache.
+    let (_, later) = post(&url, &chat(Some(SYSTEM), "Is there wifi?", 8));
+    let hit = later["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        hit >= 40 && hit < later["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "{later}"
+    );
     // Without a system message there is nothing to share.
     let (_, plain) = post(&url, &chat(None, "Hello", 4));
     assert_eq!(plain["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
@@ -195,16 +291,25 @@ fn a_full_queue_is_refused_at_once_with_503() {
     // ...the second waits in the one queue place...
     let queued_url = url.clone();
     let queued_body = long.clone();
-    let queued = std::thread::spawn(move || ureq::post(&queued_url).send_json(queued_body).map(|r| r.status()));
+    let queued = std::thread::spawn(
+        move || match ureq::post(&queued_url).send_json(queued_body) {
+            Ok(r) => r.status(),
+            Err(e) => panic!("the queued request failed: {e}"),
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     // ...so the third is refused immediately.
     let started = Instant::now();
     let (status, body) = post(&url, &chat(None, "hi", 4));
-    assert!(started.elapsed() < Duration::from_secs(2), "refusal took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "queue_full", "{body}");
     drop(first);
-    assert_eq!(queued.join().unwrap().unwrap(), 200);
+    assert_eq!(queued.join().unwrap(), 200);
 }
 
 #[test]
@@ -220,11 +325,18 @@ fn a_client_that_disconnects_frees_its_sequence() {
     drop(reader);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
+        let metrics = ureq::get(&server.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
         if metric(&metrics, "outpost_active_sequences") == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the sequence was never freed:\n{metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "the sequence was never freed:\n{metrics}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The freed slot serves the next request at once.
@@ -235,7 +347,10 @@ fn a_client_that_disconnects_frees_its_sequence() {
 #[test]
 fn the_api_key_guards_every_route_but_health() {
     let server = Server::start(&["--api-key", "s3cret"]);
-    assert_eq!(ureq::get(&server.url("/health")).call().unwrap().status(), 200);
+    assert_eq!(
+        ureq::get(&server.url("/health")).call().unwrap().status(),
+        200
+    );
     for path in ["/v1/models", "/metrics"] {
         match ureq::get(&server.url(path)).call() {
             Err(ureq::Error::Status(401, r)) => {
@@ -244,7 +359,9 @@ fn the_api_key_guards_every_route_but_health() {
             }
             other => panic!("{path} without a key: {other:?}"),
         }
-        let wrong = ureq::get(&server.url(path)).set("Authorization", "Bearer nope").call();
+        let wrong = ureq::get(&server.url(path))
+            .set("Authorization", "Bearer nope")
+            .call();
         assert!(matches!(wrong, Err(ureq::Error::Status(401, _))), "{path}");
         let ok = ureq::get(&server.url(path))
             .set("Authorization", "Bearer s3cret")
@@ -264,8 +381,12 @@ fn bad_requests_get_openai_shaped_errors() {
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "request_too_large");
     // Not JSON.
-    let r = ureq::post(&url).set("Content-Type", "application/json").send_string("{nope");
-    let Err(ureq::Error::Status(400, r)) = r else { panic!("{r:?}") };
+    let r = ureq::post(&url)
+        .set("Content-Type", "application/json")
+        .send_string("{nope");
+    let Err(ureq::Error::Status(400, r)) = r else {
+        panic!("{r:?}")
+    };
     let body: serde_json::Value = r.into_json().unwrap();
     assert_eq!(body["error"]["code"], "invalid_json");
     // A prompt longer than the slot's context.
@@ -273,9 +394,19 @@ fn bad_requests_get_openai_shaped_errors() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
     // Errors are counted by kind.
-    let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
-    assert!(metrics.contains("outpost_errors_total{kind=\"context_length_exceeded\"} 1"), "{metrics}");
-    assert!(metrics.contains("outpost_time_to_first_token_seconds_bucket"), "{metrics}");
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("outpost_errors_total{kind=\"context_length_exceeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("outpost_time_to_first_token_seconds_bucket"),
+        "{metrics}"
+    );
     assert!(metrics.contains("outpost_kv_cells_total 512"), "{metrics}");
 }
 
@@ -298,21 +429,38 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
     let (status, body) = post(&lora, &serde_json::json!({"path": strong}));
     assert_eq!(status, 200, "{body}");
     let adapted = ask();
-    assert_ne!(adapted, base, "a strong adapter must change the greedy answer");
+    assert_ne!(
+        adapted, base,
+        "a strong adapter must change the greedy answer"
+    );
 
     let (status, _) = post(&lora, &serde_json::json!({"path": null}));
     assert_eq!(status, 200);
-    assert_eq!(ask(), base, "an all-zero adapter must not change the answer");
+    assert_eq!(
+        ask(),
+        base,
+        "an all-zero adapter must not change the answer"
+    );
 
     let (status, body) = post(&lora, &serde_json::json!({"path": foreign}));
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("architecture"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("architecture"),
+        "{body}"
+    );
 
     let (status, _) = post(&lora, &serde_json::json!({"path": null, "scale": null}));
     assert_eq!(status, 200);
     let (status, _) = post(&lora, &serde_json::json!({"path": serde_json::Value::Null}));
     assert_eq!(status, 200);
-    assert_eq!(ask(), base, "removing the adapter restores the base answers");
+    assert_eq!(
+        ask(),
+        base,
+        "removing the adapter restores the base answers"
+    );
     // The same process served all of it: the model was never reloaded.
     let pid_before = server.pid();
     assert_eq!(server.pid(), pid_before);
@@ -329,8 +477,14 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
 fn invalid_configuration_exits_64_listing_every_problem() {
     let dir = temp_dir();
     let config = dir.path().join("device.toml");
-    write(&config, b"[engine]\nthreads = 0\nparallel = 1000\n[server]\nhost = \"kiosk\"\n");
-    let out = run(outpost().arg("--config").arg(&config).args(["config", "check"]));
+    write(
+        &config,
+        b"[engine]\nthreads = 0\nparallel = 1000\n[server]\nhost = \"kiosk\"\n",
+    );
+    let out = run(outpost()
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "check"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     for needle in ["engine.threads", "engine.parallel", "server.host"] {
@@ -339,7 +493,9 @@ fn invalid_configuration_exits_64_listing_every_problem() {
     let out = run(outpost().args(["config", "print-default"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[engine]"));
     // Environment variables override the file.
-    let out = run(outpost().args(["config", "check"]).env("OUTPOST_THREADS", "0"));
+    let out = run(outpost()
+        .args(["config", "check"])
+        .env("OUTPOST_THREADS", "0"));
     assert_eq!(out.status.code(), Some(64));
 }
 

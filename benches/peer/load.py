@@ -297,13 +297,29 @@ def run_watched(args: argparse.Namespace) -> int:
         return 2
     watch = CpuWatch()
     try:
-        code = subprocess.call(cmd)
+        proc = subprocess.Popen(cmd)
     except OSError as exc:
         print(f"load.py run: cannot start {cmd[0]}: {exc}", file=sys.stderr)
         return 127
+    exit_on_signals()
+    try:
+        code = proc.wait()
+    finally:
+        stop(proc)
     if code == 0:
         flag_interference(args.name, watch.foreign_share(), args.notes)
     return code
+
+
+def exit_on_signals() -> None:
+    """Turns SIGTERM/SIGINT into SystemExit, so `finally` blocks stop the child.
+    (Stopping it inside the handler could deadlock: the handler may interrupt
+    Popen.wait, which holds the lock that a second wait needs.)"""
+    def on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -337,7 +353,8 @@ def run_rounds(port: int, system: str, rounds: int, workers: int,
             with lock:
                 stats.results.append(res)
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+                   for i in range(workers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -367,13 +384,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.pidfile:
         with open(args.pidfile, "w", encoding="ascii") as pidfile:
             pidfile.write(f"{proc.pid}\n")
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop(proc)
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    exit_on_signals()
     try:
         deadline = t_spawn + args.startup_timeout
         while True:

@@ -18,9 +18,11 @@
 #   PEER_ATTEMPTS  runs of a step that other processes disturbed (default 3)
 set -euo pipefail
 
-MODEL_DEFAULT="$HOME/.cache/outpost/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_DEFAULT="$HOME/.cache/outpost/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# Single-stream settings: llama-bench's defaults, passed explicitly to both.
+# llama-bench's (and llama-server's) defaults, passed explicitly to both sides
+# for the benches and the servers alike. llama-bench sizes its context to
+# n_prompt + n_gen; outpost bench is given the same.
 readonly N_PROMPT=512 N_GEN=128 REPS=5 BATCH=2048 UBATCH=512 FLASH_ATTN=auto
 # Server settings: 4 slots sharing one total context; both servers split it
 # evenly, 1024 tokens a slot, enough for the ~800-token shared system prompt,
@@ -58,8 +60,13 @@ for arg in "$@"; do
 done
 
 pidfile="$build_dir/server.pid"
+child=""
 cleanup() {
     # load.py stops its server itself; this covers the script being killed.
+    if [[ -n "$child" ]] && kill -0 "$child" 2>/dev/null; then
+        kill "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
     if [[ -f "$pidfile" ]]; then
         local pid
         pid=$(cat "$pidfile")
@@ -107,13 +114,15 @@ if [[ "$peer_only" == false ]]; then
     fi
     [[ -x "$outpost_bin" ]] || die "outpost binary not found or not executable: $outpost_bin"
     # Each subcommand must exist and know the flags this script passes.
-    for check in "bench --n-prompt" "serve --parallel"; do
-        sub=${check%% *}
-        flag=${check#* }
+    for check in "bench --n-prompt --n-gen --repetitions --json" \
+        "serve --parallel --ctx-size --port"; do
+        read -r sub flags <<<"$check"
         help_out=$("$outpost_bin" "$sub" --help 2>&1) || true
-        if [[ "$help_out" != *"$flag"* ]]; then
-            die "$outpost_bin lacks the '$sub' subcommand (or its $flag flag); '$sub --help' said: ${help_out:0:300}"
-        fi
+        for flag in $flags --model --threads --batch-size --ubatch-size --flash-attn; do
+            if [[ "$help_out" != *"$flag "* ]]; then
+                die "$outpost_bin lacks '$sub' (or its $flag flag); '$sub --help' said: ${help_out:0:300}"
+            fi
+        done
     done
 fi
 
@@ -160,6 +169,18 @@ measured() {
     done
 }
 
+# Runs a command in the background and waits for it, so that a signal to this
+# script is handled at once (bash defers traps until a foreground child exits)
+# and cleanup can stop the child.
+run_child() {
+    "$@" &
+    child=$!
+    local status=0
+    wait "$child" || status=$?
+    child=""
+    return "$status"
+}
+
 # --- single stream: llama-bench vs outpost bench -----------------------------
 # Two passes in A B B A order, so slow drift in the machine's speed (a VM's
 # neighbours, thermal state) weighs on both sides alike; the table averages
@@ -167,7 +188,7 @@ measured() {
 run_llama_bench() {
     local tag=$1
     note "llama-bench ($tag): pp$N_PROMPT / tg$N_GEN, $REPS repetitions"
-    python3 "$here/load.py" run --name "llama-bench ($tag)" --notes "$step_notes" -- \
+    run_child python3 "$here/load.py" run --name "llama-bench ($tag)" --notes "$step_notes" -- \
         "$llama_bench" -m "$model" -t "$threads" -p "$N_PROMPT" -n "$N_GEN" -r "$REPS" \
         -b "$BATCH" -ub "$UBATCH" -fa "$FLASH_ATTN" -o json \
         >"$results_dir/llama-bench-$tag.json" 2>"$results_dir/llama-bench-$tag.log" ||
@@ -178,10 +199,10 @@ run_outpost_bench() {
     local tag=$1
     [[ -n "$outpost_bin" ]] || return 0
     note "outpost bench ($tag): pp$N_PROMPT / tg$N_GEN, $REPS repetitions"
-    python3 "$here/load.py" run --name "outpost bench ($tag)" --notes "$step_notes" -- \
+    run_child python3 "$here/load.py" run --name "outpost bench ($tag)" --notes "$step_notes" -- \
         "$outpost_bin" bench --model "$model" --threads "$threads" \
-        --n-prompt "$N_PROMPT" --n-gen "$N_GEN" --repetitions "$REPS" \
-        --batch "$BATCH" --ubatch "$UBATCH" --flash-attn "$FLASH_ATTN" --json \
+        --parallel 1 --ctx-size "$((N_PROMPT + N_GEN))" --n-prompt "$N_PROMPT" --n-gen "$N_GEN" --repetitions "$REPS" \
+        --batch-size "$BATCH" --ubatch-size "$UBATCH" --flash-attn "$FLASH_ATTN" --json \
         >"$results_dir/outpost-bench-$tag.json" 2>"$results_dir/outpost-bench-$tag.log" ||
         die "outpost bench failed; see $results_dir/outpost-bench-$tag.log"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["tests"]' \
@@ -202,7 +223,7 @@ serve() {
     local name=$1
     shift
     note "$name: cold start, warm-up, then $rounds rounds of $PARALLEL concurrent chats"
-    python3 "$here/load.py" serve --name "$name" --port "$port" \
+    run_child python3 "$here/load.py" serve --name "$name" --port "$port" \
         --rounds "$rounds" --workers "$PARALLEL" --max-tokens "$MAX_TOKENS" \
         --out "$results_dir/$name.json" --log "$results_dir/$name.log" \
         --pidfile "$pidfile" --notes "$step_notes" -- "$@" ||
@@ -210,10 +231,12 @@ serve() {
 }
 
 measured serve llama-server "$llama_server" -m "$model" -t "$threads" -np "$PARALLEL" \
-    -c "$CTX_TOTAL" --cache-ram 0 --host 127.0.0.1 --port "$port"
+    -c "$CTX_TOTAL" -b "$BATCH" -ub "$UBATCH" -fa "$FLASH_ATTN" --cache-ram 0 \
+    --host 127.0.0.1 --port "$port"
 if [[ -n "$outpost_bin" ]]; then
     measured serve outpost-serve "$outpost_bin" serve --model "$model" --threads "$threads" \
-        --parallel "$PARALLEL" --ctx-size "$CTX_TOTAL" --port "$port"
+        --parallel "$PARALLEL" --ctx-size "$CTX_TOTAL" --batch-size "$BATCH" \
+        --ubatch-size "$UBATCH" --flash-attn "$FLASH_ATTN" --host 127.0.0.1 --port "$port"
 fi
 
 # --- table ---------------------------------------------------------------------
@@ -228,7 +251,7 @@ fi
 today=$(date -u +%Y-%m-%d)
 cores=$(nproc)
 header="Outpost vs llama.cpp, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads. \
-Model: $(basename "$model"). Single stream: -p $N_PROMPT -n $N_GEN -r $REPS -b $BATCH -ub $UBATCH -fa $FLASH_ATTN. \
+Model: $(basename "$model"). Both sides: -b $BATCH -ub $UBATCH -fa $FLASH_ATTN. Single stream: -p $N_PROMPT -n $N_GEN -r $REPS (2 passes). \
 Servers: $PARALLEL slots, $CTX_TOTAL-token total context ($((CTX_TOTAL / PARALLEL)) a slot), \
 $rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0; \
 llama-server --cache-ram 0. Both built for x86-64-v3 (AVX2/FMA/F16C), OpenMP. \

@@ -12,6 +12,8 @@
 //!   verifying, then renaming so a final path never holds a partial file.
 //! - [`download`] is a general resumable, size-bounded, hash-checked HTTP
 //!   download that the hub and agent reuse.
+//! - [`gguf`] reads and checks a GGUF header in pure Rust (bounds-checked,
+//!   no allocation a file can inflate) before llama.cpp is given the file.
 //! - [`resolve_model`] turns a user's `--model` (catalog name or `.gguf`
 //!   path) into a file path for the runtime.
 //!
@@ -22,6 +24,7 @@ pub mod catalog;
 pub mod digest;
 pub mod download;
 mod durable;
+pub mod gguf;
 pub mod pip;
 mod resolve;
 pub mod store;

@@ -284,27 +284,74 @@ fn cloned<T: Clone>(message: &T) -> Result<T, DowngradeError> {
     Ok(message.clone())
 }
 
-wire_message!(Status, TopicKind::Status, limits::STATUS,
-    v1 = v1::Status, upgrade = unchanged, downgrade = cloned);
-wire_message!(DesiredState, TopicKind::StateDesired, limits::DESIRED_STATE,
-    v1 = v1::DesiredState, upgrade = DesiredState::from,
-    downgrade = |m: &DesiredState| Ok(v1::DesiredState::from(m)));
-wire_message!(ReportedState, TopicKind::StateReported, limits::REPORTED_STATE,
-    v1 = v1::ReportedState, upgrade = unchanged, downgrade = cloned);
-wire_message!(TelemetryBatch, TopicKind::Telemetry, limits::TELEMETRY_BATCH,
-    v1 = v1::TelemetryBatch, upgrade = TelemetryBatch::from,
-    downgrade = |m: &TelemetryBatch| Ok(v1::TelemetryBatch::from(m)));
-wire_message!(TelemetryAck, TopicKind::TelemetryAck, limits::TELEMETRY_ACK,
-    v1 = v1::TelemetryAck, upgrade = unchanged, downgrade = cloned);
-wire_message!(Feedback, TopicKind::Feedback, limits::FEEDBACK,
-    v1 = v1::Feedback, upgrade = unchanged, downgrade = cloned);
-wire_message!(Command, TopicKind::Cmd, limits::COMMAND,
-    v1 = v1::Command, upgrade = Command::from, downgrade = v1::Command::try_from);
+wire_message!(
+    Status,
+    TopicKind::Status,
+    limits::STATUS,
+    v1 = v1::Status,
+    upgrade = unchanged,
+    downgrade = cloned
+);
+wire_message!(
+    DesiredState,
+    TopicKind::StateDesired,
+    limits::DESIRED_STATE,
+    v1 = v1::DesiredState,
+    upgrade = DesiredState::from,
+    downgrade = |m: &DesiredState| Ok(v1::DesiredState::from(m))
+);
+wire_message!(
+    ReportedState,
+    TopicKind::StateReported,
+    limits::REPORTED_STATE,
+    v1 = v1::ReportedState,
+    upgrade = unchanged,
+    downgrade = cloned
+);
+wire_message!(
+    TelemetryBatch,
+    TopicKind::Telemetry,
+    limits::TELEMETRY_BATCH,
+    v1 = v1::TelemetryBatch,
+    upgrade = TelemetryBatch::from,
+    downgrade = |m: &TelemetryBatch| Ok(v1::TelemetryBatch::from(m))
+);
+wire_message!(
+    TelemetryAck,
+    TopicKind::TelemetryAck,
+    limits::TELEMETRY_ACK,
+    v1 = v1::TelemetryAck,
+    upgrade = unchanged,
+    downgrade = cloned
+);
+wire_message!(
+    Feedback,
+    TopicKind::Feedback,
+    limits::FEEDBACK,
+    v1 = v1::Feedback,
+    upgrade = unchanged,
+    downgrade = cloned
+);
+wire_message!(
+    Command,
+    TopicKind::Cmd,
+    limits::COMMAND,
+    v1 = v1::Command,
+    upgrade = Command::from,
+    downgrade = v1::Command::try_from
+);
 
-fn write_body<M: Serialize>(topic: TopicKind, body: &M, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_body<M: Serialize>(
+    topic: TopicKind,
+    body: &M,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     bincode::serde::encode_into_std_write(body, out, config())
         .map(drop)
-        .map_err(|e| EncodeError::Serialize { topic, detail: e.to_string() })
+        .map_err(|e| EncodeError::Serialize {
+            topic,
+            detail: e.to_string(),
+        })
 }
 
 /// Encodes `message` in the current protocol version.
@@ -318,14 +365,21 @@ pub fn encode<T: WireMessage>(message: &T) -> Result<Vec<u8>, EncodeError> {
 
 /// Encodes `message` in `version`, for a peer that speaks only that version
 /// (see [`ProtocolVersion::negotiate`]).
-pub fn encode_as<T: WireMessage>(message: &T, version: ProtocolVersion) -> Result<Vec<u8>, EncodeError> {
+pub fn encode_as<T: WireMessage>(
+    message: &T,
+    version: ProtocolVersion,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![version.as_byte()];
     match version {
         ProtocolVersion::V2 => write_body(T::TOPIC, message, &mut out)?,
         ProtocolVersion::V1 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
     }
     if out.len() > T::MAX_LEN {
-        return Err(EncodeError::TooLarge { topic: T::TOPIC, len: out.len(), limit: T::MAX_LEN });
+        return Err(EncodeError::TooLarge {
+            topic: T::TOPIC,
+            len: out.len(),
+            limit: T::MAX_LEN,
+        });
     }
     Ok(out)
 }
@@ -341,7 +395,11 @@ pub struct Decoded<T> {
 
 /// Decodes `body` as `D` with `T`'s limits, insisting it uses every byte.
 fn whole<T: WireMessage, D: DeserializeOwned>(body: &[u8], version: u8) -> Result<D, DecodeError> {
-    let malformed = |reason| DecodeError::Malformed { topic: T::TOPIC, version, reason };
+    let malformed = |reason| DecodeError::Malformed {
+        topic: T::TOPIC,
+        version,
+        reason,
+    };
     let (value, used) = T::decode_body::<D>(body).map_err(|e| malformed(malformed_reason(&e)))?;
     if used == body.len() {
         Ok(value)
@@ -359,7 +417,11 @@ pub fn decode<T: WireMessage>(payload: &[u8]) -> Result<T, DecodeError> {
 pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, DecodeError> {
     let (&first, body) = payload.split_first().ok_or(DecodeError::Empty)?;
     if payload.len() > T::MAX_LEN {
-        return Err(DecodeError::TooLarge { topic: T::TOPIC, len: payload.len(), limit: T::MAX_LEN });
+        return Err(DecodeError::TooLarge {
+            topic: T::TOPIC,
+            len: payload.len(),
+            limit: T::MAX_LEN,
+        });
     }
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
     let message = match version {
@@ -396,7 +458,10 @@ impl AnyMessage {
             payload: &[u8],
             into: fn(T) -> AnyMessage,
         ) -> Result<Decoded<AnyMessage>, DecodeError> {
-            decode_versioned::<T>(payload).map(|d| Decoded { message: into(d.message), version: d.version })
+            decode_versioned::<T>(payload).map(|d| Decoded {
+                message: into(d.message),
+                version: d.version,
+            })
         }
         match kind {
             TopicKind::Status => wrap(payload, AnyMessage::Status),
@@ -445,17 +510,30 @@ mod tests {
     fn an_ack_is_a_version_byte_and_a_varint() {
         let bytes = encode(&TelemetryAck { up_to_seq: Seq(5) }).expect("encodes");
         assert_eq!(bytes, [2, 5]);
-        assert_eq!(decode::<TelemetryAck>(&bytes), Ok(TelemetryAck { up_to_seq: Seq(5) }));
+        assert_eq!(
+            decode::<TelemetryAck>(&bytes),
+            Ok(TelemetryAck { up_to_seq: Seq(5) })
+        );
     }
 
     #[test]
     fn decode_names_empty_unknown_version_and_oversized_payloads() {
         assert_eq!(decode::<TelemetryAck>(&[]), Err(DecodeError::Empty));
-        assert_eq!(decode::<TelemetryAck>(&[9, 5]), Err(DecodeError::UnknownVersion(9)));
-        assert_eq!(decode::<TelemetryAck>(&[0]), Err(DecodeError::UnknownVersion(0)));
+        assert_eq!(
+            decode::<TelemetryAck>(&[9, 5]),
+            Err(DecodeError::UnknownVersion(9))
+        );
+        assert_eq!(
+            decode::<TelemetryAck>(&[0]),
+            Err(DecodeError::UnknownVersion(0))
+        );
         assert_eq!(
             decode::<TelemetryAck>(&[2; 65]),
-            Err(DecodeError::TooLarge { topic: TopicKind::TelemetryAck, len: 65, limit: 64 })
+            Err(DecodeError::TooLarge {
+                topic: TopicKind::TelemetryAck,
+                len: 65,
+                limit: 64
+            })
         );
     }
 
@@ -463,11 +541,17 @@ mod tests {
     fn decode_rejects_truncated_and_trailing_bytes() {
         assert!(matches!(
             decode::<TelemetryAck>(&[2]),
-            Err(DecodeError::Malformed { reason: Malformed::Truncated, .. })
+            Err(DecodeError::Malformed {
+                reason: Malformed::Truncated,
+                ..
+            })
         ));
         assert!(matches!(
             decode::<TelemetryAck>(&[2, 5, 0]),
-            Err(DecodeError::Malformed { reason: Malformed::TrailingBytes(1), .. })
+            Err(DecodeError::Malformed {
+                reason: Malformed::TrailingBytes(1),
+                ..
+            })
         ));
     }
 
@@ -479,7 +563,13 @@ mod tests {
         payload.extend_from_slice(&u64::MAX.to_le_bytes());
         let err = decode::<Status>(&payload).expect_err("hostile");
         assert!(
-            matches!(err, DecodeError::Malformed { reason: Malformed::LengthLimit, .. }),
+            matches!(
+                err,
+                DecodeError::Malformed {
+                    reason: Malformed::LengthLimit,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

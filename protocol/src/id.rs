@@ -42,7 +42,9 @@ pub enum IdError {
         first: char,
     },
     /// The name contains a character outside its set.
-    #[error("{what} contains {ch:?} at byte {index}; allowed are ASCII letters, digits and {extra}")]
+    #[error(
+        "{what} contains {ch:?} at byte {index}; allowed are ASCII letters, digits and {extra}"
+    )]
     InvalidChar {
         /// Which kind of name.
         what: &'static str,
@@ -60,7 +62,11 @@ pub enum IdError {
 fn check_name(s: &str, what: &'static str, max: usize, extra: &'static str) -> Result<(), IdError> {
     let first = s.chars().next().ok_or(IdError::Empty { what })?;
     if s.len() > max {
-        return Err(IdError::TooLong { what, len: s.len(), max });
+        return Err(IdError::TooLong {
+            what,
+            len: s.len(),
+            max,
+        });
     }
     if !first.is_ascii_alphanumeric() {
         return Err(IdError::BadStart { what, first });
@@ -69,7 +75,12 @@ fn check_name(s: &str, what: &'static str, max: usize, extra: &'static str) -> R
         .char_indices()
         .find(|&(_, c)| !(c.is_ascii_alphanumeric() || extra.contains(c)))
     {
-        Some((index, ch)) => Err(IdError::InvalidChar { what, ch, index, extra }),
+        Some((index, ch)) => Err(IdError::InvalidChar {
+            what,
+            ch,
+            index,
+            extra,
+        }),
         None => Ok(()),
     }
 }
@@ -227,7 +238,11 @@ mod tests {
         );
         assert!(matches!(
             DeviceId::parse(&"a".repeat(65)),
-            Err(IdError::TooLong { len: 65, max: 64, .. })
+            Err(IdError::TooLong {
+                len: 65,
+                max: 64,
+                ..
+            })
         ));
         assert!(matches!(
             DeviceId::parse(".."),

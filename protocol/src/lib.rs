@@ -37,7 +37,10 @@
 //!   their first byte. They change independently.
 //! - The current payload version is 2 ([`ProtocolVersion::CURRENT`]). Every
 //!   change to a message's bincode shape (bincode has no field tags, so even
-//!   an added optional field) is a version bump.
+//!   an added optional field) is a version bump. So is a new enum variant
+//!   that may reach an old peer: old payloads still decode, but the old peer
+//!   cannot read the new variant, so the downgrade must refuse it (as with
+//!   `CommandAction::ReReport`) or map it.
 //! - Each side reads the current and the previous version and can write
 //!   either: [`decode`] upgrades v1 payloads, [`encode_as`] downgrades for a
 //!   v1 peer (or says why it cannot). The hub learns a device's version from
@@ -57,7 +60,7 @@
 //! - [`Feedback`]: a rated, redacted question and answer.
 //! - [`Command`]: run an evaluation, flush telemetry, re-report.
 //!
-//! # PII ([`redact`])
+//! # PII ([`redact`](mod@redact))
 //!
 //! The only text type in any message is [`RedactedText`], whose only
 //! constructor is [`redact()`]; decoding one redacts again. So raw customer
@@ -72,26 +75,24 @@ pub mod topic;
 pub mod v1;
 
 pub use codec::{
-    decode, decode_versioned, encode, encode_as, AnyMessage, DecodeError, Decoded,
-    DowngradeError, EncodeError, Malformed, ProtocolVersion, WireMessage,
+    decode, decode_versioned, encode, encode_as, AnyMessage, DecodeError, Decoded, DowngradeError,
+    EncodeError, Malformed, ProtocolVersion, WireMessage,
 };
-pub use id::{
-    AgentVersion, ArtifactName, ArtifactVersion, DeviceId, FleetId, IdError, RolloutId,
-};
+pub use id::{AgentVersion, ArtifactName, ArtifactVersion, DeviceId, FleetId, IdError, RolloutId};
 pub use message::artifact::{
-    ArtifactDigest, ArtifactKind, ArtifactRef, ArtifactRefError, ArtifactSet,
-    ArtifactSignature, ArtifactUrl, DigestParseError, UrlError,
+    ArtifactDigest, ArtifactKind, ArtifactRef, ArtifactRefError, ArtifactSet, ArtifactSignature,
+    ArtifactUrl, DigestParseError, UrlError,
 };
 pub use message::command::{Command, CommandAction, CommandId};
 pub use message::feedback::Feedback;
 pub use message::state::{
-    ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence,
-    ReportedState, Status,
+    ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence, ReportedState,
+    Status,
 };
 pub use message::telemetry::{
-    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, Rating, RetrievalScores,
-    ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent,
-    TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
+    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, Rating, RetrievalScores, ScoresError,
+    Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };
 pub use redact::{redact, PiiCounts, PiiKind, RedactedText, Redaction};
 pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

@@ -191,7 +191,11 @@ pub struct Topic {
 impl Topic {
     /// The topic of `kind` for one device.
     pub fn new(fleet: FleetId, device: DeviceId, kind: TopicKind) -> Self {
-        Self { fleet, device, kind }
+        Self {
+            fleet,
+            device,
+            kind,
+        }
     }
 
     /// Parses an incoming topic such as `outpost/v1/acme/kiosk-7/telemetry`.
@@ -199,11 +203,16 @@ impl Topic {
         let rest = topic
             .strip_prefix(TOPIC_PREFIX)
             .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| TopicError::NotOutpost { topic: quoted(topic) })?;
-        let missing = |missing| TopicError::MissingLevel { topic: quoted(topic), missing };
-        let (fleet, rest) = rest.split_once('/').ok_or_else(|| {
-            missing(if rest.is_empty() { "fleet" } else { "device" })
-        })?;
+            .ok_or_else(|| TopicError::NotOutpost {
+                topic: quoted(topic),
+            })?;
+        let missing = |missing| TopicError::MissingLevel {
+            topic: quoted(topic),
+            missing,
+        };
+        let (fleet, rest) = rest
+            .split_once('/')
+            .ok_or_else(|| missing(if rest.is_empty() { "fleet" } else { "device" }))?;
         let (device, suffix) = rest
             .split_once('/')
             .ok_or_else(|| missing(if rest.is_empty() { "device" } else { "kind" }))?;
@@ -219,13 +228,21 @@ impl Topic {
             topic: quoted(topic),
             kind: quoted(suffix),
         })?;
-        Ok(Self { fleet, device, kind })
+        Ok(Self {
+            fleet,
+            device,
+            kind,
+        })
     }
 }
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{TOPIC_PREFIX}/{}/{}/{}", self.fleet, self.device, self.kind)
+        write!(
+            f,
+            "{TOPIC_PREFIX}/{}/{}/{}",
+            self.fleet, self.device, self.kind
+        )
     }
 }
 
@@ -319,11 +336,17 @@ mod tests {
         ));
         assert!(matches!(
             Topic::parse("outpost/v1/acme"),
-            Err(TopicError::MissingLevel { missing: "device", .. })
+            Err(TopicError::MissingLevel {
+                missing: "device",
+                ..
+            })
         ));
         assert!(matches!(
             Topic::parse("outpost/v1/acme/kiosk-7"),
-            Err(TopicError::MissingLevel { missing: "kind", .. })
+            Err(TopicError::MissingLevel {
+                missing: "kind",
+                ..
+            })
         ));
         assert!(matches!(
             Topic::parse("outpost/v1/acme/kiosk-7/state"),
@@ -372,7 +395,11 @@ mod tests {
             .collect();
         assert_eq!(
             hub,
-            [TopicKind::StateDesired, TopicKind::TelemetryAck, TopicKind::Cmd]
+            [
+                TopicKind::StateDesired,
+                TopicKind::TelemetryAck,
+                TopicKind::Cmd
+            ]
         );
     }
 }

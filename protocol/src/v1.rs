@@ -134,27 +134,35 @@ pub type TelemetryBatch = current_tm::TelemetryBatch<TelemetryEvent>;
 impl From<TelemetryEvent> for current_tm::TelemetryEvent {
     fn from(old: TelemetryEvent) -> Self {
         let payload = match old.payload {
-            TelemetryPayload::Answer(a) => current_tm::TelemetryPayload::Answer(current_tm::AnswerEvent {
-                latency_ms: a.latency_ms,
-                time_to_first_token_ms: None,
-                prompt_tokens: a.prompt_tokens,
-                completion_tokens: a.completion_tokens,
-                versions: a.versions,
-                retrieval: a.retrieval,
-                escalated: a.escalated,
-                rating: a.rating,
-                pii_found: a.pii_found,
-            }),
-            TelemetryPayload::Metrics(m) => current_tm::TelemetryPayload::Metrics(current_tm::DeviceMetrics {
-                cpu_percent: m.cpu_percent,
-                mem_used_bytes: m.mem_used_bytes,
-                mem_total_bytes: m.mem_total_bytes,
-                disk_used_bytes: m.disk_used_bytes,
-                disk_total_bytes: m.disk_total_bytes,
-                temperature_c: None,
-            }),
+            TelemetryPayload::Answer(a) => {
+                current_tm::TelemetryPayload::Answer(current_tm::AnswerEvent {
+                    latency_ms: a.latency_ms,
+                    time_to_first_token_ms: None,
+                    prompt_tokens: a.prompt_tokens,
+                    completion_tokens: a.completion_tokens,
+                    versions: a.versions,
+                    retrieval: a.retrieval,
+                    escalated: a.escalated,
+                    rating: a.rating,
+                    pii_found: a.pii_found,
+                })
+            }
+            TelemetryPayload::Metrics(m) => {
+                current_tm::TelemetryPayload::Metrics(current_tm::DeviceMetrics {
+                    cpu_percent: m.cpu_percent,
+                    mem_used_bytes: m.mem_used_bytes,
+                    mem_total_bytes: m.mem_total_bytes,
+                    disk_used_bytes: m.disk_used_bytes,
+                    disk_total_bytes: m.disk_total_bytes,
+                    temperature_c: None,
+                })
+            }
         };
-        Self { seq: old.seq, at_unix_ms: old.at_unix_ms, payload }
+        Self {
+            seq: old.seq,
+            at_unix_ms: old.at_unix_ms,
+            payload,
+        }
     }
 }
 
@@ -179,7 +187,11 @@ impl From<&current_tm::TelemetryEvent> for TelemetryEvent {
                 disk_total_bytes: m.disk_total_bytes,
             }),
         };
-        Self { seq: new.seq, at_unix_ms: new.at_unix_ms, payload }
+        Self {
+            seq: new.seq,
+            at_unix_ms: new.at_unix_ms,
+            payload,
+        }
     }
 }
 
@@ -227,7 +239,11 @@ impl From<Command> for current_cmd::Command {
             CommandAction::RunEval { eval_set } => current_cmd::CommandAction::RunEval { eval_set },
             CommandAction::Flush => current_cmd::CommandAction::Flush,
         };
-        Self { id: old.id, action, issued_at_unix_ms: old.issued_at_unix_ms }
+        Self {
+            id: old.id,
+            action,
+            issued_at_unix_ms: old.issued_at_unix_ms,
+        }
     }
 }
 
@@ -235,14 +251,21 @@ impl TryFrom<&current_cmd::Command> for Command {
     type Error = DowngradeError;
     fn try_from(new: &current_cmd::Command) -> Result<Self, DowngradeError> {
         let action = match &new.action {
-            current_cmd::CommandAction::RunEval { eval_set } => {
-                CommandAction::RunEval { eval_set: eval_set.clone() }
-            }
+            current_cmd::CommandAction::RunEval { eval_set } => CommandAction::RunEval {
+                eval_set: eval_set.clone(),
+            },
             current_cmd::CommandAction::Flush => CommandAction::Flush,
             current_cmd::CommandAction::ReReport => {
-                return Err(DowngradeError::Unsupported { what: "the re-report command", version: 1 })
+                return Err(DowngradeError::Unsupported {
+                    what: "the re-report command",
+                    version: 1,
+                })
             }
         };
-        Ok(Self { id: new.id, action, issued_at_unix_ms: new.issued_at_unix_ms })
+        Ok(Self {
+            id: new.id,
+            action,
+            issued_at_unix_ms: new.issued_at_unix_ms,
+        })
     }
 }

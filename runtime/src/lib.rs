@@ -1,6 +1,5 @@
 //! Outpost's device runtime: the llama.cpp engine and the device HTTP API.
 //!
-//! - [`gguf`] reads and checks GGUF headers before llama.cpp sees a file.
 //! - [`engine`] owns the llama.cpp model and context on one thread; callers
 //!   reach it through an [`engine::EngineHandle`] (bounded queue, continuous
 //!   batching, shared-prefix KV reuse, LoRA hot swap).
@@ -13,6 +12,5 @@
 pub mod bench;
 pub mod config;
 pub mod engine;
-pub mod gguf;
 pub mod http;
 pub mod metrics;

@@ -222,7 +222,10 @@ impl ArtifactUrl {
     /// Parses and validates `s`.
     pub fn parse(s: &str) -> Result<Self, UrlError> {
         if s.len() > Self::MAX_LEN {
-            return Err(UrlError::TooLong { len: s.len(), max: Self::MAX_LEN });
+            return Err(UrlError::TooLong {
+                len: s.len(),
+                max: Self::MAX_LEN,
+            });
         }
         let host = s
             .strip_prefix("https://")
@@ -389,7 +392,10 @@ impl ArtifactSet {
     }
 
     /// Puts `artifact` in its kind's slot, returning the ref it replaces.
-    pub fn insert(&mut self, artifact: ArtifactRef) -> Result<Option<ArtifactRef>, ArtifactRefError> {
+    pub fn insert(
+        &mut self,
+        artifact: ArtifactRef,
+    ) -> Result<Option<ArtifactRef>, ArtifactRefError> {
         artifact.check()?;
         Ok(self.0.insert(artifact.kind, artifact))
     }
@@ -506,7 +512,10 @@ pub(crate) mod tests {
 
     #[test]
     fn set_rejects_two_refs_of_one_kind_from_the_wire() {
-        let refs = vec![sample_ref(ArtifactKind::Model), sample_ref(ArtifactKind::Model)];
+        let refs = vec![
+            sample_ref(ArtifactKind::Model),
+            sample_ref(ArtifactKind::Model),
+        ];
         assert_eq!(
             ArtifactSet::try_from(refs),
             Err(ArtifactRefError::DuplicateKind(ArtifactKind::Model))

@@ -62,8 +62,9 @@ pub struct Status {
 pub struct DesiredState {
     /// Newer than every desired state the hub sent this device before.
     pub generation: Generation,
-    /// The staged rollout this state belongs to, if any (new in v2). Devices
-    /// echo it in nothing; the hub joins reports to rollouts by generation.
+    /// The staged rollout this state belongs to, if any (new in v2). The
+    /// device does not act on it; it lets the hub and the logs attribute a
+    /// device's reports to the rollout that caused them.
     pub rollout: Option<RolloutId>,
     /// The artifacts to run. A kind absent here means "keep what you have".
     pub artifacts: ArtifactSet,

@@ -94,7 +94,9 @@ impl RetrievalScores {
     /// Checks and wraps `scores`.
     pub fn new(scores: Vec<f32>) -> Result<Self, ScoresError> {
         if scores.len() > MAX_RETRIEVAL_SCORES {
-            return Err(ScoresError::TooMany { count: scores.len() });
+            return Err(ScoresError::TooMany {
+                count: scores.len(),
+            });
         }
         if let Some(index) = scores.iter().position(|s| !s.is_finite()) {
             return Err(ScoresError::NotFinite { index });
@@ -230,15 +232,24 @@ pub enum BatchError {
 fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchError> {
     let first = events.first().ok_or(BatchError::Empty)?;
     if events.len() > MAX_BATCH_EVENTS {
-        return Err(BatchError::TooManyEvents { count: events.len() });
+        return Err(BatchError::TooManyEvents {
+            count: events.len(),
+        });
     }
     if first.seq() != first_seq {
-        return Err(BatchError::FirstSeqMismatch { first_seq, event_seq: first.seq() });
+        return Err(BatchError::FirstSeqMismatch {
+            first_seq,
+            event_seq: first.seq(),
+        });
     }
     for (index, pair) in events.windows(2).enumerate() {
         let (previous, seq) = (pair[0].seq(), pair[1].seq());
         if seq <= previous {
-            return Err(BatchError::NotIncreasing { index: index + 1, previous, seq });
+            return Err(BatchError::NotIncreasing {
+                index: index + 1,
+                previous,
+                seq,
+            });
         }
     }
     Ok(())
@@ -271,7 +282,11 @@ impl<E: Sequenced> TryFrom<BatchParts<E>> for TelemetryBatch<E> {
     type Error = BatchError;
     fn try_from(parts: BatchParts<E>) -> Result<Self, BatchError> {
         check_events(parts.first_seq, &parts.events)?;
-        Ok(Self { device: parts.device, first_seq: parts.first_seq, events: parts.events })
+        Ok(Self {
+            device: parts.device,
+            first_seq: parts.first_seq,
+            events: parts.events,
+        })
     }
 }
 
@@ -279,7 +294,11 @@ impl<E: Sequenced> TelemetryBatch<E> {
     /// Builds a batch from `device`'s `events`, checking the batch rules.
     pub fn new(device: DeviceId, events: Vec<E>) -> Result<Self, BatchError> {
         let first_seq = events.first().ok_or(BatchError::Empty)?.seq();
-        Self::try_from(BatchParts { device, first_seq, events })
+        Self::try_from(BatchParts {
+            device,
+            first_seq,
+            events,
+        })
     }
 
     /// The sending device, as it claims; the hub must check it against the
@@ -314,14 +333,25 @@ impl<E: Sequenced> TelemetryBatch<E> {
     pub(crate) fn map_events<T: Sequenced>(self, convert: impl FnMut(E) -> T) -> TelemetryBatch<T> {
         let events: Vec<T> = self.events.into_iter().map(convert).collect();
         debug_assert!(check_events(self.first_seq, &events).is_ok());
-        TelemetryBatch { device: self.device, first_seq: self.first_seq, events }
+        TelemetryBatch {
+            device: self.device,
+            first_seq: self.first_seq,
+            events,
+        }
     }
 
     /// [`map_events`](Self::map_events) by reference.
-    pub(crate) fn map_events_ref<T: Sequenced>(&self, convert: impl FnMut(&E) -> T) -> TelemetryBatch<T> {
+    pub(crate) fn map_events_ref<T: Sequenced>(
+        &self,
+        convert: impl FnMut(&E) -> T,
+    ) -> TelemetryBatch<T> {
         let events: Vec<T> = self.events.iter().map(convert).collect();
         debug_assert!(check_events(self.first_seq, &events).is_ok());
-        TelemetryBatch { device: self.device.clone(), first_seq: self.first_seq, events }
+        TelemetryBatch {
+            device: self.device.clone(),
+            first_seq: self.first_seq,
+            events,
+        }
     }
 }
 
@@ -366,8 +396,8 @@ pub(crate) mod tests {
 
     #[test]
     fn batch_takes_first_seq_from_its_first_event() {
-        let batch = TelemetryBatch::new(device(), vec![metrics_event(3), metrics_event(9)])
-            .expect("valid");
+        let batch =
+            TelemetryBatch::new(device(), vec![metrics_event(3), metrics_event(9)]).expect("valid");
         assert_eq!(batch.first_seq(), Seq(3));
         assert_eq!(batch.last_seq(), Seq(9));
     }
@@ -380,17 +410,30 @@ pub(crate) mod tests {
         );
         assert_eq!(
             TelemetryBatch::new(device(), vec![metrics_event(3), metrics_event(3)]),
-            Err(BatchError::NotIncreasing { index: 1, previous: Seq(3), seq: Seq(3) })
+            Err(BatchError::NotIncreasing {
+                index: 1,
+                previous: Seq(3),
+                seq: Seq(3)
+            })
         );
-        let parts = BatchParts { device: device(), first_seq: Seq(1), events: vec![metrics_event(2)] };
+        let parts = BatchParts {
+            device: device(),
+            first_seq: Seq(1),
+            events: vec![metrics_event(2)],
+        };
         assert_eq!(
             TelemetryBatch::try_from(parts),
-            Err(BatchError::FirstSeqMismatch { first_seq: Seq(1), event_seq: Seq(2) })
+            Err(BatchError::FirstSeqMismatch {
+                first_seq: Seq(1),
+                event_seq: Seq(2)
+            })
         );
         let many = (0..=MAX_BATCH_EVENTS as u64).map(metrics_event).collect();
         assert_eq!(
             TelemetryBatch::new(device(), many),
-            Err(BatchError::TooManyEvents { count: MAX_BATCH_EVENTS + 1 })
+            Err(BatchError::TooManyEvents {
+                count: MAX_BATCH_EVENTS + 1
+            })
         );
     }
 

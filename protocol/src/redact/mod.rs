@@ -138,7 +138,9 @@ impl PiiCounts {
 
     /// All findings together (saturating).
     pub fn total(&self) -> u32 {
-        self.0.iter().fold(0u32, |acc, &(_, n)| acc.saturating_add(n))
+        self.0
+            .iter()
+            .fold(0u32, |acc, &(_, n)| acc.saturating_add(n))
     }
 
     /// The `(kind, count)` pairs.
@@ -260,7 +262,10 @@ pub fn redact(text: &str) -> Redaction {
     for kind in PiiKind::ALL {
         found.add(kind, counts[kind.index()]);
     }
-    Redaction { text: RedactedText(current), found }
+    Redaction {
+        text: RedactedText(current),
+        found,
+    }
 }
 
 #[cfg(test)]
@@ -287,7 +292,14 @@ mod tests {
             r.text.as_str(),
             "Mail <EMAIL> or call <PHONE>; IBAN <IBAN>, SSN <SSN>, host <IP>, ship to <ADDRESS>."
         );
-        for kind in [PiiKind::Email, PiiKind::Phone, PiiKind::Iban, PiiKind::Ssn, PiiKind::Ip, PiiKind::Address] {
+        for kind in [
+            PiiKind::Email,
+            PiiKind::Phone,
+            PiiKind::Iban,
+            PiiKind::Ssn,
+            PiiKind::Ip,
+            PiiKind::Address,
+        ] {
             assert_eq!(r.found.get(kind), 1, "{kind}");
         }
         assert_eq!(r.found.total(), 6);
@@ -295,14 +307,21 @@ mod tests {
 
     #[test]
     fn invalid_ssns_are_left_alone() {
-        for text in ["000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000"] {
+        for text in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-34-5678",
+            "123-00-4567",
+            "123-45-0000",
+        ] {
             assert_eq!(redact(text).text.as_str(), text);
         }
     }
 
     #[test]
     fn text_without_pii_comes_back_unchanged() {
-        let text = "Firmware v2.4.1 on KX-500 (SKU-88-1024-B) since 2024-05-01 13:45:10, price $1,299.99";
+        let text =
+            "Firmware v2.4.1 on KX-500 (SKU-88-1024-B) since 2024-05-01 13:45:10, price $1,299.99";
         let r = redact(text);
         assert_eq!(r.text.as_str(), text);
         assert!(r.found.is_empty());
@@ -310,14 +329,13 @@ mod tests {
 
     #[test]
     fn decoding_redacted_text_redacts_again() {
-        let json = serde_json_like("call 415-555-0132");
-        let text: RedactedText = json;
+        let text = decode_from_peer("call 415-555-0132");
         assert_eq!(text.as_str(), "call <PHONE>");
     }
 
     /// Deserializes a string through serde's value deserializer, standing in
     /// for a peer that put raw text on the wire.
-    fn serde_json_like(raw: &str) -> RedactedText {
+    fn decode_from_peer(raw: &str) -> RedactedText {
         use serde::de::value::{Error, StrDeserializer};
         use serde::de::IntoDeserializer;
         let de: StrDeserializer<'_, Error> = raw.into_deserializer();

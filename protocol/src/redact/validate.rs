@@ -81,7 +81,10 @@ pub fn iban_length(country: &str) -> Option<usize> {
         ("ST", 25), ("SV", 28), ("TL", 23), ("TN", 24), ("TR", 26), ("UA", 29),
         ("VA", 22), ("VG", 24), ("XK", 20), ("YE", 30),
     ];
-    LENGTHS.iter().find(|(c, _)| *c == country).map(|&(_, len)| len)
+    LENGTHS
+        .iter()
+        .find(|(c, _)| *c == country)
+        .map(|&(_, len)| len)
 }
 
 /// The ISO 13616 check: upper-case letters and digits only, the country's
@@ -90,7 +93,9 @@ pub fn iban_length(country: &str) -> Option<usize> {
 pub fn iban_valid(compact: &str) -> bool {
     let bytes = compact.as_bytes();
     if bytes.len() < 4
-        || !bytes.iter().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        || !bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
         || !bytes[2].is_ascii_digit()
         || !bytes[3].is_ascii_digit()
         || iban_length(&compact[..2]) != Some(bytes.len())
@@ -112,7 +117,11 @@ pub fn iban_mod97(compact: &str) -> Option<u32> {
             b'A'..=b'Z' => u32::from(b - b'A') + 10,
             _ => return None,
         };
-        rem = if value >= 10 { (rem * 100 + value) % 97 } else { (rem * 10 + value) % 97 };
+        rem = if value >= 10 {
+            (rem * 100 + value) % 97
+        } else {
+            (rem * 10 + value) % 97
+        };
     }
     Some(rem)
 }
@@ -150,7 +159,14 @@ mod tests {
 
     #[test]
     fn luhn_accepts_the_well_known_test_card_numbers() {
-        for card in ["4111111111111111", "5500000000000004", "340000000000009", "6011000000000004", "3566002020360505", "30569309025904"] {
+        for card in [
+            "4111111111111111",
+            "5500000000000004",
+            "340000000000009",
+            "6011000000000004",
+            "3566002020360505",
+            "30569309025904",
+        ] {
             assert!(luhn_valid(card), "{card}");
             assert!(card_valid(card), "{card}");
         }
@@ -196,7 +212,10 @@ mod tests {
         assert!(!iban_valid("DE8937040044053201300"));
         assert!(!iban_valid("XX89370400440532013000"));
         assert!(!iban_valid("de89370400440532013000"));
-        assert_eq!(iban_mod97("DE00370400440532013000").map(|r| 98 - r), Some(89));
+        assert_eq!(
+            iban_mod97("DE00370400440532013000").map(|r| 98 - r),
+            Some(89)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use outpost_protocol::{redact, PiiKind};
 use crate::gen::{self, Rng};
 
 const SENTENCES: usize = 6_000;
-const SEED: u64 = 0x0u64 ^ 0x5eed_2024_0501;
+const SEED: u64 = 0x5eed_2024_0501;
 
 const TEMPLATES: &[&str] = &[
     "My card {card} was charged twice for order {order}.",
@@ -35,6 +35,10 @@ const TEMPLATES: &[&str] = &[
     "Card {card}, IBAN {iban}, SSN {ssn} - why does {sku} cost {price}?",
     "Order {order} placed {ts} shows {sku} at {price}, {version}.",
     "The screen froze at {ts} while scanning {sku}; receipt {order}.",
+    "card:{card} exp 12/27, ref {order}",
+    "contact <{email}> or tel:{phone} re {sku}",
+    "Support ticket {order}: customer at {address} ({phone}) reports {sku} faulty since {ts}.",
+    "Pay {price} by transfer to {iban} before {ts}; your invoice is {order}.",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -93,7 +97,11 @@ struct Sentence {
 }
 
 fn sentence(rng: &mut Rng, template: &str) -> Sentence {
-    let mut out = Sentence { text: String::new(), pii: Vec::new(), distractors: Vec::new() };
+    let mut out = Sentence {
+        text: String::new(),
+        pii: Vec::new(),
+        distractors: Vec::new(),
+    };
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let close = open + rest[open..].find('}').expect("closed slot");
@@ -194,13 +202,25 @@ fn generated_support_corpus_meets_recall_and_false_positive_targets() {
 
     let rate = |t: &Tally| f64::from(t.hit) / f64::from(t.planted);
     for kind in [PiiKind::Card, PiiKind::Iban, PiiKind::Email, PiiKind::Phone] {
-        assert!(rate(&recall[&kind]) >= 0.99, "{kind} recall {}", rate(&recall[&kind]));
+        assert!(
+            rate(&recall[&kind]) >= 0.99,
+            "{kind} recall {}",
+            rate(&recall[&kind])
+        );
     }
     for kind in [PiiKind::Ssn, PiiKind::Ip, PiiKind::Address] {
-        assert!(rate(&recall[&kind]) >= 0.95, "{kind} recall {}", rate(&recall[&kind]));
+        assert!(
+            rate(&recall[&kind]) >= 0.95,
+            "{kind} recall {}",
+            rate(&recall[&kind])
+        );
     }
     for kind in [Distractor::Order, Distractor::Timestamp, Distractor::Sku] {
-        assert!(1.0 - rate(&kept[&kind]) <= 0.01, "{kind:?} FP rate {}", 1.0 - rate(&kept[&kind]));
+        assert!(
+            1.0 - rate(&kept[&kind]) <= 0.01,
+            "{kind:?} FP rate {}",
+            1.0 - rate(&kept[&kind])
+        );
     }
     assert_eq!(clean_changed, 0, "a sentence without PII was changed");
 }

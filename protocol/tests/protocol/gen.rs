@@ -37,11 +37,15 @@ impl Rng {
     }
 
     pub fn digits(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'0' + self.below(10) as u8)).collect()
+        (0..n)
+            .map(|_| char::from(b'0' + self.below(10) as u8))
+            .collect()
     }
 
     pub fn letters(&mut self, n: usize) -> String {
-        (0..n).map(|_| char::from(b'A' + self.below(26) as u8)).collect()
+        (0..n)
+            .map(|_| char::from(b'A' + self.below(26) as u8))
+            .collect()
     }
 }
 
@@ -84,7 +88,10 @@ pub fn iban(rng: &mut Rng) -> String {
     let (country, bban) = match rng.below(10) {
         0 => ("DE", rng.digits(18)),
         1 => ("GB", format!("{}{}", rng.letters(4), rng.digits(14))),
-        2 => ("FR", format!("{}{}{}", rng.digits(20), rng.letters(1), rng.digits(2))),
+        2 => (
+            "FR",
+            format!("{}{}{}", rng.digits(20), rng.letters(1), rng.digits(2)),
+        ),
         3 => ("NL", format!("{}{}", rng.letters(4), rng.digits(10))),
         4 => ("ES", rng.digits(20)),
         5 => ("IT", format!("{}{}", rng.letters(1), rng.digits(22))),
@@ -108,9 +115,20 @@ pub fn iban(rng: &mut Rng) -> String {
     }
 }
 
-const FIRST: &[&str] = &["anna", "john", "maria", "li", "o.brien", "jean-luc", "sam", "fatima", "max", "zoe"];
-const LAST: &[&str] = &["smith", "mueller", "dupont", "nguyen", "rossi", "kowalski", "garcia", "lee"];
-const DOMAINS: &[&str] = &["example.com", "mail.example.org", "shop.co.uk", "post.de", "free.fr", "corp-mail.net"];
+const FIRST: &[&str] = &[
+    "anna", "john", "maria", "li", "o.brien", "jean-luc", "sam", "fatima", "max", "zoe",
+];
+const LAST: &[&str] = &[
+    "smith", "mueller", "dupont", "nguyen", "rossi", "kowalski", "garcia", "lee",
+];
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "mail.example.org",
+    "shop.co.uk",
+    "post.de",
+    "free.fr",
+    "corp-mail.net",
+];
 
 pub fn email(rng: &mut Rng) -> String {
     let first = *rng.pick(FIRST);
@@ -134,7 +152,9 @@ pub fn phone(rng: &mut Rng) -> String {
     let area = format!("{}{}", rng.range(2, 9), rng.digits(2));
     let exchange = format!("{}{}", rng.range(2, 9), rng.digits(2));
     let line = rng.digits(4);
-    match rng.below(16) {
+    match rng.below(18) {
+        16 => format!("(+44) 20 {} {}", rng.digits(4), rng.digits(4)),
+        17 => format!("+44 (0) 7{} {}", rng.digits(3), rng.digits(6)),
         0 => format!("({area}) {exchange}-{line}"),
         1 => format!("{area}-{exchange}-{line}"),
         2 => format!("{area}.{exchange}.{line}"),
@@ -190,21 +210,65 @@ pub fn ip(rng: &mut Rng) -> String {
     }
 }
 
-const STREET_NAMES: &[&str] = &["Main", "Oak", "Maple", "Baker", "Elm", "Sunset", "Pennsylvania", "Church", "Mill", "Park"];
-const SUFFIXES: &[&str] = &["Street", "St", "Avenue", "Ave", "Road", "Rd", "Lane", "Boulevard", "Blvd", "Drive"];
-const CITIES: &[(&str, &str)] = &[("Springfield", "IL"), ("Portland", "OR"), ("Austin", "TX"), ("Albany", "NY")];
-const DE_NAMES: &[&str] = &["Haupt", "Bahnhof", "Schiller", "Goethe", "Linden", "Berliner", "Kirch"];
-const FR_NAMES: &[&str] = &["la Paix", "Rivoli", "la République", "Victor Hugo", "Saint-Honoré"];
+const STREET_NAMES: &[&str] = &[
+    "Main",
+    "Oak",
+    "Maple",
+    "Baker",
+    "Elm",
+    "Sunset",
+    "Pennsylvania",
+    "Church",
+    "Mill",
+    "Park",
+];
+const SUFFIXES: &[&str] = &[
+    "Street",
+    "St",
+    "Avenue",
+    "Ave",
+    "Road",
+    "Rd",
+    "Lane",
+    "Boulevard",
+    "Blvd",
+    "Drive",
+];
+const CITIES: &[(&str, &str)] = &[
+    ("Springfield", "IL"),
+    ("Portland", "OR"),
+    ("Austin", "TX"),
+    ("Albany", "NY"),
+];
+const DE_NAMES: &[&str] = &[
+    "Haupt", "Bahnhof", "Schiller", "Goethe", "Linden", "Berliner", "Kirch",
+];
+const FR_NAMES: &[&str] = &[
+    "la Paix",
+    "Rivoli",
+    "la République",
+    "Victor Hugo",
+    "Saint-Honoré",
+];
 
 pub fn address(rng: &mut Rng) -> String {
-    match rng.below(6) {
+    match rng.below(7) {
+        6 => format!(
+            "{} {} {}",
+            rng.range(1, 999),
+            rng.pick(&["main", "oak", "church", "mill"]),
+            rng.pick(&["street", "road", "avenue"])
+        ),
         0..=2 => {
             let number = rng.range(1, 9999);
             let name = *rng.pick(STREET_NAMES);
             let suffix = *rng.pick(SUFFIXES);
             if rng.chance(30) {
                 let (city, state) = *rng.pick(CITIES);
-                format!("{number} {name} {suffix}, {city}, {state} {}", rng.digits(5))
+                format!(
+                    "{number} {name} {suffix}, {city}, {state} {}",
+                    rng.digits(5)
+                )
             } else {
                 format!("{number} {name} {suffix}")
             }
@@ -225,7 +289,10 @@ pub fn address(rng: &mut Rng) -> String {
 // ---- distractors: must survive redaction ----
 
 pub fn order_number(rng: &mut Rng) -> String {
-    match rng.below(3) {
+    match rng.below(6) {
+        3 => format!("INV-{}-{}", rng.range(2019, 2025), rng.digits(6)),
+        4 => format!("1Z{}{}{}", rng.digits(3), rng.letters(2), rng.digits(10)),
+        5 => format!("#{}", rng.digits(5)),
         0 => format!("ORD-{}-{}", rng.range(2019, 2025), rng.digits(6)),
         1 => format!("#A-{}", rng.digits(5)),
         _ => format!("ORD{}", rng.digits(8)),
@@ -235,7 +302,9 @@ pub fn order_number(rng: &mut Rng) -> String {
 pub fn timestamp(rng: &mut Rng) -> String {
     let (y, mo, d) = (rng.range(2019, 2025), rng.range(1, 12), rng.range(1, 28));
     let (h, mi, s) = (rng.range(0, 23), rng.range(0, 59), rng.range(0, 59));
-    match rng.below(6) {
+    match rng.below(8) {
+        6 => format!("{h:02}:{mi:02}:{s:02}.{}", rng.digits(3)),
+        7 => format!("{y}-{mo:02}-{d:02} {h:02}:{mi:02}"),
         0 => format!("{y}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
         1 => format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
         2 => format!("{d:02}/{mo:02}/{y} {h:02}:{mi:02}"),
@@ -250,7 +319,13 @@ pub fn sku(rng: &mut Rng) -> String {
         0 => format!("SKU-{}-{}-{}", rng.digits(2), rng.digits(4), rng.letters(1)),
         1 => format!("{}-{}", rng.letters(2), rng.range(100, 9999)),
         2 => format!("SKU{}", rng.digits(7)),
-        _ => format!("{}-{}{}{}", rng.letters(2), rng.letters(2), rng.digits(2), rng.letters(1)),
+        _ => format!(
+            "{}-{}{}{}",
+            rng.letters(2),
+            rng.letters(2),
+            rng.digits(2),
+            rng.letters(1)
+        ),
     }
 }
 

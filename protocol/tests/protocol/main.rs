@@ -2,6 +2,7 @@
 
 mod compat;
 mod corpus;
+mod fixtures;
 mod gen;
 mod redact_props;
 mod wire_props;

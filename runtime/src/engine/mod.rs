@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::gguf::GgufError;
+use outpost_models::gguf::GgufError;
 pub use sampling::SamplingParams;
 pub use text::{Piece, TextStream};
 

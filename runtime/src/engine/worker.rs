@@ -22,7 +22,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::LlamaStateSeqFlags;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -32,7 +32,7 @@ use super::{
     ChatMessage, Command, Completion, EngineConfig, EngineError, EngineState, EngineStats, Event,
     FinishReason, FlashAttn, Job, LoraSpec, ModelInfo, Prompt, Timings, Usage,
 };
-use crate::gguf::{self, GgufSummary};
+use outpost_models::gguf::{self, GgufSummary};
 
 /// llama.cpp's backend is process-global and may be initialised only once.
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
@@ -203,6 +203,9 @@ struct Slot {
     n_past: usize,
     /// Length of the shared prefix still to be saved once computed.
     save_prefix_at: Option<usize>,
+    /// Another slot is computing this slot's shared prefix right now; this
+    /// one waits for its saved state instead of computing it again.
+    awaiting_prefix: bool,
     cached: usize,
     sampler: LlamaSampler,
     text: TextStream,
@@ -435,6 +438,7 @@ impl<'m> Scheduler<'m> {
 
         let mut n_past = 0;
         let mut save_prefix_at = None;
+        let mut awaiting_prefix = false;
         let shareable = prefix_len >= self.min_prefix_tokens && prefix_len < tokens.len();
         if shareable {
             let restored = match self.prefix.get(&tokens[..prefix_len]) {
@@ -444,6 +448,8 @@ impl<'m> Scheduler<'m> {
             if restored {
                 n_past = prefix_len;
                 self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+            } else if self.computing_prefix(&tokens[..prefix_len]) {
+                awaiting_prefix = true;
             } else {
                 let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
                 save_prefix_at = Some(prefix_len);
@@ -465,6 +471,7 @@ impl<'m> Scheduler<'m> {
             tokens,
             n_past,
             save_prefix_at,
+            awaiting_prefix,
             sampler,
             text: TextStream::new(request.stop),
             generated: 0,
@@ -506,7 +513,11 @@ impl<'m> Scheduler<'m> {
             }
         }
         for slot in self.slots.iter_mut().flatten() {
-            if slot.next_token.is_some() || slot.prompt_done() || budget == 0 {
+            if slot.next_token.is_some()
+                || slot.prompt_done()
+                || slot.awaiting_prefix
+                || budget == 0
+            {
                 continue;
             }
             let end = slot.save_prefix_at.unwrap_or(slot.tokens.len());
@@ -565,17 +576,22 @@ impl<'m> Scheduler<'m> {
         slot.n_past += slot.advanced;
         if slot.save_prefix_at == Some(slot.n_past) {
             slot.save_prefix_at = None;
-            let key = &slot.tokens[..slot.n_past];
-            if !self.prefix.contains(key) {
-                match self
-                    .ctx
-                    .state_seq_get(slot.seq, LlamaStateSeqFlags::empty())
-                {
-                    Ok(state) => self.prefix.insert(key.to_vec(), state),
-                    Err(e) => tracing::warn!(error = %e, "could not save the prompt prefix"),
+            let key = slot.tokens[..slot.n_past].to_vec();
+            let seq = slot.seq;
+            match self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
+                Ok(state) => {
+                    self.release_waiters(&key, Some(&state));
+                    self.prefix.insert(key, state);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not save the prompt prefix");
+                    self.release_waiters(&key, None);
                 }
             }
         }
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
         let Some(at) = slot.logits_at else {
             if slot.events.is_closed() {
                 self.finish_with(index, Ok(FinishReason::Stop));
@@ -616,10 +632,56 @@ impl<'m> Scheduler<'m> {
         slot.next_token = Some(token);
     }
 
+    /// True when an active slot is computing exactly this prefix now.
+    fn computing_prefix(&self, prefix: &[LlamaToken]) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|s| s.save_prefix_at == Some(prefix.len()) && s.tokens.starts_with(prefix))
+    }
+
+    /// Hands a freshly computed prefix to the slots waiting for it; without a
+    /// state they compute it themselves.
+    fn release_waiters(&mut self, prefix: &[LlamaToken], state: Option<&SeqState>) {
+        for slot in self.slots.iter_mut().flatten() {
+            if !slot.awaiting_prefix || !slot.tokens.starts_with(prefix) {
+                continue;
+            }
+            slot.awaiting_prefix = false;
+            if let Some(state) = state {
+                if self.ctx.state_seq_set(state, slot.seq).is_ok() {
+                    slot.n_past = prefix.len();
+                    slot.cached = prefix.len();
+                    self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let _ = self
+                    .ctx
+                    .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+            }
+            self.stats.prefix_misses.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn finish_with(&mut self, index: usize, result: Result<FinishReason, EngineError>) {
         let Some(mut slot) = self.slots[index].take() else {
             return;
         };
+        // A slot that leaves before saving the prefix others wait for hands
+        // the job to one of them.
+        if let Some(len) = slot.save_prefix_at {
+            let prefix = &slot.tokens[..len];
+            if let Some(heir) = self
+                .slots
+                .iter_mut()
+                .flatten()
+                .find(|s| s.awaiting_prefix && s.tokens.starts_with(prefix))
+            {
+                heir.awaiting_prefix = false;
+                heir.save_prefix_at = Some(len);
+                self.stats.prefix_misses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let _ = self
             .ctx
             .clear_kv_cache_seq(Some(slot.seq as u32), None, None);

@@ -101,7 +101,8 @@ pub fn router(state: AppState) -> Router {
         .layer(
             // Failed requests are counted in /metrics by kind; the trace
             // layer would otherwise log every 503 of a health poll as an error.
-            TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
 }

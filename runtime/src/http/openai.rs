@@ -370,4 +370,35 @@ mod tests {
             assert_eq!(err.status.as_u16(), 400);
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in ".{0,400}") {
+            if let Ok(request) = serde_json::from_str::<ChatCompletionRequest>(&body) {
+                let _ = request.validate(&defaults());
+            }
+        }
+
+        #[test]
+        fn arbitrary_field_values_are_accepted_or_refused_never_panicking(
+            temperature in proptest::num::f64::ANY,
+            max_tokens in proptest::num::i64::ANY,
+            top_k in proptest::num::i64::ANY,
+            seed in proptest::num::i64::ANY,
+            role in "[a-z]{0,12}",
+            content in ".{0,64}",
+        ) {
+            let body = serde_json::json!({
+                "messages": [{"role": role, "content": content}],
+                "temperature": temperature, "max_tokens": max_tokens,
+                "top_k": top_k, "seed": seed,
+            });
+            if let Ok(request) = serde_json::from_value::<ChatCompletionRequest>(body) {
+                if let Ok(valid) = request.validate(&defaults()) {
+                    proptest::prop_assert!(valid.generate.max_tokens >= 1);
+                    proptest::prop_assert!((0.0..=2.0).contains(&valid.generate.sampling.temperature));
+                }
+            }
+        }
+    }
 }
