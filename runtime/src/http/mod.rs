@@ -246,3 +246,79 @@ async fn set_lora(
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineConfig, SamplingParams};
+    use std::time::{Duration, Instant};
+
+    /// GET or POST on a blocking thread; returns (status, JSON body).
+    async fn call(url: String, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        tokio::task::spawn_blocking(move || {
+            let result = match body {
+                Some(b) => ureq::post(&url).send_json(b),
+                None => ureq::get(&url).call(),
+            };
+            match result {
+                Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
+                Err(e) => panic!("{url}: {e}"),
+            }
+        })
+        .await
+        .expect("request thread")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_answers_503_while_the_model_loads_and_then_reports_the_failure() {
+        // A FIFO holds the engine in its load until the test writes to it.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("model.gguf");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let engine = EngineHandle::spawn(EngineConfig::new(fifo.clone()));
+        let state = AppState::new(
+            engine,
+            Arc::new(Metrics::new()),
+            ApiConfig {
+                api_key: None,
+                max_body_bytes: 1 << 20,
+                defaults: RequestDefaults {
+                    max_tokens: 8,
+                    sampling: SamplingParams::default(),
+                },
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, state, std::future::pending()));
+
+        let (status, body) = call(format!("{base}/health"), None).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("loading")));
+        let chat = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+        let (status, body) = call(format!("{base}/v1/chat/completions"), Some(chat)).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "model_loading");
+
+        // The reader may give up before the whole write lands (broken pipe).
+        let _ = std::fs::write(&fifo, b"not a model");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = call(format!("{base}/health"), None).await;
+            if body["status"] == "error" {
+                assert_eq!(status, 503);
+                assert!(
+                    body["error"].as_str().unwrap().contains("model.gguf"),
+                    "{body}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
