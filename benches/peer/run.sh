@@ -248,6 +248,10 @@ if [[ -f "$results_dir/outpost-bench-1.json" ]]; then
     outpost_build=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("build", ""))' \
         "$results_dir/outpost-bench-1.json" 2>/dev/null || true)
 fi
+outpost_build_note=""
+if [[ -n "$outpost_build" && "$outpost_llama" != *"$outpost_build"* ]]; then
+    outpost_build_note=", build $outpost_build"
+fi
 today=$(date -u +%Y-%m-%d)
 cores=$(nproc)
 header="Outpost vs llama.cpp, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads. \
@@ -255,7 +259,7 @@ Model: $(basename "$model"). Both sides: -b $BATCH -ub $UBATCH -fa $FLASH_ATTN. 
 Servers: $PARALLEL slots, $CTX_TOTAL-token total context ($((CTX_TOTAL / PARALLEL)) a slot), \
 $rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0; \
 llama-server --cache-ram 0. Both built for x86-64-v3 (AVX2/FMA/F16C), OpenMP. \
-Outpost: $outpost_llama${outpost_build:+, build $outpost_build}. \
+Outpost: $outpost_llama$outpost_build_note. \
 Peer: $peer_version; llama-bench reports build_commit $peer_build."
 
 report_args=(--llama-bench "$results_dir/llama-bench-1.json"

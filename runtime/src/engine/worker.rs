@@ -206,6 +206,8 @@ struct Slot {
     /// Another slot is computing this slot's shared prefix right now; this
     /// one waits for its saved state instead of computing it again.
     awaiting_prefix: bool,
+    /// Length of the shareable prefix (0 when none).
+    prefix_len: usize,
     cached: usize,
     sampler: LlamaSampler,
     text: TextStream,
@@ -236,6 +238,8 @@ struct Scheduler<'m> {
     batch: LlamaBatch<'static>,
     batch_size: usize,
     slots: Vec<Option<Slot>>,
+    /// Tokens an idle slot's sequence still holds (its last shared prefix).
+    resident: Vec<Vec<LlamaToken>>,
     prefix: PrefixCache,
     min_prefix_tokens: usize,
     ctx_per_slot: u32,
@@ -299,6 +303,7 @@ impl<'m> Scheduler<'m> {
             batch: LlamaBatch::new(batch_size, 1),
             batch_size,
             slots: (0..parallel).map(|_| None).collect(),
+            resident: vec![Vec::new(); parallel as usize],
             prefix: PrefixCache::new(config.prefix_cache_bytes),
             min_prefix_tokens: config.min_prefix_tokens.max(1),
             ctx_per_slot,
@@ -350,7 +355,12 @@ impl<'m> Scheduler<'m> {
 
     fn publish_stats(&self) {
         let active = self.slots.iter().flatten().count() as u64;
-        let used: usize = self.slots.iter().flatten().map(|s| s.n_past).sum();
+        let used: usize = self
+            .slots
+            .iter()
+            .zip(&self.resident)
+            .map(|(s, r)| s.as_ref().map_or(r.len(), |s| s.n_past))
+            .sum();
         self.stats.active_slots.store(active, Ordering::Relaxed);
         self.stats
             .kv_cells_used
@@ -429,18 +439,38 @@ impl<'m> Scheduler<'m> {
                 limit,
             });
         }
-        let Some(index) = self.slots.iter().position(Option::is_none) else {
+        let shareable = prefix_len >= self.min_prefix_tokens && prefix_len < tokens.len();
+        let shared_len = if shareable { prefix_len } else { 0 };
+        let prefix = &tokens[..shared_len];
+        // Prefer an idle slot that still holds this prefix: no copy at all.
+        let free = |i: &usize| self.slots[*i].is_none();
+        let resident_match = (0..self.slots.len())
+            .filter(free)
+            .find(|&i| shareable && self.resident[i] == prefix);
+        let Some(index) = resident_match
+            .or_else(|| {
+                (0..self.slots.len())
+                    .filter(free)
+                    .find(|&i| self.resident[i].is_empty())
+            })
+            .or_else(|| (0..self.slots.len()).find(free))
+        else {
             return fail(EngineError::Stopped);
         };
         let seq = index as i32;
-        // A stale sequence must not leak into this one.
-        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
 
         let mut n_past = 0;
         let mut save_prefix_at = None;
         let mut awaiting_prefix = false;
-        let shareable = prefix_len >= self.min_prefix_tokens && prefix_len < tokens.len();
-        if shareable {
+        if resident_match.is_some() {
+            n_past = prefix_len;
+            self.stats.prefix_hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // A stale sequence must not leak into this one.
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            self.resident[index].clear();
+        }
+        if shareable && resident_match.is_none() {
             let restored = match self.prefix.get(&tokens[..prefix_len]) {
                 Some(state) => self.ctx.state_seq_set(state, seq).is_ok(),
                 None => false,
@@ -472,6 +502,7 @@ impl<'m> Scheduler<'m> {
             n_past,
             save_prefix_at,
             awaiting_prefix,
+            prefix_len: shared_len,
             sampler,
             text: TextStream::new(request.stop),
             generated: 0,
@@ -667,6 +698,21 @@ impl<'m> Scheduler<'m> {
         let Some(mut slot) = self.slots[index].take() else {
             return;
         };
+        // Keep the shared prefix resident in the idle slot (as llama-server
+        // keeps a slot's prompt) so the next request with it starts at once.
+        let prefix_len = slot.prefix_len;
+        let keep = prefix_len > 0 && slot.n_past >= prefix_len && result.is_ok();
+        if keep {
+            let _ =
+                self.ctx
+                    .clear_kv_cache_seq(Some(slot.seq as u32), Some(prefix_len as u32), None);
+            self.resident[index] = slot.tokens[..prefix_len].to_vec();
+        } else {
+            let _ = self
+                .ctx
+                .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+            self.resident[index].clear();
+        }
         // A slot that leaves before saving the prefix others wait for hands
         // the job to one of them.
         if let Some(len) = slot.save_prefix_at {
@@ -682,9 +728,6 @@ impl<'m> Scheduler<'m> {
                 self.stats.prefix_misses.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let _ = self
-            .ctx
-            .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
         let event = match result {
             Ok(finish_reason) => {
                 let tail = slot.text.finish();
