@@ -39,6 +39,31 @@ pub enum Command {
     Config(ConfigCommand),
     /// Measure prefill and decode speed the way llama-bench does.
     Bench(BenchArgs),
+    /// Run the fleet hub: embedded MQTT broker, artifact store, admin API
+    /// (`--config configs/hub.toml`).
+    Hub(HubArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Database, signing key and artifacts (default ~/.local/share/outpost/hub).
+    #[arg(long, env = "OUTPOST_HUB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The fleet served (default "default").
+    #[arg(long, env = "OUTPOST_FLEET")]
+    pub fleet: Option<String>,
+    /// Admin API and artifact downloads, e.g. 127.0.0.1:8090.
+    #[arg(long, env = "OUTPOST_HUB_HTTP")]
+    pub http_bind: Option<String>,
+    /// Embedded broker address, e.g. 127.0.0.1:1883.
+    #[arg(long, env = "OUTPOST_HUB_MQTT")]
+    pub mqtt_listen: Option<String>,
+    /// Bearer token required on /admin/*.
+    #[arg(long, env = "OUTPOST_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Print the default hub configuration and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
 }
 
 /// Model and engine settings shared by serve, ask and bench.

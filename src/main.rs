@@ -45,8 +45,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ask(args) => settings::engine_flags(&args.engine),
         Command::Bench(args) => settings::engine_flags(&args.engine),
         Command::Config(ConfigCommand::Check(args)) => commands::serve::flags(args),
-        Command::Config(_) | Command::Models(_) => RawDeviceConfig::default(),
+        Command::Config(_) | Command::Models(_) | Command::Hub(_) => RawDeviceConfig::default(),
     };
+    if let Command::Hub(args) = cli.command {
+        return commands::hub::run(cli.config.as_deref(), cli.log_json, args);
+    }
     if let Command::Config(ConfigCommand::PrintDefault) = cli.command {
         commands::config::print_default();
         return Ok(());
@@ -64,11 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::config::check(&config);
             Ok(())
         }
-        Command::Config(ConfigCommand::PrintDefault) => Ok(()),
+        Command::Config(ConfigCommand::PrintDefault) | Command::Hub(_) => Ok(()),
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,19 +79,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging(config: &DeviceConfig, quiet: bool) {
-    let level = if quiet {
-        "warn"
-    } else {
-        config.log_level.as_str()
-    };
-    // llama.cpp is chatty at info; its warnings still show.
-    let filter = EnvFilter::try_new(format!("{level},llama-cpp-2=warn,llama_cpp_2=error"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    init_tracing(
+        if quiet {
+            "warn"
+        } else {
+            config.log_level.as_str()
+        },
+        config.log_format == LogFormat::Json,
+    );
+}
+
+/// Text or JSON logs to stderr; llama.cpp is chatty at info, its warnings still show.
+pub(crate) fn init_tracing(level: &str, json: bool) {
+    let filter = EnvFilter::try_new(format!(
+        "{level},llama-cpp-2=warn,llama_cpp_2=error,rumqttd=warn"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }

@@ -3,5 +3,6 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod hub;
 pub mod models;
 pub mod serve;

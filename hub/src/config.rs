@@ -1,0 +1,488 @@
+//! Hub configuration: [`HubConfig`] as read (serde, every key optional) →
+//! [`ValidConfig`] (checked, every problem reported at once).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use outpost_protocol::{ArtifactUrl, FleetId};
+use serde::{Deserialize, Serialize};
+
+/// The commented default configuration (`outpost config print-default`).
+pub const DEFAULT_TOML: &str = include_str!("../hub.toml");
+
+/// Default admin and artifact HTTP address: loopback, so a fresh install
+/// exposes nothing until the operator says so.
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:8090";
+/// Default embedded broker address: loopback, same reason.
+pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:1883";
+/// Default largest MQTT packet, both ways: a full telemetry batch
+/// (`codec::limits::TELEMETRY_BATCH`, 1 MiB) plus topic and header room.
+/// rumqttc's own default (10 KiB) would drop most batches.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
+/// Smallest accepted `max_packet_bytes`: one full telemetry batch plus room.
+pub const MIN_MAX_PACKET_BYTES: usize = 1024 * 1024 + 4096;
+/// Default largest artifact upload: models are big; 64 GiB is "any GGUF".
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Default MQTT client id of the hub's own session (persistent, so QoS 1
+/// telemetry published while the hub restarts is kept by the broker).
+pub const DEFAULT_CLIENT_ID: &str = "outpost-hub";
+
+/// The configuration as written: every key optional, nothing checked yet.
+/// [`HubConfig::validate`] turns it into a [`ValidConfig`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Where the hub keeps its database, signing key and artifacts. Required.
+    pub data_dir: Option<PathBuf>,
+    /// The fleet this hub serves (second topic level). Required.
+    pub fleet: Option<String>,
+    /// Admin API and artifact downloads. Default [`DEFAULT_HTTP_BIND`].
+    pub http_bind: Option<String>,
+    /// The base URL devices download artifacts from, e.g.
+    /// `http://hub.local:8090`. Default: `http://{http_bind}`.
+    pub public_base_url: Option<String>,
+    /// Bearer token required on `/admin/*`; unset means no check (keep the
+    /// HTTP bind on loopback then).
+    pub admin_token: Option<String>,
+    /// Largest accepted artifact upload in bytes.
+    pub max_upload_bytes: Option<u64>,
+    /// The MQTT broker.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+}
+
+/// `[broker]` as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `embedded` (default) or `external`.
+    pub mode: Option<String>,
+    /// Embedded: where the broker listens. Default [`DEFAULT_BROKER_LISTEN`].
+    pub listen: Option<String>,
+    /// Embedded: username → password for devices and the hub; empty means
+    /// anonymous access.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// External: `mqtt://host:port` (or `tcp://`).
+    pub url: Option<String>,
+    /// The hub's own MQTT username (external; with `users` also embedded).
+    pub username: Option<String>,
+    /// The hub's own MQTT password.
+    pub password: Option<String>,
+    /// The hub's MQTT client id. Default [`DEFAULT_CLIENT_ID`].
+    pub client_id: Option<String>,
+    /// Largest MQTT packet both ways, bytes. Default
+    /// [`DEFAULT_MAX_PACKET_BYTES`]; at least [`MIN_MAX_PACKET_BYTES`].
+    pub max_packet_bytes: Option<usize>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// Database, key and artifact store live here.
+    pub data_dir: PathBuf,
+    /// The fleet served.
+    pub fleet: FleetId,
+    /// Admin API and downloads.
+    pub http_bind: SocketAddr,
+    /// Base of every artifact URL, without a trailing slash; `None` means
+    /// `http://{the bound HTTP address}` (decided once bound, so port 0 works).
+    pub public_base_url: Option<String>,
+    /// Bearer token for `/admin/*`.
+    pub admin_token: Option<Secret>,
+    /// Largest accepted upload.
+    pub max_upload_bytes: u64,
+    /// The broker.
+    pub broker: BrokerMode,
+    /// The hub's MQTT session.
+    pub mqtt: MqttSettings,
+}
+
+/// Which broker the hub uses.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BrokerMode {
+    /// rumqttd inside the hub process.
+    Embedded {
+        /// Where it listens.
+        listen: SocketAddr,
+        /// username → password; empty: anonymous.
+        users: BTreeMap<String, Secret>,
+    },
+    /// A broker run elsewhere (Mosquitto, EMQX).
+    External {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+/// The hub's own MQTT client settings.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Client id (persistent session).
+    pub client_id: String,
+    /// Username and password, if the broker wants them.
+    pub credentials: Option<(String, Secret)>,
+    /// Largest packet both ways.
+    pub max_packet_bytes: usize,
+}
+
+/// A password or token: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid hub configuration:\n  - {}", .problems.join("\n  - "))]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// One line per problem, each naming its key.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> Self {
+        Self {
+            problems: vec![problem],
+        }
+    }
+}
+
+impl HubConfig {
+    /// Parses TOML text (unknown keys are errors, so typos do not pass silently).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::one(format!("toml: {e}")))
+    }
+
+    /// Checks every key and reports all problems at once.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let data_dir = match &self.data_dir {
+            Some(dir) if !dir.as_os_str().is_empty() => Some(dir.clone()),
+            _ => {
+                problems
+                    .push("data_dir: required (where the database, key and artifacts live)".into());
+                None
+            }
+        };
+        let fleet = match self.fleet.as_deref().map(FleetId::parse) {
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => {
+                problems.push(format!("fleet: {e}"));
+                None
+            }
+            None => {
+                problems.push("fleet: required (the fleet id devices use in their topics)".into());
+                None
+            }
+        };
+        let http_bind = parse_addr(
+            "http_bind",
+            self.http_bind.as_deref().unwrap_or(DEFAULT_HTTP_BIND),
+            &mut problems,
+        );
+        let public_base_url = match (&self.public_base_url, http_bind) {
+            (Some(url), _) => {
+                let url = url.trim_end_matches('/').to_owned();
+                // Checked as a whole artifact URL would be, with a sample path.
+                match ArtifactUrl::parse(&format!("{url}/artifacts/sha256/0")) {
+                    Ok(_) => Some(url),
+                    Err(e) => {
+                        problems.push(format!("public_base_url: {e}"));
+                        None
+                    }
+                }
+            }
+            (None, Some(addr)) if addr.ip().is_unspecified() => {
+                problems.push(format!(
+                    "public_base_url: required when http_bind is a wildcard address ({addr}); \
+                     devices need a name or address they can reach"
+                ));
+                None
+            }
+            (None, _) => None,
+        };
+        let admin_token = match self.admin_token.as_deref() {
+            Some("") => {
+                problems.push("admin_token: empty; remove the key to disable the check".into());
+                None
+            }
+            other => other.map(Secret::new),
+        };
+        let max_upload_bytes = self.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+        if max_upload_bytes == 0 {
+            problems.push("max_upload_bytes: must be above 0".into());
+        }
+        let b = &self.broker;
+        let max_packet_bytes = b.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
+        if max_packet_bytes < MIN_MAX_PACKET_BYTES {
+            problems.push(format!(
+                "broker.max_packet_bytes: {max_packet_bytes} is below {MIN_MAX_PACKET_BYTES} \
+                 (one full telemetry batch would not fit)"
+            ));
+        }
+        let broker = match b.mode.as_deref().unwrap_or("embedded") {
+            "embedded" => {
+                if b.url.is_some() {
+                    problems.push("broker.url: only for mode = \"external\"".into());
+                }
+                let listen = parse_addr(
+                    "broker.listen",
+                    b.listen.as_deref().unwrap_or(DEFAULT_BROKER_LISTEN),
+                    &mut problems,
+                );
+                if !b.users.is_empty() && b.username.is_none() {
+                    problems.push(
+                        "broker.username: required when broker.users is set (the hub logs in too)"
+                            .into(),
+                    );
+                }
+                listen.map(|listen| BrokerMode::Embedded {
+                    listen,
+                    users: b
+                        .users
+                        .iter()
+                        .map(|(u, p)| (u.clone(), Secret::new(p.clone())))
+                        .collect(),
+                })
+            }
+            "external" => {
+                if b.listen.is_some() {
+                    problems.push("broker.listen: only for mode = \"embedded\"".into());
+                }
+                if !b.users.is_empty() {
+                    problems.push(
+                        "broker.users: only for mode = \"embedded\"; configure users in the \
+                         external broker"
+                            .into(),
+                    );
+                }
+                match b.url.as_deref().map(parse_mqtt_url) {
+                    Some(Ok((host, port))) => Some(BrokerMode::External { host, port }),
+                    Some(Err(e)) => {
+                        problems.push(format!("broker.url: {e}"));
+                        None
+                    }
+                    None => {
+                        problems.push("broker.url: required for mode = \"external\"".into());
+                        None
+                    }
+                }
+            }
+            other => {
+                problems.push(format!(
+                    "broker.mode: {other:?} is neither \"embedded\" nor \"external\""
+                ));
+                None
+            }
+        };
+        let credentials = match (&b.username, &b.password) {
+            (Some(u), Some(p)) => Some((u.clone(), Secret::new(p.clone()))),
+            (Some(u), None) => match b.users.get(u) {
+                Some(p) => Some((u.clone(), Secret::new(p.clone()))),
+                None => {
+                    problems.push("broker.password: required with broker.username".into());
+                    None
+                }
+            },
+            (None, Some(_)) => {
+                problems.push("broker.password: given without broker.username".into());
+                None
+            }
+            (None, None) => None,
+        };
+        if let (Some((u, p)), false) = (&credentials, b.users.is_empty()) {
+            if b.users.get(u).is_some_and(|known| known != p.expose()) {
+                problems.push(format!(
+                    "broker.password: differs from broker.users.{u} (the hub could not log in)"
+                ));
+            } else if !b.users.contains_key(u) {
+                problems.push(format!(
+                    "broker.username: {u:?} is not in broker.users (the hub could not log in)"
+                ));
+            }
+        }
+        let client_id = b
+            .client_id
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLIENT_ID.into());
+        if client_id.is_empty() || client_id.len() > 64 {
+            problems.push("broker.client_id: must be 1 to 64 bytes".into());
+        }
+        match (data_dir, fleet, http_bind, broker) {
+            (Some(data_dir), Some(fleet), Some(http_bind), Some(broker)) if problems.is_empty() => {
+                Ok(ValidConfig {
+                    data_dir,
+                    fleet,
+                    http_bind,
+                    public_base_url,
+                    admin_token,
+                    max_upload_bytes,
+                    broker,
+                    mqtt: MqttSettings {
+                        client_id,
+                        credentials,
+                        max_packet_bytes,
+                    },
+                })
+            }
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn parse_addr(key: &str, text: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            problems.push(format!("{key}: {text:?} is not ip:port ({e})"));
+            None
+        }
+    }
+}
+
+/// Parses `mqtt://host:port` or `tcp://host:port` (port defaults to 1883).
+/// TLS URLs are refused: this build has no MQTT TLS (put a TLS-terminating
+/// broker or tunnel in front instead).
+fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| {
+            format!("{url:?} must start with mqtt:// or tcp:// (no TLS in this build)")
+        })?;
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(format!(
+            "{url:?}: give only host and port; credentials go in broker.username/password"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("{url:?}: port {port:?} is not a number 1-65535"))?;
+            (host, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?}: needs a host and a non-zero port"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_toml_is_valid() {
+        let config = HubConfig::from_toml_str(DEFAULT_TOML).expect("parses");
+        let valid = config.validate().expect("valid");
+        assert_eq!(valid.http_bind.to_string(), DEFAULT_HTTP_BIND);
+        assert!(matches!(valid.broker, BrokerMode::Embedded { .. }));
+        assert_eq!(valid.public_base_url, None);
+        let wildcard = HubConfig {
+            http_bind: Some("0.0.0.0:8090".into()),
+            ..HubConfig::from_toml_str(DEFAULT_TOML).expect("parses")
+        };
+        let err = wildcard
+            .validate()
+            .expect_err("wildcard needs a public url");
+        assert!(err.to_string().contains("public_base_url"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_at_once() {
+        let config = HubConfig {
+            fleet: Some("bad fleet".into()),
+            http_bind: Some("nowhere".into()),
+            broker: BrokerConfig {
+                mode: Some("external".into()),
+                max_packet_bytes: Some(10 * 1024),
+                ..BrokerConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        let err = config.validate().expect_err("invalid");
+        let text = err.to_string();
+        for key in [
+            "data_dir",
+            "fleet",
+            "http_bind",
+            "broker.url",
+            "broker.max_packet_bytes",
+        ] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn external_broker_urls_parse_host_and_port() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker.lan:1884"),
+            Ok(("broker.lan".into(), 1884))
+        );
+        assert_eq!(
+            parse_mqtt_url("tcp://10.0.0.2"),
+            Ok(("10.0.0.2".into(), 1883))
+        );
+        assert!(parse_mqtt_url("mqtts://x:8883").is_err());
+        assert!(parse_mqtt_url("mqtt://user:pw@x:1883").is_err());
+        assert!(parse_mqtt_url("mqtt://x:http").is_err());
+    }
+
+    #[test]
+    fn embedded_users_require_the_hub_to_be_one_of_them() {
+        let mut config = HubConfig::from_toml_str(DEFAULT_TOML).expect("parses");
+        config
+            .broker
+            .users
+            .insert("kiosk-1".into(), "device-secret".into());
+        let err = config.validate().expect_err("hub has no login");
+        assert!(err.to_string().contains("broker.username"), "{err}");
+        config.broker.username = Some("hub".into());
+        config
+            .broker
+            .users
+            .insert("hub".into(), "hub-secret".into());
+        let valid = config.validate().expect("valid");
+        assert_eq!(
+            valid
+                .mqtt
+                .credentials
+                .map(|(u, p)| (u, p.expose().to_owned())),
+            Some(("hub".into(), "hub-secret".into()))
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

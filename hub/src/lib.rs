@@ -1,0 +1,341 @@
+//! The Outpost hub: the central side of fleet sync.
+//!
+//! It owns the MQTT broker (embedded rumqttd, or an external one by URL), the
+//! device registry, the telemetry and feedback store, the signed artifact
+//! store with resumable HTTP downloads, desired-state assignment, and the
+//! admin API. It speaks the protocol of `outpost-protocol` and nothing else:
+//! no llama.cpp, no runtime.
+//!
+//! # Main types and how they connect
+//!
+//! ```text
+//!  devices ──MQTT──▶ broker ──▶ control::session ─(bounded)─▶ control::control ──▶ StoreHandle ──▶ store thread (SQLite)
+//!     ▲                 ▲                                          │ TelemetryAck after commit
+//!     │                 └──────────── rumqttc AsyncClient ◀────────┘ desired states (retained)
+//!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::router ──▶ ArtifactStore ──▶ ArtifactSigner
+//! ```
+//!
+//! - [`HubConfig`] (as written) → [`ValidConfig`] ([`config`]).
+//! - [`Hub::start`] wires everything and returns the bound addresses;
+//!   [`run`] is the entry point for `outpost hub`.
+//! - [`store::Store`]: SQLite (WAL) owned by one thread behind
+//!   [`store::StoreHandle`].
+//! - [`control`]: the MQTT session and the I/O-free [`control::route`]
+//!   (topic → fleet check → typed decode → device check).
+//! - [`assign`]: I/O-free [`assign::next_desired`] (merge, generation bump,
+//!   adapter/model consistency).
+//! - [`artifacts::ArtifactStore`] + [`signing::ArtifactSigner`]:
+//!   content-addressed files under `<data>/artifacts/sha256/<hex>`, signed
+//!   over [`outpost_protocol::ArtifactRef::signing_payload`].
+//! - [`http`]: admin API, `/metrics`, `/health`, downloads.
+//!
+//! # Sync guarantees
+//!
+//! - Telemetry is stored idempotently (primary key (device, seq)) and
+//!   acknowledged (`TelemetryAck { up_to_seq }`) only after the transaction
+//!   commits; the MQTT PUBACK follows (manual acks), so a hub crash before
+//!   the commit makes the broker redeliver.
+//! - A batch whose device differs from its topic's device is refused and
+//!   counted; payloads that do not decode are counted by topic and error
+//!   kind and dropped, never a panic.
+//! - Desired states are stored before they are published (retained, QoS 1,
+//!   in the highest protocol version the device speaks, v1 if unknown), and
+//!   re-published whenever the hub's session connects and whenever a device
+//!   reports online, so a broker that forgot retained messages or a device
+//!   that was away converges.
+//!
+//! # Broker choice and per-device isolation
+//!
+//! The embedded broker (see [`broker`]) authenticates with a static
+//! username/password table (`[broker.users]`) but has no topic ACLs: any
+//! authenticated client may publish on any device's topics. The hub limits
+//! the damage (telemetry must name its topic's device; generations never go
+//! backwards; artifacts are signed, so a forged desired state cannot make a
+//! device run unsigned bytes), but it cannot stop one device from
+//! impersonating another on `status` or `telemetry`.
+//!
+//! rumqttd's other mechanism, the *tenant prefix* (features
+//! `verify-client-cert` + `validate-tenant-prefix`), takes a tenant id from
+//! the Organization field of a verified TLS client certificate and confines
+//! that client to topics under `/tenants/{tenant}/`. Issuing each device a
+//! certificate whose Organization is its device id would isolate devices,
+//! but it changes the topic layout (`/tenants/{device}/outpost/v1/...`),
+//! requires a per-device PKI, and the hub itself would need a connection
+//! outside every tenant. This crate does not enable it (no TLS features are
+//! compiled in): the embedded broker is for one site or a trusted network.
+//!
+//! For per-device isolation, run an external broker (`mode = "external"`)
+//! with per-user ACLs where each device's username is its device id. For
+//! Mosquitto (`acl_file`, fleet `acme`):
+//!
+//! ```text
+//! user hub
+//! topic readwrite outpost/v1/acme/#
+//!
+//! pattern write outpost/v1/acme/%u/status
+//! pattern write outpost/v1/acme/%u/state/reported
+//! pattern write outpost/v1/acme/%u/telemetry
+//! pattern write outpost/v1/acme/%u/feedback
+//! pattern read  outpost/v1/acme/%u/state/desired
+//! pattern read  outpost/v1/acme/%u/telemetry/ack
+//! pattern read  outpost/v1/acme/%u/cmd
+//! ```
+//!
+//! with `password_file` (or TLS client certificates and
+//! `use_identity_as_username true`) and `allow_anonymous false`. EMQX has the
+//! same with `${username}` in its ACL rules. Whatever the broker, allow
+//! packets of at least `broker.max_packet_bytes` (Mosquitto:
+//! `max_packet_size`) and keep persistent sessions (the hub's session is not
+//! clean, so telemetry published while the hub restarts waits in the
+//! broker). An external broker that persists retained messages is not
+//! required: the hub re-publishes desired states on connect.
+//!
+//! # What is left
+//!
+//! - Staged rollouts (plan: artifact set, cohort tag, stages, gates) as an
+//!   I/O-free state machine over [`assign::next_desired`]; desired states
+//!   already carry a [`outpost_protocol::RolloutId`] and every assignment is
+//!   audited in the `assignments` table.
+//! - Evaluation gates (offline score, canary telemetry: error rate,
+//!   thumbs-down rate, p95 latency per version; telemetry is stored per
+//!   event with its versions, ready for those queries) and automatic
+//!   rollback.
+//! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
+//! - The dashboard, `cmd` publishing, telemetry retention, TLS.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod artifacts;
+pub mod assign;
+pub mod broker;
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod metrics;
+pub mod signing;
+pub mod store;
+
+pub use config::{BrokerMode, ConfigError, HubConfig, ValidConfig, DEFAULT_TOML};
+pub use signing::ArtifactSigner;
+
+/// Name of the database file inside the data dir.
+pub const DB_FILE: &str = "hub.sqlite";
+/// Capacity of the MQTT client's request queue (publishes, acks).
+const MQTT_REQUEST_QUEUE: usize = 1024;
+/// MQTT keep-alive of the hub's session.
+const MQTT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// Why the hub could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The configuration is invalid (exit code 64 in the binary).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data dir could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The signing key failed.
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
+    /// The artifact store failed.
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::PublishError),
+    /// The embedded broker failed.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a hub thread: {0}")]
+    Thread(std::io::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Milliseconds since the Unix epoch on the hub's clock.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    http_addr: SocketAddr,
+    broker_addr: Option<SocketAddr>,
+    public_key_hex: String,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Hub {
+    /// Opens the store, loads or creates the signing key, starts the
+    /// embedded broker (if configured), the MQTT session and the HTTP
+    /// server. Returns once everything listens; the MQTT session connects
+    /// in the background (see `/health`).
+    pub async fn start(config: ValidConfig) -> Result<Hub, HubError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let db = store::Store::open(&config.data_dir.join(DB_FILE))?;
+        let (store, _store_thread) = store::StoreHandle::spawn(db).map_err(HubError::Thread)?;
+        let signer = ArtifactSigner::load_or_create(&config.data_dir)?;
+        let public_key_hex = signer.public_key_hex();
+
+        let (endpoint, broker_addr) = match &config.broker {
+            BrokerMode::Embedded { listen, users } => {
+                let settings = broker::EmbeddedSettings {
+                    listen: *listen,
+                    users: users.clone(),
+                    max_packet_bytes: config.mqtt.max_packet_bytes,
+                };
+                let embedded =
+                    tokio::task::spawn_blocking(move || broker::start_embedded(&settings))
+                        .await
+                        .map_err(|e| HubError::Thread(std::io::Error::other(e)))??;
+                let addr = embedded.addr();
+                (
+                    broker::MqttEndpoint {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                    },
+                    Some(addr),
+                )
+            }
+            BrokerMode::External { host, port } => (
+                broker::MqttEndpoint {
+                    host: host.clone(),
+                    port: *port,
+                },
+                None,
+            ),
+        };
+
+        let mut options =
+            rumqttc::MqttOptions::new(&config.mqtt.client_id, endpoint.host, endpoint.port);
+        options
+            .set_keep_alive(MQTT_KEEP_ALIVE)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(config.mqtt.max_packet_bytes, config.mqtt.max_packet_bytes);
+        if let Some((user, password)) = &config.mqtt.credentials {
+            options.set_credentials(user, password.expose());
+        }
+        let (client, eventloop) = rumqttc::AsyncClient::new(options, MQTT_REQUEST_QUEUE);
+
+        let ctx = control::Context {
+            fleet: config.fleet.clone(),
+            store: store.clone(),
+            client,
+            metrics: Arc::new(metrics::Metrics::default()),
+        };
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let tasks = control::spawn(ctx.clone(), eventloop, shutdown_rx.clone());
+
+        let listener = tokio::net::TcpListener::bind(config.http_bind)
+            .await
+            .map_err(|source| HubError::HttpBind {
+                addr: config.http_bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| HubError::HttpBind {
+            addr: config.http_bind,
+            source,
+        })?;
+        let public_base_url = config
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let artifacts = artifacts::ArtifactStore::open(
+            &config.data_dir,
+            signer,
+            store,
+            public_base_url,
+            config.max_upload_bytes,
+        )?;
+        let app = http::router(Arc::new(http::AppState {
+            ctx,
+            artifacts,
+            admin_token: config.admin_token.clone(),
+        }));
+        let mut http_shutdown = shutdown_rx;
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(%http_addr, ?broker_addr, fleet = %config.fleet, "hub started");
+        Ok(Hub {
+            http_addr,
+            broker_addr,
+            public_key_hex,
+            shutdown,
+            tasks,
+            http,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the embedded broker listens (`None` with an external broker).
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker_addr
+    }
+
+    /// The artifact-signing public key (64 hex digits) devices pin.
+    pub fn public_key_hex(&self) -> &str {
+        &self.public_key_hex
+    }
+
+    /// Stops the HTTP server and the MQTT session and waits for them. The
+    /// store closes when its last handle is dropped. An embedded broker keeps
+    /// running until the process exits (rumqttd cannot be stopped).
+    pub async fn shutdown(self) -> Result<(), HubError> {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        match self.http.await {
+            Ok(result) => result.map_err(HubError::Http),
+            Err(e) => Err(HubError::Http(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Validates `config`, starts the hub, runs until `shutdown` completes, then
+/// stops it. The entry point of `outpost hub`.
+pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) -> Result<(), HubError> {
+    let valid = config.validate()?;
+    let hub = Hub::start(valid).await?;
+    shutdown.await;
+    tracing::info!("hub shutting down");
+    hub.shutdown().await
+}

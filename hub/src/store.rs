@@ -1,0 +1,1137 @@
+//! The hub's SQLite store: devices, desired states, telemetry, feedback,
+//! artifacts.
+//!
+//! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
+//! methods are the store's typed commands, each one transaction. Async code
+//! reaches it only through [`StoreHandle`], which ships jobs over a bounded
+//! channel to the one thread that owns the store and gets the result back on
+//! a oneshot (STYLE rule 4). Jobs are closures over `&mut Store` rather than a
+//! command enum with one variant per method: the methods already are the
+//! command set, and a parallel enum would repeat every signature. Tests call
+//! the synchronous `Store` directly.
+//!
+//! Durability: WAL with `synchronous = NORMAL` (a power cut may lose the last
+//! transactions but never corrupts), and a telemetry batch is acknowledged
+//! only after its transaction commits, so a lost transaction is one the device
+//! still holds and resends.
+
+use std::path::{Path, PathBuf};
+
+use outpost_protocol::{
+    ArtifactDigest, ArtifactKind, ArtifactName, ArtifactSignature, ArtifactVersion, DesiredState,
+    DeviceId, Feedback, FleetId, Generation, Presence, ProtocolVersion, ReportedState, Status,
+    TelemetryBatch, TelemetryPayload,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs queued for the store thread at most; senders wait beyond that.
+pub const STORE_QUEUE: usize = 256;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("sqlite ({what}): {source}")]
+    Sqlite {
+        /// The operation.
+        what: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A stored value no longer parses (hand-edited or corrupt database).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What did not parse.
+        detail: String,
+    },
+    /// A number from a peer does not fit SQLite's signed 64-bit integers.
+    #[error("{what} {value} is beyond the largest storable value")]
+    OutOfRange {
+        /// Which number.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A desired state would not be newer than the stored one.
+    #[error("desired state for {device} is at {stored}; refusing {offered}")]
+    StaleGeneration {
+        /// The device.
+        device: DeviceId,
+        /// What is stored.
+        stored: Generation,
+        /// What was offered.
+        offered: Generation,
+    },
+    /// The store thread is gone (the hub is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { what, source }
+}
+
+fn corrupt(table: &'static str) -> impl Fn(String) -> StoreError {
+    move |detail| StoreError::Corrupt { table, detail }
+}
+
+fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+/// Timestamps from a device's clock are clamped, not refused: a wrong clock
+/// must not cost the event.
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Makes sure a device row exists and marks it seen now. `wire` is the
+/// version of the payload just received.
+fn touch(
+    conn: &Connection,
+    fleet: &FleetId,
+    device: &DeviceId,
+    wire: Option<ProtocolVersion>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO devices (device, fleet, first_seen_ms, last_seen_ms, wire_version)
+         VALUES (?1, ?2, ?3, ?3, ?4)
+         ON CONFLICT (device) DO UPDATE SET
+            last_seen_ms = excluded.last_seen_ms,
+            wire_version = COALESCE(excluded.wire_version, devices.wire_version)",
+        params![
+            device.as_str(),
+            fleet.as_str(),
+            clamp_i64(now_ms),
+            wire.map(|v| v.as_byte())
+        ],
+    )
+    .map_err(sql("touch device"))?;
+    Ok(())
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS devices (
+    device           TEXT PRIMARY KEY,
+    fleet            TEXT NOT NULL,
+    presence         TEXT NOT NULL DEFAULT 'unknown',
+    agent_version    TEXT,
+    protocol_max     INTEGER,          -- highest version the agent speaks (its Status)
+    wire_version     INTEGER,          -- version of the last payload it sent
+    first_seen_ms    INTEGER NOT NULL,
+    last_seen_ms     INTEGER NOT NULL,
+    reported_json    TEXT,             -- last ReportedState
+    reported_at_ms   INTEGER,
+    max_seq          INTEGER           -- highest telemetry seq stored
+);
+CREATE TABLE IF NOT EXISTS device_tags (
+    device TEXT NOT NULL,
+    tag    TEXT NOT NULL,
+    PRIMARY KEY (device, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS device_tags_by_tag ON device_tags (tag, device);
+CREATE TABLE IF NOT EXISTS desired (
+    device         TEXT PRIMARY KEY,
+    generation     INTEGER NOT NULL,   -- never decreases; rows are never deleted
+    rollout        TEXT,               -- staged rollout that set it, if any
+    state_json     TEXT NOT NULL,
+    assigned_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (   -- audit log of every assignment
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    target      TEXT NOT NULL,
+    rollout     TEXT,
+    artifacts   TEXT NOT NULL,
+    devices     INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS telemetry (
+    device      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    event_json  TEXT NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feedback (
+    device        TEXT NOT NULL,
+    answer_seq    INTEGER NOT NULL,
+    rating        TEXT NOT NULL,
+    question      TEXT NOT NULL,
+    answer        TEXT NOT NULL,
+    versions_json TEXT NOT NULL,
+    at_ms         INTEGER NOT NULL,
+    received_ms   INTEGER NOT NULL,
+    PRIMARY KEY (device, answer_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS artifacts (
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    signature   TEXT NOT NULL,
+    base_model  TEXT,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (kind, name, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_by_digest ON artifacts (sha256);
+"#;
+
+/// What one telemetry batch did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Events stored now.
+    pub inserted: u64,
+    /// Events already stored (redeliveries), dropped.
+    pub duplicates: u64,
+    /// Whether the batch starts after a hole in the device's sequence
+    /// (events the hub never received; see [`Store::ingest_telemetry`]).
+    pub gap: bool,
+}
+
+/// A stored artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    /// Its kind.
+    pub kind: ArtifactKind,
+    /// Catalog name.
+    pub name: ArtifactName,
+    /// Version label.
+    pub version: ArtifactVersion,
+    /// Digest of the bytes.
+    pub sha256: ArtifactDigest,
+    /// Exact size.
+    pub size_bytes: u64,
+    /// The content-addressed file.
+    pub path: PathBuf,
+    /// The hub's signature over the ref's signing payload.
+    pub signature: ArtifactSignature,
+    /// For adapters: the base model's digest.
+    pub base_model: Option<ArtifactDigest>,
+    /// When it was published (unix ms).
+    pub created_unix_ms: u64,
+}
+
+/// What [`Store::put_artifact`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutArtifact {
+    /// A new (kind, name, version).
+    Created,
+    /// The same (kind, name, version) with the same bytes already existed.
+    Unchanged,
+    /// The (kind, name, version) exists with different bytes: versions are
+    /// immutable, publish a new version instead.
+    Conflict(Box<ArtifactRecord>),
+}
+
+/// One device as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceSummary {
+    /// Its id.
+    pub device: DeviceId,
+    /// Its fleet.
+    pub fleet: String,
+    /// Its tags (cohorts for assignments and rollouts).
+    pub tags: Vec<String>,
+    /// `online`, `offline` or `unknown` (never sent a status).
+    pub presence: String,
+    /// The agent build it reported.
+    pub agent_version: Option<String>,
+    /// The highest protocol version the agent speaks.
+    pub protocol_version: Option<u8>,
+    /// When the hub last heard from it (unix ms, hub clock).
+    pub last_seen_unix_ms: u64,
+    /// The desired-state generation the hub last assigned.
+    pub desired_generation: Option<u64>,
+    /// The generation the device last processed.
+    pub reported_generation: Option<u64>,
+    /// What it reports active, per kind.
+    pub active: Vec<ActiveArtifact>,
+    /// Kinds whose last apply failed, with the reason label.
+    pub failures: Vec<(String, String)>,
+    /// Highest telemetry sequence number stored.
+    pub max_seq: Option<u64>,
+}
+
+/// One active artifact in a [`DeviceSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveArtifact {
+    /// Kind label.
+    pub kind: &'static str,
+    /// Name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// Digest (hex).
+    pub sha256: String,
+}
+
+/// One stored telemetry event as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryRow {
+    /// The device.
+    pub device: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Device clock (unix ms).
+    pub at_unix_ms: u64,
+    /// Hub clock (unix ms).
+    pub received_unix_ms: u64,
+    /// `answer` or `metrics`.
+    pub kind: String,
+    /// The event as JSON.
+    pub event: serde_json::Value,
+}
+
+/// The hub's database. See the module docs for who may hold it.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(sql("open"))?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database (unit tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(sql("open"))?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        // journal_mode answers with a row, so it is read, not executed.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql("journal_mode"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql("synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("busy_timeout"))?;
+        conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        Ok(Self { conn })
+    }
+
+    /// Records a device's status (presence, agent and protocol version).
+    pub fn record_status(
+        &mut self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        status: &Status,
+        wire: ProtocolVersion,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        touch(&self.conn, fleet, device, Some(wire), now_ms)?;
+        let presence = match status.presence {
+            Presence::Online => "online",
+            _ => "offline",
+        };
+        self.conn
+            .execute(
+                "UPDATE devices SET presence = ?2, agent_version = ?3, protocol_max = ?4
+                 WHERE device = ?1",
+                params![
+                    device.as_str(),
+                    presence,
+                    status.agent_version.as_str(),
+                    status.protocol_version
+                ],
+            )
+            .map_err(sql("record status"))?;
+        Ok(())
+    }
+
+    /// Records a device's reported state.
+    pub fn record_reported(
+        &mut self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        reported: &ReportedState,
+        wire: ProtocolVersion,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        touch(&self.conn, fleet, device, Some(wire), now_ms)?;
+        let json = serde_json::to_string(reported).map_err(|e| StoreError::Corrupt {
+            table: "devices",
+            detail: e.to_string(),
+        })?;
+        self.conn
+            .execute(
+                "UPDATE devices SET reported_json = ?2, reported_at_ms = ?3 WHERE device = ?1",
+                params![device.as_str(), json, clamp_i64(now_ms)],
+            )
+            .map_err(sql("record reported"))?;
+        Ok(())
+    }
+
+    /// Stores a telemetry batch in one transaction, dropping events already
+    /// stored (same device and sequence number). The caller acknowledges
+    /// `batch.last_seq()` after this returns: the device sends its outbox in
+    /// order and resends everything unacknowledged on reconnect, so a batch
+    /// that starts after a hole (`gap`) means the earlier events are gone
+    /// from the device too; it is counted, not waited for.
+    pub fn ingest_telemetry(
+        &mut self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        batch: &TelemetryBatch,
+        wire: ProtocolVersion,
+        now_ms: u64,
+    ) -> Result<IngestOutcome, StoreError> {
+        // Check every number before writing anything.
+        let last = to_i64("telemetry seq", batch.last_seq().0)?;
+        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        touch(&tx, fleet, device, Some(wire), now_ms)?;
+        let max_seq: Option<i64> = tx
+            .query_row(
+                "SELECT max_seq FROM devices WHERE device = ?1",
+                [device.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(sql("read max_seq"))?;
+        let first = to_i64("telemetry seq", batch.first_seq().0)?;
+        let gap = max_seq.is_some_and(|max| first > max.saturating_add(1));
+        let mut outcome = IngestOutcome {
+            inserted: 0,
+            duplicates: 0,
+            gap,
+        };
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO telemetry
+                        (device, seq, at_ms, received_ms, kind, event_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql("prepare telemetry insert"))?;
+            for event in batch.events() {
+                let kind = match event.payload {
+                    TelemetryPayload::Answer(_) => "answer",
+                    TelemetryPayload::Metrics(_) => "metrics",
+                    _ => "other",
+                };
+                let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
+                    table: "telemetry",
+                    detail: e.to_string(),
+                })?;
+                let changed = insert
+                    .execute(params![
+                        device.as_str(),
+                        to_i64("telemetry seq", event.seq.0)?,
+                        clamp_i64(event.at_unix_ms),
+                        clamp_i64(now_ms),
+                        kind,
+                        json
+                    ])
+                    .map_err(sql("insert telemetry"))?;
+                if changed == 1 {
+                    outcome.inserted += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE devices SET max_seq = MAX(COALESCE(max_seq, ?2), ?2) WHERE device = ?1",
+            params![device.as_str(), last],
+        )
+        .map_err(sql("update max_seq"))?;
+        tx.commit().map_err(sql("commit telemetry"))?;
+        Ok(outcome)
+    }
+
+    /// Stores one feedback item; `false` when it was already stored.
+    pub fn record_feedback(
+        &mut self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        feedback: &Feedback,
+        wire: ProtocolVersion,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        touch(&self.conn, fleet, device, Some(wire), now_ms)?;
+        let rating = format!("{:?}", feedback.rating);
+        let versions =
+            serde_json::to_string(&feedback.versions).map_err(|e| StoreError::Corrupt {
+                table: "feedback",
+                detail: e.to_string(),
+            })?;
+        let changed = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO feedback
+                    (device, answer_seq, rating, question, answer, versions_json, at_ms, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    device.as_str(),
+                    to_i64("feedback answer_seq", feedback.answer_seq.0)?,
+                    rating,
+                    feedback.question.as_str(),
+                    feedback.answer.as_str(),
+                    versions,
+                    clamp_i64(feedback.at_unix_ms),
+                    clamp_i64(now_ms)
+                ],
+            )
+            .map_err(sql("insert feedback"))?;
+        Ok(changed == 1)
+    }
+
+    /// Replaces a device's tags, registering the device if it is new.
+    pub fn set_tags(
+        &mut self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        tags: &[String],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        tx.execute(
+            "INSERT INTO devices (device, fleet, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?3) ON CONFLICT (device) DO NOTHING",
+            params![device.as_str(), fleet.as_str(), clamp_i64(now_ms)],
+        )
+        .map_err(sql("register device"))?;
+        tx.execute(
+            "DELETE FROM device_tags WHERE device = ?1",
+            [device.as_str()],
+        )
+        .map_err(sql("clear tags"))?;
+        for tag in tags {
+            tx.execute(
+                "INSERT OR IGNORE INTO device_tags (device, tag) VALUES (?1, ?2)",
+                params![device.as_str(), tag],
+            )
+            .map_err(sql("insert tag"))?;
+        }
+        tx.commit().map_err(sql("commit tags"))?;
+        Ok(())
+    }
+
+    /// Devices carrying `tag`, in id order.
+    pub fn devices_with_tag(&self, tag: &str) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device FROM device_tags WHERE tag = ?1 ORDER BY device")
+            .map_err(sql("prepare tag query"))?;
+        let rows = stmt
+            .query_map([tag], |r| r.get::<_, String>(0))
+            .map_err(sql("query tag"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id = row.map_err(sql("read tag row"))?;
+            out.push(DeviceId::parse(&id).map_err(|e| corrupt("device_tags")(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Whether the hub has ever heard of `device`.
+    pub fn device_exists(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM devices WHERE device = ?1",
+                [device.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql("device exists"))
+    }
+
+    /// The highest protocol version `device` said it speaks, if it sent a
+    /// status.
+    pub fn device_protocol(&self, device: &DeviceId) -> Result<Option<u8>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT protocol_max FROM devices WHERE device = ?1",
+                [device.as_str()],
+                |r| r.get::<_, Option<u8>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(sql("device protocol"))
+    }
+
+    /// How many devices last said they are online.
+    pub fn online_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM devices WHERE presence = 'online'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0).unsigned_abs())
+            .map_err(sql("online count"))
+    }
+
+    /// The desired state last assigned to `device`.
+    pub fn desired(&self, device: &DeviceId) -> Result<Option<DesiredState>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state_json FROM desired WHERE device = ?1",
+                [device.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read desired"))?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("desired")(e.to_string())))
+            .transpose()
+    }
+
+    /// Every device's desired state (to re-publish after a broker restart).
+    pub fn all_desired(&self) -> Result<Vec<(DeviceId, DesiredState)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device, state_json FROM desired ORDER BY device")
+            .map_err(sql("prepare desired"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql("query desired"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, json) = row.map_err(sql("read desired row"))?;
+            let device = DeviceId::parse(&device).map_err(|e| corrupt("desired")(e.to_string()))?;
+            let state =
+                serde_json::from_str(&json).map_err(|e| corrupt("desired")(e.to_string()))?;
+            out.push((device, state));
+        }
+        Ok(out)
+    }
+
+    /// Computes and stores new desired states for `devices` in one
+    /// transaction: `plan` gets each device's previous state and returns the
+    /// next one (see [`crate::assign::next_desired`]). Returns the stored
+    /// states for publishing; nothing is stored if any device fails.
+    pub fn assign<E, F>(
+        &mut self,
+        devices: &[DeviceId],
+        audit_target: &str,
+        now_ms: u64,
+        mut plan: F,
+    ) -> Result<Result<Vec<(DeviceId, DesiredState)>, E>, StoreError>
+    where
+        F: FnMut(&DeviceId, Option<&DesiredState>) -> Result<DesiredState, E>,
+    {
+        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        let mut out = Vec::with_capacity(devices.len());
+        for device in devices {
+            let previous: Option<DesiredState> = tx
+                .query_row(
+                    "SELECT state_json FROM desired WHERE device = ?1",
+                    [device.as_str()],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(sql("read desired"))?
+                .map(|j| serde_json::from_str(&j).map_err(|e| corrupt("desired")(e.to_string())))
+                .transpose()?;
+            let next = match plan(device, previous.as_ref()) {
+                Ok(next) => next,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(prev) = &previous {
+                if next.generation <= prev.generation {
+                    return Err(StoreError::StaleGeneration {
+                        device: device.clone(),
+                        stored: prev.generation,
+                        offered: next.generation,
+                    });
+                }
+            }
+            let json =
+                serde_json::to_string(&next).map_err(|e| corrupt("desired")(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO desired (device, generation, rollout, state_json, assigned_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (device) DO UPDATE SET generation = excluded.generation,
+                    rollout = excluded.rollout, state_json = excluded.state_json,
+                    assigned_at_ms = excluded.assigned_at_ms",
+                params![
+                    device.as_str(),
+                    to_i64("generation", next.generation.0)?,
+                    next.rollout.as_ref().map(|r| r.as_str().to_owned()),
+                    json,
+                    clamp_i64(now_ms)
+                ],
+            )
+            .map_err(sql("write desired"))?;
+            out.push((device.clone(), next));
+        }
+        let artifacts = out
+            .first()
+            .map(|(_, s)| serde_json::to_string(&s.artifacts).unwrap_or_default())
+            .unwrap_or_default();
+        tx.execute(
+            "INSERT INTO assignments (target, rollout, artifacts, devices, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                audit_target,
+                out.first()
+                    .and_then(|(_, s)| s.rollout.as_ref().map(|r| r.as_str().to_owned())),
+                artifacts,
+                i64::try_from(out.len()).unwrap_or(i64::MAX),
+                clamp_i64(now_ms)
+            ],
+        )
+        .map_err(sql("audit assignment"))?;
+        tx.commit().map_err(sql("commit assignment"))?;
+        Ok(Ok(out))
+    }
+
+    /// Every device, for the admin API.
+    pub fn devices(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.device, d.fleet, d.presence, d.agent_version, d.protocol_max,
+                        d.last_seen_ms, d.reported_json, d.max_seq, s.generation,
+                        (SELECT group_concat(tag, char(10)) FROM
+                            (SELECT tag FROM device_tags t WHERE t.device = d.device ORDER BY tag))
+                 FROM devices d LEFT JOIN desired s ON s.device = d.device
+                 ORDER BY d.device",
+            )
+            .map_err(sql("prepare devices"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                ))
+            })
+            .map_err(sql("query devices"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, fleet, presence, agent, proto, seen, reported, max_seq, desired, tags) =
+                row.map_err(sql("read device row"))?;
+            let device = DeviceId::parse(&id).map_err(|e| corrupt("devices")(e.to_string()))?;
+            let reported: Option<ReportedState> = reported
+                .map(|j| serde_json::from_str(&j).map_err(|e| corrupt("devices")(e.to_string())))
+                .transpose()?;
+            let (active, failures, reported_generation) = match &reported {
+                Some(r) => (
+                    r.active
+                        .iter()
+                        .map(|a| ActiveArtifact {
+                            kind: a.kind.as_str(),
+                            name: a.name.to_string(),
+                            version: a.version.to_string(),
+                            sha256: a.sha256.to_string(),
+                        })
+                        .collect(),
+                    r.last_apply
+                        .iter()
+                        .filter_map(|(kind, report)| match &report.outcome {
+                            outpost_protocol::ApplyOutcome::Failed { reason, .. } => {
+                                Some((kind.as_str().to_owned(), reason.as_str().to_owned()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    r.generation.map(|g| g.0),
+                ),
+                None => (Vec::new(), Vec::new(), None),
+            };
+            out.push(DeviceSummary {
+                device,
+                fleet,
+                tags: tags
+                    .map(|t| t.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                presence,
+                agent_version: agent,
+                protocol_version: proto,
+                last_seen_unix_ms: seen.max(0).unsigned_abs(),
+                desired_generation: desired.map(|g| g.max(0).unsigned_abs()),
+                reported_generation,
+                active,
+                failures,
+                max_seq: max_seq.map(|s| s.max(0).unsigned_abs()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` telemetry events, newest first, of one device or
+    /// of all.
+    pub fn telemetry(
+        &self,
+        device: Option<&DeviceId>,
+        limit: u32,
+    ) -> Result<Vec<TelemetryRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
+                 WHERE ?1 IS NULL OR device = ?1
+                 ORDER BY received_ms DESC, seq DESC LIMIT ?2",
+            )
+            .map_err(sql("prepare telemetry"))?;
+        let rows = stmt
+            .query_map(params![device.map(DeviceId::as_str), limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(sql("query telemetry"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, seq, at, received, kind, json) = row.map_err(sql("read telemetry"))?;
+            out.push(TelemetryRow {
+                device,
+                seq: seq.max(0).unsigned_abs(),
+                at_unix_ms: at.max(0).unsigned_abs(),
+                received_unix_ms: received.max(0).unsigned_abs(),
+                kind,
+                event: serde_json::from_str(&json)
+                    .map_err(|e| corrupt("telemetry")(e.to_string()))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores an artifact's metadata; versions are immutable.
+    pub fn put_artifact(&mut self, record: &ArtifactRecord) -> Result<PutArtifact, StoreError> {
+        if let Some(existing) = self.artifact(record.kind, &record.name, &record.version)? {
+            return Ok(if existing.sha256 == record.sha256 {
+                PutArtifact::Unchanged
+            } else {
+                PutArtifact::Conflict(Box::new(existing))
+            });
+        }
+        self.conn
+            .execute(
+                "INSERT INTO artifacts
+                    (kind, name, version, sha256, size_bytes, path, signature, base_model, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    record.kind.as_str(),
+                    record.name.as_str(),
+                    record.version.as_str(),
+                    record.sha256.to_string(),
+                    to_i64("artifact size", record.size_bytes)?,
+                    record.path.to_string_lossy(),
+                    hex::encode(record.signature.as_bytes()),
+                    record.base_model.map(|d| d.to_string()),
+                    clamp_i64(record.created_unix_ms)
+                ],
+            )
+            .map_err(sql("insert artifact"))?;
+        Ok(PutArtifact::Created)
+    }
+
+    /// One artifact by kind, name and version.
+    pub fn artifact(
+        &self,
+        kind: ArtifactKind,
+        name: &ArtifactName,
+        version: &ArtifactVersion,
+    ) -> Result<Option<ArtifactRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{ARTIFACT_COLUMNS} WHERE kind = ?1 AND name = ?2 AND version = ?3"),
+                params![kind.as_str(), name.as_str(), version.as_str()],
+                raw_artifact,
+            )
+            .optional()
+            .map_err(sql("read artifact"))?
+            .map(RawArtifact::parse)
+            .transpose()
+    }
+
+    /// Whether any artifact has these bytes (for the download route).
+    pub fn artifact_by_digest(
+        &self,
+        sha256: &ArtifactDigest,
+    ) -> Result<Option<ArtifactRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("{ARTIFACT_COLUMNS} WHERE sha256 = ?1 LIMIT 1"),
+                [sha256.to_string()],
+                raw_artifact,
+            )
+            .optional()
+            .map_err(sql("read artifact"))?
+            .map(RawArtifact::parse)
+            .transpose()
+    }
+
+    /// Every artifact, newest first.
+    pub fn artifacts(&self) -> Result<Vec<ArtifactRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{ARTIFACT_COLUMNS} ORDER BY created_ms DESC"))
+            .map_err(sql("prepare artifacts"))?;
+        let rows = stmt
+            .query_map([], raw_artifact)
+            .map_err(sql("query artifacts"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(sql("read artifact"))?.parse()?);
+        }
+        Ok(out)
+    }
+}
+
+const ARTIFACT_COLUMNS: &str = "SELECT kind, name, version, sha256, size_bytes, path, signature, \
+     base_model, created_ms FROM artifacts";
+
+struct RawArtifact([String; 8], i64);
+
+fn raw_artifact(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawArtifact> {
+    Ok(RawArtifact(
+        [
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get::<_, i64>(4)?.to_string(),
+            r.get(5)?,
+            r.get(6)?,
+            r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+        ],
+        r.get(8)?,
+    ))
+}
+
+impl RawArtifact {
+    fn parse(self) -> Result<ArtifactRecord, StoreError> {
+        let bad = corrupt("artifacts");
+        let [kind, name, version, sha, size, path, sig, base] = self.0;
+        let kind = ArtifactKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .ok_or_else(|| bad(format!("unknown kind {kind:?}")))?;
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(&sig, &mut signature).map_err(|e| bad(e.to_string()))?;
+        Ok(ArtifactRecord {
+            kind,
+            name: name
+                .parse()
+                .map_err(|e: outpost_protocol::IdError| bad(e.to_string()))?,
+            version: version
+                .parse()
+                .map_err(|e: outpost_protocol::IdError| bad(e.to_string()))?,
+            sha256: sha
+                .parse()
+                .map_err(|e: outpost_protocol::DigestParseError| bad(e.to_string()))?,
+            size_bytes: size
+                .parse()
+                .map_err(|e: std::num::ParseIntError| bad(e.to_string()))?,
+            path: PathBuf::from(path),
+            signature: ArtifactSignature::from_bytes(signature),
+            base_model: if base.is_empty() {
+                None
+            } else {
+                Some(
+                    base.parse()
+                        .map_err(|e: outpost_protocol::DigestParseError| bad(e.to_string()))?,
+                )
+            },
+            created_unix_ms: self.1.max(0).unsigned_abs(),
+        })
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// A cloneable handle to the thread that owns the [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl StoreHandle {
+    /// Moves `store` onto its own thread; it runs until every handle is
+    /// dropped, then closes the database.
+    pub fn spawn(store: Store) -> Result<(Self, std::thread::JoinHandle<()>), std::io::Error> {
+        let (jobs, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("outpost-hub-store".into())
+            .spawn(move || {
+                let mut store = store;
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut store);
+                }
+            })?;
+        Ok((Self { jobs }, thread))
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            // The caller may have gone away (cancelled request); nothing to do then.
+            let _ = reply.send(f(store));
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_protocol::{AgentVersion, DeviceMetrics, RolloutId, Seq, TelemetryEvent};
+
+    fn ids() -> (FleetId, DeviceId) {
+        (
+            FleetId::parse("acme").expect("fleet"),
+            DeviceId::parse("kiosk-1").expect("device"),
+        )
+    }
+
+    fn event(seq: u64) -> TelemetryEvent {
+        TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: seq.saturating_add(1_000),
+            payload: TelemetryPayload::Metrics(DeviceMetrics {
+                cpu_percent: 12.5,
+                mem_used_bytes: 1,
+                mem_total_bytes: 2,
+                disk_used_bytes: 3,
+                disk_total_bytes: 4,
+                temperature_c: None,
+            }),
+        }
+    }
+
+    fn batch(device: &DeviceId, seqs: std::ops::RangeInclusive<u64>) -> TelemetryBatch {
+        TelemetryBatch::new(device.clone(), seqs.map(event).collect()).expect("batch")
+    }
+
+    #[test]
+    fn redelivered_telemetry_is_stored_once() {
+        let mut store = Store::open_in_memory().expect("store");
+        let (fleet, device) = ids();
+        let v = ProtocolVersion::CURRENT;
+        let first = store
+            .ingest_telemetry(&fleet, &device, &batch(&device, 1..=3), v, 10)
+            .expect("ingest");
+        assert_eq!((first.inserted, first.duplicates, first.gap), (3, 0, false));
+        let again = store
+            .ingest_telemetry(&fleet, &device, &batch(&device, 2..=5), v, 11)
+            .expect("ingest");
+        assert_eq!((again.inserted, again.duplicates, again.gap), (2, 2, false));
+        let rows = store.telemetry(Some(&device), 100).expect("rows");
+        assert_eq!(rows.len(), 5);
+        let gap = store
+            .ingest_telemetry(&fleet, &device, &batch(&device, 9..=9), v, 12)
+            .expect("ingest");
+        assert!(gap.gap);
+    }
+
+    #[test]
+    fn a_sequence_number_beyond_i64_is_refused_before_writing() {
+        let mut store = Store::open_in_memory().expect("store");
+        let (fleet, device) = ids();
+        let b = TelemetryBatch::new(device.clone(), vec![event(1), event(u64::MAX)]).expect("b");
+        assert!(matches!(
+            store.ingest_telemetry(&fleet, &device, &b, ProtocolVersion::CURRENT, 1),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(store.telemetry(None, 10).expect("rows").is_empty());
+    }
+
+    #[test]
+    fn status_and_tags_show_up_in_the_device_list() {
+        let mut store = Store::open_in_memory().expect("store");
+        let (fleet, device) = ids();
+        let status = Status {
+            presence: Presence::Online,
+            agent_version: AgentVersion::parse("0.3.1").expect("v"),
+            protocol_version: 2,
+            at_unix_ms: 5,
+        };
+        store
+            .record_status(&fleet, &device, &status, ProtocolVersion::V2, 42)
+            .expect("status");
+        store
+            .set_tags(&fleet, &device, &["berlin".into(), "canary".into()], 43)
+            .expect("tags");
+        let list = store.devices().expect("devices");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].presence, "online");
+        assert_eq!(list[0].tags, ["berlin", "canary"]);
+        assert_eq!(list[0].protocol_version, Some(2));
+        assert_eq!(store.online_count().expect("count"), 1);
+        assert_eq!(
+            store.devices_with_tag("canary").expect("tagged"),
+            vec![device.clone()]
+        );
+        assert_eq!(store.device_protocol(&device).expect("proto"), Some(2));
+    }
+
+    #[test]
+    fn assignment_refuses_to_move_a_generation_backwards() {
+        let mut store = Store::open_in_memory().expect("store");
+        let (_, device) = ids();
+        let state = |g| DesiredState {
+            generation: Generation(g),
+            rollout: Some(RolloutId::parse("r1").expect("id")),
+            artifacts: outpost_protocol::ArtifactSet::new(),
+            issued_at_unix_ms: 1,
+        };
+        let done = store
+            .assign(
+                std::slice::from_ref(&device),
+                "device:kiosk-1",
+                1,
+                |_, _| Ok::<_, ()>(state(3)),
+            )
+            .expect("store")
+            .expect("plan");
+        assert_eq!(done[0].1.generation, Generation(3));
+        assert!(matches!(
+            store.assign(std::slice::from_ref(&device), "x", 2, |_, _| Ok::<_, ()>(
+                state(3)
+            )),
+            Err(StoreError::StaleGeneration { .. })
+        ));
+        assert_eq!(
+            store.desired(&device).expect("read").map(|s| s.generation),
+            Some(Generation(3))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_handle_runs_jobs_on_the_store_thread() {
+        let (handle, thread) =
+            StoreHandle::spawn(Store::open_in_memory().expect("store")).expect("spawn");
+        let n = handle.call(|s| s.online_count()).await.expect("count");
+        assert_eq!(n, 0);
+        drop(handle);
+        thread
+            .join()
+            .expect("store thread ends when handles are dropped");
+    }
+}

@@ -1,0 +1,749 @@
+//! End-to-end tests of the hub with real components: the embedded rumqttd
+//! broker or a Mosquitto started here, a rumqttc client acting as a device,
+//! real SQLite files, and a real HTTP client.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use outpost_hub::config::BrokerConfig;
+use outpost_hub::{Hub, HubConfig};
+use outpost_protocol::{
+    decode, encode, AgentVersion, ArtifactKind, DesiredState, DeviceId, DeviceMetrics, Presence,
+    Seq, Status, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn config(data: &std::path::Path, broker: BrokerConfig) -> HubConfig {
+    HubConfig {
+        data_dir: Some(data.to_path_buf()),
+        fleet: Some("acme".into()),
+        http_bind: Some("127.0.0.1:0".into()),
+        broker,
+        ..HubConfig::default()
+    }
+}
+
+fn embedded() -> BrokerConfig {
+    BrokerConfig {
+        listen: Some("127.0.0.1:0".into()),
+        ..BrokerConfig::default()
+    }
+}
+
+/// A Mosquitto broker on a free port, killed on drop.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Self {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect(
+                "mosquitto is not installed (looked in /usr/sbin and /usr/bin); \
+                 the external-broker test needs it: apt-get install mosquitto",
+            );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking HTTP call: (status, headers of interest, body).
+struct Reply {
+    status: u16,
+    content_range: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+async fn http(
+    method: &str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+) -> Reply {
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut request = ureq::request(&method, &url).timeout(Duration::from_secs(30));
+        for (k, v) in &headers {
+            request = request.set(k, v);
+        }
+        let response = match request.send_bytes(&body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}"),
+        };
+        let status = response.status();
+        let content_range = response.header("content-range").map(str::to_owned);
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).expect("read body");
+        Reply {
+            status,
+            content_range,
+            body,
+        }
+    })
+    .await
+    .expect("http thread")
+}
+
+async fn metric(hub: &str, line_prefix: &str) -> u64 {
+    let text = http("GET", format!("{hub}/metrics"), vec![], vec![])
+        .await
+        .body;
+    let text = String::from_utf8(text).expect("utf-8 metrics");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_metric(hub: &str, line_prefix: &str, at_least: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(hub, line_prefix).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{line_prefix} stayed at {value}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_hub_connected(hub: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let health = http("GET", format!("{hub}/health"), vec![], vec![])
+            .await
+            .json();
+        if health["mqtt_connected"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub never connected to its broker: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A device: a rumqttc session subscribed to its acks and desired state.
+struct Device {
+    id: DeviceId,
+    client: AsyncClient,
+    inbox: mpsc::Receiver<(String, Vec<u8>)>,
+}
+
+impl Device {
+    async fn connect(id: &str, port: u16) -> Self {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, inbox) = mpsc::channel(64);
+        let (subscribed_tx, mut subscribed) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx
+                            .send((p.topic.clone(), p.payload.to_vec()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.try_send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let root = format!("outpost/v1/acme/{id}");
+        for suffix in ["telemetry/ack", "state/desired"] {
+            client
+                .subscribe(format!("{root}/{suffix}"), QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            tokio::time::timeout(WAIT, subscribed.recv())
+                .await
+                .expect("subscribed in time");
+        }
+        Self {
+            id: DeviceId::parse(id).expect("device id"),
+            client,
+            inbox,
+        }
+    }
+
+    async fn publish(&self, suffix: &str, payload: Vec<u8>, retain: bool) {
+        self.client
+            .publish(
+                format!("outpost/v1/acme/{}/{suffix}", self.id),
+                QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
+            .await
+            .expect("publish");
+    }
+
+    async fn next(&mut self, suffix: &str) -> Vec<u8> {
+        let topic = format!("outpost/v1/acme/{}/{suffix}", self.id);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (t, payload) = tokio::time::timeout(left, self.inbox.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing on {topic} in time"))
+                .expect("device session alive");
+            if t == topic {
+                return payload;
+            }
+        }
+    }
+}
+
+fn status() -> Vec<u8> {
+    encode(&Status {
+        presence: Presence::Online,
+        agent_version: AgentVersion::parse("0.1.0").expect("version"),
+        protocol_version: 2,
+        at_unix_ms: 1,
+    })
+    .expect("encode status")
+}
+
+fn batch(device: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let events = seqs
+        .map(|seq| TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: 1_700_000_000_000 + seq,
+            payload: TelemetryPayload::Metrics(DeviceMetrics {
+                cpu_percent: 5.0,
+                mem_used_bytes: 1 << 30,
+                mem_total_bytes: 4 << 30,
+                disk_used_bytes: 1 << 33,
+                disk_total_bytes: 1 << 35,
+                temperature_c: Some(41.5),
+            }),
+        })
+        .collect();
+    let batch = TelemetryBatch::new(DeviceId::parse(device).expect("id"), events).expect("batch");
+    encode(&batch).expect("encode batch")
+}
+
+fn verify(desired: &DesiredState, public_key_hex: &str) {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(public_key_hex, &mut key).expect("hex key");
+    let key = VerifyingKey::from_bytes(&key).expect("ed25519 key");
+    for artifact in desired.artifacts.iter() {
+        key.verify(
+            &artifact.signing_payload(),
+            &Signature::from_bytes(artifact.signature.as_bytes()),
+        )
+        .expect("artifact signature verifies against the hub key");
+    }
+}
+
+/// The whole device round trip against a running hub whose broker listens
+/// on `port`.
+async fn round_trip(hub: &Hub, port: u16) {
+    let base = format!("http://{}", hub.http_addr());
+    wait_hub_connected(&base).await;
+    let mut device = Device::connect("kiosk-1", port).await;
+    device.publish("status", status(), true).await;
+
+    // Telemetry is stored, then acknowledged.
+    device
+        .publish("telemetry", batch("kiosk-1", 1..=3), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(ack.up_to_seq, Seq(3));
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_ingested_total ").await,
+        3
+    );
+
+    // A redelivery is acknowledged again and stored once.
+    device
+        .publish("telemetry", batch("kiosk-1", 1..=3), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(ack.up_to_seq, Seq(3));
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_duplicates_dropped_total ").await,
+        3
+    );
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_ingested_total ").await,
+        3
+    );
+
+    // Garbage is counted and ignored; a batch naming another device is refused.
+    device
+        .publish("telemetry", b"\x02garbage".to_vec(), false)
+        .await;
+    device.publish("telemetry", vec![77, 1, 2], false).await;
+    device
+        .publish("telemetry", batch("kiosk-2", 4..=4), false)
+        .await;
+    wait_metric(
+        &base,
+        "outpost_hub_decode_errors_total{topic=\"telemetry\",kind=\"malformed\"} ",
+        1,
+    )
+    .await;
+    wait_metric(
+        &base,
+        "outpost_hub_decode_errors_total{topic=\"telemetry\",kind=\"unknown_version\"} ",
+        1,
+    )
+    .await;
+    wait_metric(
+        &base,
+        "outpost_hub_rejected_messages_total{reason=\"device_mismatch\"} ",
+        1,
+    )
+    .await;
+    // The session still works after all that.
+    device
+        .publish("telemetry", batch("kiosk-1", 4..=5), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(ack.up_to_seq, Seq(5));
+
+    // Publish an artifact over the admin API (raw body).
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let reply = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=prompt-set&name=support&version=1.0.0"),
+        vec![("content-type", "application/octet-stream".into())],
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let published = reply.json();
+    let expected_sha = hex::encode(Sha256::digest(&bytes));
+    assert_eq!(published["sha256"], expected_sha.as_str());
+    assert_eq!(published["size_bytes"], bytes.len());
+
+    // Assign it to the device; it receives the retained desired state.
+    let reply = http(
+        "POST",
+        format!("{base}/admin/assign"),
+        vec![("content-type", "application/json".into())],
+        serde_json::to_vec(&serde_json::json!({
+            "device": "kiosk-1",
+            "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1.0.0"}],
+        }))
+        .expect("json"),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["assigned"][0]["published"], true);
+    let desired: DesiredState =
+        decode(&device.next("state/desired").await).expect("desired decodes");
+    assert_eq!(desired.generation.0, 1);
+    let key = http("GET", format!("{base}/signing-key"), vec![], vec![])
+        .await
+        .json();
+    assert_eq!(key["public_key"], hub.public_key_hex());
+    verify(&desired, hub.public_key_hex());
+    let artifact = desired
+        .artifacts
+        .get(ArtifactKind::PromptSet)
+        .expect("prompt set in desired state")
+        .clone();
+    assert_eq!(artifact.sha256.to_string(), expected_sha);
+
+    // Download it resumably: a first part, then the rest with a Range.
+    let url = artifact.url.as_str().to_owned();
+    let first = http(
+        "GET",
+        url.clone(),
+        vec![("range", "bytes=0-99999".into())],
+        vec![],
+    )
+    .await;
+    assert_eq!(first.status, 206);
+    assert_eq!(
+        first.content_range.as_deref(),
+        Some(format!("bytes 0-99999/{}", bytes.len()).as_str())
+    );
+    let rest = http(
+        "GET",
+        url.clone(),
+        vec![("range", "bytes=100000-".into())],
+        vec![],
+    )
+    .await;
+    assert_eq!(rest.status, 206);
+    let mut downloaded = first.body;
+    downloaded.extend_from_slice(&rest.body);
+    assert_eq!(downloaded.len() as u64, artifact.size_bytes);
+    assert_eq!(hex::encode(Sha256::digest(&downloaded)), expected_sha);
+    let past = http(
+        "GET",
+        url.clone(),
+        vec![("range", format!("bytes={}-", bytes.len()))],
+        vec![],
+    )
+    .await;
+    assert_eq!(past.status, 416);
+    assert_eq!(past.json()["error"]["kind"], "range_not_satisfiable");
+    let full = http("GET", url, vec![], vec![]).await;
+    assert_eq!((full.status, full.body.len()), (200, bytes.len()));
+
+    // A device subscribing later gets the retained state.
+    let late = Device::connect("kiosk-1-observer", port).await;
+    late.client
+        .subscribe("outpost/v1/acme/kiosk-1/state/desired", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut late = late;
+    let deadline = Instant::now() + WAIT;
+    let retained = loop {
+        let (topic, payload) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            late.inbox.recv(),
+        )
+        .await
+        .expect("retained desired state in time")
+        .expect("session alive");
+        if topic == "outpost/v1/acme/kiosk-1/state/desired" {
+            break payload;
+        }
+    };
+    let retained: DesiredState = decode(&retained).expect("retained decodes");
+    assert_eq!(retained.generation.0, 1);
+
+    // Assign by tag: a new version reaches the tagged device as generation 2.
+    let v2: Vec<u8> = b"second prompt set".to_vec();
+    let reply = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=prompt-set&name=support&version=1.1.0"),
+        vec![],
+        v2,
+    )
+    .await;
+    assert_eq!(reply.status, 201);
+    let reply = http(
+        "PUT",
+        format!("{base}/admin/devices/kiosk-1/tags"),
+        vec![],
+        br#"{"tags": ["canary", "berlin"]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let reply = http(
+        "POST",
+        format!("{base}/admin/assign"),
+        vec![],
+        br#"{"tag": "canary", "rollout": "r1",
+             "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1.1.0"}]}"#
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let desired: DesiredState =
+        decode(&device.next("state/desired").await).expect("desired decodes");
+    assert_eq!(desired.generation.0, 2);
+    assert_eq!(desired.rollout.as_ref().map(|r| r.as_str()), Some("r1"));
+    verify(&desired, hub.public_key_hex());
+
+    // The admin views agree.
+    let devices = http("GET", format!("{base}/admin/devices"), vec![], vec![])
+        .await
+        .json();
+    let kiosk = devices["devices"]
+        .as_array()
+        .expect("devices array")
+        .iter()
+        .find(|d| d["device"] == "kiosk-1")
+        .expect("kiosk-1 listed")
+        .clone();
+    assert_eq!(kiosk["presence"], "online");
+    assert_eq!(kiosk["desired_generation"], 2);
+    assert_eq!(kiosk["max_seq"], 5);
+    assert_eq!(kiosk["tags"], serde_json::json!(["berlin", "canary"]));
+    let events = http(
+        "GET",
+        format!("{base}/admin/telemetry?device=kiosk-1&limit=10"),
+        vec![],
+        vec![],
+    )
+    .await
+    .json();
+    assert_eq!(events["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(metric(&base, "outpost_hub_devices_online ").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_syncs_through_the_embedded_broker() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let valid = config(data.path(), embedded())
+        .validate()
+        .expect("valid config");
+    let hub = Hub::start(valid).await.expect("hub starts");
+    let port = hub.broker_addr().expect("embedded broker").port();
+    round_trip(&hub, port).await;
+    assert!(data.path().join("artifacts/sha256").is_dir());
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_syncs_through_an_external_mosquitto() {
+    let mosquitto = Mosquitto::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerConfig {
+        mode: Some("external".into()),
+        url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
+        ..BrokerConfig::default()
+    };
+    let valid = config(data.path(), broker)
+        .validate()
+        .expect("valid config");
+    let hub = Hub::start(valid).await.expect("hub starts");
+    assert_eq!(hub.broker_addr(), None);
+    round_trip(&hub, mosquitto.port).await;
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_errors_are_json_with_a_stable_kind_and_counted() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = config(data.path(), embedded());
+    config.admin_token = Some("s3cret".into());
+    let hub = Hub::start(config.validate().expect("valid"))
+        .await
+        .expect("hub starts");
+    let base = format!("http://{}", hub.http_addr());
+    let auth = || vec![("authorization", "Bearer s3cret".to_owned())];
+
+    let reply = http("GET", format!("{base}/admin/devices"), vec![], vec![]).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["kind"].clone()),
+        (401, "unauthorized".into())
+    );
+    let reply = http("GET", format!("{base}/admin/devices"), auth(), vec![]).await;
+    assert_eq!(reply.status, 200);
+
+    let reply = http(
+        "GET",
+        format!("{base}/admin/telemetry?limit=0"),
+        auth(),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["kind"].clone()),
+        (400, "bad_request".into())
+    );
+
+    let missing = "0".repeat(64);
+    let reply = http(
+        "GET",
+        format!("{base}/artifacts/sha256/{missing}"),
+        vec![],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["kind"].clone()),
+        (404, "not_found".into())
+    );
+    let reply = http(
+        "GET",
+        format!("{base}/artifacts/sha256/..%2f..%2fhub.sqlite"),
+        vec![],
+        vec![],
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+
+    let reply = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=weights&name=x&version=1"),
+        auth(),
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["kind"], "bad_request");
+
+    let url = format!("{base}/admin/artifacts?kind=kb&name=faq&version=1");
+    assert_eq!(
+        http("POST", url.clone(), auth(), b"one".to_vec())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        http("POST", url.clone(), auth(), b"one".to_vec())
+            .await
+            .status,
+        200
+    );
+    let reply = http("POST", url, auth(), b"two".to_vec()).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["kind"].clone()),
+        (409, "conflict".into())
+    );
+
+    let reply = http(
+        "POST",
+        format!("{base}/admin/assign"),
+        auth(),
+        br#"{"device": "kiosk-9", "artifacts": [{"kind": "model", "name": "nope", "version": "1"}]}"#
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["kind"], "not_found");
+
+    assert_eq!(
+        metric(
+            &base,
+            "outpost_hub_api_errors_total{kind=\"unauthorized\"} "
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        metric(&base, "outpost_hub_api_errors_total{kind=\"conflict\"} ").await,
+        1
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_publishes_the_file_field() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(config(data.path(), embedded()).validate().expect("valid"))
+        .await
+        .expect("hub starts");
+    let base = format!("http://{}", hub.http_addr());
+    let boundary = "outpost-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in [
+        ("kind", "model"),
+        ("name", "tiny"),
+        ("version", "2024.05.1"),
+    ] {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.gguf\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(b"GGUF fake model bytes");
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let reply = http(
+        "POST",
+        format!("{base}/admin/artifacts"),
+        vec![(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )],
+        body,
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let json = reply.json();
+    assert_eq!(json["kind"], "model");
+    assert_eq!(json["size_bytes"], b"GGUF fake model bytes".len());
+    assert_eq!(
+        json["sha256"],
+        hex::encode(Sha256::digest(b"GGUF fake model bytes")).as_str()
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}

@@ -1,0 +1,71 @@
+//! `outpost hub`: the fleet hub (embedded broker, artifact store, admin API).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use outpost_hub::config::{HubConfig, DEFAULT_TOML};
+
+use crate::cli::HubArgs;
+use crate::settings::BadConfig;
+
+pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_TOML}");
+        return Ok(());
+    }
+    let mut config = match config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                BadConfig(format!("cannot read hub config {}: {e}", path.display()))
+            })?;
+            HubConfig::from_toml_str(&text)
+                .map_err(|e| BadConfig(format!("{}: {e}", path.display())))?
+        }
+        None => HubConfig::default(),
+    };
+    if args.data_dir.is_some() {
+        config.data_dir = args.data_dir;
+    }
+    if args.fleet.is_some() {
+        config.fleet = args.fleet;
+    }
+    if args.http_bind.is_some() {
+        config.http_bind = args.http_bind;
+    }
+    if args.mqtt_listen.is_some() {
+        config.broker.listen = args.mqtt_listen;
+    }
+    if args.admin_token.is_some() {
+        config.admin_token = args.admin_token;
+    }
+    config.data_dir.get_or_insert_with(default_data_dir);
+    config.fleet.get_or_insert_with(|| "default".into());
+    let valid = config
+        .validate()
+        .map_err(|e| BadConfig(format!("invalid hub configuration: {e}")))?;
+    crate::init_tracing("info", log_json);
+    crate::runtime()?.block_on(async {
+        let hub = outpost_hub::Hub::start(valid)
+            .await
+            .context("starting the hub")?;
+        println!(
+            "outpost hub: admin and artifacts on http://{}, MQTT on {}, signing key {}",
+            hub.http_addr(),
+            hub.broker_addr()
+                .map_or_else(|| "the external broker".to_string(), |a| a.to_string()),
+            hub.public_key_hex()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        hub.shutdown().await.context("stopping the hub")?;
+        Ok(())
+    })
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("outpost")
+        .join("hub")
+}
