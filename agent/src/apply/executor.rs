@@ -1,0 +1,236 @@
+//! The thin executor: performs the reconciler's actions with real files, the
+//! resumable HTTP download and the pointer store, and feeds back outcomes.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use outpost_models::download::{download_with, DownloadError, DownloadOptions};
+use outpost_models::{Expected, Sha256Digest};
+use outpost_protocol::{ArtifactKind, ArtifactRef, DesiredState, FailureReason, ReportedState};
+
+use super::files::{ArtifactFiles, FilesError};
+use super::pointers::{PointerError, PointerStore};
+use super::reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
+use super::verify::{verify, HubKey, Rejection};
+
+/// The runtime's answer to "does this artifact work": it loads it and runs
+/// a smoke set within limits. Implemented by the runtime; tests fake it.
+pub trait HealthCheck {
+    /// Checks `artifact`, installed at `path`. `Err` carries a detail for
+    /// the failure report.
+    fn check(&mut self, artifact: &ArtifactRef, path: &Path) -> Result<(), String>;
+}
+
+/// Why the executor could not run at all (step failures are reported in
+/// the [`ReportedState`] instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The pointer store failed to load.
+    #[error(transparent)]
+    Pointers(#[from] PointerError),
+    /// The artifact folders could not be read or created.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+}
+
+/// How an [`Applier`] is set up.
+#[derive(Debug, Clone)]
+pub struct ApplierConfig {
+    /// The artifact store's root folder.
+    pub root: PathBuf,
+    /// The hub's pinned signing key.
+    pub hub_key: HubKey,
+    /// Download timeouts.
+    pub download: DownloadOptions,
+}
+
+/// Drives a [`Reconciler`] against real files and a [`PointerStore`].
+pub struct Applier<P, H> {
+    files: ArtifactFiles,
+    pointers: P,
+    health: H,
+    hub_key: HubKey,
+    download: DownloadOptions,
+    reconciler: Reconciler,
+}
+
+impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
+    /// Loads the pointers and scans the store, then finishes anything a
+    /// crash interrupted (a slot left in trial is switched back).
+    pub fn open(config: ApplierConfig, mut pointers: P, health: H) -> Result<Self, ApplyError> {
+        let files = ArtifactFiles::open(&config.root)?;
+        let inventory = Inventory {
+            pointers: pointers.load()?,
+            installed: files.installed()?,
+            staged: files.staged()?,
+        };
+        let mut applier = Self {
+            files,
+            pointers,
+            health,
+            hub_key: config.hub_key,
+            download: config.download,
+            reconciler: Reconciler::new(inventory),
+        };
+        applier.drive(Event::Resume);
+        Ok(applier)
+    }
+
+    /// Processes a desired state to the end (or to a transient failure) and
+    /// returns the state to report.
+    pub fn apply(&mut self, desired: DesiredState) -> ReportedState {
+        self.drive(Event::Desired(desired));
+        self.reported()
+    }
+
+    /// Retries what a transient failure stopped.
+    pub fn resume(&mut self) -> ReportedState {
+        self.drive(Event::Resume);
+        self.reported()
+    }
+
+    /// What to retain on `state/reported` now.
+    pub fn reported(&self) -> ReportedState {
+        self.reconciler.reported(now_unix_ms())
+    }
+
+    /// The installed file serving `kind`, if any.
+    pub fn active_path(&self, kind: ArtifactKind) -> Option<PathBuf> {
+        self.reconciler
+            .active(kind)
+            .map(|a| self.files.store_path(&a.sha256))
+    }
+
+    /// The state machine, for inspection.
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    /// The pointer store (a test's way to look at disk).
+    pub fn pointers_mut(&mut self) -> &mut P {
+        &mut self.pointers
+    }
+
+    fn drive(&mut self, event: Event) {
+        let mut actions = self.reconciler.handle(event, now_unix_ms());
+        loop {
+            let mut outcome = None;
+            for action in actions {
+                outcome = self.perform(action);
+            }
+            let Some(outcome) = outcome else { return };
+            actions = self.reconciler.handle(Event::Step(outcome), now_unix_ms());
+        }
+    }
+
+    fn perform(&mut self, action: Action) -> Option<Outcome> {
+        tracing::debug!(?action, "apply step");
+        let outcome = match action {
+            Action::Download(artifact) => self.download(&artifact),
+            Action::Verify {
+                artifact,
+                from,
+                base_model,
+            } => {
+                let path = match from {
+                    Location::Staging => self.files.staging_path(&artifact.sha256),
+                    Location::Store => self.files.store_path(&artifact.sha256),
+                };
+                let base = base_model.map(|m| self.files.store_path(&m.sha256));
+                match verify(&artifact, &path, &self.hub_key, base.as_deref()) {
+                    Ok(verified) => Outcome::Verified(Box::new(verified)),
+                    Err(rejection) => {
+                        if from == Location::Staging && !rejection.transient {
+                            if let Err(e) = self.files.discard_staged(&artifact.sha256) {
+                                tracing::warn!(error = %e, "cannot remove a rejected download");
+                            }
+                        }
+                        Outcome::Failed(rejection)
+                    }
+                }
+            }
+            Action::Install(verified) => match self.files.install(&verified) {
+                Ok(_) => Outcome::Done,
+                Err(e) => Outcome::Failed(storage(e)),
+            },
+            Action::Switch {
+                artifact,
+                generation,
+            } => match self.pointers.switch(artifact.artifact(), generation) {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(storage(e)),
+            },
+            Action::HealthCheck(artifact) => {
+                let path = self.files.store_path(&artifact.sha256);
+                match self.health.check(&artifact, &path) {
+                    Ok(()) => Outcome::Done,
+                    Err(detail) => {
+                        Outcome::Failed(Rejection::permanent(FailureReason::HealthCheck, detail))
+                    }
+                }
+            }
+            Action::Commit { kind, report } => match self.pointers.commit(kind, &report) {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(storage(e)),
+            },
+            Action::Rollback { kind, report } => match self.pointers.rollback(kind, &report) {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(storage(e)),
+            },
+            Action::Record { kind, report } => {
+                if let Err(e) = self.pointers.record(kind, &report) {
+                    tracing::warn!(%kind, error = %e, "cannot store an apply report");
+                }
+                return None;
+            }
+            Action::Finish(generation) => {
+                if let Err(e) = self.pointers.finish(generation) {
+                    tracing::warn!(%generation, error = %e, "cannot mark a generation processed");
+                }
+                return None;
+            }
+        };
+        Some(outcome)
+    }
+
+    fn download(&mut self, artifact: &ArtifactRef) -> Outcome {
+        let dest = self.files.staging_path(&artifact.sha256);
+        let expected = Expected {
+            size: artifact.size_bytes,
+            sha256: Sha256Digest::from_bytes(*artifact.sha256.as_bytes()),
+        };
+        match download_with(artifact.url.as_str(), &dest, &expected, &self.download) {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Failed(download_rejection(&e)),
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> Rejection {
+    Rejection::transient(FailureReason::Storage, e.to_string())
+}
+
+/// Maps a download error to the protocol's categories: wrong content is
+/// permanent, a link or disk problem is worth retrying (the partial file is
+/// kept and resumed).
+fn download_rejection(e: &DownloadError) -> Rejection {
+    let detail = e.to_string();
+    match e {
+        DownloadError::SizeMismatch { .. } | DownloadError::TooLarge { .. } => {
+            Rejection::permanent(FailureReason::SizeMismatch, detail)
+        }
+        DownloadError::HashMismatch { .. } => {
+            Rejection::permanent(FailureReason::DigestMismatch, detail)
+        }
+        DownloadError::Io { .. } => Rejection::transient(FailureReason::Storage, detail),
+        _ => Rejection::transient(FailureReason::Download, detail),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,30 @@
+//! Artifact apply and rollback on the device.
+//!
+//! - [`Reconciler`] (I/O-free) turns a [`DesiredState`](outpost_protocol::DesiredState),
+//!   the active pointers and what is on disk into [`Action`]s, one step at
+//!   a time, and takes each step's [`Outcome`].
+//! - [`verify()`] checks a file against its [`ArtifactRef`](outpost_protocol::ArtifactRef)
+//!   (hub signature, size, SHA-256, GGUF header) and is the only source of
+//!   a [`VerifiedArtifact`].
+//! - [`ArtifactFiles`] is the content-addressed store (`<root>/sha256/<hex>`)
+//!   with its staging folder; [`PointerStore`] ([`SqlitePointers`]) holds the
+//!   active pointer per kind, switched in one transaction.
+//! - [`Applier`] performs the actions with real files, the resumable
+//!   download from `outpost-models`, and the runtime's [`HealthCheck`].
+//!
+//! A power cut at any step leaves the previous version active: nothing is
+//! written in place, store paths appear only by an fsynced rename of a
+//! verified file, the pointer moves in one transaction, and a pointer left
+//! in trial is switched back at start.
+
+mod executor;
+mod files;
+mod pointers;
+mod reconciler;
+mod verify;
+
+pub use executor::{Applier, ApplierConfig, ApplyError, HealthCheck};
+pub use files::{ArtifactFiles, FilesError};
+pub use pointers::{PointerError, PointerState, PointerStore, Slot, SqlitePointers};
+pub use reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
+pub use verify::{verify, HubKey, HubKeyError, Rejection, VerifiedArtifact};

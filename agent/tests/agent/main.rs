@@ -1,0 +1,428 @@
+//! Apply and rollback against real files, a real SQLite pointer store and a
+//! local HTTP server; and a crash test that SIGKILLs a child agent at random
+//! points of an apply.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outpost_agent::apply::{PointerStore, SqlitePointers};
+use outpost_protocol::{
+    ApplyOutcome, ArtifactDigest, ArtifactKind, ArtifactRef, DesiredState, FailureReason,
+    Generation, ReportedState,
+};
+
+use support::*;
+
+fn model_bytes(salt: u8) -> Vec<u8> {
+    gguf_image("llama", "model", 2, 4096, salt)
+}
+
+fn failure(reported: &ReportedState, kind: ArtifactKind) -> Option<FailureReason> {
+    match &reported.last_apply.get(&kind)?.outcome {
+        ApplyOutcome::Failed { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+fn active_digest(reported: &ReportedState, kind: ArtifactKind) -> Option<ArtifactDigest> {
+    reported.active.get(kind).map(|a| a.sha256)
+}
+
+/// A root with model v1 active (generation 1).
+fn with_model_v1(server: &Server, root: &Path) -> ArtifactRef {
+    let v1 = model_bytes(1);
+    let url = server.serve_bytes("/model-v1", &v1);
+    let v1_ref = artifact(ArtifactKind::Model, "1", &v1, &url, None);
+    let mut applier = open_applier(root, Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(1, vec![v1_ref.clone()]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1_ref.sha256)
+    );
+    v1_ref
+}
+
+#[test]
+fn a_signed_model_is_downloaded_verified_installed_and_committed() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let v2_bytes = model_bytes(2);
+    let url = server.serve_bytes("/model-v2", &v2_bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(reported.generation, Some(Generation(2)));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v2.sha256)
+    );
+    assert!(matches!(
+        reported.last_apply[&ArtifactKind::Model].outcome,
+        ApplyOutcome::Applied
+    ));
+    let path = applier.active_path(ArtifactKind::Model).expect("active");
+    assert_eq!(path, dir.path().join("sha256").join(v2.sha256.to_string()));
+    assert_eq!(std::fs::read(&path).expect("installed"), v2_bytes);
+
+    let state = SqlitePointers::open(&pointers_path(dir.path()))
+        .expect("open")
+        .load()
+        .expect("load");
+    let slot = &state.slots[&ArtifactKind::Model];
+    assert!(!slot.trial);
+    assert_eq!(slot.previous.as_ref().map(|p| p.sha256), Some(v1.sha256));
+    assert_eq!(state.last_generation, Some(Generation(2)));
+}
+
+#[test]
+fn tampered_artifacts_are_rejected_and_the_old_version_stays_active() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let good = model_bytes(2);
+
+    // Served bytes differ from the signed digest (same length).
+    let url = server.serve_bytes("/wrong-hash", &model_bytes(3));
+    let wrong_hash = artifact(ArtifactKind::Model, "2", &good, &url, None);
+    // Signed by another key.
+    let url = server.serve_bytes("/bad-sig", &good);
+    let mut bad_sig = artifact(ArtifactKind::Model, "2", &good, &url, None);
+    bad_sig.version = "2-evil".parse().expect("valid");
+    // The hub's file is shorter than the signed size.
+    let url = server.serve_bytes("/truncated", &good[..good.len() / 2]);
+    let truncated = artifact(ArtifactKind::Model, "2", &good, &url, None);
+    // An adapter trained on another base model.
+    let adapter_bytes = gguf_image("llama", "adapter", 1, 256, 9);
+    let url = server.serve_bytes("/adapter-other-base", &adapter_bytes);
+    let other_base = artifact(
+        ArtifactKind::Adapter,
+        "1",
+        &adapter_bytes,
+        &url,
+        Some(ArtifactDigest::from_bytes([9; 32])),
+    );
+    // Names the right base digest but is built for another architecture.
+    let qwen_adapter = gguf_image("qwen2", "adapter", 1, 256, 9);
+    let url = server.serve_bytes("/adapter-qwen", &qwen_adapter);
+    let wrong_arch = artifact(
+        ArtifactKind::Adapter,
+        "2",
+        &qwen_adapter,
+        &url,
+        Some(v1.sha256),
+    );
+    // A model file sent as an adapter.
+    let url = server.serve_bytes("/not-an-adapter", &good);
+    let not_adapter = artifact(ArtifactKind::Adapter, "3", &good, &url, Some(v1.sha256));
+
+    let cases = [
+        (wrong_hash, FailureReason::DigestMismatch),
+        (bad_sig, FailureReason::BadSignature),
+        (truncated, FailureReason::SizeMismatch),
+        (other_base, FailureReason::BaseModelMismatch),
+        (wrong_arch, FailureReason::BaseModelMismatch),
+        (not_adapter, FailureReason::Unsupported),
+    ];
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    for (generation, (tampered, reason)) in (10..).zip(cases) {
+        let kind = tampered.kind;
+        let reported = applier.apply(desired(generation, vec![tampered.clone()]));
+        assert_eq!(failure(&reported, kind), Some(reason), "{tampered:?}");
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v1.sha256)
+        );
+        assert_eq!(active_digest(&reported, ArtifactKind::Adapter), None);
+        assert_eq!(reported.generation, Some(Generation(generation)));
+        assert!(!dir
+            .path()
+            .join("sha256")
+            .join(tampered.sha256.to_string())
+            .exists());
+    }
+    // The hub's bad-signature case was downloaded in full, then refused:
+    // nothing of it stays in staging either.
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join("staging"))
+        .expect("staging")
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}
+
+#[test]
+fn a_matching_adapter_is_applied_on_top_of_the_active_model() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = gguf_image("llama", "adapter", 1, 256, 4);
+    let url = server.serve_bytes("/adapter", &bytes);
+    let adapter = artifact(ArtifactKind::Adapter, "1", &bytes, &url, Some(v1.sha256));
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![v1.clone(), adapter.clone()]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Adapter),
+        Some(adapter.sha256)
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+}
+
+#[test]
+fn a_failed_health_check_switches_back_to_the_previous_version() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let v2_bytes = model_bytes(2);
+    let url = server.serve_bytes("/model-v2", &v2_bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    let mut applier = open_applier(dir.path(), FailsFor(vec![v2.sha256]));
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::HealthCheck)
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    let state = applier.pointers_mut().load().expect("load");
+    assert_eq!(state.slots[&ArtifactKind::Model].current.sha256, v1.sha256);
+    assert!(!state.slots[&ArtifactKind::Model].trial);
+}
+
+#[test]
+fn a_stale_desired_state_is_ignored() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let v0_bytes = model_bytes(0);
+    let url = server.serve_bytes("/model-v0", &v0_bytes);
+    let v0 = artifact(ArtifactKind::Model, "0", &v0_bytes, &url, None);
+    // Reopened: the processed generation survives a restart.
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let before = server.requests().len();
+    let reported = applier.apply(desired(1, vec![v0]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "a stale state downloads nothing"
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_from_its_partial_file() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_model_v1(&server, dir.path());
+    let v2_bytes = model_bytes(2);
+    let url = server.route(
+        "/model-v2",
+        Route {
+            body: v2_bytes.clone(),
+            cut_after: Some(16 * 1024),
+            cut_times: 1,
+            chunk_delay: Duration::ZERO,
+        },
+    );
+    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::Download)
+    );
+    assert_eq!(
+        reported.generation,
+        Some(Generation(1)),
+        "not processed yet"
+    );
+    drop(applier);
+
+    // A restarted agent gets the retained desired state again.
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v2.sha256)
+    );
+    let ranges: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|(path, _)| path == "/model-v2")
+        .map(|(_, range)| range)
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=16384-".to_owned())]);
+}
+
+#[test]
+fn a_slot_left_in_trial_is_switched_back_at_start_and_not_retried() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let v2_bytes = model_bytes(2);
+    let url = server.serve_bytes("/model-v2", &v2_bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    {
+        // What a crash mid health check leaves: v2 installed, switched, not
+        // committed.
+        let store = dir.path().join("sha256").join(v2.sha256.to_string());
+        std::fs::write(&store, &v2_bytes).expect("install");
+        let mut pointers = SqlitePointers::open(&pointers_path(dir.path())).expect("open");
+        pointers.switch(&v2, Generation(2)).expect("switch");
+    }
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.reported();
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::HealthCheck)
+    );
+    // The retained desired state arrives again: no second try, which could
+    // crash the agent the same way.
+    let reported = applier.apply(desired(2, vec![v2]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(reported.generation, Some(Generation(2)));
+}
+
+const CHILD_ENV: &str = "OUTPOST_AGENT_CRASH_CHILD_DIR";
+const CHILD_TEST: &str = "crash_child_applies_the_desired_state_in_its_folder_when_asked";
+
+/// Run by the crash test in a child process (a no-op otherwise): applies
+/// `desired.json` to the store in the folder named by the environment.
+#[test]
+fn crash_child_applies_the_desired_state_in_its_folder_when_asked() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let text = std::fs::read_to_string(dir.join("desired.json")).expect("desired state");
+    let desired: DesiredState = serde_json::from_str(&text).expect("desired state json");
+    let mut applier = open_applier(&dir.join("root"), Healthy(Duration::from_millis(30)));
+    applier.apply(desired);
+}
+
+/// Checks what a killed agent left: the active model is `old` or `new`, its
+/// store file is complete, and every store file matches its name.
+fn check_after_kill(root: &Path, old: &ArtifactRef, new: &ArtifactRef) -> ArtifactDigest {
+    let state = SqlitePointers::open(&pointers_path(root))
+        .expect("open pointers")
+        .load()
+        .expect("load pointers");
+    let active = state.slots[&ArtifactKind::Model].current.sha256;
+    assert!(
+        active == old.sha256 || active == new.sha256,
+        "active is {active:?}"
+    );
+    for entry in std::fs::read_dir(root.join("sha256")).expect("store") {
+        let entry = entry.expect("entry");
+        let bytes = std::fs::read(entry.path()).expect("read store file");
+        assert_eq!(
+            digest_of(&bytes).to_string(),
+            entry.file_name().to_string_lossy(),
+            "a store path holds other bytes than its name"
+        );
+    }
+    assert!(root.join("sha256").join(active.to_string()).is_file());
+    active
+}
+
+#[test]
+fn killing_the_agent_at_any_point_of_an_apply_never_exposes_a_broken_artifact() {
+    let server = Server::start();
+    let new_bytes = gguf_image("llama", "model", 4, 64 * 1024, 2);
+    let url = server.route(
+        "/model-new",
+        Route {
+            body: new_bytes.clone(),
+            chunk_delay: Duration::from_millis(2),
+            ..Route::default()
+        },
+    );
+    let new = artifact(ArtifactKind::Model, "2", &new_bytes, &url, None);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below.max(1)
+    };
+
+    let mut kills = 0;
+    let mut episodes = 0;
+    let mut outcomes = [0usize; 2]; // [ended on new, ended on old after a failed check]
+    let started = Instant::now();
+    while kills < 60 && started.elapsed() < Duration::from_secs(240) {
+        episodes += 1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let old = with_model_v1(&server, &root);
+        let text = serde_json::to_string(&desired(2, vec![new.clone()])).expect("json");
+        std::fs::write(dir.path().join("desired.json"), text).expect("write desired");
+        // Kill at random points until a child finishes on its own.
+        loop {
+            let mut child = Command::new(&exe)
+                .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn child");
+            std::thread::sleep(Duration::from_millis(random(250)));
+            let finished = child.try_wait().expect("poll child");
+            if finished.is_none() {
+                child.kill().expect("SIGKILL");
+            }
+            let status = child.wait().expect("reap child");
+            check_after_kill(&root, &old, &new);
+            if finished.is_some() {
+                assert!(status.success(), "child failed: {status}");
+                let reported = open_applier(&root, Healthy(Duration::ZERO)).reported();
+                match active_digest(&reported, ArtifactKind::Model) {
+                    Some(d) if d == new.sha256 => outcomes[0] += 1,
+                    Some(d) if d == old.sha256 => {
+                        assert_eq!(
+                            failure(&reported, ArtifactKind::Model),
+                            Some(FailureReason::HealthCheck)
+                        );
+                        outcomes[1] += 1;
+                    }
+                    other => panic!("ended with {other:?} active"),
+                }
+                break;
+            }
+            kills += 1;
+        }
+    }
+    let resumed = server
+        .requests()
+        .iter()
+        .filter(|(path, range)| path == "/model-new" && range.is_some())
+        .count();
+    eprintln!(
+        "{kills} kills over {episodes} applies; ended new {} / rolled back {}; {resumed} resumed downloads",
+        outcomes[0], outcomes[1]
+    );
+    assert!(kills >= 50, "only {kills} kills");
+    assert!(resumed > 0, "no killed download was ever resumed");
+}
