@@ -42,6 +42,60 @@ pub enum Command {
     /// Run the fleet hub: embedded MQTT broker, artifact store, admin API
     /// (`--config configs/hub.toml`).
     Hub(HubArgs),
+    /// Operate a fleet through a hub's admin API: publish, assign, list.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The hub's admin URL.
+    #[arg(long, env = "OUTPOST_HUB_URL", default_value = "http://127.0.0.1:8090")]
+    pub hub: String,
+    /// The hub's admin token.
+    #[arg(long, env = "OUTPOST_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Upload a file as a signed artifact.
+    Publish {
+        /// model, adapter, prompt-set or kb.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// For adapters: the SHA-256 (hex) of the base model they apply to.
+        #[arg(long)]
+        base_model: Option<String>,
+        file: PathBuf,
+    },
+    /// Set what devices should run: KIND:NAME:VERSION, one per kind.
+    Assign {
+        /// One device.
+        #[arg(long, conflicts_with = "tag", required_unless_present = "tag")]
+        device: Option<String>,
+        /// Every device with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(required = true)]
+        artifacts: Vec<String>,
+    },
+    /// Replace a device's tags.
+    Tag { device: String, tags: Vec<String> },
+    /// Devices with presence, versions, failures and last contact.
+    Devices,
+    /// The newest telemetry events.
+    Telemetry {
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +179,41 @@ pub struct ServeArgs {
     /// Requests waiting for a slot before 503s.
     #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<i64>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Fleet agent overrides of the config's `[agent]` section.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Join the fleet: run the sync agent inside the device.
+    #[arg(long, env = "OUTPOST_AGENT")]
+    pub agent: bool,
+    /// Broker URL, mqtt://host:1883 or mqtts://host:8883.
+    #[arg(long, env = "OUTPOST_BROKER")]
+    pub broker: Option<String>,
+    /// The fleet this device belongs to.
+    #[arg(long, env = "OUTPOST_FLEET")]
+    pub fleet: Option<String>,
+    /// This device's name, unique in the fleet.
+    #[arg(long, env = "OUTPOST_DEVICE")]
+    pub device: Option<String>,
+    /// Broker username.
+    #[arg(long = "mqtt-username", env = "OUTPOST_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// Broker password.
+    #[arg(
+        long = "mqtt-password",
+        env = "OUTPOST_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub mqtt_password: Option<String>,
+    /// The hub's public signing key (hex) or its signing.pub file.
+    #[arg(long, env = "OUTPOST_HUB_KEY")]
+    pub hub_key: Option<String>,
+    /// Where the agent keeps its outbox, apply database and artifacts.
+    #[arg(long = "agent-data-dir", env = "OUTPOST_AGENT_DATA_DIR")]
+    pub agent_data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod fleet;
 mod settings;
 
 use std::process::ExitCode;
@@ -45,8 +46,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ask(args) => settings::engine_flags(&args.engine),
         Command::Bench(args) => settings::engine_flags(&args.engine),
         Command::Config(ConfigCommand::Check(args)) => commands::serve::flags(args),
-        Command::Config(_) | Command::Models(_) | Command::Hub(_) => RawDeviceConfig::default(),
+        Command::Config(_) | Command::Models(_) | Command::Hub(_) | Command::Fleet(_) => {
+            RawDeviceConfig::default()
+        }
     };
+    if let Command::Fleet(args) = cli.command {
+        return commands::fleet::run(args);
+    }
     if let Command::Hub(args) = cli.command {
         return commands::hub::run(cli.config.as_deref(), cli.log_json, args);
     }
@@ -67,7 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::config::check(&config);
             Ok(())
         }
-        Command::Config(ConfigCommand::PrintDefault) | Command::Hub(_) => Ok(()),
+        Command::Config(ConfigCommand::PrintDefault) | Command::Hub(_) | Command::Fleet(_) => {
+            Ok(())
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::gguf_writer;
-use support::{answer_text, chat, model_path, outpost, post, run, serial, temp_dir, write, Server};
+use support::{
+    answer_text, chat, model_path, outpost, post, post_all, run, serial, temp_dir, write, Server,
+};
 
 const SYSTEM: &str = "You are the help desk of the Acme K-500 ticket kiosk. Answer in one or two \
     short sentences. If a question is not about tickets, travel or the kiosk, say that you can only \
@@ -185,20 +187,17 @@ fn concurrent_greedy_answers_equal_the_answers_produced_alone() {
         })
         .collect();
     for round in 0..2 {
-        let together: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = questions
-                .iter()
-                .map(|q| {
-                    let url = url.clone();
-                    s.spawn(move || {
-                        let (status, body) = post(&url, &chat(Some(SYSTEM), q, 48));
-                        assert_eq!(status, 200, "{body}");
-                        answer_text(&body)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let bodies: Vec<_> = questions
+            .iter()
+            .map(|q| chat(Some(SYSTEM), q, 48))
+            .collect();
+        let together: Vec<String> = post_all(&url, &bodies)
+            .into_iter()
+            .map(|(status, body)| {
+                assert_eq!(status, 200, "{body}");
+                answer_text(&body)
+            })
+            .collect();
         assert_eq!(
             alone, together,
             "round {round}: batching changed a greedy answer"
@@ -227,16 +226,11 @@ fn the_shared_prefix_is_computed_once_and_reused() {
         "Can I pay cash?",
         "Hi!",
     ];
-    let usages: Vec<serde_json::Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = questions
-            .iter()
-            .map(|q| {
-                let url = url.clone();
-                s.spawn(move || post(&url, &chat(Some(SYSTEM), q, 8)).1["usage"].clone())
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let bodies: Vec<_> = questions.iter().map(|q| chat(Some(SYSTEM), q, 8)).collect();
+    let usages: Vec<serde_json::Value> = post_all(&url, &bodies)
+        .into_iter()
+        .map(|(_, body)| body["usage"].clone())
+        .collect();
     let cached: Vec<u64> = usages
         .iter()
         .map(|u| {
@@ -297,7 +291,7 @@ fn a_full_queue_is_refused_at_once_with_503() {
             Err(e) => panic!("the queued request failed: {e}"),
         },
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_metric(&server, "outpost_queue_depth", 1.0);
     // ...so the third is refused immediately.
     let started = Instant::now();
     let (status, body) = post(&url, &chat(None, "hi", 4));
@@ -323,22 +317,7 @@ fn a_client_that_disconnects_frees_its_sequence() {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     drop(reader);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = ureq::get(&server.url("/metrics"))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        if metric(&metrics, "outpost_active_sequences") == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sequence was never freed:\n{metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_metric(&server, "outpost_active_sequences", 0.0);
     // The freed slot serves the next request at once.
     let (status, body) = post(&url, &chat(None, "What is the capital of France?", 16));
     assert_eq!(status, 200, "{body}");
@@ -497,6 +476,26 @@ fn invalid_configuration_exits_64_listing_every_problem() {
         .args(["config", "check"])
         .env("OUTPOST_THREADS", "0"));
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// Polls `/metrics` until the gauge `name` reads `value` (10 s at most).
+fn wait_for_metric(server: &Server, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = ureq::get(&server.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if metric(&metrics, name) == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {value}:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn metric(text: &str, name: &str) -> f64 {

@@ -35,19 +35,28 @@
 //!                              runtime's HealthCheck
 //! ```
 //!
-//! # Not here yet
-//!
-//! The MQTT session loop (rumqttc): a persistent session (clean session off),
-//! QoS 1 for telemetry, feedback and commands, the retained `status` with an
-//! "offline" last will, jittered exponential reconnect backoff, TLS, explicit
-//! maximum incoming and outgoing packet sizes (the codec's limits), and one
-//! task owning the session behind a bounded command channel. It will drive
-//! `Outbox::next_batch` / `acknowledge` and `Applier::apply` / `reported`.
+//! - [`session`]: the running agent. [`Agent::start`] puts the outbox and
+//!   the applier each on an owner thread and runs the MQTT session
+//!   (rumqttc: persistent session, QoS 1, retained `status` with an
+//!   "offline" last will, jittered exponential reconnect backoff, TLS with
+//!   rustls, per-device credentials, explicit packet limits both ways).
+//!   The device runtime plugs in as a [`DeviceRuntime`].
 
 pub mod apply;
 pub mod metrics;
 pub mod outbox;
+pub mod session;
 
 pub use apply::{Applier, ApplierConfig, HealthCheck, HubKey};
 pub use metrics::MetricsSampler;
 pub use outbox::{Outbox, OutboxConfig, SqliteOutboxStore};
+pub use session::{Agent, AgentConfig, AgentHandle, DeviceRuntime, StartError};
+
+/// Wall-clock now in unix milliseconds (0 before 1970, saturating after
+/// the year 584 million).
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

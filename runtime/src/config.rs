@@ -7,6 +7,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use outpost_protocol::{DeviceId, FleetId};
 
 use serde::Deserialize;
 
@@ -30,6 +33,8 @@ pub struct RawDeviceConfig {
     pub sampling: RawSampling,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub agent: RawAgent,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -84,6 +89,59 @@ pub struct RawLog {
     pub level: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub enabled: Option<bool>,
+    pub broker: Option<String>,
+    pub fleet: Option<String>,
+    pub device: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    pub hub_key: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub max_packet_kb: Option<i64>,
+    pub keep_alive_s: Option<i64>,
+    pub flush_interval_ms: Option<i64>,
+    pub ack_timeout_s: Option<i64>,
+    pub metrics_interval_s: Option<i64>,
+    pub backoff_min_ms: Option<i64>,
+    pub backoff_max_s: Option<i64>,
+    pub apply_retry_s: Option<i64>,
+    pub outbox_max_mb: Option<i64>,
+    pub outbox_max_age_h: Option<i64>,
+}
+
+/// The fleet agent's settings, checked for shape; the binary turns them
+/// into the agent's own configuration (broker URL, hub key).
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub broker: String,
+    pub fleet: FleetId,
+    pub device: DeviceId,
+    pub credentials: Option<(String, String)>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// 64 hex digits, or a path to the hub's `signing.pub`.
+    pub hub_key: String,
+    /// `None`: the binary picks a per-user data folder.
+    pub data_dir: Option<PathBuf>,
+    pub max_packet_bytes: usize,
+    pub keep_alive: Duration,
+    pub flush_interval: Duration,
+    pub ack_timeout: Duration,
+    pub metrics_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub apply_retry: Duration,
+    pub outbox_max_bytes: u64,
+    pub outbox_max_age: Duration,
+}
+
 /// Log output style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -103,6 +161,8 @@ pub struct DeviceConfig {
     pub sampling: SamplingParams,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `Some` when the device joins a fleet (`[agent] enabled` or `--agent`).
+    pub agent: Option<AgentSettings>,
 }
 
 /// Engine settings without the model path, which is resolved separately.
@@ -176,6 +236,10 @@ impl RawDeviceConfig {
         take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
         take!(log: format, level);
+        take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
+              tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
+              ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
+              outbox_max_mb, outbox_max_age_h);
         merged
     }
 
@@ -269,6 +333,11 @@ impl RawDeviceConfig {
                 LogFormat::Text
             }
         };
+        let agent = if self.agent.enabled.unwrap_or(false) {
+            validate_agent(&self.agent, &mut problems)
+        } else {
+            None
+        };
         if ubatch_size > batch_size {
             problems.push(format!(
                 "engine.ubatch_size ({ubatch_size}) must not exceed engine.batch_size ({batch_size})"
@@ -302,8 +371,95 @@ impl RawDeviceConfig {
             sampling,
             log_format,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
+            agent,
         })
     }
+}
+
+/// The `[agent]` section, when enabled; problems are added to `problems`.
+fn validate_agent(a: &RawAgent, problems: &mut Vec<String>) -> Option<AgentSettings> {
+    let mut int = |key: &str, value: Option<i64>, default: i64, min: i64, max: i64| -> u64 {
+        let v = value.unwrap_or(default);
+        if v < min || v > max {
+            problems.push(format!(
+                "agent.{key} = {v}: must be between {min} and {max}"
+            ));
+            default as u64
+        } else {
+            v as u64
+        }
+    };
+    let max_packet_kb = int("max_packet_kb", a.max_packet_kb, 2048, 64, 256 * 1024);
+    let keep_alive_s = int("keep_alive_s", a.keep_alive_s, 30, 5, 3600);
+    let flush_interval_ms = int("flush_interval_ms", a.flush_interval_ms, 1000, 10, 600_000);
+    let ack_timeout_s = int("ack_timeout_s", a.ack_timeout_s, 10, 1, 3600);
+    let metrics_interval_s = int("metrics_interval_s", a.metrics_interval_s, 60, 0, 86_400);
+    let backoff_min_ms = int("backoff_min_ms", a.backoff_min_ms, 500, 10, 600_000);
+    let backoff_max_s = int("backoff_max_s", a.backoff_max_s, 60, 1, 86_400);
+    let apply_retry_s = int("apply_retry_s", a.apply_retry_s, 30, 1, 86_400);
+    let outbox_max_mb = int("outbox_max_mb", a.outbox_max_mb, 16, 1, 64 * 1024);
+    let outbox_max_age_h = int("outbox_max_age_h", a.outbox_max_age_h, 14 * 24, 1, 24 * 365);
+
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let fleet_text = nonempty(&a.fleet).unwrap_or_else(|| "default".into());
+    let fleet = FleetId::parse(&fleet_text)
+        .map_err(|e| problems.push(format!("agent.fleet = {fleet_text:?}: {e}")))
+        .ok();
+    let device = match nonempty(&a.device) {
+        None => {
+            problems.push(
+                "agent.device: required to join a fleet; a name unique in the fleet \
+                 (letters, digits, '.', '_', '-'), e.g. kiosk-berlin-03"
+                    .into(),
+            );
+            None
+        }
+        Some(text) => DeviceId::parse(&text)
+            .map_err(|e| problems.push(format!("agent.device = {text:?}: {e}")))
+            .ok(),
+    };
+    let hub_key = nonempty(&a.hub_key);
+    if hub_key.is_none() {
+        problems.push(
+            "agent.hub_key: required; the hub's public signing key (64 hex digits, or the \
+             path of the hub's signing.pub) so the device only runs artifacts the hub signed"
+                .into(),
+        );
+    }
+    let credentials = match (nonempty(&a.username), a.password.clone()) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push("agent.password: required with agent.username".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("agent.username: required with agent.password".into());
+            None
+        }
+    };
+    let path = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    Some(AgentSettings {
+        broker: nonempty(&a.broker).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into()),
+        fleet: fleet?,
+        device: device?,
+        credentials,
+        tls_ca: path(&a.tls_ca),
+        tls_client_cert: path(&a.tls_client_cert),
+        tls_client_key: path(&a.tls_client_key),
+        hub_key: hub_key?,
+        data_dir: path(&a.data_dir),
+        max_packet_bytes: (max_packet_kb as usize) << 10,
+        keep_alive: Duration::from_secs(keep_alive_s),
+        flush_interval: Duration::from_millis(flush_interval_ms),
+        ack_timeout: Duration::from_secs(ack_timeout_s),
+        metrics_interval: Duration::from_secs(metrics_interval_s),
+        backoff_min: Duration::from_millis(backoff_min_ms),
+        backoff_max: Duration::from_secs(backoff_max_s),
+        apply_retry: Duration::from_secs(apply_retry_s),
+        outbox_max_bytes: outbox_max_mb << 20,
+        outbox_max_age: Duration::from_secs(outbox_max_age_h * 3600),
+    })
 }
 
 #[cfg(test)]
@@ -337,6 +493,32 @@ mod tests {
     fn an_unknown_key_is_an_error_naming_it() {
         let err = RawDeviceConfig::from_toml("[engine]\nthread = 2\n", "device.toml").unwrap_err();
         assert!(err.to_string().contains("thread"), "{err}");
+    }
+
+    #[test]
+    fn an_enabled_agent_needs_a_device_and_a_hub_key() {
+        let raw = RawDeviceConfig::from_toml(
+            "[agent]\nenabled = true\nfleet = \"bad fleet\"\nbackoff_max_s = 0\n",
+            "t",
+        )
+        .unwrap();
+        let err = raw.validate().unwrap_err().to_string();
+        for needle in [
+            "agent.device",
+            "agent.hub_key",
+            "agent.fleet",
+            "agent.backoff_max_s",
+        ] {
+            assert!(err.contains(needle), "{needle} missing in {err}");
+        }
+        let raw = RawDeviceConfig::from_toml(
+            "[agent]\nenabled = true\ndevice = \"kiosk-1\"\nhub_key = \"ab\"\n",
+            "t",
+        )
+        .unwrap();
+        let agent = raw.validate().unwrap().agent.unwrap();
+        assert_eq!(agent.device.as_str(), "kiosk-1");
+        assert_eq!(agent.max_packet_bytes, 2 << 20);
     }
 
     #[test]

@@ -5,12 +5,17 @@
 //!   batching, shared-prefix KV reuse, LoRA hot swap).
 //! - [`http`] serves the OpenAI-compatible API, health, metrics and the
 //!   LoRA admin endpoint over the handle.
-//! - [`bench`] measures prefill and decode through the engine the way
+//! - [`mod@bench`] measures prefill and decode through the engine the way
 //!   llama.cpp's `llama-bench` does, for the side-by-side peer benchmark.
 //! - [`config`] is the device configuration: raw TOML, validated, built.
+//! - [`prompt_set`] is the system prompt and few-shot examples the fleet
+//!   ships; [`answers`] is the per-answer telemetry event (counts, never
+//!   text) the HTTP layer hands to the fleet agent.
 
+pub mod answers;
 pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod prompt_set;

@@ -2,7 +2,7 @@
 //!
 //! Counters and histograms are updated by the HTTP layer as requests finish;
 //! engine gauges (queue depth, active sequences, KV cells) are read from
-//! [`EngineStats`](crate::engine::EngineStats) at scrape time.
+//! [`EngineStats`] at scrape time.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

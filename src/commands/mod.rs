@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod fleet;
 pub mod hub;
 pub mod models;
 pub mod serve;

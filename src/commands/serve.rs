@@ -2,16 +2,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use outpost_agent::Agent;
+use outpost_protocol::ArtifactKind;
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 use outpost_runtime::engine::EngineHandle;
 use outpost_runtime::http::openai::RequestDefaults;
 use outpost_runtime::http::{self, ApiConfig, AppState};
 use outpost_runtime::metrics::Metrics;
+use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
-use crate::settings;
+use crate::{fleet, settings};
 
 pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     let mut raw = settings::engine_flags(&args.engine);
@@ -19,23 +23,41 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.server.port = args.port;
     raw.server.api_key = args.api_key.clone();
     raw.engine.queue_capacity = args.queue_capacity;
+    let a = &args.agent;
+    raw.agent.enabled = a.agent.then_some(true);
+    raw.agent.broker = a.broker.clone();
+    raw.agent.fleet = a.fleet.clone();
+    raw.agent.device = a.device.clone();
+    raw.agent.username = a.mqtt_username.clone();
+    raw.agent.password = a.mqtt_password.clone();
+    raw.agent.hub_key = a.hub_key.clone();
+    raw.agent.data_dir = a.agent_data_dir.clone();
     raw
 }
 
 pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
-    let model = settings::model_path(&config)?;
+    let agent_config = config.agent.as_ref().map(fleet::agent_config).transpose()?;
+    // A model the fleet committed wins over the configured one.
+    let fleet_model = match &agent_config {
+        Some(a) => outpost_agent::session::committed_path(&a.data_dir, ArtifactKind::Model)
+            .context("reading the agent's committed model")?,
+        None => None,
+    };
+    let model = match fleet_model {
+        Some(path) => path,
+        None => settings::model_path(&config)?,
+    };
     let addr = SocketAddr::new(config.server.host, config.server.port);
     // Bind before loading so /health answers 503 while the model loads.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}; is another server using the port?"))?;
     let bound = listener.local_addr()?;
-    let engine = EngineHandle::spawn(
-        config
-            .engine
-            .engine_config(model.clone(), config.lora.clone()),
-    );
-    let state = AppState::new(
+    let engine_config = config
+        .engine
+        .engine_config(model.clone(), config.lora.clone());
+    let engine = EngineHandle::spawn(engine_config.clone());
+    let mut state = AppState::new(
         engine.clone(),
         Arc::new(Metrics::new()),
         ApiConfig {
@@ -47,6 +69,24 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             },
         },
     );
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let mut agent_session = None;
+    if let Some(agent_config) = agent_config {
+        let (prompt_tx, prompt_rx) = watch::channel(None);
+        let runtime = fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx);
+        let device = agent_config.device.clone();
+        let agent = Agent::start(agent_config, runtime, stopped(stop.clone()))
+            .context("starting the fleet agent")?;
+        tracing::info!(%device, "fleet agent started");
+        state = state
+            .with_prompt_set(prompt_rx)
+            .with_answer_sink(Arc::new(fleet::AgentAnswers(agent.handle.clone())));
+        agent_session = Some(agent.session);
+    }
     // Printed on stdout so scripts can find a port chosen with --port 0.
     println!("outpost listening on http://{bound}");
     let load_watch = engine.clone();
@@ -55,11 +95,20 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             tracing::error!(error = %e, "the model failed to load; /health reports it");
         }
     });
-    http::serve(listener, state, shutdown_signal())
+    http::serve(listener, state, stopped(stop))
         .await
         .context("the HTTP server failed")?;
+    if let Some(session) = agent_session {
+        // The session says "offline" before it ends.
+        let _ = tokio::time::timeout(Duration::from_secs(3), session).await;
+    }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn shutdown_signal() {

@@ -54,13 +54,20 @@ pub fn run(cmd: &mut Command) -> Output {
 pub struct Server {
     child: Child,
     pub base: String,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl Server {
-    /// `outpost serve` on a free port with the default model and `args`.
+    /// `outpost serve` on a free port with the default model and `args`,
+    /// alone on the machine (tests in one binary take turns).
     pub fn start(args: &[&str]) -> Server {
         let serial = serial();
+        Self::launch(args, Some(serial))
+    }
+
+    /// Like [`Server::start`], for a test that holds [`serial`] itself and
+    /// runs several devices at once.
+    pub fn launch(args: &[&str], serial: Option<MutexGuard<'static, ()>>) -> Server {
         let model = model_path();
         let mut child = outpost()
             .args(["serve", "--port", "0", "--threads", "2", "--model"])
@@ -140,6 +147,20 @@ pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or_default()),
         Err(e) => panic!("request to {url} failed: {e}"),
     }
+}
+
+/// POSTs every body at once, one thread each; results in input order.
+pub fn post_all(url: &str, bodies: &[serde_json::Value]) -> Vec<(u16, serde_json::Value)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| s.spawn(move || post(url, b)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    })
 }
 
 pub fn answer_text(body: &serde_json::Value) -> String {

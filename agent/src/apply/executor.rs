@@ -2,7 +2,6 @@
 //! resumable HTTP download and the pointer store, and feeds back outcomes.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use outpost_models::download::{download_with, DownloadError, DownloadOptions};
 use outpost_models::{Expected, Sha256Digest};
@@ -92,7 +91,7 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
 
     /// What to retain on `state/reported` now.
     pub fn reported(&self) -> ReportedState {
-        self.reconciler.reported(now_unix_ms())
+        self.reconciler.reported(crate::now_unix_ms())
     }
 
     /// The installed file serving `kind`, if any.
@@ -100,6 +99,11 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
         self.reconciler
             .active(kind)
             .map(|a| self.files.store_path(&a.sha256))
+    }
+
+    /// The health check (the device runtime), to switch what it serves.
+    pub fn health_mut(&mut self) -> &mut H {
+        &mut self.health
     }
 
     /// The state machine, for inspection.
@@ -113,14 +117,16 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     }
 
     fn drive(&mut self, event: Event) {
-        let mut actions = self.reconciler.handle(event, now_unix_ms());
+        let mut actions = self.reconciler.handle(event, crate::now_unix_ms());
         loop {
             let mut outcome = None;
             for action in actions {
                 outcome = self.perform(action);
             }
             let Some(outcome) = outcome else { return };
-            actions = self.reconciler.handle(Event::Step(outcome), now_unix_ms());
+            actions = self
+                .reconciler
+                .handle(Event::Step(outcome), crate::now_unix_ms());
         }
     }
 
@@ -226,11 +232,4 @@ fn download_rejection(e: &DownloadError) -> Rejection {
         DownloadError::Io { .. } => Rejection::transient(FailureReason::Storage, detail),
         _ => Rejection::transient(FailureReason::Download, detail),
     }
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -73,7 +73,13 @@ impl ArtifactFiles {
 
     /// Where an installed artifact lives.
     pub fn store_path(&self, digest: &ArtifactDigest) -> PathBuf {
-        self.store_dir().join(digest.to_string())
+        Self::store_path_in(&self.root, digest)
+    }
+
+    /// Where an installed artifact lives in a store rooted at `root`,
+    /// without opening it.
+    pub fn store_path_in(root: &Path, digest: &ArtifactDigest) -> PathBuf {
+        root.join("sha256").join(digest.to_string())
     }
 
     /// Where a download for `digest` ends up (its `.partial` beside it).

@@ -4,7 +4,7 @@
 //! Callers hold a cloneable [`EngineHandle`]. [`EngineHandle::submit`] puts a
 //! [`GenerateRequest`] on a bounded queue (a full queue is refused at once
 //! with [`SubmitError::QueueFull`]) and returns a stream of [`Event`]s. The
-//! worker ([`worker`]) admits queued requests into free sequence slots,
+//! worker (`worker.rs`) admits queued requests into free sequence slots,
 //! decodes one batch per step holding the next token of every generating
 //! slot plus prompt chunks of newly admitted ones, and streams text back.
 //! Dropping the event receiver cancels the request and frees its slot.
@@ -13,7 +13,7 @@
 //! sequence computes exactly the same numbers alone or beside others: greedy
 //! answers do not depend on load. The shared prompt prefix (system prompt and
 //! few-shot examples) is evaluated once and its KV state kept in RAM
-//! ([`prefix`]), then restored into each later sequence that starts with it.
+//! (`prefix.rs`), then restored into each later sequence that starts with it.
 
 mod prefix;
 mod sampling;

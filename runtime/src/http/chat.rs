@@ -21,7 +21,8 @@ use super::openai::{
     ResponseMessage, UsageBody,
 };
 use super::{ApiError, AppState};
-use crate::engine::{Completion, Event};
+use crate::answers::answer_event;
+use crate::engine::{Completion, Event, Prompt};
 
 pub(super) async fn chat_completions(
     State(app): State<AppState>,
@@ -30,9 +31,21 @@ pub(super) async fn chat_completions(
     let arrived = Instant::now();
     app.metrics.request("chat_completions");
     let Json(body) = body.map_err(|e| app.fail(e.into()))?;
-    let request = body
+    let mut request = body
         .validate(&app.config.defaults)
         .map_err(|e| app.fail(e))?;
+    let mut question = String::new();
+    if let Prompt::Chat(messages) = &mut request.generate.prompt {
+        question = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        if let Some(set) = app.prompt_set.borrow().clone() {
+            *messages = set.apply(std::mem::take(messages));
+        }
+    }
     let info = app.ready_model().map_err(|e| app.fail(e))?;
     let events = app
         .engine
@@ -44,6 +57,7 @@ pub(super) async fn chat_completions(
         model: info.id.clone(),
         arrived,
         first_token: None,
+        question,
     };
     if request.stream {
         Ok(stream_reply(app, reply, events, request.include_usage).into_response())
@@ -58,6 +72,9 @@ struct Reply {
     model: String,
     arrived: Instant,
     first_token: Option<Instant>,
+    /// The last user message, scanned for PII counts when the answer is
+    /// recorded; it never leaves the device.
+    question: String,
 }
 
 impl Reply {
@@ -83,6 +100,14 @@ impl Reply {
         }
         m.request_duration
             .observe(self.arrived.elapsed().as_secs_f64());
+        if let Some(sink) = &app.answers {
+            sink.answered(answer_event(
+                &self.question,
+                self.arrived.elapsed(),
+                self.first_token.map(|t| t - self.arrived),
+                &done.usage,
+            ));
+        }
     }
 
     fn chunk(&self, delta: Delta, finish: Option<Completion>, with_choice: bool) -> SseEvent {

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI-compatible chat, streamed as SSE with `stream: true` |
 //! | `GET /v1/models` | the loaded model |
-//! | `GET /health` | 200 when ready, 503 while loading; never needs auth |
+//! | `GET /health` | 200 when ready (with the model, adapter and prompt set serving), 503 while loading; never needs auth |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET, POST /admin/lora` | show / swap the LoRA adapter without reloading the model |
 //!
@@ -33,8 +33,12 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 pub use error::ApiError;
 use openai::RequestDefaults;
 
+use tokio::sync::watch;
+
+use crate::answers::AnswerSink;
 use crate::engine::{EngineHandle, EngineState, LoraSpec, ModelInfo};
 use crate::metrics::Metrics;
+use crate::prompt_set::PromptSet;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -44,11 +48,16 @@ pub struct ApiConfig {
     pub defaults: RequestDefaults,
 }
 
+/// The active prompt set, switched at run time by the fleet agent.
+pub type PromptSetWatch = watch::Receiver<Option<Arc<PromptSet>>>;
+
 #[derive(Clone)]
 pub struct AppState {
     engine: EngineHandle,
     metrics: Arc<Metrics>,
     config: Arc<ApiConfig>,
+    prompt_set: PromptSetWatch,
+    answers: Option<Arc<dyn AnswerSink>>,
 }
 
 impl AppState {
@@ -57,7 +66,21 @@ impl AppState {
             engine,
             metrics,
             config: Arc::new(config),
+            prompt_set: watch::channel(None).1,
+            answers: None,
         }
+    }
+
+    /// Chats without a system message get the watched prompt set in front.
+    pub fn with_prompt_set(mut self, prompt_set: PromptSetWatch) -> Self {
+        self.prompt_set = prompt_set;
+        self
+    }
+
+    /// Every answered chat is reported to `sink`.
+    pub fn with_answer_sink(mut self, sink: Arc<dyn AnswerSink>) -> Self {
+        self.answers = Some(sink);
+        self
     }
 
     /// The loaded model, or the error a request should get meanwhile.
@@ -147,7 +170,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn health(State(app): State<AppState>) -> Response {
     match app.engine.state() {
-        EngineState::Ready(info) => Json(json!({"status": "ok", "model": info.id})).into_response(),
+        EngineState::Ready(info) => {
+            let prompt_set = app
+                .prompt_set
+                .borrow()
+                .as_ref()
+                .map(|p| json!({"name": p.name, "version": p.version}));
+            Json(json!({"status": "ok", "model": info.id, "lora": info.lora, "prompt_set": prompt_set}))
+                .into_response()
+        }
         EngineState::Loading => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading"})),

@@ -1,0 +1,312 @@
+//! The running agent: the MQTT session and the owners around it.
+//!
+//! ```text
+//!  runtime ──AgentHandle::record_answer──▶ outbox thread (SQLite) ◀──batches/acks──┐
+//!                                                                                │
+//!  hub ◀──status, state/reported, telemetry, feedback── session task (rumqttc) ──┘
+//!  hub ──state/desired, telemetry/ack, cmd──▶ session task ──watch──▶ apply thread
+//!                                                      ◀──watch reported/active──┘
+//!                                                apply thread ──▶ DeviceRuntime
+//! ```
+//!
+//! Three owners, each of one resource: the outbox thread owns the outbox's
+//! SQLite connection, the apply thread owns the artifact store, pointer
+//! database and the device runtime's switching, the session task owns the
+//! MQTT connection. They talk through channels only.
+//!
+//! [`Agent::start`] opens everything under `data_dir`
+//! (`outbox.sqlite`, `pointers.sqlite`, `artifacts/`), serves what was
+//! committed before a restart, and connects.
+
+mod apply_owner;
+mod backoff;
+mod endpoint;
+mod mqtt;
+mod outbox_owner;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outpost_models::download::DownloadOptions;
+use outpost_protocol::{
+    ActiveVersions, AgentVersion, AnswerEvent, DesiredState, DeviceId, Feedback, FleetId, Presence,
+    ProtocolVersion, ReportedState, Status, TelemetryPayload,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use apply_owner::DeviceRuntime;
+pub use backoff::Backoff;
+pub use endpoint::{BrokerUrl, EndpointError, SessionOptions, TlsFiles};
+pub use outbox_owner::{OutboxClient, OutboxStats, RecordError};
+
+use crate::apply::{Applier, ApplierConfig, ApplyError, HubKey, SqlitePointers};
+use crate::outbox::{Outbox, OutboxBounds, OutboxConfig, OutboxError, SqliteOutboxStore};
+use crate::MetricsSampler;
+
+/// Everything the agent needs, validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The fleet (second topic level).
+    pub fleet: FleetId,
+    /// This device (third topic level, MQTT client id `outpost-{device}`).
+    pub device: DeviceId,
+    /// Broker, TLS, credentials, packet limits.
+    pub session: SessionOptions,
+    /// Outbox, pointers and artifact store live here.
+    pub data_dir: PathBuf,
+    /// The hub's pinned Ed25519 key.
+    pub hub_key: HubKey,
+    /// How often the session checks for telemetry to send.
+    pub flush_interval: Duration,
+    /// Resend a batch the hub has not acknowledged after this long.
+    pub ack_timeout: Duration,
+    /// How often a device health sample is recorded (zero: never).
+    pub metrics_interval: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Retry period for transient apply failures (link down, disk full).
+    pub apply_retry: Duration,
+    /// Bounds of the telemetry outbox.
+    pub telemetry_bounds: OutboxBounds,
+    /// Artifact download timeouts.
+    pub download: DownloadOptions,
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("agent data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The outbox database failed to open.
+    #[error("agent outbox: {0}")]
+    Outbox(#[from] OutboxError),
+    /// The outbox store failed to open.
+    #[error("agent outbox: {0}")]
+    OutboxStore(#[from] crate::outbox::StoreError),
+    /// The artifact store or pointer database failed to open.
+    #[error("agent artifact store: {0}")]
+    Apply(#[from] ApplyError),
+    /// The pointer database failed to open.
+    #[error("agent pointers: {0}")]
+    Pointers(#[from] crate::apply::PointerError),
+    /// The broker URL or TLS files are unusable.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}
+
+/// The device's side of a running agent: record telemetry and feedback,
+/// watch what is active and whether the broker is reachable.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    outbox: OutboxClient,
+    active: watch::Receiver<ActiveVersions>,
+    reported: watch::Receiver<ReportedState>,
+    connected: watch::Receiver<bool>,
+}
+
+impl AgentHandle {
+    /// Records an answer; its `versions` are filled in here, from what the
+    /// agent has active. Never blocks: a full queue drops the event (and
+    /// says so) rather than delay a customer.
+    pub fn record_answer(&self, mut event: AnswerEvent) -> Result<(), RecordError> {
+        event.versions = *self.active.borrow();
+        self.outbox
+            .record(crate::now_unix_ms(), TelemetryPayload::Answer(event))
+    }
+
+    /// Records rated feedback (its text is redacted by construction).
+    pub async fn record_feedback(&self, feedback: Feedback) -> Result<(), RecordError> {
+        self.outbox.feedback(feedback).await
+    }
+
+    /// The versions answering now.
+    pub fn active(&self) -> ActiveVersions {
+        *self.active.borrow()
+    }
+
+    /// The state last reported (or to be reported on reconnect).
+    pub fn reported(&self) -> ReportedState {
+        self.reported.borrow().clone()
+    }
+
+    /// A watch of the reported state, for waiting on an apply.
+    pub fn watch_reported(&self) -> watch::Receiver<ReportedState> {
+        self.reported.clone()
+    }
+
+    /// Whether the broker connection is up.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// The outbox's figures.
+    pub async fn outbox_stats(&self) -> Option<OutboxStats> {
+        self.outbox.stats().await
+    }
+}
+
+/// A started agent.
+pub struct Agent {
+    /// The handle for the device.
+    pub handle: AgentHandle,
+    /// The session task; it ends after the shutdown future given to
+    /// [`Agent::start`] resolves.
+    pub session: JoinHandle<()>,
+}
+
+/// Telemetry events waiting for the outbox thread before new ones are
+/// dropped (each append is an fsync).
+const OUTBOX_QUEUE: usize = 4096;
+/// Room left in a packet for the topic and MQTT header.
+const PACKET_OVERHEAD: usize = 1024;
+
+impl Agent {
+    /// Opens the agent's stores, starts its threads and session, and
+    /// returns at once (connecting happens in the background). Must be
+    /// called inside a tokio runtime.
+    pub fn start<R: DeviceRuntime>(
+        config: AgentConfig,
+        runtime: R,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let mut outbox_config = OutboxConfig::new(config.device.clone());
+        outbox_config.telemetry = config.telemetry_bounds;
+        let store = SqliteOutboxStore::open(&config.data_dir.join("outbox.sqlite"))?;
+        let outbox = OutboxClient::spawn(Outbox::open(store, outbox_config)?, OUTBOX_QUEUE);
+
+        let pointers = SqlitePointers::open(&config.data_dir.join("pointers.sqlite"))?;
+        let applier = Applier::open(
+            ApplierConfig {
+                root: config.data_dir.join("artifacts"),
+                hub_key: config.hub_key,
+                download: config.download.clone(),
+            },
+            pointers,
+            runtime,
+        )?;
+        let (desired_tx, desired_rx) = watch::channel::<Option<DesiredState>>(None);
+        let outputs = apply_owner::spawn(
+            applier,
+            desired_rx,
+            config.apply_retry,
+            tokio::runtime::Handle::current(),
+        );
+
+        let online = Status {
+            presence: Presence::Online,
+            agent_version: AgentVersion::parse(env!("CARGO_PKG_VERSION"))
+                .expect("the crate version is a valid agent version"),
+            protocol_version: ProtocolVersion::CURRENT.as_byte(),
+            at_unix_ms: crate::now_unix_ms(),
+        };
+        let will = Status {
+            presence: Presence::Offline,
+            ..online.clone()
+        };
+        let options =
+            endpoint::mqtt_options(&config.fleet, &config.device, &config.session, &will)?;
+        let (client, events) = rumqttc::AsyncClient::new(options, 64);
+        let (connected_tx, connected) = watch::channel(false);
+        let seed = config
+            .device
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        let session = mqtt::Session {
+            fleet: config.fleet.clone(),
+            device: config.device.clone(),
+            client,
+            outbox: outbox.clone(),
+            desired: desired_tx,
+            reported: outputs.reported.clone(),
+            connected: connected_tx,
+            backoff: Backoff::new(config.backoff_min, config.backoff_max, seed),
+            online,
+            tick: config.flush_interval,
+            ack_timeout: config.ack_timeout,
+            batch_max_events: outpost_protocol::MAX_BATCH_EVENTS,
+            batch_max_bytes: config
+                .session
+                .max_packet_bytes
+                .saturating_sub(PACKET_OVERHEAD)
+                .min(outpost_protocol::codec::limits::TELEMETRY_BATCH),
+        };
+        let session = tokio::spawn(session.run(events, shutdown));
+        if !config.metrics_interval.is_zero() {
+            spawn_metrics(
+                outbox.clone(),
+                config.data_dir.clone(),
+                config.metrics_interval,
+            );
+        }
+        Ok(Self {
+            handle: AgentHandle {
+                outbox,
+                active: outputs.active,
+                reported: outputs.reported,
+                connected,
+            },
+            session,
+        })
+    }
+}
+
+/// The committed artifact of `kind` under an agent's `data_dir`, read
+/// before the agent starts (the device loads its model from it). A slot
+/// left in trial by a crash does not count: its previous version does.
+pub fn committed_path(
+    data_dir: &std::path::Path,
+    kind: outpost_protocol::ArtifactKind,
+) -> Result<Option<PathBuf>, crate::apply::PointerError> {
+    use crate::apply::PointerStore;
+    let db = data_dir.join("pointers.sqlite");
+    if !db.exists() {
+        return Ok(None);
+    }
+    let state = SqlitePointers::open(&db)?.load()?;
+    let committed = state.slots.get(&kind).and_then(|slot| {
+        if slot.trial {
+            slot.previous.as_ref()
+        } else {
+            Some(&slot.current)
+        }
+    });
+    Ok(committed.map(|a| {
+        crate::apply::ArtifactFiles::store_path_in(&data_dir.join("artifacts"), &a.sha256)
+    }))
+}
+
+/// Records a device health sample every `every`, on its own thread
+/// (sysinfo reads /proc synchronously).
+fn spawn_metrics(outbox: OutboxClient, data_dir: PathBuf, every: Duration) {
+    std::thread::Builder::new()
+        .name("device-metrics".into())
+        .spawn(move || {
+            let mut sampler = MetricsSampler::new(&data_dir);
+            loop {
+                std::thread::sleep(every);
+                let sample = sampler.sample();
+                match outbox.record(crate::now_unix_ms(), TelemetryPayload::Metrics(sample)) {
+                    Ok(()) | Err(RecordError::Full) => {}
+                    Err(RecordError::Stopped) => return,
+                }
+            }
+        })
+        .expect("spawning the device metrics thread");
+}

@@ -1,0 +1,717 @@
+//! Fleet sync end to end, as an operator runs it: a real `outpost hub`
+//! (embedded rumqttd, or Mosquitto), two real `outpost serve --agent`
+//! devices with the default model, artifacts published and assigned with
+//! `outpost fleet`, and a raw MQTT client on `#` watching every byte.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use support::{chat, gguf_writer, model_path, outpost, post, serial, temp_dir, write, Server};
+
+const FLEET: &str = "lobby";
+const HUB_PASSWORD: &str = "hub-secret";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The broker the hub uses.
+#[derive(Clone)]
+enum Broker {
+    /// rumqttd inside the hub, listening on this port (0: any).
+    Embedded(u16),
+    /// A broker the test started.
+    External(u16),
+}
+
+/// A running `outpost hub`.
+struct Hub {
+    child: Child,
+    http: String,
+    mqtt_port: u16,
+    key_file: PathBuf,
+}
+
+impl Hub {
+    fn start(dir: &Path, broker: Broker, http_port: u16) -> Hub {
+        let data = dir.join("hub");
+        let broker_toml = match broker {
+            Broker::Embedded(port) => format!(
+                "mode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nusername = \"hub\"\n\
+                 [broker.users]\nhub = \"{HUB_PASSWORD}\"\nkiosk-a = \"secret-a\"\nkiosk-b = \"secret-b\"\n"
+            ),
+            Broker::External(port) => format!(
+                "mode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nusername = \"hub\"\npassword = \"{HUB_PASSWORD}\"\n"
+            ),
+        };
+        let config = dir.join("hub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nfleet = \"{FLEET}\"\nhttp_bind = \"127.0.0.1:{http_port}\"\n[broker]\n{broker_toml}",
+                data.display()
+            ),
+        )
+        .expect("write hub.toml");
+        let mut child = outpost()
+            .arg("--config")
+            .arg(&config)
+            .arg("hub")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn outpost hub");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("read the hub's first line");
+        // "outpost hub: admin and artifacts on http://A, MQTT on B, signing key K"
+        let http = line
+            .split("artifacts on ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected hub line {line:?}"))
+            .to_string();
+        let mqtt_port = match broker {
+            Broker::External(port) => port,
+            Broker::Embedded(_) => line
+                .split("MQTT on ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("no MQTT address in {line:?}"))
+                .port(),
+        };
+        let hub = Hub {
+            child,
+            http,
+            mqtt_port,
+            key_file: data.join("signing.pub"),
+        };
+        wait_for(WAIT, "the hub's MQTT session", || {
+            ureq::get(&format!("{}/health", hub.http))
+                .call()
+                .ok()?
+                .into_json::<Value>()
+                .ok()?["mqtt_connected"]
+                .as_bool()
+                .filter(|c| *c)
+        });
+        hub
+    }
+
+    fn http_port(&self) -> u16 {
+        self.http.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// `outpost fleet …` against this hub; its JSON answer.
+    fn fleet(&self, args: &[&str]) -> Value {
+        let out = outpost()
+            .args(["fleet", "--hub", &self.http])
+            .args(args)
+            .output()
+            .expect("run outpost fleet");
+        assert!(
+            out.status.success(),
+            "outpost fleet {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("outpost fleet prints JSON")
+    }
+
+    fn device(&self, name: &str) -> Option<Value> {
+        self.fleet(&["devices"])["devices"]
+            .as_array()?
+            .iter()
+            .find(|d| d["device"] == name)
+            .cloned()
+    }
+
+    fn telemetry(&self, device: &str) -> Vec<Value> {
+        self.fleet(&["telemetry", "--device", device, "--limit", "1000"])["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `outpost serve --agent` as `name`, with its own data folder.
+fn start_device(dir: &Path, hub: &Hub, name: &str, password: &str) -> Server {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{port}\"\nfleet = \"{FLEET}\"\n\
+             device = \"{name}\"\nusername = \"{name}\"\npassword = \"{password}\"\n\
+             hub_key = \"{key}\"\ndata_dir = \"{data}\"\nflush_interval_ms = 200\n\
+             backoff_min_ms = 100\nbackoff_max_s = 1\napply_retry_s = 2\nmetrics_interval_s = 0\n",
+            port = hub.mqtt_port,
+            key = hub.key_file.display(),
+            data = dir.join(name).display(),
+        ),
+    )
+    .expect("write device config");
+    Server::launch(
+        &["--config", config.to_str().unwrap(), "--parallel", "2"],
+        None,
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    hex(&Sha256::digest(std::fs::read(path).expect("read file")))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn health(device: &Server) -> Value {
+    ureq::get(&device.url("/health"))
+        .call()
+        .expect("health")
+        .into_json()
+        .expect("health JSON")
+}
+
+/// Whether `device` reports `generation` processed with `kinds` active and
+/// the given failures (kind, reason).
+fn converged(hub: &Hub, device: &str, kinds: usize, failures: &[(&str, &str)]) -> bool {
+    let Some(d) = hub.device(device) else {
+        return false;
+    };
+    let expected: Vec<Value> = failures.iter().map(|(k, r)| json!([k, r])).collect();
+    d["desired_generation"].is_u64()
+        && d["desired_generation"] == d["reported_generation"]
+        && d["active"].as_array().map_or(0, Vec::len) == kinds
+        && d["failures"].as_array().cloned().unwrap_or_default() == expected
+}
+
+fn active_version(hub: &Hub, device: &str, kind: &str) -> Option<String> {
+    hub.device(device)?["active"]
+        .as_array()?
+        .iter()
+        .find(|a| a["kind"] == kind)
+        .and_then(|a| a["version"].as_str().map(str::to_owned))
+}
+
+fn prompt_set(dir: &Path, version: &str) -> PathBuf {
+    let path = dir.join(format!("kiosk-{version}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"kiosk\"\nversion = \"{version}\"\n\
+             system = \"You are the help desk of the Lumen 300 dishwasher. Answer in one sentence.\"\n\
+             [[examples]]\nuser = \"How do I start a quick wash?\"\n\
+             assistant = \"Press Program until Quick lights up, then press Start.\"\n"
+        ),
+    )
+    .expect("write prompt set");
+    path
+}
+
+fn knowledge_base(dir: &Path) -> PathBuf {
+    let path = dir.join("manual.sqlite");
+    let db = rusqlite::Connection::open(&path).expect("create kb");
+    db.execute_batch(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, source TEXT, text TEXT);
+         INSERT INTO chunks (source, text) VALUES
+           ('manual.md', 'Clean the filter every month.'),
+           ('faq.md', 'E24 means the drain is blocked.');",
+    )
+    .expect("fill kb");
+    path
+}
+
+/// Publishes a model, an adapter, a prompt set and a knowledge base,
+/// assigns them to both devices by tag, and waits until both report them
+/// active; then ships prompt set v2 and waits until both serve it.
+fn publish_and_converge(hub: &Hub, dir: &Path, devices: &[(&str, &Server)]) {
+    for (name, _) in devices {
+        wait_for(WAIT, "the device to come online", || {
+            (hub.device(name)?["presence"] == "online").then_some(())
+        });
+        hub.fleet(&["tag", name, "lobby"]);
+    }
+    let model = model_path();
+    let model_sha = sha256_hex(&model);
+    let adapter = dir.join("tone.gguf");
+    write(&adapter, &gguf_writer::smollm2_lora(0.0, "llama"));
+    let publish = |kind: &str, name: &str, version: &str, file: &Path, base: Option<&str>| {
+        let mut args = vec![
+            "publish",
+            "--kind",
+            kind,
+            "--name",
+            name,
+            "--version",
+            version,
+        ];
+        if let Some(base) = base {
+            args.extend(["--base-model", base]);
+        }
+        let file = file.to_str().unwrap().to_owned();
+        args.push(&file);
+        hub.fleet(&args)
+    };
+    publish("model", "smollm2", "1", &model, None);
+    publish("adapter", "tone", "1", &adapter, Some(&model_sha));
+    publish("prompt-set", "kiosk", "1", &prompt_set(dir, "1"), None);
+    publish("kb", "manual", "1", &knowledge_base(dir), None);
+    hub.fleet(&[
+        "assign",
+        "--tag",
+        "lobby",
+        "model:smollm2:1",
+        "adapter:tone:1",
+        "prompt-set:kiosk:1",
+        "kb:manual:1",
+    ]);
+    for (name, server) in devices {
+        wait_for(WAIT, "the first assignment to apply", || {
+            converged(hub, name, 4, &[]).then_some(())
+        });
+        let h = health(server);
+        assert_eq!(h["prompt_set"]["version"], "1", "{h}");
+        let adapter_sha = sha256_hex(&adapter);
+        assert!(
+            h["lora"]["path"]
+                .as_str()
+                .is_some_and(|p| p.contains(&adapter_sha)),
+            "the adapter from the fleet serves: {h}"
+        );
+    }
+    // A new prompt set switches both devices without a restart.
+    publish("prompt-set", "kiosk", "2", &prompt_set(dir, "2"), None);
+    hub.fleet(&["assign", "--tag", "lobby", "prompt-set:kiosk:2"]);
+    for (name, server) in devices {
+        wait_for(WAIT, "prompt set v2 to serve", || {
+            (health(server)["prompt_set"]["version"] == "2").then_some(())
+        });
+        wait_for(WAIT, "prompt set v2 to be reported", || {
+            (active_version(hub, name, "prompt_set")? == "2").then_some(())
+        });
+    }
+}
+
+/// Every byte published on the broker, as seen by a client on `#`.
+struct WireWatch {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    messages: Arc<Mutex<usize>>,
+}
+
+impl WireWatch {
+    fn start(port: u16) -> WireWatch {
+        let mut options = rumqttc::MqttOptions::new("wire-watch", "127.0.0.1", port);
+        options.set_credentials("hub", HUB_PASSWORD);
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut connection) = rumqttc::Client::new(options, 64);
+        client
+            .subscribe("#", rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe #");
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let messages = Arc::new(Mutex::new(0));
+        let (b, m) = (bytes.clone(), messages.clone());
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let mut all = b.lock().unwrap();
+                        all.extend_from_slice(p.topic.as_bytes());
+                        all.extend_from_slice(&p.payload);
+                        *m.lock().unwrap() += 1;
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        WireWatch { bytes, messages }
+    }
+
+    fn contains(&self, needle: &[u8]) -> bool {
+        self.bytes
+            .lock()
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+}
+
+/// Questions carrying canary personal data.
+const CANARY_QUESTION: &str = "My card 4111 1111 1111 1111 was charged twice. \
+    Mail canary.person@example.org or call +1 415 555 0132. Is my dishwasher under warranty?";
+const CANARIES: [&str; 6] = [
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "canary.person",
+    "example.org",
+    "555 0132",
+    "warranty",
+];
+
+fn ask(device: &Server, question: &str) {
+    let (status, body) = post(
+        &device.url("/v1/chat/completions"),
+        &chat(None, question, 8),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn answers(hub: &Hub, device: &str) -> Vec<Value> {
+    hub.telemetry(device)
+        .into_iter()
+        .filter(|e| e["kind"] == "answer")
+        .collect()
+}
+
+#[test]
+fn two_devices_sync_through_the_embedded_broker_and_no_pii_crosses_the_wire() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());
+    let watch = WireWatch::start(hub.mqtt_port);
+    let a = start_device(dir.path(), &hub, "kiosk-a", "secret-a");
+    let b = start_device(dir.path(), &hub, "kiosk-b", "secret-b");
+    publish_and_converge(&hub, dir.path(), &[("kiosk-a", &a), ("kiosk-b", &b)]);
+
+    // Customers ask with personal data; only counts reach the hub.
+    for device in [&a, &b] {
+        ask(device, CANARY_QUESTION);
+    }
+    for name in ["kiosk-a", "kiosk-b"] {
+        let events = wait_for(WAIT, "answer telemetry at the hub", || {
+            Some(answers(&hub, name)).filter(|e| !e.is_empty())
+        });
+        let event = &events[0]["event"];
+        let text = event.to_string();
+        assert!(
+            text.contains("Card") || text.contains("card"),
+            "PII counts recorded: {text}"
+        );
+        assert!(
+            event
+                .to_string()
+                .contains(&sha256_hex(&prompt_set(dir.path(), "2"))),
+            "the event names the prompt set that answered: {event}"
+        );
+    }
+    assert!(
+        *watch.messages.lock().unwrap() > 10,
+        "the watcher saw the traffic"
+    );
+    for canary in CANARIES {
+        assert!(
+            !watch.contains(canary.as_bytes()),
+            "{canary:?} crossed the wire"
+        );
+    }
+
+    // Tampered artifacts are refused and the reason reaches the hub.
+    let foreign = dir.path().join("foreign.gguf");
+    write(&foreign, &gguf_writer::smollm2_lora(1.0, "qwen2"));
+    let model_sha = sha256_hex(&model_path());
+    hub.fleet(&[
+        "publish",
+        "--kind",
+        "adapter",
+        "--name",
+        "tone",
+        "--version",
+        "2",
+        "--base-model",
+        &model_sha,
+        foreign.to_str().unwrap(),
+    ]);
+    let published = hub.fleet(&[
+        "publish",
+        "--kind",
+        "prompt-set",
+        "--name",
+        "kiosk",
+        "--version",
+        "3",
+        prompt_set(dir.path(), "3").to_str().unwrap(),
+    ]);
+    // Corrupt the hub's stored copy: devices download other bytes than signed.
+    let stored = dir
+        .path()
+        .join("hub/artifacts/sha256")
+        .join(published["sha256"].as_str().expect("published digest"));
+    let mut bytes = std::fs::read(&stored).expect("stored artifact");
+    bytes[10] ^= 0x20;
+    std::fs::write(&stored, bytes).expect("corrupt the stored artifact");
+    hub.fleet(&[
+        "assign",
+        "--tag",
+        "lobby",
+        "adapter:tone:2",
+        "prompt-set:kiosk:3",
+    ]);
+    for (name, server) in [("kiosk-a", &a), ("kiosk-b", &b)] {
+        wait_for(WAIT, "the refusals to be reported", || {
+            converged(
+                &hub,
+                name,
+                4,
+                &[
+                    ("adapter", "base_model_mismatch"),
+                    ("prompt_set", "digest_mismatch"),
+                ],
+            )
+            .then_some(())
+        });
+        assert_eq!(active_version(&hub, name, "adapter").as_deref(), Some("1"));
+        assert_eq!(health(server)["prompt_set"]["version"], "2");
+    }
+}
+
+#[test]
+fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let mut hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());
+    let device = start_device(dir.path(), &hub, "kiosk-a", "secret-a");
+    wait_for(WAIT, "the device to come online", || {
+        (hub.device("kiosk-a")?["presence"] == "online").then_some(())
+    });
+    for _ in 0..3 {
+        ask(&device, "How do I clean the filter?");
+    }
+    wait_for(WAIT, "the first answers at the hub", || {
+        (answers(&hub, "kiosk-a").len() == 3).then_some(())
+    });
+
+    // The broker goes away with the hub; the kiosk keeps answering.
+    let (mqtt_port, http_port) = (hub.mqtt_port, hub.http_port());
+    hub.kill();
+    for _ in 0..5 {
+        ask(&device, "What does E24 mean?");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let hub = Hub::start(dir.path(), Broker::Embedded(mqtt_port), http_port);
+    wait_for(WAIT, "the queued answers at the hub", || {
+        (answers(&hub, "kiosk-a").len() >= 8).then_some(())
+    });
+    // Give a duplicate time to show up, if the hub let one through.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut seqs: Vec<u64> = answers(&hub, "kiosk-a")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs.len(), 8, "every answer exactly once: {seqs:?}");
+    seqs.dedup();
+    assert_eq!(seqs.len(), 8, "no duplicates: {seqs:?}");
+}
+
+/// Mosquitto with per-device passwords and an ACL confining each device to
+/// its own topics.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed: apt-get install mosquitto");
+        let passwords = dir.join("passwords");
+        for (i, (user, password)) in [
+            ("hub", HUB_PASSWORD),
+            ("kiosk-a", "secret-a"),
+            ("kiosk-b", "secret-b"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .arg("-b")
+                .arg(&passwords)
+                .args([user, password])
+                .status()
+                .expect("run mosquitto_passwd");
+            assert!(status.success());
+        }
+        let acl = dir.join("acl");
+        std::fs::write(
+            &acl,
+            format!(
+                "user hub\ntopic readwrite outpost/v1/{FLEET}/#\n\n\
+                 pattern write outpost/v1/{FLEET}/%u/status\n\
+                 pattern write outpost/v1/{FLEET}/%u/state/reported\n\
+                 pattern write outpost/v1/{FLEET}/%u/telemetry\n\
+                 pattern write outpost/v1/{FLEET}/%u/feedback\n\
+                 pattern read outpost/v1/{FLEET}/%u/state/desired\n\
+                 pattern read outpost/v1/{FLEET}/%u/telemetry/ack\n\
+                 pattern read outpost/v1/{FLEET}/%u/cmd\n"
+            ),
+        )
+        .expect("write acl");
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n\
+                 password_file {}\nacl_file {}\n",
+                passwords.display(),
+                acl.display()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for(WAIT, "mosquitto to listen", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        });
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_devices_sync_through_mosquitto_and_cannot_touch_each_others_topics() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let mosquitto = Mosquitto::start(dir.path());
+    let hub = Hub::start(dir.path(), Broker::External(mosquitto.port), free_port());
+    let a = start_device(dir.path(), &hub, "kiosk-a", "secret-a");
+    let b = start_device(dir.path(), &hub, "kiosk-b", "secret-b");
+    publish_and_converge(&hub, dir.path(), &[("kiosk-a", &a), ("kiosk-b", &b)]);
+
+    // kiosk-a's credentials, used by an intruder: read B, write as B.
+    let mut options = rumqttc::MqttOptions::new("intruder", "127.0.0.1", mosquitto.port);
+    options.set_credentials("kiosk-a", "secret-a");
+    let (client, mut connection) = rumqttc::Client::new(options, 16);
+    client
+        .subscribe(
+            format!("outpost/v1/{FLEET}/kiosk-b/#"),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .unwrap();
+    client
+        .subscribe(
+            format!("outpost/v1/{FLEET}/+/state/desired"),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .unwrap();
+    let forged = outpost_protocol::encode(
+        &outpost_protocol::TelemetryBatch::new(
+            "kiosk-b".parse().unwrap(),
+            vec![outpost_protocol::TelemetryEvent {
+                seq: outpost_protocol::Seq(999_999),
+                at_unix_ms: 1,
+                payload: outpost_protocol::TelemetryPayload::Metrics(
+                    outpost_protocol::DeviceMetrics {
+                        cpu_percent: 1.0,
+                        mem_used_bytes: 1,
+                        mem_total_bytes: 2,
+                        disk_used_bytes: 1,
+                        disk_total_bytes: 2,
+                        temperature_c: None,
+                    },
+                ),
+            }],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    client
+        .publish(
+            format!("outpost/v1/{FLEET}/kiosk-b/telemetry"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            forged,
+        )
+        .unwrap();
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = received.clone();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    seen.lock().unwrap().push(p.topic.clone())
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    // Something for B that the intruder would see if the ACL let it.
+    hub.fleet(&["assign", "--device", "kiosk-b", "prompt-set:kiosk:1"]);
+    wait_for(WAIT, "kiosk-b to switch back to prompt set v1", || {
+        (health(&b)["prompt_set"]["version"] == "1").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let leaked: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.contains("kiosk-b"))
+        .cloned()
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "kiosk-a read kiosk-b's topics: {leaked:?}"
+    );
+    assert!(
+        hub.telemetry("kiosk-b")
+            .iter()
+            .all(|e| e["seq"].as_u64() != Some(999_999)),
+        "a forged batch on kiosk-b's topic was stored"
+    );
+    assert_eq!(health(&a)["prompt_set"]["version"], "2");
+}
