@@ -1,23 +1,49 @@
 #!/usr/bin/env bash
-# The demo: starts the device API with the default model, asks it a question
-# over the OpenAI-compatible API and through `outpost ask`, then stops it.
-# DEMO_KEEP=1 keeps the server running until Ctrl-C.
+# The demo: a fleet hub with its embedded MQTT broker, two kiosks with the
+# default model joined to it, questions over the OpenAI-compatible API and
+# through `outpost ask`, a prompt set published and both kiosks switching to
+# it, and the answer telemetry (counts, never text) arriving at the hub.
+# DEMO_KEEP=1 keeps everything running until Ctrl-C.
 set -euo pipefail
 
 bin=${1:-./target/release/outpost}
-port=${OUTPOST_PORT:-8080}
-base="http://127.0.0.1:${port}"
+work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo.XXXXXX")
+hub_http=127.0.0.1:${OUTPOST_DEMO_HUB_PORT:-18090}
+mqtt_port=${OUTPOST_DEMO_MQTT_PORT:-11883}
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
-"$bin" serve --port "$port" &
-server=$!
-trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true' EXIT
+wait_http() { # url pid what
+  for _ in $(seq 1 1200); do
+    curl -sf "$1" >/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "error: $3 exited; see its log above" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "error: $3 never became ready" >&2
+  exit 1
+}
 
-for _ in $(seq 1 600); do
-  curl -sf "$base/health" >/dev/null && break
-  kill -0 "$server" 2>/dev/null || { echo "error: outpost serve exited" >&2; exit 1; }
-  sleep 0.1
+echo "== outpost hub (embedded MQTT broker on 127.0.0.1:$mqtt_port, admin API on http://$hub_http)"
+"$bin" hub --data-dir "$work/hub" --fleet demo --http-bind "$hub_http" \
+  --mqtt-listen "127.0.0.1:$mqtt_port" &
+pids+=($!)
+wait_http "http://$hub_http/health" "${pids[-1]}" "the hub"
+fleet() { "$bin" fleet --hub "http://$hub_http" "$@"; }
+
+for n in 1 2; do
+  port=$((18080 + n))
+  "$bin" serve --port "$port" --agent --fleet demo --device "kiosk-$n" \
+    --broker "mqtt://127.0.0.1:$mqtt_port" --hub-key "$work/hub/signing.pub" \
+    --agent-data-dir "$work/kiosk-$n" &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$port/health" "${pids[-1]}" "kiosk-$n"
 done
-curl -sf "$base/health" >/dev/null || { echo "error: the server never became ready" >&2; exit 1; }
+base=http://127.0.0.1:18081
 
 echo
 echo "== POST $base/v1/chat/completions"
@@ -34,9 +60,46 @@ echo "== outpost ask (streamed, offline, in-process)"
 "$bin" ask --temperature 0 "Give me three tips for a long train journey."
 
 echo
+echo "== publish a prompt set and assign it to every kiosk tagged 'lobby'"
+cat >"$work/prompts.toml" <<'EOF'
+name = "lobby"
+version = "1"
+system = "You are the help desk of the Lumen 300 dishwasher. Answer in one short sentence."
+[[examples]]
+user = "How do I start a quick wash?"
+assistant = "Press Program until Quick lights up, then press Start."
+EOF
+fleet tag kiosk-1 lobby >/dev/null
+fleet tag kiosk-2 lobby >/dev/null
+fleet publish --kind prompt-set --name lobby --version 1 "$work/prompts.toml" >/dev/null
+fleet assign --tag lobby prompt-set:lobby:1 >/dev/null
+for n in 1 2; do
+  for _ in $(seq 1 600); do
+    curl -s "http://127.0.0.1:$((18080 + n))/health" | grep -q '"version":"1"' && break
+    sleep 0.1
+  done
+  echo "kiosk-$n serves: $(curl -s "http://127.0.0.1:$((18080 + n))/health")"
+done
+
+echo
+echo "== a customer question with personal data, answered with the fleet's prompt set"
+curl -s "$base/v1/chat/completions" -H 'Content-Type: application/json' -d '{
+  "messages": [{"role": "user", "content": "My card 4111 1111 1111 1111 was charged twice, how do I clean the filter?"}],
+  "temperature": 0, "max_tokens": 48
+}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'
+sleep 2
+echo
+echo "== what the hub received (counts and versions, no text)"
+fleet telemetry --device kiosk-1 --limit 1
+fleet devices | python3 -c '
+import json, sys
+for d in json.load(sys.stdin)["devices"]:
+    print(d["device"], d["presence"], [(a["kind"], a["name"], a["version"]) for a in d["active"]])'
+
+echo
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-  echo "serving on $base (Ctrl-C to stop)"
-  wait "$server"
+  echo "running: hub http://$hub_http, kiosks $base and http://127.0.0.1:18082 (Ctrl-C to stop)"
+  wait
 else
-  echo "done. Serve it yourself with: $bin serve   (API on $base, metrics on $base/metrics)"
+  echo "done. Run it yourself: $bin hub, then $bin serve --agent --device NAME --hub-key <hub data>/signing.pub"
 fi

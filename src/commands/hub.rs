@@ -55,7 +55,7 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
                 .map_or_else(|| "the external broker".to_string(), |a| a.to_string()),
             hub.public_key_hex()
         );
-        let _ = tokio::signal::ctrl_c().await;
+        crate::commands::serve::shutdown_signal().await;
         hub.shutdown().await.context("stopping the hub")?;
         Ok(())
     })
