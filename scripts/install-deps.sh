@@ -2,7 +2,7 @@
 # Installs the system packages Outpost builds and tests with, when missing:
 # cmake and a C/C++ toolchain for llama.cpp, clang/libclang for bindgen,
 # python3 with venv and pip (model fetch, openai client tests), curl (demo),
-# mosquitto (fleet-sync tests against an external broker).
+# mosquitto and openssl (fleet-sync tests against an external TLS broker).
 # Debian/Ubuntu only; the Rust toolchain itself must already be installed.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v git >/dev/null || need+=(git)
 # The fleet tests run an external broker next to the embedded one.
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# ...with a TLS listener whose throwaway certificates openssl makes.
+command -v openssl >/dev/null || need+=(openssl)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
    && ! ldconfig -p 2>/dev/null | grep -q 'libclang.*\.so'; then
   need+=(libclang-dev)

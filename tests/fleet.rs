@@ -152,17 +152,30 @@ impl Drop for Hub {
     }
 }
 
-/// `outpost serve --agent` as `name`, with its own data folder.
+/// `outpost serve --agent` as `name`, with its own data folder, on the
+/// hub's broker.
 fn start_device(dir: &Path, hub: &Hub, name: &str, password: &str) -> Server {
+    let broker = format!("mqtt://127.0.0.1:{}", hub.mqtt_port);
+    start_device_on(dir, hub, name, password, &broker, "")
+}
+
+/// Like [`start_device`] on `broker`, with extra `[agent]` keys.
+fn start_device_on(
+    dir: &Path,
+    hub: &Hub,
+    name: &str,
+    password: &str,
+    broker: &str,
+    extra: &str,
+) -> Server {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[agent]\nenabled = true\nbroker = \"mqtt://127.0.0.1:{port}\"\nfleet = \"{FLEET}\"\n\
+            "[agent]\nenabled = true\nbroker = \"{broker}\"\nfleet = \"{FLEET}\"\n\
              device = \"{name}\"\nusername = \"{name}\"\npassword = \"{password}\"\n\
              hub_key = \"{key}\"\ndata_dir = \"{data}\"\nflush_interval_ms = 200\n\
-             backoff_min_ms = 100\nbackoff_max_s = 1\napply_retry_s = 2\nmetrics_interval_s = 0\n",
-            port = hub.mqtt_port,
+             backoff_min_ms = 100\nbackoff_max_s = 1\napply_retry_s = 2\nmetrics_interval_s = 0\n{extra}",
             key = hub.key_file.display(),
             data = dir.join(name).display(),
         ),
@@ -540,10 +553,97 @@ fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
 }
 
 /// Mosquitto with per-device passwords and an ACL confining each device to
-/// its own topics.
+/// its own topics; a plain listener (the hub) and a TLS one (devices).
 struct Mosquitto {
     child: Child,
     port: u16,
+    tls_port: u16,
+    ca: PathBuf,
+}
+
+/// A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl CLI).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=outpost test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    // Mosquitto started as root reads its certificates after dropping to
+    // the `mosquitto` user: make them (and the folder) readable to it.
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(dir.to_owned(), 0o755), (dir.join("server.key"), 0o644)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .expect("chmod for mosquitto");
+    }
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 impl Mosquitto {
@@ -588,30 +688,49 @@ impl Mosquitto {
             ),
         )
         .expect("write acl");
-        let port = free_port();
+        let (ca, cert, key) = test_pki(dir);
+        let (port, tls_port) = (free_port(), free_port());
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n\
-                 password_file {}\nacl_file {}\n",
+                "allow_anonymous false\npersistence false\n\
+                 password_file {}\nacl_file {}\n\
+                 listener {port} 127.0.0.1\n\
+                 listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
                 passwords.display(),
-                acl.display()
+                acl.display(),
+                ca.display(),
+                cert.display(),
+                key.display(),
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new(binary)
+        let log = std::fs::File::create(dir.join("mosquitto.log")).expect("mosquitto log");
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start mosquitto");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_for(WAIT, "mosquitto to listen", || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-        });
-        Mosquitto { child, port }
+        for p in [port, tls_port] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], p));
+            wait_for(WAIT, "mosquitto to listen", || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log =
+                        std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+                    panic!("mosquitto exited ({status}):\n{log}");
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            });
+        }
+        Mosquitto {
+            child,
+            port,
+            tls_port,
+            ca,
+        }
     }
 }
 
@@ -623,13 +742,16 @@ impl Drop for Mosquitto {
 }
 
 #[test]
-fn two_devices_sync_through_mosquitto_and_cannot_touch_each_others_topics() {
+fn two_devices_sync_through_mosquitto_over_tls_and_cannot_touch_each_others_topics() {
     let _serial = serial();
     let dir = temp_dir();
     let mosquitto = Mosquitto::start(dir.path());
     let hub = Hub::start(dir.path(), Broker::External(mosquitto.port), free_port());
-    let a = start_device(dir.path(), &hub, "kiosk-a", "secret-a");
-    let b = start_device(dir.path(), &hub, "kiosk-b", "secret-b");
+    // Devices reach the broker over TLS, trusting only the test CA.
+    let tls = format!("tls_ca = \"{}\"\n", mosquitto.ca.display());
+    let broker = format!("mqtts://127.0.0.1:{}", mosquitto.tls_port);
+    let a = start_device_on(dir.path(), &hub, "kiosk-a", "secret-a", &broker, &tls);
+    let b = start_device_on(dir.path(), &hub, "kiosk-b", "secret-b", &broker, &tls);
     publish_and_converge(&hub, dir.path(), &[("kiosk-a", &a), ("kiosk-b", &b)]);
 
     // kiosk-a's credentials, used by an intruder: read B, write as B.

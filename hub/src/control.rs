@@ -1,9 +1,11 @@
 //! The control loop: the hub's MQTT session, routing of device messages into
 //! the store, telemetry acks, and desired-state publishing.
 //!
-//! Two tasks. The *session* task owns rumqttc's event loop: it polls it,
-//! subscribes on every connect, and forwards incoming publishes over a
-//! bounded channel. The *control* task decodes each publish ([`route`],
+//! Three tasks. The *session* task owns the ingress session's event loop:
+//! it polls it, subscribes on every connect, and forwards incoming
+//! publishes over a bounded channel. The *egress* task drives a second
+//! session that carries every hub-to-device publish (see
+//! [`Context::egress`] for why one session would deadlock). The *control* task decodes each publish ([`route`],
 //! I/O-free), stores it, then acknowledges: first the application ack
 //! (`TelemetryAck`, only after the rows are committed), then the MQTT PUBACK
 //! (manual acks, so a publish the hub has not stored is redelivered by the
@@ -138,8 +140,16 @@ pub struct Context {
     pub fleet: FleetId,
     /// The database.
     pub store: StoreHandle,
-    /// The MQTT client (cheap to clone).
+    /// The ingress session: subscriptions and the PUBACKs of device
+    /// messages (cheap to clone).
     pub client: AsyncClient,
+    /// The egress session: every hub-to-device publish (desired states,
+    /// telemetry acks). Separate so that a fleet-wide assignment filling
+    /// the outgoing window never blocks the ingress session's PUBACKs:
+    /// with one session, rumqttc stops reading its request queue while its
+    /// window is full, the broker stops acknowledging while the hub owes it
+    /// PUBACKs, and both wait forever.
+    pub egress: AsyncClient,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -201,7 +211,7 @@ impl Context {
         })?;
         let topic = Topic::new(self.fleet.clone(), device.clone(), TopicKind::StateDesired);
         let publish = self
-            .client
+            .egress
             .publish(topic.to_string(), QoS::AtLeastOnce, true, payload);
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
             Ok(Ok(())) => {
@@ -244,13 +254,34 @@ enum SessionEvent {
 pub fn spawn(
     ctx: Context,
     eventloop: EventLoop,
+    egress_loop: EventLoop,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
     vec![
         tokio::spawn(session(ctx.clone(), eventloop, tx, shutdown.clone())),
+        tokio::spawn(egress(ctx.clone(), egress_loop, shutdown.clone())),
         tokio::spawn(control(ctx, rx, shutdown)),
     ]
+}
+
+/// Drives the egress session's event loop (it receives nothing but acks).
+async fn egress(ctx: Context, mut eventloop: EventLoop, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break,
+            event = eventloop.poll() => event,
+        };
+        if let Err(e) = event {
+            Metrics::add(&ctx.metrics.mqtt_connection_errors, 1);
+            tracing::warn!(error = %e, "hub egress MQTT session error; reconnecting");
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+            }
+        }
+    }
+    let _ = ctx.egress.try_disconnect();
 }
 
 async fn session(
@@ -438,7 +469,7 @@ fn send_ack(ctx: &Context, device: &DeviceId, ack: TelemetryAck, version: Protoc
     };
     let topic = Topic::new(ctx.fleet.clone(), device.clone(), TopicKind::TelemetryAck);
     match ctx
-        .client
+        .egress
         .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
     {
         Ok(()) => Metrics::add(&ctx.metrics.acks_sent, 1),

@@ -234,26 +234,32 @@ impl Hub {
             ),
         };
 
-        let mut options =
-            rumqttc::MqttOptions::new(&config.mqtt.client_id, endpoint.host, endpoint.port);
-        options
-            .set_keep_alive(MQTT_KEEP_ALIVE)
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(config.mqtt.max_packet_bytes, config.mqtt.max_packet_bytes);
-        if let Some((user, password)) = &config.mqtt.credentials {
-            options.set_credentials(user, password.expose());
-        }
-        let (client, eventloop) = rumqttc::AsyncClient::new(options, MQTT_REQUEST_QUEUE);
+        let session = |client_id: String| {
+            let mut options = rumqttc::MqttOptions::new(client_id, &endpoint.host, endpoint.port);
+            options
+                .set_keep_alive(MQTT_KEEP_ALIVE)
+                .set_clean_session(false)
+                .set_max_packet_size(config.mqtt.max_packet_bytes, config.mqtt.max_packet_bytes);
+            if let Some((user, password)) = &config.mqtt.credentials {
+                options.set_credentials(user, password.expose());
+            }
+            options
+        };
+        let mut ingress = session(config.mqtt.client_id.clone());
+        ingress.set_manual_acks(true);
+        let (client, eventloop) = rumqttc::AsyncClient::new(ingress, MQTT_REQUEST_QUEUE);
+        let egress = session(format!("{}-egress", config.mqtt.client_id));
+        let (egress, egress_loop) = rumqttc::AsyncClient::new(egress, MQTT_REQUEST_QUEUE);
 
         let ctx = control::Context {
             fleet: config.fleet.clone(),
             store: store.clone(),
             client,
+            egress,
             metrics: Arc::new(metrics::Metrics::default()),
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let tasks = control::spawn(ctx.clone(), eventloop, shutdown_rx.clone());
+        let tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await

@@ -72,6 +72,8 @@ impl Session {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let mut link = Link::default();
+        // Only the first failure of a streak is worth a warning.
+        let mut failing = false;
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -79,15 +81,21 @@ impl Session {
             tokio::select! {
                 polled = events.poll() => match polled {
                     Ok(event) => {
+                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                            failing = false;
+                        }
                         let retransmits = pending_publishes(&events);
                         self.on_event(event, retransmits, &mut link).await
                     }
                     Err(error) => {
                         if link.up {
                             tracing::warn!(%error, "lost the broker; the outbox keeps everything");
+                        } else if !failing {
+                            tracing::warn!(%error, "cannot reach the broker; retrying with backoff");
                         } else {
-                            tracing::debug!(%error, "broker unreachable");
+                            tracing::debug!(%error, "broker still unreachable");
                         }
+                        failing = true;
                         link = Link::default();
                         self.connected.send_replace(false);
                         let delay = self.backoff.next_delay();
