@@ -14,7 +14,9 @@ demo: deps
 
 test: deps fmt-check
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) run --quiet --bin outpost -- models fetch
+	# The binary the workspace build just made: `cargo run --bin` alone can
+	# unify build-script features differently and rebuild llama.cpp.
+	./target/debug/outpost models fetch
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 	$(CARGO) test --workspace
