@@ -47,26 +47,24 @@
 //! # Broker choice and per-device isolation
 //!
 //! The embedded broker (see [`broker`]) authenticates with a static
-//! username/password table (`[broker.users]`) but has no topic ACLs: any
-//! authenticated client may publish on any device's topics. The hub limits
-//! the damage (telemetry must name its topic's device; generations never go
-//! backwards; artifacts are signed, so a forged desired state cannot make a
-//! device run unsigned bytes), but it cannot stop one device from
-//! impersonating another on `status` or `telemetry`.
+//! username/password table (`[broker.users]`) but rumqttd has no topic
+//! ACLs. So rumqttd listens on a loopback port only, and devices connect
+//! through the [`gate`]: an MQTT-aware relay that reads every packet a
+//! device sends and closes the connection when it publishes or subscribes
+//! outside its own topics (its username is its device id), leaves a last
+//! will elsewhere, or uses another device's client id. The hub's sessions
+//! connect to rumqttd directly; the hub's own user passes the gate
+//! unchecked. Without `[broker.users]` nothing can be checked: the
+//! anonymous embedded broker is for a trusted network.
 //!
-//! rumqttd's other mechanism, the *tenant prefix* (features
-//! `verify-client-cert` + `validate-tenant-prefix`), takes a tenant id from
-//! the Organization field of a verified TLS client certificate and confines
-//! that client to topics under `/tenants/{tenant}/`. Issuing each device a
-//! certificate whose Organization is its device id would isolate devices,
-//! but it changes the topic layout (`/tenants/{device}/outpost/v1/...`),
-//! requires a per-device PKI, and the hub itself would need a connection
-//! outside every tenant. This crate does not enable it (no TLS features are
-//! compiled in): the embedded broker is for one site or a trusted network.
+//! rumqttd's own mechanism, the *tenant prefix* (features
+//! `verify-client-cert` + `validate-tenant-prefix`), was not chosen: it takes
+//! the tenant from the Organization of a TLS client certificate (letters and
+//! digits only), confines it to `/tenants/{tenant}/...`, which changes the
+//! topic layout, and needs a per-device PKI before a first device can join.
 //!
-//! For per-device isolation, run an external broker (`mode = "external"`)
-//! with per-user ACLs where each device's username is its device id. For
-//! Mosquitto (`acl_file`, fleet `acme`):
+//! With an external broker (`mode = "external"`), use its per-user ACLs,
+//! each device's username being its device id. For Mosquitto (`acl_file`, fleet `acme`):
 //!
 //! ```text
 //! user hub
@@ -114,6 +112,7 @@ pub mod assign;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod signing;
@@ -205,10 +204,13 @@ impl Hub {
         let signer = ArtifactSigner::load_or_create(&config.data_dir)?;
         let public_key_hex = signer.public_key_hex();
 
+        let mut gate = None;
         let (endpoint, broker_addr) = match &config.broker {
             BrokerMode::Embedded { listen, users } => {
+                // rumqttd listens on loopback only; devices reach it through
+                // the gate, which enforces per-device topics (see `gate`).
                 let settings = broker::EmbeddedSettings {
-                    listen: *listen,
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                     users: users.clone(),
                     max_packet_bytes: config.mqtt.max_packet_bytes,
                 };
@@ -216,13 +218,35 @@ impl Hub {
                     tokio::task::spawn_blocking(move || broker::start_embedded(&settings))
                         .await
                         .map_err(|e| HubError::Thread(std::io::Error::other(e)))??;
-                let addr = embedded.addr();
+                let internal = embedded.addr();
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| {
+                        HubError::Broker(broker::BrokerError::Bind {
+                            addr: *listen,
+                            source,
+                        })
+                    })?;
+                let public = listener.local_addr().map_err(|source| {
+                    HubError::Broker(broker::BrokerError::Bind {
+                        addr: *listen,
+                        source,
+                    })
+                })?;
+                let rules = gate::Rules {
+                    fleet: config.fleet.clone(),
+                    hub_user: config.mqtt.credentials.as_ref().map(|(u, _)| u.clone()),
+                    enforce: !users.is_empty(),
+                    max_packet_bytes: config.mqtt.max_packet_bytes,
+                };
+                gate = Some((listener, internal, Arc::new(rules)));
+                tracing::info!(%public, "MQTT gate for devices listening");
                 (
                     broker::MqttEndpoint {
-                        host: addr.ip().to_string(),
-                        port: addr.port(),
+                        host: internal.ip().to_string(),
+                        port: internal.port(),
                     },
-                    Some(addr),
+                    Some(public),
                 )
             }
             BrokerMode::External { host, port } => (
@@ -259,7 +283,15 @@ impl Hub {
             metrics: Arc::new(metrics::Metrics::default()),
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
+        let mut tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
+        if let Some((listener, internal, rules)) = gate {
+            tasks.push(tokio::spawn(gate::serve(
+                listener,
+                internal,
+                rules,
+                shutdown_rx.clone(),
+            )));
+        }
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await
