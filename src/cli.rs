@@ -44,6 +44,25 @@ pub enum Command {
     Hub(HubArgs),
     /// Operate a fleet through a hub's admin API: publish, assign, list.
     Fleet(FleetArgs),
+    /// Convert models: a Hugging Face BERT folder to a GGUF embedding model.
+    #[command(subcommand)]
+    Quant(QuantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuantCommand {
+    /// Convert a Hugging Face BERT model folder (config.json, tokenizer.json,
+    /// model.safetensors) into a GGUF that llama.cpp loads for embeddings.
+    Convert {
+        /// The model folder, e.g. the one `outpost models fetch all-minilm-l6-v2` prints.
+        input: PathBuf,
+        /// The GGUF file to write (replaced atomically).
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Weight type: f32, f16 or q8_0.
+        #[arg(long = "type", default_value = "f16")]
+        output_type: outpost_quant::OutputType,
+    },
 }
 
 #[derive(Debug, Args)]

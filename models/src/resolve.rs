@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, ModelName};
+use crate::catalog::{Catalog, Format, ModelName};
 use crate::store::{CorruptReason, ModelStatus, ModelStore};
 
 /// Why a model spec did not lead to a usable file.
@@ -18,6 +18,12 @@ pub enum ResolveError {
         name: ModelName,
         path: PathBuf,
         reason: CorruptReason,
+    },
+    #[error("model {name} is a {format} folder, not a GGUF file; convert it first with `outpost quant convert {path} -o model.gguf`")]
+    NotGguf {
+        name: ModelName,
+        format: Format,
+        path: PathBuf,
     },
     #[error("{spec:?} is neither a catalog model ({}) nor an existing file; run `outpost models list`, or pass the path to a .gguf file", known.join(", "))]
     Unknown { spec: String, known: Vec<String> },
@@ -38,6 +44,10 @@ pub fn resolve_model(
     if let Some(entry) = catalog.get(spec) {
         let path = store.path_of(entry);
         let name = entry.name().clone();
+        if entry.format() != Format::Gguf {
+            let format = entry.format();
+            return Err(ResolveError::NotGguf { name, format, path });
+        }
         return match store.status(entry) {
             ModelStatus::Present => Ok(path),
             ModelStatus::Missing => Err(ResolveError::NotFetched { name, path }),
@@ -121,6 +131,14 @@ mod tests {
         std::fs::write(&path, b"GGUF").expect("write");
         let err = resolve_model(entry.name().as_str(), &catalog, &store).unwrap_err();
         assert!(matches!(err, ResolveError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_safetensors_folder_entry_is_not_a_model_and_says_to_convert_it() {
+        let (_dir, catalog, store) = setup();
+        let err = resolve_model("all-minilm-l6-v2", &catalog, &store).unwrap_err();
+        assert!(matches!(err, ResolveError::NotGguf { .. }), "{err}");
+        assert!(err.to_string().contains("outpost quant convert"), "{err}");
     }
 
     #[test]

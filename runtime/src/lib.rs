@@ -13,8 +13,10 @@
 //!   text) the HTTP layer hands to the fleet agent.
 
 pub mod answers;
+mod backend;
 pub mod bench;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod http;
 pub mod metrics;

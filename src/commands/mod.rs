@@ -6,4 +6,5 @@ pub mod config;
 pub mod fleet;
 pub mod hub;
 pub mod models;
+pub mod quant;
 pub mod serve;

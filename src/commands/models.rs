@@ -35,8 +35,8 @@ pub fn run(command: ModelsCommand) -> anyhow::Result<()> {
             println!("NAME\tROLE\tSIZE\tLICENCE\tSTATUS\tPATH");
             for entry in catalog.entries() {
                 let size = entry
-                    .expected()
-                    .map(|e| format!("{:.1} MB", e.size as f64 / 1e6))
+                    .total_size()
+                    .map(|bytes| format!("{:.1} MB", bytes as f64 / 1e6))
                     .unwrap_or_else(|| "?".into());
                 let status = match store.status(entry) {
                     ModelStatus::Missing => "missing".to_string(),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -36,16 +36,9 @@ use outpost_models::gguf::{self, GgufSummary};
 
 /// llama.cpp's backend is process-global and may be initialised only once.
 fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    static BACKEND: OnceLock<Option<LlamaBackend>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().ok()
-        })
-        .as_ref()
-        .ok_or_else(|| EngineError::Context {
-            reason: "the llama.cpp backend failed to initialise".into(),
-        })
+    crate::backend::llama_backend().ok_or_else(|| EngineError::Context {
+        reason: "the llama.cpp backend failed to initialise".into(),
+    })
 }
 
 pub(super) fn run(
