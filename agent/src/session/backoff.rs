@@ -24,8 +24,7 @@ impl Backoff {
             min,
             max: max.max(min),
             attempt: 0,
-            // xorshift must not start at zero.
-            rng: seed | 1,
+            rng: scramble(seed),
         }
     }
 
@@ -59,6 +58,15 @@ impl Backoff {
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+/// splitmix64's finaliser: nearby seeds (device ids hashing close
+/// together) start far apart, and never at xorshift's stuck state 0.
+fn scramble(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)).max(1)
 }
 
 #[cfg(test)]
