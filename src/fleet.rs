@@ -63,7 +63,10 @@ pub fn agent_config(s: &AgentSettings) -> Result<AgentConfig, BadConfig> {
             keep_alive: s.keep_alive,
             max_packet_bytes: s.max_packet_bytes,
         },
-        data_dir: s.data_dir.clone().unwrap_or_else(default_data_dir),
+        data_dir: s
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| crate::settings::data_dir("agent")),
         hub_key,
         flush_interval: s.flush_interval,
         ack_timeout: s.ack_timeout,
@@ -90,15 +93,6 @@ fn read_hub_key(value: &str) -> Result<HubKey, String> {
         .map_err(|e| format!("{value:?} is neither 64 hex digits nor a readable key file ({e})"))?;
     HubKey::from_hex(text.trim())
         .map_err(|_| format!("{value} does not hold a 64-hex-digit Ed25519 public key"))
-}
-
-fn default_data_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("outpost")
-        .join("agent")
 }
 
 /// Hands every answer event to the agent's outbox.

@@ -53,6 +53,17 @@ pub fn engine_flags(args: &EngineArgs) -> RawDeviceConfig {
     raw
 }
 
+/// `$XDG_DATA_HOME/outpost/{name}` (default `~/.local/share/outpost/{name}`):
+/// where the hub and the agent keep state when no folder is configured.
+pub fn data_dir(name: &str) -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("outpost")
+        .join(name)
+}
+
 pub fn models_dir(configured: Option<&Path>) -> PathBuf {
     if let Some(dir) = configured {
         return dir.to_path_buf();

@@ -1,6 +1,6 @@
 //! `outpost hub`: the fleet hub (embedded broker, artifact store, admin API).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use outpost_hub::config::{HubConfig, DEFAULT_TOML};
@@ -38,7 +38,9 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
     if args.admin_token.is_some() {
         config.admin_token = args.admin_token;
     }
-    config.data_dir.get_or_insert_with(default_data_dir);
+    config
+        .data_dir
+        .get_or_insert_with(|| crate::settings::data_dir("hub"));
     config.fleet.get_or_insert_with(|| "default".into());
     let valid = config
         .validate()
@@ -59,13 +61,4 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
         hub.shutdown().await.context("stopping the hub")?;
         Ok(())
     })
-}
-
-fn default_data_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("outpost")
-        .join("hub")
 }
