@@ -512,6 +512,23 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
         assert_eq!(health(server)["prompt_set"]["version"], "2");
     }
     intruder_cannot_touch_kiosk_b(&hub, hub.mqtt_port, &b);
+
+    // Restarted, a device serves what it committed (adapter, prompt set v1
+    // from the intruder check's assignment) without asking the hub.
+    drop(b);
+    let b = start_device(dir.path(), &hub, "kiosk-b", "secret-b");
+    let adapter_sha = sha256_hex(&dir.path().join("tone.gguf"));
+    wait_for(
+        WAIT,
+        "the committed versions to serve after a restart",
+        || {
+            let h = health(&b);
+            let adapter = h["lora"]["path"]
+                .as_str()
+                .is_some_and(|p| p.contains(&adapter_sha));
+            (adapter && h["prompt_set"]["version"] == "1").then_some(())
+        },
+    );
 }
 
 #[test]

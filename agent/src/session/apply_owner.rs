@@ -49,40 +49,44 @@ where
     P: PointerStore + Send + 'static,
     R: DeviceRuntime,
 {
-    let mut serving = BTreeMap::new();
-    // What was committed before a restart serves again before anything new.
-    sync_runtime(&mut applier, &mut serving);
     let first = applier.reported();
     let (reported_tx, reported) = watch::channel(first.clone());
     let (active_tx, active) = watch::channel(active_versions(&first));
     thread::Builder::new()
         .name("apply".into())
-        .spawn(move || loop {
-            let busy = applier.reconciler().is_busy();
-            let woke = runtime_handle.block_on(async {
-                if busy {
-                    tokio::time::timeout(retry, desired.changed())
-                        .await
-                        .unwrap_or(Ok(()))
-                } else {
-                    desired.changed().await
-                }
-            });
-            if woke.is_err() {
-                return; // the session is gone
-            }
-            let next = desired.borrow_and_update().clone();
-            let reported = match next {
-                Some(state) if state.is_newer_than(applier.reconciler().last_processed()) => {
-                    tracing::info!(generation = %state.generation, "applying a desired state");
-                    applier.apply(state)
-                }
-                _ if busy => applier.resume(),
-                _ => continue,
-            };
+        .spawn(move || {
+            // What was committed before a restart serves again before
+            // anything new; on this thread, since switching the runtime
+            // blocks.
+            let mut serving = BTreeMap::new();
             sync_runtime(&mut applier, &mut serving);
-            active_tx.send_replace(active_versions(&reported));
-            reported_tx.send_replace(reported);
+            loop {
+                let busy = applier.reconciler().is_busy();
+                let woke = runtime_handle.block_on(async {
+                    if busy {
+                        tokio::time::timeout(retry, desired.changed())
+                            .await
+                            .unwrap_or(Ok(()))
+                    } else {
+                        desired.changed().await
+                    }
+                });
+                if woke.is_err() {
+                    return; // the session is gone
+                }
+                let next = desired.borrow_and_update().clone();
+                let reported = match next {
+                    Some(state) if state.is_newer_than(applier.reconciler().last_processed()) => {
+                        tracing::info!(generation = %state.generation, "applying a desired state");
+                        applier.apply(state)
+                    }
+                    _ if busy => applier.resume(),
+                    _ => continue,
+                };
+                sync_runtime(&mut applier, &mut serving);
+                active_tx.send_replace(active_versions(&reported));
+                reported_tx.send_replace(reported);
+            }
         })
         .expect("spawning the apply thread");
     ApplyOutputs { reported, active }
