@@ -198,6 +198,9 @@ pub struct ServeArgs {
     /// Requests waiting for a slot before 503s.
     #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<i64>,
+    /// An embedding GGUF for POST /v1/embeddings (`outpost quant convert`).
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }

@@ -478,6 +478,70 @@ fn invalid_configuration_exits_64_listing_every_problem() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+#[test]
+fn embeddings_come_from_the_converted_default_embedder() {
+    let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let folder = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
+        .expect("the fetched folder")
+        .to_owned();
+    let dir = temp_dir();
+    let gguf = dir.path().join("minilm.gguf");
+    let out = run(outpost()
+        .args(["quant", "convert", &folder, "--type", "f16", "-o"])
+        .arg(&gguf));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let server = Server::start(&["--embedder", gguf.to_str().unwrap()]);
+    let url = server.url("/v1/embeddings");
+    let (status, body) = post(
+        &url,
+        &serde_json::json!({"input": [
+            "How do I clean the dishwasher filter?",
+            "Rinse the filter under running water once a month.",
+            "The capital of France is Paris.",
+        ], "model": "minilm"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let vectors: Vec<Vec<f64>> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_value(d["embedding"].clone()).unwrap())
+        .collect();
+    assert_eq!(vectors.len(), 3);
+    assert!(
+        vectors.iter().all(|v| v.len() == 384),
+        "all-MiniLM has 384 dimensions"
+    );
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for v in &vectors {
+        assert!((dot(v, v) - 1.0).abs() < 1e-3, "unit length");
+    }
+    assert!(
+        dot(&vectors[0], &vectors[1]) > dot(&vectors[0], &vectors[2]) + 0.1,
+        "the filter question is nearer the filter answer than Paris"
+    );
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 10,
+        "{body}"
+    );
+    let (status, body) = post(&url, &serde_json::json!({"input": []}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+}
+
 /// Polls `/metrics` until the gauge `name` reads `value` (10 s at most).
 fn wait_for_metric(server: &Server, name: &str, value: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);

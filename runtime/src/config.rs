@@ -43,6 +43,7 @@ pub struct RawModel {
     pub path: Option<String>,
     pub lora: Option<String>,
     pub models_dir: Option<PathBuf>,
+    pub embedder: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -156,6 +157,8 @@ pub struct DeviceConfig {
     pub model: Option<String>,
     pub lora: Option<LoraSpec>,
     pub models_dir: Option<PathBuf>,
+    /// An embedding GGUF for `POST /v1/embeddings`.
+    pub embedder: Option<PathBuf>,
     pub engine: EngineSettings,
     pub server: ServerConfig,
     pub sampling: SamplingParams,
@@ -230,7 +233,7 @@ impl RawDeviceConfig {
                 $(if o.$section.$key.is_some() { merged.$section.$key = o.$section.$key.clone(); })*
             };
         }
-        take!(model: path, lora, models_dir);
+        take!(model: path, lora, models_dir, embedder);
         take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
               queue_capacity, flash_attn, prefix_cache_mb);
         take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
@@ -350,6 +353,7 @@ impl RawDeviceConfig {
             model: nonempty(&self.model.path),
             lora,
             models_dir: self.model.models_dir.filter(|p| !p.as_os_str().is_empty()),
+            embedder: self.model.embedder.filter(|p| !p.as_os_str().is_empty()),
             engine: EngineSettings {
                 threads: threads as i32,
                 threads_batch: threads_batch as i32,

@@ -17,6 +17,7 @@ mod backend;
 pub mod bench;
 pub mod config;
 pub mod embed;
+pub mod embeddings;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -8,6 +8,8 @@ use anyhow::Context;
 use outpost_agent::Agent;
 use outpost_protocol::ArtifactKind;
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
+use outpost_runtime::embed::EmbedConfig;
+use outpost_runtime::embeddings::EmbeddingsHandle;
 use outpost_runtime::engine::EngineHandle;
 use outpost_runtime::http::openai::RequestDefaults;
 use outpost_runtime::http::{self, ApiConfig, AppState};
@@ -23,6 +25,7 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.server.port = args.port;
     raw.server.api_key = args.api_key.clone();
     raw.engine.queue_capacity = args.queue_capacity;
+    raw.model.embedder = args.embedder.clone();
     let a = &args.agent;
     raw.agent.enabled = a.agent.then_some(true);
     raw.agent.broker = a.broker.clone();
@@ -69,6 +72,22 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             },
         },
     );
+    if let Some(path) = config.embedder.clone() {
+        let embed_config = EmbedConfig {
+            threads: config.engine.threads.max(1) as u32,
+            ..EmbedConfig::default()
+        };
+        let embeddings =
+            tokio::task::spawn_blocking(move || EmbeddingsHandle::load(&path, embed_config))
+                .await?
+                .context("loading the embedding model (model.embedder)")?;
+        tracing::info!(
+            model = embeddings.model(),
+            dimension = embeddings.dimension(),
+            "embedding model ready"
+        );
+        state = state.with_embeddings(embeddings);
+    }
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI-compatible chat, streamed as SSE with `stream: true` |
+//! | `POST /v1/embeddings` | OpenAI-compatible embeddings from the embedding model, when one is configured |
 //! | `GET /v1/models` | the loaded model |
 //! | `GET /health` | 200 when ready (with the model, adapter and prompt set serving), 503 while loading; never needs auth |
 //! | `GET /metrics` | Prometheus text |
@@ -13,6 +14,7 @@
 //! queue 503 with `Retry-After`, both with OpenAI-shaped error bodies.
 
 mod chat;
+mod embeddings;
 mod error;
 pub mod openai;
 
@@ -36,6 +38,7 @@ use openai::RequestDefaults;
 use tokio::sync::watch;
 
 use crate::answers::AnswerSink;
+use crate::embeddings::EmbeddingsHandle;
 use crate::engine::{EngineHandle, EngineState, LoraSpec, ModelInfo};
 use crate::metrics::Metrics;
 use crate::prompt_set::PromptSet;
@@ -58,6 +61,7 @@ pub struct AppState {
     config: Arc<ApiConfig>,
     prompt_set: PromptSetWatch,
     answers: Option<Arc<dyn AnswerSink>>,
+    embeddings: Option<EmbeddingsHandle>,
 }
 
 impl AppState {
@@ -68,7 +72,14 @@ impl AppState {
             config: Arc::new(config),
             prompt_set: watch::channel(None).1,
             answers: None,
+            embeddings: None,
         }
+    }
+
+    /// `POST /v1/embeddings` answers with this model.
+    pub fn with_embeddings(mut self, embeddings: EmbeddingsHandle) -> Self {
+        self.embeddings = Some(embeddings);
+        self
     }
 
     /// Chats without a system message get the watched prompt set in front.
@@ -112,6 +123,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/admin/lora", get(get_lora).post(set_lora))
