@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use outpost_protocol::{DeviceId, Direction, FleetId, Topic};
-use rumqttc::{Packet, Publish, Subscribe};
+use rumqttc::{Connect, Packet, PacketType, Publish, Subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -179,26 +179,43 @@ async fn relay(client: TcpStream, upstream: SocketAddr, rules: &Rules) -> std::i
     result
 }
 
-/// Forwards every complete packet at the front of `buf`, checking each.
+/// Forwards every complete packet at the front of `buf`. Only the packets
+/// the rules look at (CONNECT, PUBLISH, SUBSCRIBE) are parsed, from the
+/// frame's shared bytes: a telemetry payload is never copied.
 async fn forward_complete_packets(
     buf: &mut BytesMut,
     who: &mut Option<Identity>,
     rules: &Rules,
     broker: &mut tokio::net::tcp::OwnedWriteHalf,
 ) -> std::io::Result<()> {
+    let bad =
+        |e: rumqttc::mqttbytes::Error| std::io::Error::other(format!("bad MQTT packet: {e:?}"));
     loop {
-        let length = match rumqttc::mqttbytes::check(buf.iter(), rules.max_packet_bytes) {
-            Ok(header) => header.frame_length(),
+        let header = match rumqttc::mqttbytes::check(buf.iter(), rules.max_packet_bytes) {
+            Ok(header) => header,
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return Ok(()),
-            Err(e) => return Err(std::io::Error::other(format!("bad MQTT packet: {e:?}"))),
+            Err(e) => return Err(bad(e)),
         };
-        let frame = buf.split_to(length);
-        let mut parse = frame.clone();
-        let packet = Packet::read(&mut parse, rules.max_packet_bytes)
-            .map_err(|e| std::io::Error::other(format!("bad MQTT packet: {e:?}")))?;
-        if let Err(violation) = rules.check(who, &packet) {
-            tracing::warn!(client = ?who, ?violation, "MQTT gate closed a connection that broke the topic rules");
-            return Err(std::io::Error::other(format!("{violation:?}")));
+        let frame = buf.split_to(header.frame_length()).freeze();
+        let packet = match header.packet_type().map_err(bad)? {
+            PacketType::Connect => Some(Packet::Connect(
+                Connect::read(header, frame.clone()).map_err(bad)?,
+            )),
+            PacketType::Publish => Some(Packet::Publish(
+                Publish::read(header, frame.clone()).map_err(bad)?,
+            )),
+            PacketType::Subscribe => Some(Packet::Subscribe(
+                Subscribe::read(header, frame.clone()).map_err(bad)?,
+            )),
+            // Nothing else may come first: a client speaks CONNECT first.
+            _ if who.is_none() => return Err(std::io::Error::other("a packet before CONNECT")),
+            _ => None,
+        };
+        if let Some(packet) = packet {
+            if let Err(violation) = rules.check(who, &packet) {
+                tracing::warn!(client = ?who, ?violation, "MQTT gate closed a connection that broke the topic rules");
+                return Err(std::io::Error::other(format!("{violation:?}")));
+            }
         }
         broker.write_all(&frame).await?;
     }
@@ -207,7 +224,7 @@ async fn forward_complete_packets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::{Connect, LastWill, Login, QoS, SubscribeFilter};
+    use rumqttc::{LastWill, Login, QoS, SubscribeFilter};
 
     fn rules() -> Rules {
         Rules {

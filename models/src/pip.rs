@@ -354,30 +354,42 @@ fn copy_member<R: Read + Seek>(
         Err(e) => return Err(ExtractError::Archive(e)),
     };
     let limit = entry.size();
-    let mut copied = 0u64;
+    copy_exactly(&mut entry, dest, limit, |_| {})
+}
+
+/// Copies `source` to `dest`, reading to its end (where the zip reader
+/// checks the CRC-32) and failing unless it holds exactly `size` bytes;
+/// `seen` gets every chunk written.
+fn copy_exactly(
+    source: &mut impl Read,
+    dest: &mut impl Write,
+    size: u64,
+    mut seen: impl FnMut(&[u8]),
+) -> Result<u64, ExtractError> {
+    let mut written = 0u64;
     let mut buf = vec![0u8; CHUNK_BYTES];
-    // Read to the end (where the CRC-32 is checked), never past `limit`.
     loop {
-        let n = match entry.read(&mut buf) {
+        let n = match source.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ExtractError::Read(e)),
         };
-        if copied + n as u64 > limit {
-            return Err(ExtractError::TooLarge { limit });
+        if written + n as u64 > size {
+            return Err(ExtractError::TooLarge { limit: size });
         }
         dest.write_all(&buf[..n]).map_err(ExtractError::Write)?;
-        copied += n as u64;
+        seen(&buf[..n]);
+        written += n as u64;
     }
-    if copied != limit {
+    if written != size {
         let short = io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("member ended after {copied} of {limit} bytes"),
+            format!("member ended after {written} of {size} bytes"),
         );
         return Err(ExtractError::Read(short));
     }
-    Ok(copied)
+    Ok(written)
 }
 
 /// Streams `member` of the zip `archive` into `dest`, refusing a member
@@ -403,29 +415,7 @@ pub fn extract_member<R: Read + Seek>(
         });
     }
     let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    loop {
-        let n = match entry.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ExtractError::Read(e)),
-        };
-        if written + n as u64 > size {
-            return Err(ExtractError::TooLarge { limit: size });
-        }
-        dest.write_all(&buf[..n]).map_err(ExtractError::Write)?;
-        hasher.update(&buf[..n]);
-        written += n as u64;
-    }
-    if written != size {
-        let short = io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("member ended after {written} of {size} bytes"),
-        );
-        return Err(ExtractError::Read(short));
-    }
+    let written = copy_exactly(&mut entry, dest, size, |chunk| hasher.update(chunk))?;
     Ok((written, Sha256Digest::from_hasher(hasher)))
 }
 

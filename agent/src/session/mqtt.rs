@@ -81,10 +81,13 @@ impl Session {
             tokio::select! {
                 polled = events.poll() => match polled {
                     Ok(event) => {
-                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                        let connected = matches!(event, Event::Incoming(Packet::ConnAck(_)));
+                        if connected {
                             failing = false;
                         }
-                        let retransmits = pending_publishes(&events);
+                        // Only read at connect time: scanning rumqttc's queue on
+                        // every event would cost the busy path for nothing.
+                        let retransmits = if connected { pending_publishes(&events) } else { 0 };
                         self.on_event(event, retransmits, &mut link).await
                     }
                     Err(error) => {
