@@ -2,7 +2,8 @@
 # Installs the system packages Outpost builds and tests with, when missing:
 # cmake and a C/C++ toolchain for llama.cpp, clang/libclang for bindgen,
 # python3 with venv and pip (model fetch, openai client tests), curl (demo),
-# mosquitto and openssl (fleet-sync tests against an external TLS broker).
+# mosquitto and openssl (fleet-sync tests against an external TLS broker),
+# chromium and chromedriver (the kiosk page's browser test).
 # Debian/Ubuntu only; the Rust toolchain itself must already be installed.
 set -euo pipefail
 
@@ -17,6 +18,9 @@ command -v git >/dev/null || need+=(git)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # ...with a TLS listener whose throwaway certificates openssl makes.
 command -v openssl >/dev/null || need+=(openssl)
+# The kiosk page's end-to-end test drives headless Chromium via chromedriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
    && ! ldconfig -p 2>/dev/null | grep -q 'libclang.*\.so'; then
   need+=(libclang-dev)

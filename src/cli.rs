@@ -47,6 +47,177 @@ pub enum Command {
     /// Convert models: a Hugging Face BERT folder to a GGUF embedding model.
     #[command(subcommand)]
     Quant(QuantCommand),
+    /// Build and search a knowledge base (SQLite + FTS5 + sqlite-vec).
+    #[command(subcommand)]
+    Kb(KbCommand),
+    /// Measure answer quality over a JSON Lines question set.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Inspect prompt sets.
+    #[command(subcommand)]
+    Prompts(PromptsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Answer every question of a set through the device pipeline and
+    /// write report.json + report.md (format: configs/eval/README.md).
+    Run(Box<EvalRunArgs>),
+    /// Print what changed between two report.json files.
+    Compare { base: PathBuf, other: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRunArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// An embedding GGUF for the knowledge base (default: the catalog's).
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
+    /// The question set (JSON Lines).
+    #[arg(long)]
+    pub set: PathBuf,
+    /// The run's name in reports (default: the retrieval mode).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Folder for report.json and report.md (default eval-out/<label>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Retrieval cut-offs, e.g. 1,3,5,10.
+    #[arg(long, value_delimiter = ',')]
+    pub k: Vec<usize>,
+    /// Score retrieval and escalation only; no answers are generated.
+    #[arg(long)]
+    pub retrieval_only: bool,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// A gate such as "retrieval.recall@5>=0.8" (repeatable); exit 2 when one fails.
+    #[arg(long)]
+    pub threshold: Vec<String>,
+    /// A TOML file of gates: "metric" = value, in each metric's better direction.
+    #[arg(long)]
+    pub thresholds: Option<PathBuf>,
+    /// A previous report.json to compare this run with.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PromptsCommand {
+    /// Show the exact messages the model gets for a question: the prompt
+    /// set's route, system prompt, examples and the rendered sources.
+    Render(PromptsRenderArgs),
+    /// Pack a prompt-set folder into the one file the fleet ships.
+    Pack {
+        /// The prompt-set folder.
+        folder: PathBuf,
+        /// The file to write.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PromptsRenderArgs {
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// An embedding GGUF for the knowledge base (default: the catalog's).
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
+    /// The question.
+    pub question: String,
+    /// Print the messages as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KbCommand {
+    /// Ingest a folder of Markdown, text and HTML files; only changed files
+    /// are re-embedded and deleted files leave the knowledge base.
+    Ingest(KbIngestArgs),
+    /// Show the chunks a question retrieves, ranked, with their scores.
+    Search(KbSearchArgs),
+    /// Show what a knowledge-base file says about itself, after checking it.
+    Info(KbArgs),
+}
+
+/// The knowledge-base file and the embedder that reads it.
+#[derive(Debug, Args)]
+pub struct KbArgs {
+    /// The knowledge-base file (SQLite).
+    #[arg(long, env = "OUTPOST_KB")]
+    pub kb: Option<PathBuf>,
+    /// An embedding GGUF; default: the catalog's all-minilm-l6-v2, converted once.
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
+    /// Where fetched models are cached (default ~/.cache/outpost/models).
+    #[arg(long, env = "OUTPOST_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Threads for the embedder.
+    #[arg(long, short = 't', env = "OUTPOST_THREADS")]
+    pub threads: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct KbIngestArgs {
+    #[command(flatten)]
+    pub kb: KbArgs,
+    /// The folder of documents (.md, .txt, .html), searched recursively.
+    pub folder: PathBuf,
+    /// The embedder's tokenizer.json, for token-aware chunking.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Largest chunk, in embedder tokens (heading path included).
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Tokens repeated from the previous chunk of the same section.
+    #[arg(long, default_value_t = 32)]
+    pub overlap: usize,
+    /// Product tag for documents that carry none.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Locale tag for documents that carry none.
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KbSearchArgs {
+    #[command(flatten)]
+    pub kb: KbArgs,
+    /// The question.
+    pub query: String,
+    /// How many chunks to show.
+    #[arg(short, long, default_value_t = 5)]
+    pub k: usize,
+    /// hybrid, vector or bm25.
+    #[arg(long, default_value = "hybrid")]
+    pub mode: outpost_kb::Mode,
+    /// Drop chunks whose cosine similarity to the question is lower.
+    #[arg(long)]
+    pub min_score: Option<f32>,
+    /// Only chunks of this product.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Only chunks of this locale.
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// Only chunks of this source file (path as ingested).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Scan the float vectors instead of the binary copies (slower, exact).
+    #[arg(long)]
+    pub exact: bool,
+    /// Print the chunks as JSON (text, source, section, chunk_id, score, …).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,11 +369,31 @@ pub struct ServeArgs {
     /// Requests waiting for a slot before 503s.
     #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<i64>,
-    /// An embedding GGUF for POST /v1/embeddings (`outpost quant convert`).
+    /// An embedding GGUF for POST /v1/embeddings and the knowledge base
+    /// (`outpost quant convert`); with a KB and none given, the catalog's.
     #[arg(long, env = "OUTPOST_EMBEDDER")]
     pub embedder: Option<PathBuf>,
     #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// Where kiosk feedback is stored (default: feedback.sqlite in the data folder).
+    #[arg(long, env = "OUTPOST_FEEDBACK_DB")]
+    pub feedback_db: Option<PathBuf>,
+    #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// Overrides of the config's `[answer]` section.
+#[derive(Debug, Args, Default)]
+pub struct AnswerArgs {
+    /// The knowledge base behind grounded answers (`outpost kb ingest`).
+    #[arg(long, env = "OUTPOST_KB")]
+    pub kb: Option<PathBuf>,
+    /// A prompt-set folder or packed file.
+    #[arg(long, env = "OUTPOST_PROMPTS")]
+    pub prompts: Option<PathBuf>,
+    /// hybrid, vector or bm25.
+    #[arg(long, env = "OUTPOST_RETRIEVAL")]
+    pub retrieval: Option<String>,
 }
 
 /// Fleet agent overrides of the config's `[agent]` section.
@@ -242,9 +433,16 @@ pub struct AgentArgs {
 pub struct AskArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// With a knowledge base (--kb, OUTPOST_KB or [answer] kb) the answer is
+    /// grounded in it, cited, or handed over; without, a plain chat.
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// An embedding GGUF for the knowledge base (default: the catalog's).
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
     /// The question.
     pub question: String,
-    /// System prompt.
+    /// System prompt of a plain chat (no knowledge base).
     #[arg(long, default_value = "You are a helpful, concise assistant.")]
     pub system: String,
     #[arg(long, default_value_t = 256)]

@@ -155,7 +155,7 @@ impl EngineRuntime {
             content: SMOKE_QUESTION.into(),
         }];
         let messages = match set {
-            Some(set) => set.apply(question),
+            Some(set) => outpost_runtime::prompt_set::apply(set, question),
             None => question,
         };
         let request = GenerateRequest {
@@ -254,7 +254,7 @@ impl DeviceRuntime for EngineRuntime {
                     }
                 });
                 if let Some(set) = &set {
-                    tracing::info!(name = %set.name, version = %set.version, "prompt set active");
+                    tracing::info!(name = %set.name(), version = %set.version(), "prompt set active");
                 }
                 self.prompt_set.send_replace(set);
             }

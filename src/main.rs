@@ -2,6 +2,7 @@
 //! configuration, runs the subcommand, and maps failures to exit codes:
 //! 64 for a bad configuration, 1 for any other failure, 0 on a broken pipe.
 
+mod answering;
 mod cli;
 mod commands;
 mod fleet;
@@ -35,6 +36,8 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     if e.downcast_ref::<BadConfig>().is_some() {
         ExitCode::from(64)
+    } else if e.downcast_ref::<commands::eval::GateFailed>().is_some() {
+        ExitCode::from(2)
     } else {
         ExitCode::from(1)
     }
@@ -43,9 +46,12 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let flags = match &cli.command {
         Command::Serve(args) => commands::serve::flags(args),
-        Command::Ask(args) => settings::engine_flags(&args.engine),
+        Command::Ask(args) => commands::ask::flags(args),
         Command::Bench(args) => settings::engine_flags(&args.engine),
         Command::Config(ConfigCommand::Check(args)) => commands::serve::flags(args),
+        Command::Kb(command) => commands::kb::flags(command),
+        Command::Eval(command) => commands::eval::flags(command),
+        Command::Prompts(command) => commands::prompts::flags(command),
         Command::Config(_)
         | Command::Models(_)
         | Command::Hub(_)
@@ -69,13 +75,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = settings::load(&cli, flags)?;
     // `ask` keeps the terminal for the answer: only warnings unless asked.
-    let quiet = matches!(cli.command, Command::Ask(_)) && cli.log.is_none();
+    let quiet = matches!(
+        cli.command,
+        Command::Ask(_) | Command::Kb(_) | Command::Eval(_) | Command::Prompts(_)
+    ) && cli.log.is_none();
     init_logging(&config, quiet);
     match cli.command {
         Command::Serve(_) => runtime()?.block_on(commands::serve::run(config)),
         Command::Ask(args) => runtime()?.block_on(commands::ask::run(config, args)),
         Command::Bench(args) => runtime()?.block_on(commands::bench::run(config, args)),
         Command::Models(command) => commands::models::run(command),
+        Command::Kb(command) => commands::kb::run(config, command),
+        Command::Eval(command) => commands::eval::run(config, command),
+        Command::Prompts(command) => commands::prompts::run(config, command),
         Command::Config(ConfigCommand::Check(_)) => {
             commands::config::check(&config);
             Ok(())

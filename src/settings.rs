@@ -7,7 +7,7 @@ use anyhow::Context;
 use outpost_models::{resolve_model, Catalog, ModelStore};
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig, RawEngine};
 
-use crate::cli::{Cli, EngineArgs};
+use crate::cli::{AnswerArgs, Cli, EngineArgs};
 
 /// A configuration problem: the binary exits with 64 (EX_USAGE).
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,13 @@ pub fn engine_flags(args: &EngineArgs) -> RawDeviceConfig {
     raw
 }
 
+/// Adds the `[answer]` flags to a flag layer.
+pub fn answer_flags(raw: &mut RawDeviceConfig, args: &AnswerArgs) {
+    raw.answer.kb = args.kb.clone();
+    raw.answer.prompts = args.prompts.clone();
+    raw.answer.retrieval = args.retrieval.clone();
+}
+
 /// `$XDG_DATA_HOME/outpost/{name}` (default `~/.local/share/outpost/{name}`):
 /// where the hub and the agent keep state when no folder is configured.
 pub fn data_dir(name: &str) -> PathBuf {
@@ -84,4 +91,71 @@ pub fn model_path(config: &DeviceConfig) -> anyhow::Result<PathBuf> {
         .clone()
         .unwrap_or_else(|| catalog.default_generator().name().as_str().to_string());
     resolve_model(&spec, &catalog, &store).with_context(|| format!("model '{spec}'"))
+}
+
+/// The embedding model a device uses: the GGUF llama.cpp runs and the
+/// `tokenizer.json` ingestion chunks with.
+#[derive(Debug, Clone)]
+pub struct EmbedderFiles {
+    pub gguf: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+/// The configured embedder (`model.embedder`, `--embedder`), or the
+/// catalog's default embedder converted to GGUF once and kept beside it in
+/// the models folder. `tokenizer` overrides where `tokenizer.json` is read.
+pub fn embedder_files(
+    config: &DeviceConfig,
+    tokenizer: Option<&Path>,
+) -> anyhow::Result<EmbedderFiles> {
+    let catalog = Catalog::builtin();
+    let store = ModelStore::new(models_dir(config.models_dir.as_deref()));
+    let default = catalog
+        .entries()
+        .iter()
+        .find(|e| e.role() == outpost_models::Role::Embedder)
+        .context("the built-in catalog names no embedder")?;
+    let folder = store.path_of(default);
+    let fetched = matches!(store.status(default), outpost_models::ModelStatus::Present);
+    let fetch_hint = || {
+        format!(
+            "the default embedder is not fetched; run `outpost models fetch {}` (or set model.embedder / --embedder and --tokenizer)",
+            default.name()
+        )
+    };
+    let gguf = match &config.embedder {
+        Some(path) => path.clone(),
+        None => {
+            anyhow::ensure!(fetched, fetch_hint());
+            let gguf = store.root().join(format!("{}.f16.gguf", default.name()));
+            if !gguf.exists() {
+                eprintln!(
+                    "converting {} to {} (once)",
+                    folder.display(),
+                    gguf.display()
+                );
+                let options = outpost_quant::ConvertOptions {
+                    output_type: outpost_quant::OutputType::F16,
+                    progress: true,
+                };
+                outpost_quant::convert(&folder, &gguf, &options).with_context(|| {
+                    format!("converting the default embedder {}", folder.display())
+                })?;
+            }
+            gguf
+        }
+    };
+    let tokenizer = match tokenizer {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let beside = gguf.with_file_name("tokenizer.json");
+            if config.embedder.is_some() && beside.exists() {
+                beside
+            } else {
+                anyhow::ensure!(fetched, fetch_hint());
+                folder.join("tokenizer.json")
+            }
+        }
+    };
+    Ok(EmbedderFiles { gguf, tokenizer })
 }

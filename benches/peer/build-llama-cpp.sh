@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the peer tools (llama-bench, llama-server) from the llama.cpp tree
+# Builds the peer tools (llama-bench, llama-server, llama-embedding) from the llama.cpp tree
 # vendored in the llama-cpp-python source package, with the same ggml build
 # settings llama-cpp-sys-2 0.1.161 uses for Outpost, so that the peer
 # benchmark compares runtimes rather than compilers or instruction sets.
@@ -16,7 +16,8 @@
 # report AMX, and ggml's AMX kernels die with SIGILL there.
 #
 # Usage: build-llama-cpp.sh            builds into benches/peer/build/
-# Output: build/bin/llama-bench, build/bin/llama-server, build/peer-version.txt
+# Output: build/bin/llama-bench, build/bin/llama-server, build/bin/llama-embedding,
+#         build/peer-version.txt
 set -euo pipefail
 
 readonly PKG_NAME=llama-cpp-python
@@ -101,7 +102,7 @@ cmake_args=(
     -DLLAMA_CURL=OFF
     -DLLAMA_OPENSSL=OFF
     -DLLAMA_BUILD_TESTS=OFF
-    -DLLAMA_BUILD_EXAMPLES=OFF
+    -DLLAMA_BUILD_EXAMPLES=ON
     -DLLAMA_BUILD_TOOLS=ON
     -DLLAMA_BUILD_SERVER=ON
     -DLLAMA_BUILD_UI=OFF
@@ -114,12 +115,12 @@ echo "configuring llama.cpp $llama_version, commit $llama_commit (ggml $ggml_ver
 cmake "${cmake_args[@]}" >"$build_root/cmake-configure.log" 2>&1 ||
     die "cmake configure failed; see $build_root/cmake-configure.log"
 
-echo "building llama-bench and llama-server with -j$jobs (10+ minutes on 2 cores) ..." >&2
+echo "building llama-bench, llama-server and llama-embedding with -j$jobs (10+ minutes on 2 cores) ..." >&2
 cmake --build "$cmake_build" --config Release -j "$jobs" \
-    --target llama-bench llama-server >"$build_root/cmake-build.log" 2>&1 ||
+    --target llama-bench llama-server llama-embedding >"$build_root/cmake-build.log" 2>&1 ||
     die "cmake build failed; see $build_root/cmake-build.log"
 
-for exe in llama-bench llama-server; do
+for exe in llama-bench llama-server llama-embedding; do
     [[ -x "$cmake_build/bin/$exe" ]] || die "$exe was not produced in $cmake_build/bin"
     cp -f "$cmake_build/bin/$exe" "$bin_dir/$exe"
 done
@@ -127,4 +128,4 @@ done
 peer_version=$(printf 'llama.cpp %s, commit %s (ggml %s, from %s %s)' \
     "$llama_version" "$llama_commit" "$ggml_version" "$PKG_NAME" "$PKG_VERSION")
 echo "$peer_version" >"$build_root/peer-version.txt"
-echo "built: $bin_dir/llama-bench $bin_dir/llama-server ($peer_version)" >&2
+echo "built: $bin_dir/llama-bench $bin_dir/llama-server $bin_dir/llama-embedding ($peer_version)" >&2

@@ -35,6 +35,21 @@ pub struct RawDeviceConfig {
     pub log: RawLog,
     #[serde(default)]
     pub agent: RawAgent,
+    #[serde(default)]
+    pub answer: RawAnswer,
+}
+
+/// `[answer]`: grounded answers from a knowledge base (`POST /v1/answer`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnswer {
+    pub kb: Option<PathBuf>,
+    pub prompts: Option<PathBuf>,
+    pub retrieval: Option<String>,
+    pub top_k: Option<i64>,
+    pub min_score: Option<f64>,
+    pub handover_message: Option<String>,
+    pub feedback_db: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -166,7 +181,30 @@ pub struct DeviceConfig {
     pub log_level: String,
     /// `Some` when the device joins a fleet (`[agent] enabled` or `--agent`).
     pub agent: Option<AgentSettings>,
+    pub answer: AnswerSettings,
 }
+
+/// How the device answers from its knowledge base.
+#[derive(Debug, Clone)]
+pub struct AnswerSettings {
+    /// The knowledge-base file; `None`: no `POST /v1/answer`.
+    pub kb: Option<PathBuf>,
+    /// A prompt-set folder or file; `None`: the built-in prompt set.
+    pub prompts: Option<PathBuf>,
+    /// `hybrid`, `vector` or `bm25`.
+    pub retrieval: String,
+    /// Chunks put in front of the model.
+    pub top_k: usize,
+    /// Below this best vector similarity the device hands over instead of answering.
+    pub min_score: f32,
+    pub handover_message: String,
+    /// Where kiosk feedback is stored; `None`: the data folder's `feedback.sqlite`.
+    pub feedback_db: Option<PathBuf>,
+}
+
+/// Told to a customer when the device hands over to a person.
+pub const DEFAULT_HANDOVER_MESSAGE: &str =
+    "I can't answer that reliably. Please ask a member of staff, who will be glad to help.";
 
 /// Engine settings without the model path, which is resolved separately.
 #[derive(Debug, Clone)]
@@ -239,6 +277,7 @@ impl RawDeviceConfig {
         take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
         take!(log: format, level);
+        take!(answer: kb, prompts, retrieval, top_k, min_score, handover_message, feedback_db);
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
@@ -283,6 +322,7 @@ impl RawDeviceConfig {
             1 << 20,
         );
         let top_k = int("sampling.top_k", self.sampling.top_k, 40, 0, 1 << 20);
+        let answer_top_k = int("answer.top_k", self.answer.top_k, 4, 1, 32);
 
         let mut float = |key: &str, value: Option<f64>, default: f64, min: f64, max: f64| -> f32 {
             let v = value.unwrap_or(default);
@@ -302,6 +342,17 @@ impl RawDeviceConfig {
             repeat_penalty: float("sampling.repeat_penalty", s.repeat_penalty, 1.0, 0.0, 10.0),
             ..SamplingParams::default()
         };
+        let min_score = float("answer.min_score", self.answer.min_score, 0.35, -1.0, 1.0);
+        let retrieval = self
+            .answer
+            .retrieval
+            .clone()
+            .unwrap_or_else(|| "hybrid".into());
+        if !["hybrid", "vector", "bm25"].contains(&retrieval.as_str()) {
+            problems.push(format!(
+                "answer.retrieval = {retrieval:?}: must be \"hybrid\", \"vector\" or \"bm25\""
+            ));
+        }
 
         let flash_attn = match e.flash_attn.as_deref().unwrap_or("auto").parse() {
             Ok(f) => f,
@@ -376,8 +427,22 @@ impl RawDeviceConfig {
             log_format,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
             agent,
+            answer: AnswerSettings {
+                kb: nonempty_path(self.answer.kb),
+                prompts: nonempty_path(self.answer.prompts),
+                retrieval,
+                top_k: answer_top_k as usize,
+                min_score,
+                handover_message: nonempty(&self.answer.handover_message)
+                    .unwrap_or_else(|| DEFAULT_HANDOVER_MESSAGE.into()),
+                feedback_db: nonempty_path(self.answer.feedback_db),
+            },
         })
     }
+}
+
+fn nonempty_path(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty())
 }
 
 /// The `[agent]` section, when enabled; problems are added to `problems`.

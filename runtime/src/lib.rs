@@ -11,7 +11,13 @@
 //! - [`prompt_set`] is the system prompt and few-shot examples the fleet
 //!   ships; [`answers`] is the per-answer telemetry event (counts, never
 //!   text) the HTTP layer hands to the fleet agent.
+//! - [`knowledge`] owns the knowledge base (retrieval) on one thread;
+//!   [`answer`] turns a question into a grounded, cited answer or a
+//!   hand-over, for `POST /v1/answer`, `outpost ask` and `outpost eval`.
+//! - [`feedback`] is the kiosk's local SQLite of grounded answers and the
+//!   ratings and hand-overs customers gave them, behind one owning thread.
 
+pub mod answer;
 pub mod answers;
 mod backend;
 pub mod bench;
@@ -19,6 +25,8 @@ pub mod config;
 pub mod embed;
 pub mod embeddings;
 pub mod engine;
+pub mod feedback;
 pub mod http;
+pub mod knowledge;
 pub mod metrics;
 pub mod prompt_set;

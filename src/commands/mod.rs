@@ -3,8 +3,11 @@
 pub mod ask;
 pub mod bench;
 pub mod config;
+pub mod eval;
 pub mod fleet;
 pub mod hub;
+pub mod kb;
 pub mod models;
+pub mod prompts;
 pub mod quant;
 pub mod serve;

@@ -11,13 +11,14 @@ use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 use outpost_runtime::embed::EmbedConfig;
 use outpost_runtime::embeddings::EmbeddingsHandle;
 use outpost_runtime::engine::EngineHandle;
+use outpost_runtime::feedback::FeedbackStore;
 use outpost_runtime::http::openai::RequestDefaults;
 use outpost_runtime::http::{self, ApiConfig, AppState};
 use outpost_runtime::metrics::Metrics;
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
-use crate::{fleet, settings};
+use crate::{answering, fleet, settings};
 
 pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     let mut raw = settings::engine_flags(&args.engine);
@@ -26,6 +27,8 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.server.api_key = args.api_key.clone();
     raw.engine.queue_capacity = args.queue_capacity;
     raw.model.embedder = args.embedder.clone();
+    settings::answer_flags(&mut raw, &args.answer);
+    raw.answer.feedback_db = args.feedback_db.clone();
     let a = &args.agent;
     raw.agent.enabled = a.agent.then_some(true);
     raw.agent.broker = a.broker.clone();
@@ -70,9 +73,27 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
                 max_tokens: config.server.default_max_tokens,
                 sampling: config.sampling.clone(),
             },
+            handover_message: config.answer.handover_message.clone(),
         },
     );
-    if let Some(path) = config.embedder.clone() {
+    // The fleet's prompt set, when an agent runs, wins over the configured one.
+    let (prompt_tx, prompt_rx) = watch::channel(None);
+    if config.answer.kb.is_some() {
+        let (answerer, embeddings) =
+            answering::answerer(&config, engine.clone(), Some(prompt_rx.clone())).await?;
+        let feedback_path = config
+            .answer
+            .feedback_db
+            .clone()
+            .unwrap_or_else(|| settings::data_dir("feedback.sqlite"));
+        let feedback = FeedbackStore::open(&feedback_path).with_context(|| {
+            format!("opening the feedback database {}", feedback_path.display())
+        })?;
+        state = state
+            .with_answerer(answerer)
+            .with_embeddings(embeddings)
+            .with_feedback(feedback);
+    } else if let Some(path) = config.embedder.clone() {
         let embed_config = EmbedConfig {
             threads: config.engine.threads.max(1) as u32,
             ..EmbedConfig::default()
@@ -95,7 +116,6 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     });
     let mut agent_session = None;
     if let Some(agent_config) = agent_config {
-        let (prompt_tx, prompt_rx) = watch::channel(None);
         let runtime = fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx);
         let device = agent_config.device.clone();
         let agent = Agent::start(agent_config, runtime, stopped(stop.clone()))

@@ -43,7 +43,7 @@ pub(super) async fn chat_completions(
             .map(|m| m.content.clone())
             .unwrap_or_default();
         if let Some(set) = app.prompt_set.borrow().clone() {
-            *messages = set.apply(std::mem::take(messages));
+            *messages = crate::prompt_set::apply(&set, std::mem::take(messages));
         }
     }
     let info = app.ready_model().map_err(|e| app.fail(e))?;

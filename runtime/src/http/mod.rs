@@ -3,19 +3,28 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/chat/completions` | OpenAI-compatible chat, streamed as SSE with `stream: true` |
+//! | `POST /v1/answer` | a grounded answer from the knowledge base with citations, or a hand-over; SSE with `stream: true` |
 //! | `POST /v1/embeddings` | OpenAI-compatible embeddings from the embedding model, when one is configured |
 //! | `GET /v1/models` | the loaded model |
 //! | `GET /health` | 200 when ready (with the model, adapter and prompt set serving), 503 while loading; never needs auth |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET, POST /admin/lora` | show / swap the LoRA adapter without reloading the model |
+//! | `GET /` | the kiosk page (self-contained HTML: chat, sources, thumbs, "Talk to a person"); never needs auth |
+//! | `POST /v1/feedback` | a thumbs up / down on a recorded answer, into the feedback database |
+//! | `POST /v1/handover` | the customer asks for a person: the hand-over message, recorded as feedback |
 //!
-//! Every route but `/health` requires `Authorization: Bearer <api_key>` when
-//! a key is configured. Bodies over `max_body_bytes` get 413, a full engine
-//! queue 503 with `Retry-After`, both with OpenAI-shaped error bodies.
+//! Every route but `/health` and `/` requires `Authorization: Bearer <api_key>`
+//! when a key is configured. The kiosk page cannot know a key (its calls to
+//! `/v1/answer`, `/v1/feedback` and `/v1/handover` carry none), so it is meant
+//! for devices without one, bound to loopback or the kiosk's own network.
+//! Bodies over `max_body_bytes` get 413, a full engine queue 503 with
+//! `Retry-After`, both with OpenAI-shaped error bodies.
 
+mod answer;
 mod chat;
 mod embeddings;
 mod error;
+mod kiosk;
 pub mod openai;
 
 use std::net::SocketAddr;
@@ -37,9 +46,11 @@ use openai::RequestDefaults;
 
 use tokio::sync::watch;
 
+use crate::answer::Answerer;
 use crate::answers::AnswerSink;
 use crate::embeddings::EmbeddingsHandle;
 use crate::engine::{EngineHandle, EngineState, LoraSpec, ModelInfo};
+use crate::feedback::FeedbackStore;
 use crate::metrics::Metrics;
 use crate::prompt_set::PromptSet;
 
@@ -49,6 +60,8 @@ pub struct ApiConfig {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub defaults: RequestDefaults,
+    /// What a customer is told when the device hands over to a person.
+    pub handover_message: String,
 }
 
 /// The active prompt set, switched at run time by the fleet agent.
@@ -62,6 +75,8 @@ pub struct AppState {
     prompt_set: PromptSetWatch,
     answers: Option<Arc<dyn AnswerSink>>,
     embeddings: Option<EmbeddingsHandle>,
+    feedback: Option<FeedbackStore>,
+    answerer: Option<Answerer>,
 }
 
 impl AppState {
@@ -73,6 +88,8 @@ impl AppState {
             prompt_set: watch::channel(None).1,
             answers: None,
             embeddings: None,
+            feedback: None,
+            answerer: None,
         }
     }
 
@@ -80,6 +97,24 @@ impl AppState {
     pub fn with_embeddings(mut self, embeddings: EmbeddingsHandle) -> Self {
         self.embeddings = Some(embeddings);
         self
+    }
+
+    /// `POST /v1/answer` answers through `answerer`.
+    pub fn with_answerer(mut self, answerer: Answerer) -> Self {
+        self.answerer = Some(answerer);
+        self
+    }
+
+    /// Answers are recorded in `store`, and `POST /v1/feedback` and
+    /// `/v1/handover` write to it.
+    pub fn with_feedback(mut self, store: FeedbackStore) -> Self {
+        self.feedback = Some(store);
+        self
+    }
+
+    /// The kiosk's feedback database, when the device keeps one.
+    pub(crate) fn feedback(&self) -> Option<&FeedbackStore> {
+        self.feedback.as_ref()
     }
 
     /// Chats without a system message get the watched prompt set in front.
@@ -123,13 +158,17 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/answer", post(answer::answer))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/admin/lora", get(get_lora).post(set_lora))
+        .route("/v1/feedback", post(kiosk::feedback))
+        .route("/v1/handover", post(kiosk::handover))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
+        .route("/", get(kiosk::page))
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -187,7 +226,7 @@ async fn health(State(app): State<AppState>) -> Response {
                 .prompt_set
                 .borrow()
                 .as_ref()
-                .map(|p| json!({"name": p.name, "version": p.version}));
+                .map(|p| json!({"name": p.name(), "version": p.version()}));
             Json(json!({"status": "ok", "model": info.id, "lora": info.lora, "prompt_set": prompt_set}))
                 .into_response()
         }
@@ -334,6 +373,7 @@ mod tests {
                     max_tokens: 8,
                     sampling: SamplingParams::default(),
                 },
+                handover_message: String::new(),
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

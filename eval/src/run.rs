@@ -1,0 +1,443 @@
+//! The harness: put every item to a [`Responder`], score each response into
+//! an [`ItemResult`], then aggregate them into a [`Report`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics;
+use crate::report::{self, Report};
+use crate::set::{EvalItem, Evidence, ItemId};
+use crate::text;
+
+/// One knowledge-base chunk as the pipeline retrieved or cited it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievedChunk {
+    /// The chunk's row id in the knowledge base.
+    pub chunk_id: i64,
+    /// The document path the chunk came from.
+    pub source: String,
+    /// The heading path of the chunk's section.
+    pub section: String,
+    /// The chunk text.
+    pub text: String,
+    /// The retrieval score (higher is better; only for display).
+    pub score: f32,
+}
+
+/// What the pipeline did with one question.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Response {
+    /// The answer text (ignored for scoring when `escalated`).
+    pub answer: String,
+    /// Retrieved chunks, ranked best first.
+    pub retrieved: Vec<RetrievedChunk>,
+    /// The chunks the answer cites.
+    pub citations: Vec<RetrievedChunk>,
+    /// Whether the pipeline escalated instead of answering.
+    pub escalated: bool,
+    /// Time from question to complete answer.
+    pub latency: Duration,
+    /// Component versions (model, knowledge base, prompts...) for the report;
+    /// the first response's are kept.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// Something that answers eval questions: the real device pipeline in the
+/// binary, a fake in tests.
+pub trait Responder {
+    /// Why a question could not be put to the pipeline at all (not a wrong
+    /// answer: those are scored). It stops the run.
+    type Error: std::error::Error;
+
+    /// Answers one item.
+    fn respond(&mut self, item: &EvalItem) -> Result<Response, Self::Error>;
+}
+
+/// The cut-offs used when [`RunOptions::k`] is empty.
+pub const DEFAULT_K: [usize; 4] = [1, 3, 5, 10];
+
+/// How to run and label an evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Retrieval cut-offs for recall@k and hit@k. Sorted and deduplicated by
+    /// [`run`]; 0 is dropped; empty means [`DEFAULT_K`].
+    pub k: Vec<usize>,
+    /// A name for this run (model, config, branch...), shown in reports and
+    /// comparisons.
+    pub label: String,
+    /// RFC 3339 creation time; `None` means now, in UTC, from the system clock.
+    pub created: Option<String>,
+}
+
+impl RunOptions {
+    /// Options with the default cut-offs and the current time.
+    pub fn new(label: impl Into<String>) -> Self {
+        Self {
+            k: DEFAULT_K.to_vec(),
+            label: label.into(),
+            created: None,
+        }
+    }
+
+    fn cutoffs(&self) -> Vec<usize> {
+        let mut k: Vec<usize> = self.k.iter().copied().filter(|&k| k > 0).collect();
+        if k.is_empty() {
+            k = DEFAULT_K.to_vec();
+        }
+        k.sort_unstable();
+        k.dedup();
+        k
+    }
+}
+
+/// Where retrieval found one evidence item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceHit {
+    /// The evidence's source, as in the set.
+    pub source: String,
+    /// The evidence's phrase, as in the set.
+    pub contains: String,
+    /// 1-based rank of the first retrieved chunk that matches it; `None`
+    /// when no retrieved chunk does.
+    pub rank: Option<usize>,
+}
+
+/// Retrieval scores of an item with evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrievalResult {
+    /// Each evidence item and where it was found.
+    pub evidence: Vec<EvidenceHit>,
+    /// How many chunks were retrieved.
+    pub retrieved: usize,
+    /// 1 / rank of the first chunk matching any evidence, 0 if none.
+    pub reciprocal_rank: f64,
+}
+
+impl RetrievalResult {
+    /// Fraction of evidence items matched by some chunk in the top `k`.
+    pub fn recall_at(&self, k: usize) -> f64 {
+        if self.evidence.is_empty() {
+            return 0.0;
+        }
+        let found = self
+            .evidence
+            .iter()
+            .filter(|e| e.rank.is_some_and(|r| r <= k))
+            .count();
+        found as f64 / self.evidence.len() as f64
+    }
+
+    /// Whether any evidence item is matched in the top `k`.
+    pub fn hit_at(&self, k: usize) -> bool {
+        self.evidence.iter().any(|e| e.rank.is_some_and(|r| r <= k))
+    }
+}
+
+/// Answer scores of an item that had to be answered and was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerResult {
+    /// Fraction of `must_contain` facts found; `None` when the item lists none.
+    pub fact_recall: Option<f64>,
+    /// The facts not found in the answer.
+    pub missing_facts: Vec<String>,
+    /// Token F1 against the reference; `None` when there is no reference.
+    pub token_f1: Option<f64>,
+    /// ROUGE-L F-measure against the reference; `None` when there is no
+    /// reference.
+    pub rouge_l: Option<f64>,
+}
+
+/// Citation scores of an answered item with evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CitationResult {
+    /// How many chunks the answer cites.
+    pub cited: usize,
+    /// How many of them match some evidence item.
+    pub correct: usize,
+}
+
+impl CitationResult {
+    /// `correct / cited`, `None` when nothing was cited.
+    pub fn precision(&self) -> Option<f64> {
+        (self.cited > 0).then(|| self.correct as f64 / self.cited as f64)
+    }
+}
+
+/// Everything measured about one item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The item's id.
+    pub id: ItemId,
+    /// The question, for reports.
+    pub question: String,
+    /// The item's tags.
+    pub tags: Vec<String>,
+    /// Whether the set says the item should be escalated.
+    pub expected_escalate: bool,
+    /// Whether the pipeline escalated.
+    pub escalated: bool,
+    /// The answer text as given.
+    pub answer: String,
+    /// Response latency in milliseconds.
+    pub latency_ms: f64,
+    /// Present for items with evidence.
+    pub retrieval: Option<RetrievalResult>,
+    /// Present for items that had to be answered and were.
+    pub answer_scores: Option<AnswerResult>,
+    /// Present for answered items with evidence.
+    pub citations: Option<CitationResult>,
+}
+
+impl ItemResult {
+    /// Whether the pipeline escalated exactly when it should have.
+    pub fn escalation_correct(&self) -> bool {
+        self.expected_escalate == self.escalated
+    }
+
+    /// Whether the item had to be answered but was escalated.
+    pub fn wrongly_escalated(&self) -> bool {
+        !self.expected_escalate && self.escalated
+    }
+}
+
+/// Whether `chunk` matches `evidence`: same source (or the chunk's source
+/// ends with `"/" + source`) and the [`normalize`](text::normalize)d chunk
+/// text contains the normalized phrase.
+pub fn chunk_matches(chunk: &RetrievedChunk, evidence: &Evidence) -> bool {
+    source_matches(&chunk.source, &evidence.source)
+        && text::normalize(&chunk.text).contains(&text::normalize(&evidence.contains))
+}
+
+fn source_matches(chunk_source: &str, evidence_source: &str) -> bool {
+    chunk_source == evidence_source
+        || chunk_source
+            .strip_suffix(evidence_source)
+            .is_some_and(|prefix| prefix.ends_with('/'))
+}
+
+/// Scores one response against its item.
+pub fn score_item(item: &EvalItem, response: &Response) -> ItemResult {
+    let retrieval = (!item.evidence.is_empty()).then(|| score_retrieval(item, response));
+    let answered = !item.escalate && !response.escalated;
+    let answer_scores = answered.then(|| score_answer(item, &response.answer));
+    let citations = (answered && !item.evidence.is_empty()).then(|| CitationResult {
+        cited: response.citations.len(),
+        correct: response
+            .citations
+            .iter()
+            .filter(|c| item.evidence.iter().any(|e| chunk_matches(c, e)))
+            .count(),
+    });
+    ItemResult {
+        id: item.id.clone(),
+        question: item.question.clone(),
+        tags: item.tags.clone(),
+        expected_escalate: item.escalate,
+        escalated: response.escalated,
+        answer: response.answer.clone(),
+        latency_ms: response.latency.as_secs_f64() * 1000.0,
+        retrieval,
+        answer_scores,
+        citations,
+    }
+}
+
+fn score_retrieval(item: &EvalItem, response: &Response) -> RetrievalResult {
+    let normalized: Vec<String> = response
+        .retrieved
+        .iter()
+        .map(|c| text::normalize(&c.text))
+        .collect();
+    let evidence: Vec<EvidenceHit> = item
+        .evidence
+        .iter()
+        .map(|e| {
+            let phrase = text::normalize(&e.contains);
+            let rank = response
+                .retrieved
+                .iter()
+                .zip(&normalized)
+                .position(|(chunk, text)| {
+                    source_matches(&chunk.source, &e.source) && text.contains(&phrase)
+                })
+                .map(|i| i + 1);
+            EvidenceHit {
+                source: e.source.clone(),
+                contains: e.contains.clone(),
+                rank,
+            }
+        })
+        .collect();
+    let first = evidence.iter().filter_map(|e| e.rank).min();
+    RetrievalResult {
+        retrieved: response.retrieved.len(),
+        reciprocal_rank: first.map_or(0.0, |r| 1.0 / r as f64),
+        evidence,
+    }
+}
+
+fn score_answer(item: &EvalItem, answer: &str) -> AnswerResult {
+    let missing_facts: Vec<String> = item
+        .must_contain
+        .iter()
+        .filter(|fact| !text::contains_fact(answer, fact))
+        .cloned()
+        .collect();
+    let fact_recall = (!item.must_contain.is_empty()).then(|| {
+        (item.must_contain.len() - missing_facts.len()) as f64 / item.must_contain.len() as f64
+    });
+    let has_reference = !item.reference.trim().is_empty();
+    AnswerResult {
+        fact_recall,
+        missing_facts,
+        token_f1: has_reference.then(|| text::token_f1(answer, &item.reference)),
+        rouge_l: has_reference.then(|| text::rouge_l(answer, &item.reference)),
+    }
+}
+
+/// Puts every item to `responder` in order, scores it, calls
+/// `on_item(done, &result)` after each (for progress), and returns the
+/// aggregated [`Report`]. Stops at the first responder error.
+pub fn run<R: Responder + ?Sized>(
+    set: &[EvalItem],
+    responder: &mut R,
+    options: &RunOptions,
+    mut on_item: impl FnMut(usize, &ItemResult),
+) -> Result<Report, R::Error> {
+    let k = options.cutoffs();
+    let mut versions = None;
+    let mut items = Vec::with_capacity(set.len());
+    for item in set {
+        let response = responder.respond(item)?;
+        let result = score_item(item, &response);
+        if versions.is_none() {
+            versions = Some(response.versions);
+        }
+        items.push(result);
+        if let Some(last) = items.last() {
+            on_item(items.len(), last);
+        }
+    }
+    let created = options.created.clone().unwrap_or_else(report::now_rfc3339);
+    Ok(Report {
+        format: report::REPORT_FORMAT,
+        label: options.label.clone(),
+        created,
+        versions: versions.unwrap_or_default(),
+        counts: metrics::counts(&items, &k),
+        metrics: metrics::aggregate(&items, &k),
+        k,
+        items,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set::parse_set;
+
+    fn chunk(id: i64, source: &str, text: &str) -> RetrievedChunk {
+        RetrievedChunk {
+            chunk_id: id,
+            source: source.to_owned(),
+            section: String::new(),
+            text: text.to_owned(),
+            score: 0.0,
+        }
+    }
+
+    #[test]
+    fn chunks_match_on_source_suffix_and_normalized_text() {
+        let evidence = Evidence {
+            source: "manual/descaling.md".to_owned(),
+            contains: "Descale  every 4 weeks".to_owned(),
+        };
+        let text = "You should **descale**\nevery 4 _weeks_.";
+        assert!(chunk_matches(
+            &chunk(1, "manual/descaling.md", text),
+            &evidence
+        ));
+        assert!(chunk_matches(
+            &chunk(1, "kb/manual/descaling.md", text),
+            &evidence
+        ));
+        assert!(!chunk_matches(
+            &chunk(1, "kb/oldmanual/descaling.md", text),
+            &evidence
+        ));
+        assert!(!chunk_matches(
+            &chunk(1, "manual/descaling.md", "weekly"),
+            &evidence
+        ));
+    }
+
+    #[test]
+    fn recall_at_k_and_reciprocal_rank_follow_the_first_matching_ranks() {
+        let item = &parse_set(
+            r#"{"id":"a","question":"q","evidence":[{"source":"a.md","contains":"alpha"},{"source":"b.md","contains":"beta"},{"source":"c.md","contains":"gamma"}]}"#,
+        )
+        .unwrap()[0];
+        let response = Response {
+            retrieved: vec![
+                chunk(1, "x.md", "alpha"),     // wrong source
+                chunk(2, "docs/b.md", "beta"), // evidence 2 at rank 2
+                chunk(3, "a.md", "ALPHA!"),    // evidence 1 at rank 3
+                chunk(4, "a.md", "alpha"),     // later duplicate, ignored
+            ],
+            ..Response::default()
+        };
+        let r = score_item(item, &response).retrieval.unwrap();
+        let ranks: Vec<Option<usize>> = r.evidence.iter().map(|e| e.rank).collect();
+        assert_eq!(ranks, vec![Some(3), Some(2), None]);
+        assert_eq!(r.recall_at(1), 0.0);
+        assert!((r.recall_at(2) - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.recall_at(5) - 2.0 / 3.0).abs() < 1e-12);
+        assert!(!r.hit_at(1) && r.hit_at(2));
+        assert_eq!(r.reciprocal_rank, 0.5);
+    }
+
+    #[test]
+    fn answers_are_scored_only_when_the_item_was_answered() {
+        let set = parse_set(concat!(
+            r#"{"id":"a","question":"q","reference":"every 4 weeks","must_contain":["4 weeks","vinegar"],"evidence":[{"source":"m.md","contains":"4 weeks"}]}"#,
+            "\n",
+            r#"{"id":"b","question":"q","must_contain":["x"]}"#,
+        ))
+        .unwrap();
+        let response = Response {
+            answer: "Descale every **4 weeks**.".to_owned(),
+            citations: vec![
+                chunk(1, "m.md", "every 4 weeks"),
+                chunk(2, "n.md", "4 weeks"),
+            ],
+            ..Response::default()
+        };
+        let a = score_item(&set[0], &response);
+        let scores = a.answer_scores.unwrap();
+        assert_eq!(scores.fact_recall, Some(0.5));
+        assert_eq!(scores.missing_facts, vec!["vinegar"]);
+        // [descale, every, 4, weeks] vs [every, 4, weeks]: F1 = 6/7
+        assert!((scores.token_f1.unwrap() - 6.0 / 7.0).abs() < 1e-12);
+        assert_eq!(a.citations.unwrap().precision(), Some(0.5));
+
+        let escalated = Response {
+            escalated: true,
+            ..response
+        };
+        let b = score_item(&set[1], &escalated);
+        assert!(b.answer_scores.is_none());
+        assert!(b.wrongly_escalated());
+        assert!(b.retrieval.is_none() && b.citations.is_none());
+    }
+
+    #[test]
+    fn cutoffs_are_sorted_deduplicated_and_never_empty() {
+        let mut options = RunOptions::new("x");
+        options.k = vec![10, 0, 3, 3, 1];
+        assert_eq!(options.cutoffs(), vec![1, 3, 10]);
+        options.k = vec![0];
+        assert_eq!(options.cutoffs(), DEFAULT_K.to_vec());
+    }
+}

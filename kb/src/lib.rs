@@ -1,0 +1,23 @@
+//! The device's knowledge base: product documents turned into cited,
+//! searchable chunks in one self-describing SQLite file.
+//!
+//! - [`document`] reads Markdown, plain text and HTML into sections that
+//!   keep their heading path.
+//! - [`chunk`] cuts sections into token-bounded, overlapping chunks with the
+//!   embedder's own tokenizer.
+//! - [`store`] owns the SQLite file: documents, chunks, the FTS5 index, the
+//!   sqlite-vec `vec0` table and the metadata that makes the file a
+//!   shippable artifact.
+//! - [`ingest`] walks a folder and brings the store up to date with it.
+//! - [`retrieve`] answers a query with vector KNN and BM25, fused by
+//!   reciprocal rank.
+
+pub mod chunk;
+pub mod document;
+pub mod ingest;
+pub mod retrieve;
+pub mod store;
+
+pub use ingest::{ingest, Embed, EmbedFailure, IngestEvent, IngestOptions, IngestReport};
+pub use retrieve::{Filters, Hit, Mode, Query, SearchError, VectorScan};
+pub use store::{DocumentTags, EmbedderIdentity, KbInfo, Store, StoreError};

@@ -1,0 +1,489 @@
+//! Grounded answers: a customer's question → retrieval from the knowledge
+//! base → the prompt set's route and template → the engine → an answer
+//! with its sources, or a hand-over to a person.
+//!
+//! The device hands over instead of answering when
+//! - the prompt set routes the question to a hand-over route (asked for a
+//!   person, a refund for an order, an injury…): reason = the route's;
+//! - retrieval is not confident: the best chunk's cosine similarity to the
+//!   question is below `min_score`, or nothing was found (`low_confidence`);
+//! - the model itself says it does not know (`model_unsure`).
+//!
+//! Citations are the numbered sources the answer refers to as `[n]`; an
+//! answer that cites none is shown with every source it was given. One
+//! [`Answerer`] serves the HTTP API, `outpost ask` and `outpost eval`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outpost_kb::{Filters, Hit, Mode};
+use outpost_prompts::{AnswerPrompt, ContextChunk, Message, PromptSet};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::embeddings::{EmbeddingsError, EmbeddingsHandle};
+use crate::engine::{
+    ChatMessage, EngineHandle, EngineState, Event, GenerateRequest, Prompt, SamplingParams,
+    SubmitError, Usage,
+};
+use crate::knowledge::{KnowledgeError, KnowledgeHandle, SearchRequest};
+
+/// Longest question accepted, in characters.
+pub const MAX_QUESTION_CHARS: usize = 2000;
+
+/// Where a small model, having answered, starts imitating the source list
+/// or the next question instead of stopping.
+const ANSWER_STOPS: &[&str] = &["\n[", "\nSources:", "\nQuestion:", "\n\n\n"];
+
+/// Phrases with which a model admits it has no answer.
+const UNSURE: &[&str] = &[
+    "i don't know",
+    "i do not know",
+    "i'm not sure",
+    "i am not sure",
+    "cannot answer",
+    "can't answer",
+    "not in the sources",
+];
+
+/// How the device answers.
+#[derive(Debug, Clone)]
+pub struct AnswerConfig {
+    pub top_k: usize,
+    pub mode: Mode,
+    pub min_score: f32,
+    pub handover_message: String,
+    pub max_tokens: u32,
+    pub sampling: SamplingParams,
+}
+
+/// One question.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerRequest {
+    pub question: String,
+    /// Earlier turns, oldest first.
+    pub history: Vec<Message>,
+    pub filters: Filters,
+    pub max_tokens: Option<u32>,
+    pub sampling: Option<SamplingParams>,
+}
+
+/// A source shown with an answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Citation {
+    /// The number the model saw, `[marker]`.
+    pub marker: usize,
+    pub source: String,
+    pub section: String,
+    pub chunk_id: i64,
+    /// Cosine similarity between question and chunk.
+    pub score: f32,
+}
+
+/// Which versions produced an answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Versions {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub prompts: String,
+    pub kb: String,
+}
+
+/// A finished answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answered {
+    pub id: String,
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub escalated: bool,
+    pub reason: Option<String>,
+    pub route: String,
+    pub versions: Versions,
+    /// Everything retrieval returned, ranked (for evaluation and logs).
+    #[serde(skip)]
+    pub retrieved: Vec<Hit>,
+    #[serde(skip)]
+    pub usage: Option<Usage>,
+    #[serde(skip)]
+    pub latency: Duration,
+    #[serde(skip)]
+    pub time_to_first_token: Option<Duration>,
+}
+
+/// What a streaming caller receives before the finished answer.
+#[derive(Debug, Clone)]
+pub enum AnswerDelta {
+    /// The sources the model was given, before it starts writing.
+    Sources(Vec<Citation>),
+    Text(String),
+}
+
+/// Why no answer (not even a hand-over) could be given.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnswerError {
+    #[error("the question is empty")]
+    Empty,
+    #[error("the question has {chars} characters, more than the {MAX_QUESTION_CHARS} allowed")]
+    TooLong { chars: usize },
+    #[error("the model is not ready: {0}")]
+    NotReady(String),
+    #[error("the embedding model failed: {0}")]
+    Embed(#[from] EmbeddingsError),
+    #[error("the knowledge base failed: {0}")]
+    Knowledge(#[from] KnowledgeError),
+    #[error("the prompt set could not render this question: {0}")]
+    Render(String),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("generation failed: {0}")]
+    Generate(String),
+    #[error("the client went away")]
+    Cancelled,
+}
+
+/// The active prompt set: the fleet's when it shipped one, else the
+/// configured or built-in set.
+#[derive(Debug, Clone)]
+pub struct PromptSource {
+    pub fleet: watch::Receiver<Option<Arc<PromptSet>>>,
+    pub fallback: Arc<PromptSet>,
+}
+
+impl PromptSource {
+    pub fn fixed(set: PromptSet) -> Self {
+        Self {
+            fleet: watch::channel(None).1,
+            fallback: Arc::new(set),
+        }
+    }
+
+    pub fn current(&self) -> Arc<PromptSet> {
+        self.fleet
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| self.fallback.clone())
+    }
+}
+
+/// Everything an answer needs; cheap to clone.
+#[derive(Clone)]
+pub struct Answerer {
+    engine: EngineHandle,
+    embeddings: Option<EmbeddingsHandle>,
+    knowledge: KnowledgeHandle,
+    prompts: PromptSource,
+    config: Arc<AnswerConfig>,
+}
+
+impl Answerer {
+    pub fn new(
+        engine: EngineHandle,
+        embeddings: Option<EmbeddingsHandle>,
+        knowledge: KnowledgeHandle,
+        prompts: PromptSource,
+        config: AnswerConfig,
+    ) -> Self {
+        Self {
+            engine,
+            embeddings,
+            knowledge,
+            prompts,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &AnswerConfig {
+        &self.config
+    }
+
+    pub fn knowledge(&self) -> &KnowledgeHandle {
+        &self.knowledge
+    }
+
+    /// The retrieval mode, e.g. for an evaluation run that compares modes.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        Arc::make_mut(&mut self.config).mode = mode;
+        self
+    }
+
+    /// Answers `request`; with `deltas`, streams sources and text as they come.
+    pub async fn answer(
+        &self,
+        request: AnswerRequest,
+        deltas: Option<mpsc::Sender<AnswerDelta>>,
+    ) -> Result<Answered, AnswerError> {
+        let started = Instant::now();
+        let question = request.question.trim().to_owned();
+        if question.is_empty() {
+            return Err(AnswerError::Empty);
+        }
+        let chars = question.chars().count();
+        if chars > MAX_QUESTION_CHARS {
+            return Err(AnswerError::TooLong { chars });
+        }
+        let model = match self.engine.state() {
+            EngineState::Ready(info) => info,
+            EngineState::Loading => return Err(AnswerError::NotReady("still loading".into())),
+            EngineState::Failed(e) => return Err(AnswerError::NotReady(e.to_string())),
+            EngineState::Stopped => return Err(AnswerError::NotReady("stopped".into())),
+        };
+        let prompts = self.prompts.current();
+        let kb_version = self.knowledge.info().version.clone();
+        let versions = Versions {
+            model: model.id.clone(),
+            adapter: model.lora.as_ref().map(|l| l.path.display().to_string()),
+            prompts: format!("{}@{}", prompts.name(), prompts.version()),
+            kb: kb_version.chars().take(12).collect(),
+        };
+        let mut answered = Answered {
+            id: answer_id(),
+            answer: String::new(),
+            citations: Vec::new(),
+            escalated: false,
+            reason: None,
+            route: String::new(),
+            versions,
+            retrieved: Vec::new(),
+            usage: None,
+            latency: Duration::ZERO,
+            time_to_first_token: None,
+        };
+
+        let route = prompts.route(&question);
+        answered.route = route.name().to_owned();
+        if let Some(reason) = route.escalate() {
+            return Ok(self.hand_over(answered, reason.to_owned(), started));
+        }
+
+        let hits = self
+            .retrieve(&question, &request.filters, self.config.top_k)
+            .await?;
+        answered.retrieved = hits.clone();
+        let confident = self.confident(&hits);
+        let sources: Vec<Citation> = hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Citation {
+                marker: i + 1,
+                source: h.source.clone(),
+                section: h.section.clone(),
+                chunk_id: h.chunk_id,
+                score: h.similarity,
+            })
+            .collect();
+        if !confident {
+            return Ok(self.hand_over(answered, "low_confidence".into(), started));
+        }
+        if let Some(d) = &deltas {
+            d.send(AnswerDelta::Sources(sources.clone()))
+                .await
+                .map_err(|_| AnswerError::Cancelled)?;
+        }
+
+        let context: Vec<ContextChunk> = hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| ContextChunk {
+                marker: i + 1,
+                source: h.source.clone(),
+                section: h.section.clone(),
+                text: h.text.clone(),
+            })
+            .collect();
+        let rendered = prompts
+            .render_answer(&AnswerPrompt {
+                question: &question,
+                history: &request.history,
+                context: &context,
+            })
+            .map_err(|e| AnswerError::Render(e.to_string()))?;
+        if let Some(reason) = rendered.escalate {
+            return Ok(self.hand_over(answered, reason, started));
+        }
+        let messages = rendered
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
+            .collect();
+        let mut events = self.engine.submit(GenerateRequest {
+            prompt: Prompt::Chat(messages),
+            max_tokens: request.max_tokens.unwrap_or(self.config.max_tokens),
+            sampling: request
+                .sampling
+                .clone()
+                .unwrap_or_else(|| self.config.sampling.clone()),
+            stop: ANSWER_STOPS.iter().map(|s| s.to_string()).collect(),
+            ignore_eos: false,
+        })?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Text(piece) => {
+                    answered
+                        .time_to_first_token
+                        .get_or_insert(started.elapsed());
+                    text.push_str(&piece);
+                    if let Some(d) = &deltas {
+                        d.send(AnswerDelta::Text(piece))
+                            .await
+                            .map_err(|_| AnswerError::Cancelled)?;
+                    }
+                }
+                Event::Done(done) => {
+                    answered.usage = Some(done.usage);
+                    break;
+                }
+                Event::Failed(e) => return Err(AnswerError::Generate(e.to_string())),
+            }
+        }
+        let text = text.trim().to_owned();
+        if answered.usage.is_none() {
+            return Err(AnswerError::Generate(
+                "the engine stopped mid-answer".into(),
+            ));
+        }
+        if text.is_empty() || is_unsure(&text) {
+            return Ok(self.hand_over(answered, "model_unsure".into(), started));
+        }
+        let cited = cited_markers(&text, sources.len());
+        answered.citations = if cited.is_empty() {
+            sources
+        } else {
+            sources
+                .into_iter()
+                .filter(|s| cited.contains(&s.marker))
+                .collect()
+        };
+        answered.answer = text;
+        answered.latency = started.elapsed();
+        Ok(answered)
+    }
+
+    /// The question's `k` best chunks, ranked, with their similarity to it.
+    pub async fn retrieve(
+        &self,
+        question: &str,
+        filters: &Filters,
+        k: usize,
+    ) -> Result<Vec<Hit>, AnswerError> {
+        let vector = match &self.embeddings {
+            Some(e) => e
+                .embed(vec![question.to_owned()])
+                .await?
+                .vectors
+                .into_iter()
+                .next(),
+            None => None,
+        };
+        Ok(self
+            .knowledge
+            .search(SearchRequest {
+                text: question.to_owned(),
+                vector,
+                k,
+                mode: self.config.mode,
+                filters: filters.clone(),
+                min_score: None,
+            })
+            .await?)
+    }
+
+    /// Whether retrieval found enough to answer from. Without an embedder
+    /// there is no similarity to judge by: BM25 found something or nothing.
+    pub fn confident(&self, hits: &[Hit]) -> bool {
+        if self.embeddings.is_some() {
+            hits.iter().any(|h| h.similarity >= self.config.min_score)
+        } else {
+            !hits.is_empty()
+        }
+    }
+
+    /// Why the prompt set hands `question` over without retrieval, if it does.
+    pub fn routed_hand_over(&self, question: &str) -> Option<String> {
+        let prompts = self.prompts.current();
+        prompts.route(question).escalate().map(str::to_owned)
+    }
+
+    fn hand_over(&self, mut answered: Answered, reason: String, started: Instant) -> Answered {
+        answered.escalated = true;
+        answered.reason = Some(reason);
+        answered.answer = self.config.handover_message.clone();
+        answered.citations.clear();
+        answered.latency = started.elapsed();
+        answered
+    }
+}
+
+fn is_unsure(text: &str) -> bool {
+    let lower = text.to_lowercase().replace('’', "'");
+    UNSURE.iter().any(|p| lower.contains(p))
+}
+
+/// The `[n]` markers in `text` that name one of `count` sources, in order
+/// of first mention.
+pub fn cited_markers(text: &str, count: usize) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        for part in rest[..close].split(',') {
+            if let Ok(n) = part.trim().parse::<usize>() {
+                if (1..=count).contains(&n) && !found.contains(&n) {
+                    found.push(n);
+                }
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    found
+}
+
+/// A process-unique id: time-ordered, never repeated within a process.
+fn answer_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!(
+        "ans-{ms:x}-{:x}-{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_read_once_each_and_only_when_in_range() {
+        assert_eq!(
+            cited_markers("Descale monthly [2]. See [1][2].", 3),
+            vec![2, 1]
+        );
+        assert_eq!(cited_markers("Use [1, 3] or [7] or [x]", 3), vec![1, 3]);
+        assert_eq!(cited_markers("no markers [", 3), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn unsure_answers_are_recognised() {
+        assert!(is_unsure("I don’t know, sorry."));
+        assert!(is_unsure("That is not in the sources."));
+        assert!(!is_unsure("Descale every 4 weeks [1]."));
+    }
+
+    #[test]
+    fn answer_ids_are_unique() {
+        let a = answer_id();
+        let b = answer_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("ans-"));
+    }
+}

@@ -1,0 +1,609 @@
+//! The kiosk's feedback database: every grounded answer the device gave
+//! (question, answer, citations and the versions that produced it) and every
+//! thumbs up, thumbs down or hand-over a customer pressed about one.
+//!
+//! One thread owns the SQLite connection; [`FeedbackStore`] is a cloneable
+//! handle that sends it commands over a bounded channel and awaits a oneshot
+//! reply, so no async task ever blocks on disk. The thread ends when the last
+//! handle is dropped, closing the connection.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a row is on disk when the
+//! call that wrote it returns. Feedback rows copy the answer's versions
+//! (model, adapter, prompts, knowledge base) so a rating stays attributable
+//! after the answers table is pruned or the fleet ships new versions.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the database thread; senders wait beyond this.
+const QUEUE_CAPACITY: usize = 64;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS answers (
+    id         TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    question   TEXT NOT NULL,
+    answer     TEXT NOT NULL,
+    escalated  INTEGER NOT NULL,
+    reason     TEXT,
+    route      TEXT NOT NULL,
+    citations  TEXT NOT NULL,
+    versions   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id         INTEGER PRIMARY KEY,
+    answer_id  TEXT,
+    rating     TEXT NOT NULL CHECK (rating IN ('up', 'down', 'handover')),
+    comment    TEXT,
+    versions   TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS feedback_answer ON feedback (answer_id);
+";
+
+/// Errors of the feedback store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedbackError {
+    #[error("cannot create the folder of the feedback database {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("feedback database {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("feedback database {}: {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+    #[error("cannot start the feedback database thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("no answer with id {id:?}")]
+    UnknownAnswer { id: String },
+    #[error("the feedback database has stopped")]
+    Closed,
+}
+
+/// What a customer said about an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rating {
+    Up,
+    Down,
+    /// The customer asked for a person.
+    Handover,
+}
+
+impl Rating {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rating::Up => "up",
+            Rating::Down => "down",
+            Rating::Handover => "handover",
+        }
+    }
+}
+
+impl fmt::Display for Rating {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not `up`, `down` or `handover`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown rating {0:?}")]
+pub struct UnknownRating(pub String);
+
+impl FromStr for Rating {
+    type Err = UnknownRating;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(Rating::Up),
+            "down" => Ok(Rating::Down),
+            "handover" => Ok(Rating::Handover),
+            other => Err(UnknownRating(other.to_string())),
+        }
+    }
+}
+
+/// One answer the device gave, as shown to the customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerRecord {
+    pub id: String,
+    pub question: String,
+    pub answer: String,
+    /// The device handed over instead of answering.
+    pub escalated: bool,
+    pub reason: Option<String>,
+    pub route: String,
+    /// The citations shown under the answer (a JSON array).
+    pub citations: serde_json::Value,
+    /// Model, adapter, prompt set and knowledge base that answered (a JSON object).
+    pub versions: serde_json::Value,
+}
+
+/// One stored rating or hand-over.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedbackRow {
+    pub id: i64,
+    /// `None` for a hand-over asked for before any answer.
+    pub answer_id: Option<String>,
+    pub rating: Rating,
+    pub comment: Option<String>,
+    /// Copied from the answer; `null` when there was no known answer.
+    pub versions: serde_json::Value,
+    /// UTC, RFC 3339 with milliseconds.
+    pub created_at: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, FeedbackError>>;
+
+enum Command {
+    RecordAnswer(Box<AnswerRecord>, Reply<()>),
+    RecordFeedback {
+        answer_id: Option<String>,
+        rating: Rating,
+        comment: Option<String>,
+        /// Hand-overs are stored even for an answer the database never saw.
+        require_answer: bool,
+        reply: Reply<FeedbackRow>,
+    },
+    Recent(usize, Reply<Vec<FeedbackRow>>),
+}
+
+/// Handle to the feedback database thread; clones share the thread.
+#[derive(Clone)]
+pub struct FeedbackStore {
+    commands: mpsc::Sender<Command>,
+    path: Arc<PathBuf>,
+}
+
+impl fmt::Debug for FeedbackStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedbackStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeedbackStore {
+    /// Opens (creating it and its folder if needed) the database at `path`
+    /// and starts the thread that owns it.
+    pub fn open(path: &Path) -> Result<Self, FeedbackError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| FeedbackError::CreateDir {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let db = Db::open(path)?;
+        let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("feedback-db".into())
+            .spawn(move || db.serve(receiver))
+            .map_err(FeedbackError::Spawn)?;
+        Ok(Self {
+            commands,
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores an answer so that feedback can refer to it.
+    pub async fn record_answer(&self, record: AnswerRecord) -> Result<(), FeedbackError> {
+        self.call(|reply| Command::RecordAnswer(Box::new(record), reply))
+            .await
+    }
+
+    /// Stores a rating of the answer `answer_id`, with that answer's versions;
+    /// [`FeedbackError::UnknownAnswer`] when no such answer was recorded.
+    pub async fn record_feedback(
+        &self,
+        answer_id: &str,
+        rating: Rating,
+        comment: Option<String>,
+    ) -> Result<FeedbackRow, FeedbackError> {
+        let answer_id = Some(answer_id.to_string());
+        self.call(|reply| Command::RecordFeedback {
+            answer_id,
+            rating,
+            comment,
+            require_answer: true,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores that the customer asked for a person, after the answer
+    /// `answer_id` if there was one. An id the database does not know is
+    /// kept as given, with `null` versions: the hand-over matters more than
+    /// the link.
+    pub async fn record_handover(
+        &self,
+        answer_id: Option<String>,
+    ) -> Result<FeedbackRow, FeedbackError> {
+        self.call(|reply| Command::RecordFeedback {
+            answer_id,
+            rating: Rating::Handover,
+            comment: None,
+            require_answer: false,
+            reply,
+        })
+        .await
+    }
+
+    /// The newest `limit` feedback rows, newest first.
+    pub async fn recent(&self, limit: usize) -> Result<Vec<FeedbackRow>, FeedbackError> {
+        self.call(|reply| Command::Recent(limit, reply)).await
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, FeedbackError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| FeedbackError::Closed)?;
+        answer.await.map_err(|_| FeedbackError::Closed)?
+    }
+}
+
+/// The connection, owned by the database thread.
+struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Self, FeedbackError> {
+        let sqlite = |source| FeedbackError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        // journal_mode answers with a row, so it is read, not executed.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "feedback database is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn serve(mut self, mut commands: mpsc::Receiver<Command>) {
+        while let Some(command) = commands.blocking_recv() {
+            // A caller that stopped waiting dropped its receiver; nothing to tell it.
+            match command {
+                Command::RecordAnswer(record, reply) => {
+                    let _ = reply.send(self.record_answer(&record));
+                }
+                Command::RecordFeedback {
+                    answer_id,
+                    rating,
+                    comment,
+                    require_answer,
+                    reply,
+                } => {
+                    let _ = reply.send(self.record_feedback(
+                        answer_id,
+                        rating,
+                        comment,
+                        require_answer,
+                    ));
+                }
+                Command::Recent(limit, reply) => {
+                    let _ = reply.send(self.recent(limit));
+                }
+            }
+        }
+    }
+
+    fn sqlite(&self, source: rusqlite::Error) -> FeedbackError {
+        FeedbackError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: String) -> FeedbackError {
+        FeedbackError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn record_answer(&mut self, r: &AnswerRecord) -> Result<(), FeedbackError> {
+        self.conn
+            .execute(
+                "INSERT INTO answers
+                 (id, question, answer, escalated, reason, route, citations, versions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.id,
+                    r.question,
+                    r.answer,
+                    r.escalated,
+                    r.reason,
+                    r.route,
+                    r.citations.to_string(),
+                    r.versions.to_string(),
+                ],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(())
+    }
+
+    fn record_feedback(
+        &mut self,
+        answer_id: Option<String>,
+        rating: Rating,
+        comment: Option<String>,
+        require_answer: bool,
+    ) -> Result<FeedbackRow, FeedbackError> {
+        let path = &self.path;
+        let sqlite = |source| FeedbackError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sqlite)?;
+        let versions: Option<String> = match &answer_id {
+            Some(id) => tx
+                .query_row("SELECT versions FROM answers WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(sqlite)?,
+            None => None,
+        };
+        if require_answer && versions.is_none() {
+            return Err(FeedbackError::UnknownAnswer {
+                id: answer_id.unwrap_or_default(),
+            });
+        }
+        let versions = versions.unwrap_or_else(|| "null".into());
+        let (id, created_at) = tx
+            .query_row(
+                "INSERT INTO feedback (answer_id, rating, comment, versions)
+                 VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id, created_at",
+                params![answer_id, rating.as_str(), comment, versions],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+            )
+            .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        Ok(FeedbackRow {
+            id,
+            answer_id,
+            rating,
+            comment,
+            versions: self.json(&versions)?,
+            created_at,
+        })
+    }
+
+    fn recent(&self, limit: usize) -> Result<Vec<FeedbackRow>, FeedbackError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let raw = {
+            let mut statement = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, answer_id, rating, comment, versions, created_at
+                     FROM feedback ORDER BY id DESC LIMIT ?1",
+                )
+                .map_err(|e| self.sqlite(e))?;
+            let rows = statement.query_map([limit], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            });
+            rows.and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.sqlite(e))?
+        };
+        raw.into_iter()
+            .map(|(id, answer_id, rating, comment, versions, created_at)| {
+                Ok(FeedbackRow {
+                    id,
+                    answer_id,
+                    rating: rating
+                        .parse()
+                        .map_err(|e: UnknownRating| self.corrupt(format!("feedback {id}: {e}")))?,
+                    comment,
+                    versions: self.json(&versions)?,
+                    created_at,
+                })
+            })
+            .collect()
+    }
+
+    fn json(&self, text: &str) -> Result<serde_json::Value, FeedbackError> {
+        serde_json::from_str(text).map_err(|e| self.corrupt(format!("versions are not JSON: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(id: &str) -> AnswerRecord {
+        AnswerRecord {
+            id: id.to_string(),
+            question: "How do I descale the BrewStation?".into(),
+            answer: "Run the descaling programme [1].".into(),
+            escalated: false,
+            reason: None,
+            route: "technical".into(),
+            citations: json!([{"marker": 1, "source": "manual/descaling.md"}]),
+            versions: json!({"model": "smollm2", "adapter": null, "prompts": "p1", "kb": "kb-7"}),
+        }
+    }
+
+    fn raw_rows(path: &Path) -> Vec<(Option<String>, String, String)> {
+        let conn = Connection::open(path).unwrap();
+        let mut s = conn
+            .prepare("SELECT answer_id, rating, versions FROM feedback ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn feedback_copies_the_versions_of_the_answer_it_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedbackStore::open(&dir.path().join("feedback.sqlite")).unwrap();
+        store.record_answer(answer("ans-1")).await.unwrap();
+        let row = store
+            .record_feedback("ans-1", Rating::Up, Some("clear".into()))
+            .await
+            .unwrap();
+        assert_eq!(row.answer_id.as_deref(), Some("ans-1"));
+        assert_eq!(row.rating, Rating::Up);
+        assert_eq!(row.comment.as_deref(), Some("clear"));
+        assert_eq!(row.versions["model"], "smollm2");
+        assert_eq!(row.versions["kb"], "kb-7");
+        assert!(row.created_at.ends_with('Z'), "{}", row.created_at);
+        assert_eq!(store.recent(10).await.unwrap(), vec![row]);
+    }
+
+    #[tokio::test]
+    async fn rating_an_unknown_answer_is_refused_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedbackStore::open(&dir.path().join("feedback.sqlite")).unwrap();
+        let err = store
+            .record_feedback("ans-missing", Rating::Down, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FeedbackError::UnknownAnswer { id } if id == "ans-missing"),
+            "{err}"
+        );
+        assert!(store.recent(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_survive_dropping_and_reopening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/folder/feedback.sqlite");
+        let store = FeedbackStore::open(&path).unwrap();
+        store.record_answer(answer("ans-1")).await.unwrap();
+        store
+            .record_feedback("ans-1", Rating::Down, None)
+            .await
+            .unwrap();
+        store.record_handover(None).await.unwrap();
+        drop(store);
+
+        let store = FeedbackStore::open(&path).unwrap();
+        let rows = store.recent(10).await.unwrap();
+        let ratings: Vec<Rating> = rows.iter().map(|r| r.rating).collect();
+        assert_eq!(ratings, [Rating::Handover, Rating::Down], "newest first");
+        // Feedback on the answer recorded before the reopen still links to it.
+        store
+            .record_feedback("ans-1", Rating::Up, None)
+            .await
+            .unwrap();
+        drop(store);
+        let on_disk = raw_rows(&path);
+        assert_eq!(on_disk.len(), 3);
+        assert_eq!(on_disk[1].0, None, "the hand-over came before any answer");
+        assert_eq!(on_disk[2].0.as_deref(), Some("ans-1"));
+        assert_eq!(on_disk[2].1, "up");
+        let versions: serde_json::Value = serde_json::from_str(&on_disk[2].2).unwrap();
+        assert_eq!(versions["kb"], "kb-7");
+    }
+
+    #[tokio::test]
+    async fn a_handover_is_stored_with_or_without_a_known_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedbackStore::open(&dir.path().join("feedback.sqlite")).unwrap();
+        store.record_answer(answer("ans-1")).await.unwrap();
+        let known = store.record_handover(Some("ans-1".into())).await.unwrap();
+        assert_eq!(known.versions["prompts"], "p1");
+        let unknown = store
+            .record_handover(Some("ans-gone".into()))
+            .await
+            .unwrap();
+        assert_eq!(unknown.answer_id.as_deref(), Some("ans-gone"));
+        assert_eq!(unknown.versions, serde_json::Value::Null);
+        let none = store.record_handover(None).await.unwrap();
+        assert_eq!(none.answer_id, None);
+        assert!(none.id > unknown.id && unknown.id > known.id);
+        assert_eq!(store.recent(2).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn recording_the_same_answer_id_twice_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedbackStore::open(&dir.path().join("feedback.sqlite")).unwrap();
+        store.record_answer(answer("ans-1")).await.unwrap();
+        let err = store.record_answer(answer("ans-1")).await.unwrap_err();
+        assert!(matches!(err, FeedbackError::Sqlite { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_database_thread_from_many_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FeedbackStore::open(&dir.path().join("feedback.sqlite")).unwrap();
+        store.record_answer(answer("ans-1")).await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let rating = if i % 2 == 0 { Rating::Up } else { Rating::Down };
+                    store.record_feedback("ans-1", rating, None).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.recent(100).await.unwrap().len(), 20);
+    }
+
+    #[test]
+    fn a_database_path_that_is_a_folder_fails_to_open_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = FeedbackStore::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains(&*dir.path().to_string_lossy()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ratings_parse_only_the_three_known_words() {
+        for r in [Rating::Up, Rating::Down, Rating::Handover] {
+            assert_eq!(r.as_str().parse::<Rating>(), Ok(r));
+        }
+        assert!("sideways".parse::<Rating>().is_err());
+        assert!("UP".parse::<Rating>().is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The device's grounded-answer stack, built from its configuration: the
+//! embedder, the knowledge base (refused if built with another embedder),
+//! the prompt set, and the [`Answerer`] over them. `serve`, `ask`, `eval`
+//! and `kb search` build it the same way here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use outpost_kb::{EmbedderIdentity, Mode};
+use outpost_prompts::PromptSet;
+use outpost_runtime::answer::{AnswerConfig, Answerer, PromptSource};
+use outpost_runtime::config::DeviceConfig;
+use outpost_runtime::embed::EmbedConfig;
+use outpost_runtime::embeddings::EmbeddingsHandle;
+use outpost_runtime::engine::{EngineHandle, SamplingParams};
+use outpost_runtime::knowledge::{embedder_identity, KnowledgeHandle};
+use tokio::sync::watch;
+
+use crate::settings;
+
+/// Answers are factual: greedy decoding unless a request asks otherwise.
+pub fn answer_sampling(config: &DeviceConfig) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        ..config.sampling.clone()
+    }
+}
+
+/// The embedding model on its own thread, with the identity a KB must match.
+pub async fn open_embeddings(
+    config: &DeviceConfig,
+) -> anyhow::Result<(EmbeddingsHandle, EmbedderIdentity)> {
+    let files = settings::embedder_files(config, None)?;
+    let embed_config = EmbedConfig {
+        threads: config.engine.threads.max(1) as u32,
+        ..EmbedConfig::default()
+    };
+    let gguf = files.gguf.clone();
+    let handle = tokio::task::spawn_blocking(move || EmbeddingsHandle::load(&gguf, embed_config))
+        .await?
+        .with_context(|| format!("loading the embedding model {}", files.gguf.display()))?;
+    let identity = embedder_identity(&files.gguf, handle.dimension())
+        .with_context(|| format!("hashing {}", files.gguf.display()))?;
+    Ok((handle, identity))
+}
+
+/// The configured prompt set, or the built-in one.
+pub fn load_prompts(config: &DeviceConfig) -> anyhow::Result<PromptSet> {
+    match &config.answer.prompts {
+        Some(path) => PromptSet::load(path).with_context(|| {
+            format!(
+                "loading the prompt set (answer.prompts = {})",
+                path.display()
+            )
+        }),
+        None => Ok(PromptSet::builtin()),
+    }
+}
+
+/// The KB file the configuration names, or what to do about it.
+pub fn kb_path(config: &DeviceConfig) -> anyhow::Result<&Path> {
+    config.answer.kb.as_deref().context(
+        "no knowledge base chosen: pass --kb PATH, set OUTPOST_KB, or set [answer] kb in the config",
+    )
+}
+
+/// The answerer for `config`'s knowledge base, over `engine`. The fleet's
+/// prompt set (when an agent runs) wins over the configured one.
+pub async fn answerer(
+    config: &DeviceConfig,
+    engine: EngineHandle,
+    fleet_prompts: Option<watch::Receiver<Option<Arc<PromptSet>>>>,
+) -> anyhow::Result<(Answerer, EmbeddingsHandle)> {
+    let path = kb_path(config)?.to_path_buf();
+    let (embeddings, identity) = open_embeddings(config).await?;
+    let knowledge = KnowledgeHandle::open(&path, Some(&identity))
+        .with_context(|| format!("opening the knowledge base {}", path.display()))?;
+    let prompts = PromptSource {
+        fleet: fleet_prompts.unwrap_or_else(|| watch::channel(None).1),
+        fallback: Arc::new(load_prompts(config)?),
+    };
+    let mode: Mode = config
+        .answer
+        .retrieval
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let answer_config = AnswerConfig {
+        top_k: config.answer.top_k,
+        mode,
+        min_score: config.answer.min_score,
+        handover_message: config.answer.handover_message.clone(),
+        // A kiosk answer is one to three sentences.
+        max_tokens: config.server.default_max_tokens.min(160),
+        sampling: answer_sampling(config),
+    };
+    tracing::info!(
+        kb = %path.display(),
+        version = %knowledge.info().version,
+        chunks = knowledge.info().chunks,
+        %mode,
+        "knowledge base ready"
+    );
+    Ok((
+        Answerer::new(
+            engine,
+            Some(embeddings.clone()),
+            knowledge,
+            prompts,
+            answer_config,
+        ),
+        embeddings,
+    ))
+}
