@@ -19,13 +19,18 @@ use tokio::sync::watch;
 
 use crate::settings;
 
-/// Answers are factual: greedy decoding unless a request asks otherwise.
+/// Answers are factual: greedy decoding unless a request asks otherwise,
+/// with a mild repeat penalty: a 135M model decoding greedily over a list
+/// of steps falls into loops ("the 250 ml of the 250 ml of …").
 pub fn answer_sampling(config: &DeviceConfig) -> SamplingParams {
     SamplingParams {
         temperature: 0.0,
+        repeat_penalty: config.sampling.repeat_penalty.max(ANSWER_REPEAT_PENALTY),
         ..config.sampling.clone()
     }
 }
+
+const ANSWER_REPEAT_PENALTY: f32 = 1.15;
 
 /// The embedding model on its own thread, with the identity a KB must match.
 pub async fn open_embeddings(

@@ -88,14 +88,17 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn ingest_is_incremental_and_reports_bad_files_without_losing_the_rest() {
     let dir = temp_dir();
+    // Two of the sample's folders: enough pages, half the embedding time.
     let docs = dir.path().join("docs");
-    copy_dir(&sample_kb(), &docs);
+    for folder in ["manual", "faq"] {
+        copy_dir(&sample_kb().join(folder), &docs.join(folder));
+    }
     let kb = dir.path().join("kb.sqlite");
 
     let (code, first, stderr) = ingest(&kb, &docs);
     assert_eq!(code, Some(0), "{stderr}");
     let files = first["added"].as_u64().unwrap();
-    assert!(files >= 30, "{first}");
+    assert!(files >= 15, "{first}");
     assert!(first["chunks_embedded"].as_u64().unwrap() > 0);
     let version = first["version"].as_str().unwrap().to_owned();
 
