@@ -70,17 +70,41 @@ pub fn kb_path(config: &DeviceConfig) -> anyhow::Result<&Path> {
     )
 }
 
-/// The answerer for `config`'s knowledge base, over `engine`. The fleet's
-/// prompt set (when an agent runs) wins over the configured one.
-pub async fn answerer(
+/// The answerer and what the fleet agent needs to swap its knowledge base.
+pub struct AnswerStack {
+    pub answerer: Answerer,
+    pub embeddings: EmbeddingsHandle,
+    /// The embedder a knowledge base must have been built with.
+    pub identity: EmbedderIdentity,
+    /// Sends the knowledge base answers come from.
+    pub knowledge: watch::Sender<Option<KnowledgeHandle>>,
+}
+
+/// The answerer over `engine` with the knowledge base at `kb` (or none yet:
+/// the fleet may ship one). The fleet's prompt set, when an agent runs,
+/// wins over the configured one.
+pub async fn answer_stack(
     config: &DeviceConfig,
     engine: EngineHandle,
     fleet_prompts: Option<watch::Receiver<Option<Arc<PromptSet>>>>,
-) -> anyhow::Result<(Answerer, EmbeddingsHandle)> {
-    let path = kb_path(config)?.to_path_buf();
+    kb: Option<&Path>,
+) -> anyhow::Result<AnswerStack> {
     let (embeddings, identity) = open_embeddings(config).await?;
-    let knowledge = KnowledgeHandle::open(&path, Some(&identity))
-        .with_context(|| format!("opening the knowledge base {}", path.display()))?;
+    let knowledge = match kb {
+        Some(path) => {
+            let handle = KnowledgeHandle::open(path, Some(&identity))
+                .with_context(|| format!("opening the knowledge base {}", path.display()))?;
+            tracing::info!(
+                kb = %path.display(),
+                version = %handle.info().version,
+                chunks = handle.info().chunks,
+                "knowledge base ready"
+            );
+            Some(handle)
+        }
+        None => None,
+    };
+    let (knowledge_tx, knowledge_rx) = watch::channel(knowledge);
     let prompts = PromptSource {
         fleet: fleet_prompts.unwrap_or_else(|| watch::channel(None).1),
         fallback: Arc::new(load_prompts(config)?),
@@ -99,21 +123,24 @@ pub async fn answerer(
         max_tokens: config.server.default_max_tokens.min(160),
         sampling: answer_sampling(config),
     };
-    tracing::info!(
-        kb = %path.display(),
-        version = %knowledge.info().version,
-        chunks = knowledge.info().chunks,
-        %mode,
-        "knowledge base ready"
-    );
-    Ok((
-        Answerer::new(
+    Ok(AnswerStack {
+        answerer: Answerer::new(
             engine,
             Some(embeddings.clone()),
-            knowledge,
+            knowledge_rx,
             prompts,
             answer_config,
         ),
         embeddings,
-    ))
+        identity,
+        knowledge: knowledge_tx,
+    })
+}
+
+/// The answerer for the configured knowledge base (required), for `ask`
+/// and `eval`.
+pub async fn answerer(config: &DeviceConfig, engine: EngineHandle) -> anyhow::Result<Answerer> {
+    let path = kb_path(config)?.to_path_buf();
+    let stack = answer_stack(config, engine, None, Some(&path)).await?;
+    Ok(stack.answerer)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
+use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef};
 use outpost_runtime::answers::AnswerSink;
 use outpost_runtime::config::AgentSettings;
@@ -16,6 +17,7 @@ use outpost_runtime::engine::{
     ChatMessage, EngineConfig, EngineHandle, Event, GenerateRequest, LoraSpec, Prompt,
     SamplingParams,
 };
+use outpost_runtime::knowledge::KnowledgeHandle;
 use outpost_runtime::prompt_set::PromptSet;
 use tokio::sync::watch;
 
@@ -106,6 +108,15 @@ impl AnswerSink for AgentAnswers {
     }
 }
 
+/// Where the agent puts a committed knowledge base, and the embedder it
+/// must have been built with.
+pub struct KnowledgeSlot {
+    pub sender: watch::Sender<Option<KnowledgeHandle>>,
+    pub embedder: EmbedderIdentity,
+    /// The configured KB, served again when the fleet unassigns its own.
+    pub configured: Option<PathBuf>,
+}
+
 /// The engine seen by the agent. Lives on the agent's apply thread; every
 /// engine call blocks that thread, never a runtime worker.
 pub struct EngineRuntime {
@@ -121,6 +132,8 @@ pub struct EngineRuntime {
     lora: Option<LoraSpec>,
     /// SHA-256 of the model the engine runs, computed on first need.
     model_digest: Option<ArtifactDigest>,
+    /// `None` when the device cannot answer from a KB (no embedder).
+    knowledge: Option<KnowledgeSlot>,
 }
 
 impl EngineRuntime {
@@ -128,8 +141,10 @@ impl EngineRuntime {
         engine: EngineHandle,
         engine_config: EngineConfig,
         prompt_set: watch::Sender<Option<Arc<PromptSet>>>,
+        knowledge: Option<KnowledgeSlot>,
     ) -> Self {
         Self {
+            knowledge,
             engine,
             tokio: tokio::runtime::Handle::current(),
             prompt_set,
@@ -191,6 +206,19 @@ impl EngineRuntime {
         Ok(())
     }
 
+    /// A knowledge base must be one (`outpost kb ingest`), pass SQLite's
+    /// consistency check, and have been built with this device's embedder.
+    fn check_knowledge(&self, path: &Path) -> Result<(), String> {
+        let embedder = self.knowledge.as_ref().map(|slot| &slot.embedder);
+        let store = Store::open(path, embedder).map_err(|e| e.to_string())?;
+        store.check().map_err(|e| e.to_string())?;
+        if embedder.is_some() {
+            // It must also serve a search through its own thread.
+            KnowledgeHandle::open(path, embedder).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     fn running_model_digest(&mut self) -> Option<ArtifactDigest> {
         if self.model_digest.is_none() {
             self.model_digest = sha256_file(&self.engine_config.model).ok();
@@ -221,7 +249,7 @@ impl HealthCheck for EngineRuntime {
                 }
                 result
             }
-            ArtifactKind::KnowledgeBase => check_sqlite(path),
+            ArtifactKind::KnowledgeBase => self.check_knowledge(path),
             ArtifactKind::Model => {
                 if self.running_model_digest() == Some(artifact.sha256) {
                     return Ok(()); // already loaded and answering
@@ -280,28 +308,24 @@ impl DeviceRuntime for EngineRuntime {
                 }
             }
             ArtifactKind::KnowledgeBase => {
-                if let Some((artifact, path)) = active {
-                    tracing::info!(name = %artifact.name, version = %artifact.version, path = %path.display(), "knowledge base active");
-                }
+                let Some(slot) = &self.knowledge else { return };
+                let path = match active {
+                    Some((artifact, path)) => {
+                        tracing::info!(name = %artifact.name, version = %artifact.version, path = %path.display(), "knowledge base active");
+                        Some(path.to_owned())
+                    }
+                    None => slot.configured.clone(),
+                };
+                let handle = path.and_then(|path| {
+                    KnowledgeHandle::open(&path, Some(&slot.embedder))
+                        .map_err(|error| tracing::error!(%error, "cannot open the knowledge base"))
+                        .ok()
+                });
+                slot.sender.send_replace(handle);
             }
             _ => {}
         }
     }
-}
-
-/// A knowledge base is an SQLite file: it must open and pass SQLite's own
-/// consistency check.
-fn check_sqlite(path: &Path) -> Result<(), String> {
-    let db =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| format!("not an SQLite database: {e}"))?;
-    let verdict: String = db
-        .query_row("PRAGMA quick_check", [], |row| row.get(0))
-        .map_err(|e| format!("not an SQLite database: {e}"))?;
-    if verdict != "ok" {
-        return Err(format!("SQLite quick_check: {verdict}"));
-    }
-    Ok(())
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {

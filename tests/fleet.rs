@@ -9,12 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{chat, gguf_writer, model_path, outpost, post, serial, temp_dir, write, Server};
+use support::{chat, gguf_writer, model_path, outpost, post, run, serial, temp_dir, write, Server};
 
 const FLEET: &str = "lobby";
 const HUB_PASSWORD: &str = "hub-secret";
@@ -155,6 +155,7 @@ impl Drop for Hub {
 /// `outpost serve --agent` as `name`, with its own data folder, on the
 /// hub's broker.
 fn start_device(dir: &Path, hub: &Hub, name: &str, password: &str) -> Server {
+    ensure_embedder();
     let broker = format!("mqtt://127.0.0.1:{}", hub.mqtt_port);
     start_device_on(dir, hub, name, password, &broker, "")
 }
@@ -257,16 +258,51 @@ fn prompt_set(dir: &Path, version: &str) -> PathBuf {
     path
 }
 
-fn knowledge_base(dir: &Path) -> PathBuf {
-    let path = dir.join("manual.sqlite");
-    let db = rusqlite::Connection::open(&path).expect("create kb");
-    db.execute_batch(
-        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, source TEXT, text TEXT);
-         INSERT INTO chunks (source, text) VALUES
-           ('manual.md', 'Clean the filter every month.'),
-           ('faq.md', 'E24 means the drain is blocked.');",
-    )
-    .expect("fill kb");
+/// The default embedder, fetched once: devices answer from the fleet's
+/// knowledge base with it, and `knowledge_base` builds one.
+fn ensure_embedder() -> &'static str {
+    static FOLDER: OnceLock<String> = OnceLock::new();
+    FOLDER.get_or_init(|| {
+        let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
+            .expect("the fetched folder")
+            .to_owned()
+    })
+}
+
+/// A two-page knowledge base made by `outpost kb ingest`, with the default
+/// embedder or the GGUF `embedder`.
+fn knowledge_base(dir: &Path, name: &str, embedder: Option<&Path>) -> PathBuf {
+    ensure_embedder();
+    let docs = dir.join(format!("{name}-docs"));
+    std::fs::create_dir_all(&docs).expect("kb folder");
+    write(
+        &docs.join("manual.md"),
+        b"# Lumen 300 manual\n\n## Filter\n\nClean the filter every month under running water.\n",
+    );
+    write(
+        &docs.join("faq.md"),
+        b"# FAQ\n\n## Error codes\n\nE24 means the drain is blocked. Clear the drain hose.\n",
+    );
+    let path = dir.join(format!("{name}.sqlite"));
+    let mut cmd = outpost();
+    cmd.args(["kb", "ingest", "--kb"]).arg(&path).arg(&docs);
+    if let Some(embedder) = embedder {
+        cmd.arg("--embedder").arg(embedder);
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
@@ -304,7 +340,13 @@ fn publish_and_converge(hub: &Hub, dir: &Path, devices: &[(&str, &Server)]) {
     publish("model", "smollm2", "1", &model, None);
     publish("adapter", "tone", "1", &adapter, Some(&model_sha));
     publish("prompt-set", "kiosk", "1", &prompt_set(dir, "1"), None);
-    publish("kb", "manual", "1", &knowledge_base(dir), None);
+    publish(
+        "kb",
+        "manual",
+        "1",
+        &knowledge_base(dir, "manual", None),
+        None,
+    );
     hub.fleet(&[
         "assign",
         "--tag",
@@ -320,6 +362,18 @@ fn publish_and_converge(hub: &Hub, dir: &Path, devices: &[(&str, &Server)]) {
         });
         let h = health(server);
         assert_eq!(h["prompt_set"]["version"], "1", "{h}");
+        // The knowledge base from the fleet answers.
+        let (status, body) = post(
+            &server.url("/v1/answer"),
+            &serde_json::json!({"question": "How often should I clean the filter?"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["versions"]["kb"].as_str().map(str::len),
+            Some(12),
+            "{body}"
+        );
+        assert_ne!(body["reason"], "low_confidence", "{body}");
         let adapter_sha = sha256_hex(&adapter);
         assert!(
             h["lora"]["path"]
@@ -427,15 +481,16 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
         ask(device, CANARY_QUESTION);
     }
     for name in ["kiosk-a", "kiosk-b"] {
-        let events = wait_for(WAIT, "answer telemetry at the hub", || {
-            Some(answers(&hub, name)).filter(|e| !e.is_empty())
+        // The grounded answer asked during convergence came first.
+        let event = wait_for(WAIT, "the chat's answer telemetry at the hub", || {
+            answers(&hub, name)
+                .into_iter()
+                .map(|e| e["event"].clone())
+                .find(|e| {
+                    let text = e.to_string();
+                    text.contains("Card") || text.contains("card")
+                })
         });
-        let event = &events[0]["event"];
-        let text = event.to_string();
-        assert!(
-            text.contains("Card") || text.contains("card"),
-            "PII counts recorded: {text}"
-        );
         assert!(
             event
                 .to_string()
@@ -488,12 +543,42 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
     let mut bytes = std::fs::read(&stored).expect("stored artifact");
     bytes[10] ^= 0x20;
     std::fs::write(&stored, bytes).expect("corrupt the stored artifact");
+    // A knowledge base built with another embedder: its vectors mean
+    // nothing to the devices' model.
+    let q8 = dir.path().join("minilm-q8.gguf");
+    let out = run(outpost()
+        .args([
+            "quant",
+            "convert",
+            ensure_embedder(),
+            "--type",
+            "q8_0",
+            "-o",
+        ])
+        .arg(&q8));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign_kb = knowledge_base(dir.path(), "foreign", Some(&q8));
+    hub.fleet(&[
+        "publish",
+        "--kind",
+        "kb",
+        "--name",
+        "manual",
+        "--version",
+        "2",
+        foreign_kb.to_str().unwrap(),
+    ]);
     hub.fleet(&[
         "assign",
         "--tag",
         "lobby",
         "adapter:tone:2",
         "prompt-set:kiosk:3",
+        "kb:manual:2",
     ]);
     for (name, server) in [("kiosk-a", &a), ("kiosk-b", &b)] {
         wait_for(WAIT, "the refusals to be reported", || {
@@ -504,11 +589,16 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
                 &[
                     ("adapter", "base_model_mismatch"),
                     ("prompt_set", "digest_mismatch"),
+                    ("knowledge_base", "health_check"),
                 ],
             )
             .then_some(())
         });
         assert_eq!(active_version(&hub, name, "adapter").as_deref(), Some("1"));
+        assert_eq!(
+            active_version(&hub, name, "knowledge_base").as_deref(),
+            Some("1")
+        );
         assert_eq!(health(server)["prompt_set"]["version"], "2");
     }
     intruder_cannot_touch_kiosk_b(&hub, hub.mqtt_port, &b);

@@ -131,6 +131,8 @@ pub enum AnswerError {
     NotReady(String),
     #[error("the embedding model failed: {0}")]
     Embed(#[from] EmbeddingsError),
+    #[error("this device has no knowledge base yet; set [answer] kb (or --kb) to a file made by `outpost kb ingest`, or assign one from the fleet")]
+    NoKnowledgeBase,
     #[error("the knowledge base failed: {0}")]
     Knowledge(#[from] KnowledgeError),
     #[error("the prompt set could not render this question: {0}")]
@@ -167,12 +169,16 @@ impl PromptSource {
     }
 }
 
+/// The knowledge base answers come from: swapped by the fleet agent when a
+/// new one is committed; `None` until a device has one.
+pub type KnowledgeWatch = watch::Receiver<Option<KnowledgeHandle>>;
+
 /// Everything an answer needs; cheap to clone.
 #[derive(Clone)]
 pub struct Answerer {
     engine: EngineHandle,
     embeddings: Option<EmbeddingsHandle>,
-    knowledge: KnowledgeHandle,
+    knowledge: KnowledgeWatch,
     prompts: PromptSource,
     config: Arc<AnswerConfig>,
 }
@@ -181,7 +187,7 @@ impl Answerer {
     pub fn new(
         engine: EngineHandle,
         embeddings: Option<EmbeddingsHandle>,
-        knowledge: KnowledgeHandle,
+        knowledge: KnowledgeWatch,
         prompts: PromptSource,
         config: AnswerConfig,
     ) -> Self {
@@ -198,8 +204,12 @@ impl Answerer {
         &self.config
     }
 
-    pub fn knowledge(&self) -> &KnowledgeHandle {
-        &self.knowledge
+    /// The knowledge base answering now.
+    pub fn knowledge(&self) -> Result<KnowledgeHandle, AnswerError> {
+        self.knowledge
+            .borrow()
+            .clone()
+            .ok_or(AnswerError::NoKnowledgeBase)
     }
 
     /// The retrieval mode, e.g. for an evaluation run that compares modes.
@@ -230,7 +240,8 @@ impl Answerer {
             EngineState::Stopped => return Err(AnswerError::NotReady("stopped".into())),
         };
         let prompts = self.prompts.current();
-        let kb_version = self.knowledge.info().version.clone();
+        let knowledge = self.knowledge()?;
+        let kb_version = knowledge.info().version.clone();
         let versions = Versions {
             model: model.id.clone(),
             adapter: model.lora.as_ref().map(|l| l.path.display().to_string()),
@@ -381,7 +392,7 @@ impl Answerer {
             None => None,
         };
         Ok(self
-            .knowledge
+            .knowledge()?
             .search(SearchRequest {
                 text: question.to_owned(),
                 vector,

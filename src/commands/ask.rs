@@ -92,7 +92,7 @@ async fn grounded(
     engine: EngineHandle,
     args: AskArgs,
 ) -> anyhow::Result<()> {
-    let (answerer, _embeddings) = answering::answerer(config, engine, None).await?;
+    let answerer = answering::answerer(config, engine).await?;
     let sampling = SamplingParams {
         temperature: args.temperature.map(|t| t as f32).unwrap_or(0.0),
         seed: args.seed.unwrap_or(0),

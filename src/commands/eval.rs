@@ -77,7 +77,7 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("loading the model")?;
-        anyhow::Ok(answering::answerer(&config, engine, None).await?.0)
+        answering::answerer(&config, engine).await
     })?;
     let mode = answerer.config().mode;
     let label = args.label.clone().unwrap_or_else(|| {

@@ -53,6 +53,13 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         Some(path) => path,
         None => settings::model_path(&config)?,
     };
+    // So does a knowledge base.
+    let fleet_kb = match &agent_config {
+        Some(a) => outpost_agent::session::committed_path(&a.data_dir, ArtifactKind::KnowledgeBase)
+            .context("reading the agent's committed knowledge base")?,
+        None => None,
+    };
+    let kb = fleet_kb.or_else(|| config.answer.kb.clone());
     let addr = SocketAddr::new(config.server.host, config.server.port);
     // Bind before loading so /health answers 503 while the model loads.
     let listener = tokio::net::TcpListener::bind(addr)
@@ -78,9 +85,29 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     );
     // The fleet's prompt set, when an agent runs, wins over the configured one.
     let (prompt_tx, prompt_rx) = watch::channel(None);
-    if config.answer.kb.is_some() {
-        let (answerer, embeddings) =
-            answering::answerer(&config, engine.clone(), Some(prompt_rx.clone())).await?;
+    let mut knowledge_slot = None;
+    // A device in a fleet answers from the knowledge base the fleet ships,
+    // even when it starts without one.
+    let stack = if kb.is_some() || agent_config.is_some() {
+        match answering::answer_stack(
+            &config,
+            engine.clone(),
+            Some(prompt_rx.clone()),
+            kb.as_deref(),
+        )
+        .await
+        {
+            Ok(stack) => Some(stack),
+            Err(e) if kb.is_none() => {
+                tracing::warn!(error = %format!("{e:#}"), "no grounded answers: the embedder is not available");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
+    if let Some(stack) = stack {
         let feedback_path = config
             .answer
             .feedback_db
@@ -89,9 +116,14 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         let feedback = FeedbackStore::open(&feedback_path).with_context(|| {
             format!("opening the feedback database {}", feedback_path.display())
         })?;
+        knowledge_slot = Some(fleet::KnowledgeSlot {
+            sender: stack.knowledge,
+            embedder: stack.identity,
+            configured: config.answer.kb.clone(),
+        });
         state = state
-            .with_answerer(answerer)
-            .with_embeddings(embeddings)
+            .with_answerer(stack.answerer)
+            .with_embeddings(stack.embeddings)
             .with_feedback(feedback);
     } else if let Some(path) = config.embedder.clone() {
         let embed_config = EmbedConfig {
@@ -116,7 +148,8 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     });
     let mut agent_session = None;
     if let Some(agent_config) = agent_config {
-        let runtime = fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx);
+        let runtime =
+            fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx, knowledge_slot);
         let device = agent_config.device.clone();
         let agent = Agent::start(agent_config, runtime, stopped(stop.clone()))
             .context("starting the fleet agent")?;

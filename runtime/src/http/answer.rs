@@ -201,6 +201,7 @@ fn answer_error(e: AnswerError) -> ApiError {
             (StatusCode::BAD_REQUEST, "invalid_request_error")
         }
         AnswerError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "model_loading"),
+        AnswerError::NoKnowledgeBase => (StatusCode::NOT_FOUND, "no_knowledge_base"),
         AnswerError::Submit(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
         AnswerError::Embed(crate::embeddings::EmbeddingsError::Busy)
         | AnswerError::Knowledge(crate::knowledge::KnowledgeError::Busy) => {
