@@ -1,5 +1,5 @@
 # One entry point for local work and CI.
-#   make demo   fresh machine: install what is missing, fetch the default model,
+#   make demo   fresh machine: install what is missing, fetch the default models,
 #               start the device API and ask it questions
 #   make test   formatting, lints, docs and every test (what CI runs)
 
@@ -9,14 +9,14 @@ CARGO ?= cargo
 
 demo: deps
 	$(CARGO) build --release --bin outpost
-	./target/release/outpost models fetch
+	./target/release/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
 	bash scripts/demo.sh ./target/release/outpost
 
 test: deps fmt-check
 	$(CARGO) build --workspace --all-targets
 	# The binary the workspace build just made: `cargo run --bin` alone can
 	# unify build-script features differently and rebuild llama.cpp.
-	./target/debug/outpost models fetch
+	./target/debug/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 	$(CARGO) test --workspace

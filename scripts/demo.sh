@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The demo: a fleet hub with its embedded MQTT broker, two kiosks with the
 # default model joined to it, questions over the OpenAI-compatible API and
-# through `outpost ask`, a prompt set published and both kiosks switching to
-# it, and the answer telemetry (counts, never text) arriving at the hub.
+# through `outpost ask`, the sample knowledge base ingested and shipped with
+# its prompt set to both kiosks, grounded and cited answers (and a
+# hand-over) from POST /v1/answer, and the answer telemetry (counts, never
+# text) arriving at the hub.
 # DEMO_KEEP=1 keeps everything running until Ctrl-C.
 set -euo pipefail
 
@@ -60,26 +62,43 @@ echo "== outpost ask (streamed, offline, in-process)"
 "$bin" ask --temperature 0 "Give me three tips for a long train journey."
 
 echo
-echo "== publish a prompt set and assign it to every kiosk tagged 'lobby'"
-cat >"$work/prompts.toml" <<'EOF'
-name = "lobby"
-version = "1"
-system = "You are the help desk of the Lumen 300 dishwasher. Answer in one short sentence."
-[[examples]]
-user = "How do I start a quick wash?"
-assistant = "Press Program until Quick lights up, then press Start."
-EOF
+echo "== outpost kb ingest: the sample knowledge base (configs/kb/brewstation)"
+"$bin" kb ingest configs/kb/brewstation --kb "$work/brewstation.sqlite"
+"$bin" kb search --kb "$work/brewstation.sqlite" -k 3 "How often should I descale with very hard water?"
+"$bin" prompts pack configs/prompts/brewstation -o "$work/brewstation-prompts.toml"
+
+echo
+echo "== publish the knowledge base and its prompt set; assign them to every kiosk tagged 'lobby'"
 fleet tag kiosk-1 lobby >/dev/null
 fleet tag kiosk-2 lobby >/dev/null
-fleet publish --kind prompt-set --name lobby --version 1 "$work/prompts.toml" >/dev/null
-fleet assign --tag lobby prompt-set:lobby:1 >/dev/null
+fleet publish --kind kb --name brewstation --version 1 "$work/brewstation.sqlite" >/dev/null
+fleet publish --kind prompt-set --name brewstation --version 1 "$work/brewstation-prompts.toml" >/dev/null
+fleet assign --tag lobby kb:brewstation:1 prompt-set:brewstation:1 >/dev/null
 for n in 1 2; do
-  for _ in $(seq 1 600); do
-    curl -s "http://127.0.0.1:$((18080 + n))/health" | grep -q '"version":"1"' && break
+  for _ in $(seq 1 1200); do
+    h=$(curl -s "http://127.0.0.1:$((18080 + n))/health")
+    [[ $h == *'"brewstation-kiosk"'* && $h == *'"kb":{'* ]] && break
     sleep 0.1
   done
   echo "kiosk-$n serves: $(curl -s "http://127.0.0.1:$((18080 + n))/health")"
 done
+answer() {
+  curl -s "$base/v1/answer" -H 'Content-Type: application/json' -d "{\"question\": \"$1\"}" |
+    python3 -c 'import json,sys
+r = json.load(sys.stdin)
+if "error" in r: sys.exit("error: " + r["error"]["message"])
+print(r["answer"])
+print("  escalated:", r["escalated"], r["reason"] or "", "| route:", r["route"], "| versions:", r["versions"])
+for c in r["citations"]: print("  [%d] %s - %s (cosine %.2f)" % (c["marker"], c["source"], c["section"], c["score"]))'
+}
+for q in "What does error E05 mean?" "How long is the warranty in the EU?" \
+  "Will it rain in Paris tomorrow?" "I want to talk to a person"; do
+  echo
+  echo "== POST $base/v1/answer: $q"
+  answer "$q"
+done
+echo
+echo "kiosk page: $base/ (open it in a browser; DEMO_KEEP=1 keeps it running)"
 
 echo
 echo "== a customer question with personal data, answered with the fleet's prompt set"

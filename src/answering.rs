@@ -137,6 +137,21 @@ pub async fn answer_stack(
     })
 }
 
+/// The configured model in a one-slot engine, loaded: for commands that
+/// answer in the foreground (`ask`, `eval`).
+pub async fn start_engine(config: &DeviceConfig) -> anyhow::Result<EngineHandle> {
+    let model = settings::model_path(config)?;
+    let mut engine_config = config.engine.engine_config(model, config.lora.clone());
+    engine_config.parallel = 1;
+    let engine = EngineHandle::spawn(engine_config);
+    engine
+        .ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("loading the model")?;
+    Ok(engine)
+}
+
 /// The answerer for the configured knowledge base (required), for `ask`
 /// and `eval`.
 pub async fn answerer(config: &DeviceConfig, engine: EngineHandle) -> anyhow::Result<Answerer> {

@@ -73,9 +73,6 @@ pub struct EvalRunArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub answer: AnswerArgs,
-    /// An embedding GGUF for the knowledge base (default: the catalog's).
-    #[arg(long, env = "OUTPOST_EMBEDDER")]
-    pub embedder: Option<PathBuf>,
     /// The question set (JSON Lines).
     #[arg(long)]
     pub set: PathBuf,
@@ -124,9 +121,6 @@ pub enum PromptsCommand {
 pub struct PromptsRenderArgs {
     #[command(flatten)]
     pub answer: AnswerArgs,
-    /// An embedding GGUF for the knowledge base (default: the catalog's).
-    #[arg(long, env = "OUTPOST_EMBEDDER")]
-    pub embedder: Option<PathBuf>,
     /// The question.
     pub question: String,
     /// Print the messages as JSON.
@@ -369,10 +363,6 @@ pub struct ServeArgs {
     /// Requests waiting for a slot before 503s.
     #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<i64>,
-    /// An embedding GGUF for POST /v1/embeddings and the knowledge base
-    /// (`outpost quant convert`); with a KB and none given, the catalog's.
-    #[arg(long, env = "OUTPOST_EMBEDDER")]
-    pub embedder: Option<PathBuf>,
     #[command(flatten)]
     pub answer: AnswerArgs,
     /// Where kiosk feedback is stored (default: feedback.sqlite in the data folder).
@@ -382,9 +372,13 @@ pub struct ServeArgs {
     pub agent: AgentArgs,
 }
 
-/// Overrides of the config's `[answer]` section.
+/// Overrides of the config's `[answer]` section and the embedder.
 #[derive(Debug, Args, Default)]
 pub struct AnswerArgs {
+    /// An embedding GGUF for the knowledge base and POST /v1/embeddings
+    /// (`outpost quant convert`); with a KB and none given, the catalog's.
+    #[arg(long, env = "OUTPOST_EMBEDDER")]
+    pub embedder: Option<PathBuf>,
     /// The knowledge base behind grounded answers (`outpost kb ingest`).
     #[arg(long, env = "OUTPOST_KB")]
     pub kb: Option<PathBuf>,
@@ -437,9 +431,6 @@ pub struct AskArgs {
     /// grounded in it, cited, or handed over; without, a plain chat.
     #[command(flatten)]
     pub answer: AnswerArgs,
-    /// An embedding GGUF for the knowledge base (default: the catalog's).
-    #[arg(long, env = "OUTPOST_EMBEDDER")]
-    pub embedder: Option<PathBuf>,
     /// The question.
     pub question: String,
     /// System prompt of a plain chat (no knowledge base).

@@ -58,6 +58,7 @@ pub fn answer_flags(raw: &mut RawDeviceConfig, args: &AnswerArgs) {
     raw.answer.kb = args.kb.clone();
     raw.answer.prompts = args.prompts.clone();
     raw.answer.retrieval = args.retrieval.clone();
+    raw.model.embedder = args.embedder.clone();
 }
 
 /// `$XDG_DATA_HOME/outpost/{name}` (default `~/.local/share/outpost/{name}`):

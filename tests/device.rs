@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::gguf_writer;
 use support::{
-    answer_text, chat, model_path, outpost, post, post_all, run, serial, temp_dir, write, Server,
+    answer_text, chat, convert_embedder, model_path, outpost, post, post_all, run, serial,
+    temp_dir, write, Server,
 };
 
 const SYSTEM: &str = "You are the help desk of the Acme K-500 ticket kiosk. Answer in one or two \
@@ -480,28 +481,9 @@ fn invalid_configuration_exits_64_listing_every_problem() {
 
 #[test]
 fn embeddings_come_from_the_converted_default_embedder() {
-    let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let folder = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
-        .expect("the fetched folder")
-        .to_owned();
     let dir = temp_dir();
     let gguf = dir.path().join("minilm.gguf");
-    let out = run(outpost()
-        .args(["quant", "convert", &folder, "--type", "f16", "-o"])
-        .arg(&gguf));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    convert_embedder("f16", &gguf);
 
     let server = Server::start(&["--embedder", gguf.to_str().unwrap()]);
     let url = server.url("/v1/embeddings");

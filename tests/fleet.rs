@@ -9,12 +9,15 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{chat, gguf_writer, model_path, outpost, post, run, serial, temp_dir, write, Server};
+use support::{
+    chat, convert_embedder, embedder_folder, gguf_writer, model_path, outpost, post, run, serial,
+    temp_dir, write, Server,
+};
 
 const FLEET: &str = "lobby";
 const HUB_PASSWORD: &str = "hub-secret";
@@ -155,7 +158,7 @@ impl Drop for Hub {
 /// `outpost serve --agent` as `name`, with its own data folder, on the
 /// hub's broker.
 fn start_device(dir: &Path, hub: &Hub, name: &str, password: &str) -> Server {
-    ensure_embedder();
+    embedder_folder();
     let broker = format!("mqtt://127.0.0.1:{}", hub.mqtt_port);
     start_device_on(dir, hub, name, password, &broker, "")
 }
@@ -258,29 +261,10 @@ fn prompt_set(dir: &Path, version: &str) -> PathBuf {
     path
 }
 
-/// The default embedder, fetched once: devices answer from the fleet's
-/// knowledge base with it, and `knowledge_base` builds one.
-fn ensure_embedder() -> &'static str {
-    static FOLDER: OnceLock<String> = OnceLock::new();
-    FOLDER.get_or_init(|| {
-        let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
-            .expect("the fetched folder")
-            .to_owned()
-    })
-}
-
 /// A two-page knowledge base made by `outpost kb ingest`, with the default
 /// embedder or the GGUF `embedder`.
 fn knowledge_base(dir: &Path, name: &str, embedder: Option<&Path>) -> PathBuf {
-    ensure_embedder();
+    embedder_folder();
     let docs = dir.join(format!("{name}-docs"));
     std::fs::create_dir_all(&docs).expect("kb folder");
     write(
@@ -546,21 +530,7 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
     // A knowledge base built with another embedder: its vectors mean
     // nothing to the devices' model.
     let q8 = dir.path().join("minilm-q8.gguf");
-    let out = run(outpost()
-        .args([
-            "quant",
-            "convert",
-            ensure_embedder(),
-            "--type",
-            "q8_0",
-            "-o",
-        ])
-        .arg(&q8));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    convert_embedder("q8_0", &q8);
     let foreign_kb = knowledge_base(dir.path(), "foreign", Some(&q8));
     hub.fleet(&[
         "publish",

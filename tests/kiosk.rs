@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use fantoccini::{Client, ClientBuilder, Locator};
-use support::{outpost, run, temp_dir, Server};
+use support::{convert_embedder, outpost, run, temp_dir, Server};
 
 const QUESTION: &str = "How do I descale the BrewStation 3000?";
 const HANDOVER_MESSAGE: &str = "A colleague is on the way. Please wait by the kiosk.";
@@ -266,27 +266,8 @@ async fn save_screenshot(client: &Client, name: &str) -> anyhow::Result<()> {
 /// all-MiniLM-L6-v2, fetched once and converted to GGUF (as the embeddings
 /// test in `tests/device.rs` does).
 fn embedder_gguf(dir: &Path) -> PathBuf {
-    let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let folder = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
-        .expect("the fetched folder")
-        .to_owned();
     let gguf = dir.join("minilm.gguf");
-    let out = run(outpost()
-        .args(["quant", "convert", &folder, "--type", "f16", "-o"])
-        .arg(&gguf));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    convert_embedder("f16", &gguf);
     gguf
 }
 

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{model_path, outpost, post, run, serial, temp_dir, Server};
+use support::{convert_embedder, model_path, outpost, post, run, serial, temp_dir, Server};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -230,18 +230,9 @@ fn search_ranks_the_page_that_answers_and_prints_json_for_scripts() {
 #[test]
 fn a_kb_built_with_another_embedder_is_refused() {
     let kb = shared_kb();
-    let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
-    let stdout = ok(&out);
-    let folder = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
-        .expect("the fetched folder")
-        .to_owned();
     let dir = temp_dir();
     let other = dir.path().join("minilm-q8.gguf");
-    ok(&run(outpost()
-        .args(["quant", "convert", &folder, "--type", "q8_0", "-o"])
-        .arg(&other)));
+    convert_embedder("q8_0", &other);
     let out = run(outpost()
         .args(["kb", "search", "--embedder"])
         .arg(&other)

@@ -172,10 +172,7 @@ impl Store {
             })?;
         }
         let conn = connect(path, false)?;
-        let sql = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
+        let sql = sql_error(path);
         let has_meta = table_exists(&conn, "kb_meta").map_err(sql)?;
         if !has_meta {
             create_schema(&conn, embedder, chunking).map_err(sql)?;
@@ -216,10 +213,7 @@ impl Store {
     }
 
     fn from_connection(path: &Path, conn: Connection) -> Result<Self, StoreError> {
-        let sql = |source| StoreError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
+        let sql = sql_error(path);
         if !table_exists(&conn, "kb_meta").map_err(sql)? {
             return Err(StoreError::NotAKb {
                 path: path.to_owned(),
@@ -422,10 +416,7 @@ impl Store {
         skipped_duplicates: &[String],
     ) -> Result<i64, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sql_error(path.as_ref());
         let dims = self.embedder.dimensions;
         if let Some(bad) = chunks.iter().find(|c| c.embedding.len() != dims) {
             return Err(StoreError::Corrupt {
@@ -503,10 +494,7 @@ impl Store {
     /// Removes `source`'s document and chunks.
     pub fn delete_document(&mut self, source: &str) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sql_error(path.as_ref());
         let tx = self.conn.transaction().map_err(sql)?;
         delete_document_in(&tx, source).map_err(sql)?;
         tx.commit().map_err(sql)
@@ -566,10 +554,7 @@ impl Store {
 
     fn recode_binary(&mut self, centre: &[f32]) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = sql_error(path.as_ref());
         let tx = self.conn.transaction().map_err(sql)?;
         {
             // sqlite-vec's UPDATE reads a bit vector as floats: rows are
@@ -676,16 +661,21 @@ impl Store {
     }
 }
 
+/// Wraps SQLite errors with the file they happened in.
+fn sql_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn short(sha: &str) -> String {
     format!("sha256 {}", &sha[..sha.len().min(12)])
 }
 
 fn connect(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     register_sqlite_vec();
-    let sql = |source| StoreError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
+    let sql = sql_error(path);
     let flags = if read_only {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {

@@ -21,20 +21,11 @@ use crate::settings;
 pub fn flags(args: &AskArgs) -> RawDeviceConfig {
     let mut raw = settings::engine_flags(&args.engine);
     settings::answer_flags(&mut raw, &args.answer);
-    raw.model.embedder = args.embedder.clone();
     raw
 }
 
 pub async fn run(config: DeviceConfig, args: AskArgs) -> anyhow::Result<()> {
-    let model = settings::model_path(&config)?;
-    let mut engine_config = config.engine.engine_config(model, config.lora.clone());
-    engine_config.parallel = 1;
-    let engine = EngineHandle::spawn(engine_config);
-    engine
-        .ready()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("loading the model")?;
+    let engine = answering::start_engine(&config).await?;
     if config.answer.kb.is_some() {
         return grounded(&config, engine, args).await;
     }

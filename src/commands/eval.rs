@@ -16,7 +16,6 @@ use outpost_eval::{EvalItem, Report, Responder, Response, RetrievedChunk, RunOpt
 use outpost_kb::{Filters, Hit};
 use outpost_runtime::answer::{AnswerError, AnswerRequest, Answerer};
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
-use outpost_runtime::engine::EngineHandle;
 
 use crate::answering;
 use crate::cli::{EvalCommand, EvalRunArgs};
@@ -34,7 +33,6 @@ pub fn flags(command: &EvalCommand) -> RawDeviceConfig {
         EvalCommand::Run(args) => {
             let mut raw = settings::engine_flags(&args.engine);
             settings::answer_flags(&mut raw, &args.answer);
-            raw.model.embedder = args.embedder.clone();
             raw
         }
         EvalCommand::Compare { .. } => RawDeviceConfig::default(),
@@ -68,15 +66,7 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
     }
     let runtime = crate::runtime()?;
     let answerer = runtime.block_on(async {
-        let model = settings::model_path(&config)?;
-        let mut engine_config = config.engine.engine_config(model, config.lora.clone());
-        engine_config.parallel = 1;
-        let engine = EngineHandle::spawn(engine_config);
-        engine
-            .ready()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("loading the model")?;
+        let engine = answering::start_engine(&config).await?;
         answering::answerer(&config, engine).await
     })?;
     let mode = answerer.config().mode;

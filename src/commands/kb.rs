@@ -43,8 +43,9 @@ pub fn run(config: DeviceConfig, command: KbCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The embedder on this thread, with its identity.
-fn load_embedder(
+/// The embedder on this thread, with its identity, and the tokenizer
+/// ingestion chunks with.
+pub(crate) fn load_embedder(
     config: &DeviceConfig,
     tokenizer: Option<&std::path::Path>,
 ) -> anyhow::Result<(KbEmbedder, PathBuf)> {

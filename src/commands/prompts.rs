@@ -5,18 +5,16 @@ use anyhow::Context;
 use outpost_kb::{Mode, Query, Store};
 use outpost_prompts::{AnswerPrompt, ContextChunk, PromptSet};
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
-use outpost_runtime::embed::{EmbedConfig, Embedder};
-use outpost_runtime::knowledge::embedder_identity;
 
 use crate::answering;
 use crate::cli::{PromptsCommand, PromptsRenderArgs};
+use crate::commands::kb::load_embedder;
 use crate::settings;
 
 pub fn flags(command: &PromptsCommand) -> RawDeviceConfig {
     let mut raw = RawDeviceConfig::default();
     if let PromptsCommand::Render(args) = command {
         settings::answer_flags(&mut raw, &args.answer);
-        raw.model.embedder = args.embedder.clone();
     }
     raw
 }
@@ -81,17 +79,11 @@ fn retrieve(
     path: &std::path::Path,
     question: &str,
 ) -> anyhow::Result<Vec<ContextChunk>> {
-    let files = settings::embedder_files(config, None)?;
-    let embedder = Embedder::load(
-        &files.gguf,
-        EmbedConfig {
-            threads: config.engine.threads.max(1) as u32,
-            ..EmbedConfig::default()
-        },
-    )?;
-    let identity = embedder_identity(&files.gguf, embedder.dimension())?;
-    let store = Store::open(path, Some(&identity))?;
-    let vector = embedder.embed_one(question)?;
+    let (mut embedder, _) = load_embedder(config, None)?;
+    let store = Store::open(path, Some(outpost_kb::Embed::identity(&embedder)))?;
+    let vector = outpost_kb::Embed::embed(&mut embedder, &[question.to_owned()])?
+        .into_iter()
+        .next();
     let mode: Mode = config
         .answer
         .retrieval
@@ -99,7 +91,7 @@ fn retrieve(
         .map_err(|e: String| anyhow::anyhow!(e))?;
     let hits = store.search(&Query::new(
         question,
-        Some(&vector),
+        vector.as_deref(),
         config.answer.top_k,
         mode,
     ))?;

@@ -26,7 +26,6 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.server.port = args.port;
     raw.server.api_key = args.api_key.clone();
     raw.engine.queue_capacity = args.queue_capacity;
-    raw.model.embedder = args.embedder.clone();
     settings::answer_flags(&mut raw, &args.answer);
     raw.answer.feedback_db = args.feedback_db.clone();
     let a = &args.agent;

@@ -177,3 +177,38 @@ pub fn temp_dir() -> tempfile::TempDir {
 pub fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("write fixture");
 }
+
+/// The default embedder's Hugging Face folder (all-MiniLM-L6-v2), fetched
+/// into the user's cache on first use.
+pub fn embedder_folder() -> String {
+    static FOLDER: OnceLock<String> = OnceLock::new();
+    FOLDER
+        .get_or_init(|| {
+            let out = run(outpost().args(["models", "fetch", "all-minilm-l6-v2"]));
+            assert!(
+                out.status.success(),
+                "outpost models fetch all-minilm-l6-v2 failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("all-minilm-l6-v2\t"))
+                .expect("fetch prints NAME<TAB>FOLDER")
+                .to_owned()
+        })
+        .clone()
+}
+
+/// The default embedder converted by `outpost quant convert` to a GGUF of
+/// `output_type` (f32, f16, q8_0) at `out`.
+pub fn convert_embedder(output_type: &str, out: &Path) {
+    let folder = embedder_folder();
+    let done = run(outpost()
+        .args(["quant", "convert", &folder, "--type", output_type, "-o"])
+        .arg(out));
+    assert!(
+        done.status.success(),
+        "outpost quant convert failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}

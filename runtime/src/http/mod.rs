@@ -6,7 +6,7 @@
 //! | `POST /v1/answer` | a grounded answer from the knowledge base with citations, or a hand-over; SSE with `stream: true` |
 //! | `POST /v1/embeddings` | OpenAI-compatible embeddings from the embedding model, when one is configured |
 //! | `GET /v1/models` | the loaded model |
-//! | `GET /health` | 200 when ready (with the model, adapter and prompt set serving), 503 while loading; never needs auth |
+//! | `GET /health` | 200 when ready (with the model, adapter, prompt set and knowledge base serving), 503 while loading; never needs auth |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET, POST /admin/lora` | show / swap the LoRA adapter without reloading the model |
 //! | `GET /` | the kiosk page (self-contained HTML: chat, sources, thumbs, "Talk to a person"); never needs auth |
@@ -227,7 +227,15 @@ async fn health(State(app): State<AppState>) -> Response {
                 .borrow()
                 .as_ref()
                 .map(|p| json!({"name": p.name(), "version": p.version()}));
-            Json(json!({"status": "ok", "model": info.id, "lora": info.lora, "prompt_set": prompt_set}))
+            let kb = app
+                .answerer
+                .as_ref()
+                .and_then(|a| a.knowledge().ok())
+                .map(|k| {
+                    let info = k.info();
+                    json!({"version": info.version.chars().take(12).collect::<String>(), "chunks": info.chunks})
+                });
+            Json(json!({"status": "ok", "model": info.id, "lora": info.lora, "prompt_set": prompt_set, "kb": kb}))
                 .into_response()
         }
         EngineState::Loading => (
