@@ -9,8 +9,9 @@
 #
 # Two figures per side:
 #   embedding  chunks per second of model time: Outpost's time inside the
-#              embedder (`embed_seconds` of the ingest report), llama.cpp's
-#              "prompt eval time" (llama_perf_context_print).
+#              embedder (`embed_seconds` of the ingest report); llama.cpp's
+#              from the timestamps of its batch_decode log lines (first to
+#              last batch start, plus one average batch).
 #   end to end chunks per second of wall time: Outpost parses, chunks,
 #              embeds and writes SQLite/FTS5/vec0; llama-embedding loads the
 #              model and embeds a prepared file.
@@ -75,11 +76,19 @@ for round in $(seq 1 "$rounds"); do
     end=$(date +%s.%N)
     read -r peer_chunks embed_rate wall_rate < <(python3 - "$work/peer.err" "$work/peer.out" "$start" "$end" <<'EOF'
 import json, re, sys
-err = open(sys.argv[1]).read()
+# llama-embedding logs "M.SS.mmm.uuu I batch_decode: ..." as each batch
+# starts (time since the process started); the model time is from the first
+# to the last start, plus one average batch for the last.
+starts = []
+for line in open(sys.argv[1]):
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)\.(\d+) I batch_decode", line)
+    if m:
+        mi, se, ms, us = map(int, m.groups())
+        starts.append(mi * 60 + se + ms / 1e3 + us / 1e6)
 vectors = json.loads(open(sys.argv[2]).read())
-m = re.search(r"prompt eval time =\s*([\d.]+) ms", err)
 n = len(vectors)
-print(n, n / (float(m.group(1)) / 1000), n / (float(sys.argv[4]) - float(sys.argv[3])))
+model_seconds = (starts[-1] - starts[0]) * len(starts) / (len(starts) - 1)
+print(n, n / model_seconds, n / (float(sys.argv[4]) - float(sys.argv[3])))
 EOF
 )
     echo "llama-embedding round $round: $peer_chunks chunks, $embed_rate chunks/s embedding, $wall_rate chunks/s end to end" >&2

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::chunk::Chunker;
+use crate::chunk::{Chunk, Chunker};
 use crate::document::{self, Format};
 use crate::store::{DocumentTags, EmbedderIdentity, NewChunk, Store, StoreError};
 
-/// Texts embedded per call.
-const EMBED_BATCH: usize = 16;
+/// Texts embedded per call; documents are collected until this many
+/// chunks need vectors.
+const EMBED_BATCH: usize = 64;
 
 /// An embedding model, as ingestion and retrieval use it.
 pub trait Embed {
@@ -153,6 +154,7 @@ pub fn ingest(
     let mut todo: Vec<&FoundFile> = files.iter().collect();
     let mut first_pass = true;
     loop {
+        let mut batch = Batch::default();
         for file in todo {
             let bytes = match std::fs::read(&file.path) {
                 Ok(b) => b,
@@ -167,8 +169,8 @@ pub fn ingest(
                 }
             };
             let sha = hex::encode(Sha256::digest(&bytes));
-            let previous = stored.get(&file.source);
-            if first_pass && !rechunk && previous == Some(&sha) {
+            let previous = stored.contains_key(&file.source);
+            if first_pass && !rechunk && stored.get(&file.source) == Some(&sha) {
                 report.unchanged += 1;
                 progress(IngestEvent::File {
                     source: &file.source,
@@ -178,36 +180,33 @@ pub fn ingest(
                 });
                 continue;
             }
-            match ingest_file(
+            match prepare(
                 store,
                 chunker,
-                embedder,
                 file,
                 &bytes,
-                &sha,
+                sha,
                 options,
+                &batch,
                 &mut report,
             ) {
-                Ok(chunks) if first_pass => {
-                    let outcome = if previous.is_some() {
-                        report.updated += 1;
-                        FileOutcome::Updated
-                    } else {
-                        report.added += 1;
-                        FileOutcome::Added
+                Ok(mut doc) => {
+                    // Re-ingested for a vanished duplicate: not news to report.
+                    doc.outcome = match (first_pass, previous) {
+                        (false, _) => None,
+                        (true, true) => Some(FileOutcome::Updated),
+                        (true, false) => Some(FileOutcome::Added),
                     };
-                    progress(IngestEvent::File {
-                        source: &file.source,
-                        outcome,
-                        chunks,
-                        error: None,
-                    });
+                    batch.push(doc);
                 }
-                Ok(_) => {}
                 Err(FileError::Skip(why)) => fail(&mut report, progress, &file.source, why),
                 Err(FileError::Fatal(e)) => return Err(e),
             }
+            if batch.missing >= EMBED_BATCH {
+                batch.flush(store, embedder, &mut report, progress)?;
+            }
         }
+        batch.flush(store, embedder, &mut report, progress)?;
         if !first_pass {
             break;
         }
@@ -239,17 +238,126 @@ impl From<StoreError> for FileError {
     }
 }
 
+/// One chunk waiting for its vector.
+struct PendingChunk {
+    chunk: Chunk,
+    text: String,
+    hash: String,
+    vector: Option<Vec<f32>>,
+}
+
+/// A parsed and chunked document waiting for its vectors.
+struct PendingDocument {
+    source: String,
+    sha: String,
+    title: Option<String>,
+    tags: DocumentTags,
+    chunks: Vec<PendingChunk>,
+    skipped_duplicates: Vec<String>,
+    /// What to report once stored; `None` reports nothing.
+    outcome: Option<FileOutcome>,
+}
+
+/// Documents collected until enough chunks need embedding: one embedder
+/// call then covers many small files, as llama.cpp packs its batches best
+/// with many texts.
+#[derive(Default)]
+struct Batch {
+    documents: Vec<PendingDocument>,
+    /// Content hash → source of every chunk in the batch, for dedupe
+    /// across documents not stored yet.
+    hashes: HashMap<String, String>,
+    missing: usize,
+}
+
+impl Batch {
+    fn push(&mut self, doc: PendingDocument) {
+        for c in &doc.chunks {
+            self.hashes.insert(c.hash.clone(), doc.source.clone());
+        }
+        self.missing += doc.chunks.iter().filter(|c| c.vector.is_none()).count();
+        self.documents.push(doc);
+    }
+
+    /// Embeds what the batch misses, then stores each document in its own
+    /// transaction.
+    fn flush(
+        &mut self,
+        store: &mut Store,
+        embedder: &mut dyn Embed,
+        report: &mut IngestReport,
+        progress: &mut dyn FnMut(IngestEvent<'_>),
+    ) -> Result<(), IngestError> {
+        let mut slots: Vec<&mut PendingChunk> = self
+            .documents
+            .iter_mut()
+            .flat_map(|d| d.chunks.iter_mut())
+            .filter(|c| c.vector.is_none())
+            .collect();
+        for group in slots.chunks_mut(EMBED_BATCH) {
+            let texts: Vec<String> = group.iter().map(|c| c.text.clone()).collect();
+            let t = Instant::now();
+            let vectors = embedder.embed(&texts)?;
+            report.embed_seconds += t.elapsed().as_secs_f64();
+            report.chunks_embedded += texts.len();
+            for (slot, v) in group.iter_mut().zip(vectors) {
+                slot.vector = Some(v);
+            }
+        }
+        for doc in self.documents.drain(..) {
+            let chunks: Vec<NewChunk> = doc
+                .chunks
+                .into_iter()
+                .map(|c| NewChunk {
+                    ordinal: c.chunk.ordinal,
+                    section: c.chunk.section,
+                    text: c.chunk.text,
+                    tokens: c.chunk.tokens,
+                    content_hash: c.hash,
+                    embedding: c.vector.unwrap_or_default(),
+                })
+                .collect();
+            store.put_document(
+                &doc.source,
+                &doc.sha,
+                doc.title.as_deref(),
+                &doc.tags,
+                &chunks,
+                &doc.skipped_duplicates,
+            )?;
+            report.chunks_stored += chunks.len();
+            if let Some(outcome) = doc.outcome {
+                match outcome {
+                    FileOutcome::Added => report.added += 1,
+                    _ => report.updated += 1,
+                }
+                progress(IngestEvent::File {
+                    source: &doc.source,
+                    outcome,
+                    chunks: chunks.len(),
+                    error: None,
+                });
+            }
+        }
+        self.hashes.clear();
+        self.missing = 0;
+        Ok(())
+    }
+}
+
+/// Parses and chunks one file; finds which chunks are duplicates and which
+/// can reuse a stored vector.
 #[allow(clippy::too_many_arguments)]
-fn ingest_file(
-    store: &mut Store,
+fn prepare(
+    store: &Store,
     chunker: &Chunker,
-    embedder: &mut dyn Embed,
     file: &FoundFile,
     bytes: &[u8],
-    sha: &str,
+    sha: String,
     options: &IngestOptions,
+    batch: &Batch,
     report: &mut IngestReport,
-) -> Result<usize, FileError> {
+) -> Result<PendingDocument, FileError> {
     let doc = document::parse(file.format, bytes).map_err(|e| FileError::Skip(e.to_string()))?;
     let chunks = chunker.chunk(&doc);
     if chunks.is_empty() {
@@ -267,63 +375,41 @@ fn ingest_file(
             report.duplicates_skipped += 1;
             continue;
         }
-        if let Some(owner) = store.hash_owner(&hash)? {
-            if owner != file.source {
-                report.duplicates_skipped += 1;
-                skipped_duplicates.push(hash);
-                continue;
-            }
+        let owner = match batch.hashes.get(&hash) {
+            Some(source) => Some(source.clone()),
+            None => store.hash_owner(&hash)?,
+        };
+        if owner.is_some_and(|owner| owner != file.source) {
+            report.duplicates_skipped += 1;
+            skipped_duplicates.push(hash);
+            continue;
         }
-        let reused = store.embedding_for_hash(&hash)?;
-        kept.push((chunk, text, hash, reused));
-    }
-    let missing: Vec<usize> = (0..kept.len()).filter(|&i| kept[i].3.is_none()).collect();
-    report.chunks_reused += kept.len() - missing.len();
-    for batch in missing.chunks(EMBED_BATCH) {
-        let texts: Vec<String> = batch.iter().map(|&i| kept[i].1.clone()).collect();
-        let t = Instant::now();
-        let vectors = embedder
-            .embed(&texts)
-            .map_err(|e| FileError::Fatal(e.into()))?;
-        report.embed_seconds += t.elapsed().as_secs_f64();
-        report.chunks_embedded += texts.len();
-        for (&i, v) in batch.iter().zip(vectors) {
-            kept[i].3 = Some(v);
+        let vector = store.embedding_for_hash(&hash)?;
+        if vector.is_some() {
+            report.chunks_reused += 1;
         }
+        kept.push(PendingChunk {
+            chunk,
+            text,
+            hash,
+            vector,
+        });
     }
-    let new_chunks: Vec<NewChunk> = kept
-        .into_iter()
-        .map(|(chunk, _, hash, vector)| NewChunk {
-            ordinal: chunk.ordinal,
-            section: chunk.section,
-            text: chunk.text,
-            tokens: chunk.tokens,
-            content_hash: hash,
-            embedding: vector.unwrap_or_default(),
-        })
-        .collect();
-    let tags = DocumentTags {
-        locale: doc
-            .tags
-            .get("locale")
-            .cloned()
-            .or_else(|| options.default_tags.locale.clone()),
-        product: doc
-            .tags
-            .get("product")
-            .cloned()
-            .or_else(|| options.default_tags.product.clone()),
+    let tag = |key: &str, default: &Option<String>| {
+        doc.tags.get(key).cloned().or_else(|| default.clone())
     };
-    store.put_document(
-        &file.source,
+    Ok(PendingDocument {
+        source: file.source.clone(),
         sha,
-        doc.title.as_deref(),
-        &tags,
-        &new_chunks,
-        &skipped_duplicates,
-    )?;
-    report.chunks_stored += new_chunks.len();
-    Ok(new_chunks.len())
+        title: doc.title.clone(),
+        tags: DocumentTags {
+            locale: tag("locale", &options.default_tags.locale),
+            product: tag("product", &options.default_tags.product),
+        },
+        chunks: kept,
+        skipped_duplicates,
+        outcome: None,
+    })
 }
 
 fn fail(

@@ -244,7 +244,11 @@ impl Embedder {
         // llama.cpp reserves its pooling graph for a micro-batch split evenly
         // among the sequences and aborts when the two do not divide: round
         // the micro-batch up to a multiple of the sequence count.
-        let ubatch = self.max_tokens.div_ceil(max_sequences) * max_sequences;
+        // A context no larger than the request needs: a one-line question
+        // should not pay for a 512-token compute graph.
+        let needed: usize = tokenized.iter().map(Vec::len).sum();
+        let needed = u32::try_from(needed.next_multiple_of(64)).unwrap_or(u32::MAX);
+        let ubatch = needed.min(self.max_tokens).div_ceil(max_sequences) * max_sequences;
         let threads = i32::try_from(self.config.threads).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_embeddings(true)
