@@ -96,14 +96,21 @@ fn main() {
             .filter_map(|v| v["question"].as_str().map(str::to_owned))
             .collect();
 
+    let scan = match std::env::var("RETRIEVAL_OVERSAMPLE")
+        .ok()
+        .and_then(|o| o.parse().ok())
+    {
+        Some(oversample) => VectorScan::Binary { oversample },
+        None => VectorScan::default(),
+    };
     let sizes: Vec<usize> = std::env::var("RETRIEVAL_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
     println!(
-        "| chunks | embed p50 | hybrid (binary + rescore) search p50 / p95 | total p50 / p95 | hybrid (exact float scan) search p50 / p95 | vector recall@10, binary vs exact |"
+        "| chunks | embed p50 | hybrid (binary + rescore) search p50 / p95 | total p50 / p95 | vector list alone p50 | BM25 list alone p50 | hybrid (exact float scan) search p50 / p95 | vector recall@10, binary vs exact |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         let path = work.path().join(format!("synthetic-{n}.sqlite"));
         let started = Instant::now();
@@ -116,15 +123,17 @@ fn main() {
         let mut fast = Vec::new();
         let mut total = Vec::new();
         let mut exact = Vec::new();
+        let mut vector_only = Vec::new();
+        let mut bm25_only = Vec::new();
         let mut recall_sum = 0.0;
         for q in &questions {
             let t = Instant::now();
             let v = embedder.embed(std::slice::from_ref(q)).expect("embed")[0].clone();
             let embed = t.elapsed();
             let t = Instant::now();
-            let hits = store
-                .search(&Query::new(q, Some(&v), K, Mode::Hybrid))
-                .expect("search");
+            let mut hybrid = Query::new(q, Some(&v), K, Mode::Hybrid);
+            hybrid.scan = scan;
+            let hits = store.search(&hybrid).expect("search");
             let search = t.elapsed();
             assert!(!hits.is_empty());
             embed_times.push(embed);
@@ -137,13 +146,22 @@ fn main() {
             store.search(&exact_query).expect("exact search");
             exact.push(t.elapsed());
 
+            let t = Instant::now();
+            store
+                .search(&Query::new(q, Some(&v), K, Mode::Bm25))
+                .expect("bm25");
+            bm25_only.push(t.elapsed());
+
             let mut vq = Query::new(q, Some(&v), K, Mode::Vector);
+            vq.scan = scan;
+            let t = Instant::now();
             let binary: Vec<i64> = store
                 .search(&vq)
                 .expect("vector")
                 .iter()
                 .map(|h| h.chunk_id)
                 .collect();
+            vector_only.push(t.elapsed());
             vq.scan = VectorScan::Exact;
             let truth: Vec<i64> = store
                 .search(&vq)
@@ -155,19 +173,21 @@ fn main() {
             recall_sum += found as f64 / truth.len().max(1) as f64;
         }
         println!(
-            "| {n} | {} | {} / {} | {} / {} | {} / {} | {:.3} |",
+            "| {n} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.3} |",
             ms(pct(&mut embed_times, 50)),
             ms(pct(&mut fast, 50)),
             ms(pct(&mut fast, 95)),
             ms(pct(&mut total, 50)),
             ms(pct(&mut total, 95)),
+            ms(pct(&mut vector_only, 50)),
+            ms(pct(&mut bm25_only, 50)),
             ms(pct(&mut exact, 50)),
             ms(pct(&mut exact, 95)),
             recall_sum / questions.len() as f64
         );
     }
     println!(
-        "\n{} queries per size (the evaluation set's questions), k = {K}, {threads} threads.",
+        "\n{} queries per size (the evaluation set's questions), k = {K}, {threads} threads, {scan:?}.",
         questions.len()
     );
 }

@@ -107,20 +107,26 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging(config: &DeviceConfig, quiet: bool) {
-    init_tracing(
-        if quiet {
-            "warn"
-        } else {
-            config.log_level.as_str()
-        },
-        config.log_format == LogFormat::Json,
-    );
+    // A foreground command keeps the terminal for its output: warnings only,
+    // and not llama.cpp's (it warns about context rounding on every call).
+    let level = if quiet {
+        "warn"
+    } else {
+        config.log_level.as_str()
+    };
+    init_tracing(level, config.log_format == LogFormat::Json);
 }
 
-/// Text or JSON logs to stderr; llama.cpp is chatty at info, its warnings still show.
+/// Text or JSON logs to stderr; llama.cpp is chatty at info, its warnings
+/// show at the info level and below, not when only warnings were asked for.
 pub(crate) fn init_tracing(level: &str, json: bool) {
+    let llama = if level.starts_with("warn") || level.starts_with("error") {
+        "error"
+    } else {
+        "warn"
+    };
     let filter = EnvFilter::try_new(format!(
-        "{level},llama-cpp-2=warn,llama_cpp_2=error,rumqttd=warn"
+        "{level},llama-cpp-2={llama},llama_cpp_2=error,rumqttd=warn"
     ))
     .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -1,10 +1,11 @@
 //! Hybrid retrieval: vector KNN and FTS5 BM25, fused by reciprocal rank.
 //!
-//! - **Vector**: sqlite-vec scans the 1-bit copies (Hamming distance, 48
-//!   bytes a chunk for 384 dimensions), keeps `k × oversample` candidates
-//!   and re-scores them by exact cosine on the float vectors. The float
-//!   scan is kept as [`VectorScan::Exact`] for measuring what the fast scan
-//!   loses.
+//! - **Vector**: the in-memory index ([`crate::index`]) ranks 1-bit codes
+//!   by Hamming distance and re-ranks the best by int8 dot product; the
+//!   best `depth × oversample` are re-scored by exact cosine on their float
+//!   vectors from the store. sqlite-vec's exact float scan is
+//!   [`VectorScan::Exact`], for `--exact` and for measuring what the fast
+//!   path loses.
 //! - **BM25**: the question's words, each quoted, OR-ed into an FTS5 query
 //!   over section and text (porter stemming), ranked by `bm25()` with the
 //!   section weighted above the body.
@@ -21,10 +22,13 @@ use std::collections::HashMap;
 use rusqlite::{params_from_iter, types::Value};
 use serde::Serialize;
 
-use crate::store::{binary_code, floats_from_bytes, floats_to_bytes, Store, StoreError};
+use crate::store::{floats_from_bytes, floats_to_bytes, Store, StoreError};
 
 /// A chunk's fused score and its 1-based ranks in the vector and BM25 lists.
 type Fused = (f64, Option<usize>, Option<usize>);
+
+/// Most chunk occurrences the words of one BM25 query may have together.
+const BM25_POSTINGS_BUDGET: u64 = 5_000;
 
 /// RRF's damping constant, as in the paper and most engines.
 const RRF_K: f64 = 60.0;
@@ -65,8 +69,9 @@ impl std::fmt::Display for Mode {
 /// How the vector list is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VectorScan {
-    /// Hamming scan of the binary copies, then exact cosine over
-    /// `k × oversample` candidates.
+    /// The in-memory index ([`crate::index`]): Hamming scan of 1-bit
+    /// codes, int8 re-rank, then exact cosine over `depth × oversample`
+    /// candidates read from the store.
     Binary { oversample: usize },
     /// sqlite-vec's float32 cosine scan of every vector.
     Exact,
@@ -74,7 +79,7 @@ pub enum VectorScan {
 
 impl Default for VectorScan {
     fn default() -> Self {
-        VectorScan::Binary { oversample: 16 }
+        VectorScan::Binary { oversample: 4 }
     }
 }
 
@@ -225,26 +230,45 @@ impl Store {
         depth: usize,
         query: &Query<'_>,
     ) -> Result<Vec<(i64, f64)>, SearchError> {
-        let (column, probe, n) = match query.scan {
-            VectorScan::Exact => ("embedding", Value::Blob(floats_to_bytes(v)), depth),
-            VectorScan::Binary { oversample } => (
-                "embedding_bits",
-                Value::Blob(binary_code(v, self.centre())),
-                depth * oversample.max(1),
-            ),
+        let mut list: Vec<(i64, f64)> = match query.scan {
+            VectorScan::Exact => self.exact_knn(v, depth, &query.filters)?,
+            VectorScan::Binary { oversample } => {
+                let index = self.vector_index()?;
+                let candidates = index.search(v, depth * oversample.max(1), &query.filters);
+                let conn = self.connection();
+                let mut read = conn
+                    .prepare_cached("SELECT embedding FROM chunks WHERE id = ?1")
+                    .map_err(|e| self.sql(e))?;
+                let mut rescored = Vec::with_capacity(candidates.len());
+                for (id, _) in candidates {
+                    let bytes: Vec<u8> = read
+                        .query_row([id], |r| r.get(0))
+                        .map_err(|e| self.sql(e))?;
+                    rescored.push((id, cosine(v, &floats_from_bytes(&bytes)) as f64));
+                }
+                rescored
+            }
         };
-        let probe_sql = match query.scan {
-            VectorScan::Exact => "?1",
-            VectorScan::Binary { .. } => "vec_bit(?1)",
-        };
-        let mut sql = format!(
-            "SELECT rowid, embedding FROM chunk_vectors WHERE {column} MATCH {probe_sql} AND k = ?2"
+        list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        list.truncate(depth);
+        Ok(list)
+    }
+
+    /// sqlite-vec's exact float32 KNN, filtered on the metadata columns.
+    fn exact_knn(
+        &self,
+        v: &[f32],
+        k: usize,
+        filters: &Filters,
+    ) -> Result<Vec<(i64, f64)>, SearchError> {
+        let mut sql = String::from(
+            "SELECT rowid, distance FROM chunk_vectors WHERE embedding MATCH ?1 AND k = ?2",
         );
-        let mut args = vec![probe, Value::Integer(n as i64)];
+        let mut args = vec![Value::Blob(floats_to_bytes(v)), Value::Integer(k as i64)];
         for (name, value) in [
-            ("source", &query.filters.source),
-            ("locale", &query.filters.locale),
-            ("product", &query.filters.product),
+            ("source", &filters.source),
+            ("locale", &filters.locale),
+            ("product", &filters.product),
         ] {
             if let Some(value) = value {
                 args.push(Value::Text(value.clone()));
@@ -253,16 +277,14 @@ impl Store {
         }
         let conn = self.connection();
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.sql(e))?;
-        let mut list: Vec<(i64, f64)> = stmt
+        let list = stmt
             .query_map(params_from_iter(args), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                // sqlite-vec's cosine distance is 1 - similarity.
+                Ok((r.get::<_, i64>(0)?, 1.0 - r.get::<_, f64>(1)?))
             })
             .map_err(|e| self.sql(e))?
-            .map(|row| row.map(|(id, bytes)| (id, cosine(v, &floats_from_bytes(&bytes)) as f64)))
             .collect::<Result<_, _>>()
             .map_err(|e| self.sql(e))?;
-        list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        list.truncate(depth);
         Ok(list)
     }
 
@@ -274,16 +296,25 @@ impl Store {
         depth: usize,
         filters: &Filters,
     ) -> Result<Vec<(i64, f64)>, SearchError> {
-        let Some(fts_query) = fts_query(text) else {
+        let words = selective_words(self, query_words(text))?;
+        let Some(fts_query) = or_query(&words) else {
             return Ok(Vec::new());
         };
-        let mut sql = String::from(
+        let filtered =
+            filters.source.is_some() || filters.locale.is_some() || filters.product.is_some();
+        // Joins only when a filter needs the document's tags: each join is a
+        // lookup for every matching chunk.
+        let mut sql = String::from(if filtered {
             "SELECT f.rowid, bm25(chunks_fts, 2.0, 1.0) AS rank
              FROM chunks_fts f
              JOIN chunks c ON c.id = f.rowid
              JOIN documents d ON d.id = c.document_id
-             WHERE chunks_fts MATCH ?1",
-        );
+             WHERE chunks_fts MATCH ?1"
+        } else {
+            "SELECT f.rowid, bm25(chunks_fts, 2.0, 1.0) AS rank
+             FROM chunks_fts f
+             WHERE chunks_fts MATCH ?1"
+        });
         let mut args = vec![Value::Text(fts_query)];
         for (name, value) in [
             ("d.source", &filters.source),
@@ -313,9 +344,8 @@ impl Store {
         let conn = self.connection();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT d.source, c.section, c.text, v.embedding
+                "SELECT d.source, c.section, c.text, c.embedding
                  FROM chunks c JOIN documents d ON d.id = c.document_id
-                 JOIN chunk_vectors v ON v.rowid = c.id
                  WHERE c.id = ?1",
             )
             .map_err(|e| self.sql(e))?;
@@ -341,9 +371,9 @@ const STOPWORDS: &[&str] = &[
     "why", "will", "with", "you", "your",
 ];
 
-/// The question as an FTS5 query: each word quoted (so no FTS5 syntax in a
-/// customer's text can reach the parser), stopwords dropped, OR-ed.
-pub fn fts_query(text: &str) -> Option<String> {
+/// The question's searchable words: lower-cased, stopwords and repeats
+/// dropped, at most 32.
+pub fn query_words(text: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
     for word in text
         .split(|c: char| !c.is_alphanumeric())
@@ -358,6 +388,16 @@ pub fn fts_query(text: &str) -> Option<String> {
             break;
         }
     }
+    words
+}
+
+/// The question as an FTS5 query: each word quoted (so no FTS5 syntax in a
+/// customer's text can reach the parser), stopwords dropped, OR-ed.
+pub fn fts_query(text: &str) -> Option<String> {
+    or_query(&query_words(text))
+}
+
+fn or_query(words: &[String]) -> Option<String> {
     if words.is_empty() {
         return None;
     }
@@ -368,6 +408,31 @@ pub fn fts_query(text: &str) -> Option<String> {
             .collect::<Vec<_>>()
             .join(" OR "),
     )
+}
+
+/// The words worth a BM25 query over a large KB: rarest first, while the
+/// chunks they occur in stay within [`BM25_POSTINGS_BUDGET`] (the rarest
+/// is always kept). A word in most chunks adds little to BM25 and makes
+/// FTS5 score every chunk it occurs in; on a small KB every word fits.
+fn selective_words(store: &Store, words: Vec<String>) -> Result<Vec<String>, StoreError> {
+    let mut counted = Vec::with_capacity(words.len());
+    for word in words {
+        let n = store.document_frequency(&word)?;
+        if n > 0 {
+            counted.push((n, word));
+        }
+    }
+    counted.sort();
+    let mut total = 0;
+    let mut kept = Vec::new();
+    for (n, word) in counted {
+        if !kept.is_empty() && total + n > BM25_POSTINGS_BUDGET {
+            continue;
+        }
+        total += n;
+        kept.push(word);
+    }
+    Ok(kept)
 }
 
 /// Cosine similarity; 0 for a zero vector.

@@ -4,11 +4,11 @@
 //!
 //! | table | what |
 //! |---|---|
-//! | `kb_meta` | format, embedder name + sha256 + dimensions, chunk settings, the KB version, the binary-quantization centre |
+//! | `kb_meta` | format, embedder name + sha256 + dimensions, chunk settings, the KB version |
 //! | `documents` | one row per source file: path relative to the ingested folder, sha256, title, tags |
-//! | `chunks` | the chunk text, its heading path, token count and content hash |
+//! | `chunks` | the chunk text, its heading path, token count, content hash and float32 embedding (read by id to re-score candidates) |
 //! | `chunks_fts` | FTS5 (porter + unicode61) over section and text, an external-content index of `chunks` |
-//! | `chunk_vectors` | `vec0`: the float32 embedding, a 1-bit-per-dimension copy for the fast scan, and `source`/`locale`/`product` metadata columns for filtered KNN |
+//! | `chunk_vectors` | `vec0`: the float32 embedding with `source`/`locale`/`product` metadata columns, for sqlite-vec's exact filtered KNN |
 //!
 //! The KB version is a sha256 over the embedder identity, the chunk settings
 //! and every document's path and content hash, so two devices holding the
@@ -16,24 +16,18 @@
 //! embedder is refused at open ([`StoreError::EmbedderMismatch`]): its
 //! vectors would be meaningless to the device's model.
 //!
-//! The binary copy is taken around a per-dimension centre (the corpus mean)
-//! rather than zero: sentence-embedding dimensions are not centred, and
-//! signs around zero would waste most bits.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chunk::ChunkSettings;
-
-/// How far the corpus mean may drift before every binary copy is
-/// re-encoded: well below the spread of a sentence-embedding dimension
-/// (~0.05), so few bits would flip, and large enough that adding a page to a
-/// big KB does not rewrite it all.
-const CENTRE_TOLERANCE: f32 = 0.005;
+use crate::index::VectorIndex;
 
 /// Bumped when the schema changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -128,10 +122,14 @@ pub struct Store {
     conn: Connection,
     embedder: EmbedderIdentity,
     chunking: ChunkSettings,
-    /// Per-dimension centre the binary copy is taken around.
-    centre: Vec<f32>,
     /// The file was chunked with other settings: every document is re-chunked.
     rechunk: bool,
+    /// Chunks containing a query word, by word, for BM25 term selection;
+    /// cleared by every write.
+    document_frequency: RefCell<HashMap<String, u64>>,
+    /// The in-memory vector index, built on the first search; dropped by
+    /// every write.
+    vector_index: RefCell<Option<Arc<VectorIndex>>>,
 }
 
 fn register_sqlite_vec() {
@@ -245,25 +243,14 @@ impl Store {
             serde_json::from_str(&meta("embedder")?).map_err(|e| corrupt("embedder", e))?;
         let chunking: ChunkSettings =
             serde_json::from_str(&meta("chunking")?).map_err(|e| corrupt("chunking", e))?;
-        let centre: Vec<f32> = serde_json::from_str(&meta("binary_centre")?)
-            .map_err(|e| corrupt("binary_centre", e))?;
-        if centre.len() != embedder.dimensions {
-            return Err(StoreError::Corrupt {
-                path: path.to_owned(),
-                detail: format!(
-                    "binary_centre has {} values for {} dimensions",
-                    centre.len(),
-                    embedder.dimensions
-                ),
-            });
-        }
         Ok(Self {
             path: path.to_owned(),
             conn,
             embedder,
             chunking,
-            centre,
             rechunk: false,
+            document_frequency: RefCell::default(),
+            vector_index: RefCell::default(),
         })
     }
 
@@ -301,8 +288,52 @@ impl Store {
         &self.conn
     }
 
-    pub(crate) fn centre(&self) -> &[f32] {
-        &self.centre
+    /// The in-memory vector index over every chunk, built on first use
+    /// (reads every embedding once: about a second at 100k chunks).
+    pub fn vector_index(&self) -> Result<Arc<VectorIndex>, StoreError> {
+        if let Some(index) = self.vector_index.borrow().as_ref() {
+            return Ok(index.clone());
+        }
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT c.id, d.source, coalesce(d.locale, ''), coalesce(d.product, ''), c.embedding
+                 FROM chunks c JOIN documents d ON d.id = c.document_id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    floats_from_bytes(&r.get::<_, Vec<u8>>(4)?),
+                ))
+            })
+            .map_err(|e| self.sql(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql(e))?;
+        let index = Arc::new(VectorIndex::build(self.embedder.dimensions, rows));
+        *self.vector_index.borrow_mut() = Some(index.clone());
+        Ok(index)
+    }
+
+    /// How many chunks contain `word` (as FTS5 tokenizes it), cached.
+    pub(crate) fn document_frequency(&self, word: &str) -> Result<u64, StoreError> {
+        if let Some(n) = self.document_frequency.borrow().get(word) {
+            return Ok(*n);
+        }
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?1")
+            .and_then(|mut stmt| stmt.query_row([format!("\"{word}\"")], |r| r.get(0)))
+            .map_err(|e| self.sql(e))?;
+        let n = n as u64;
+        self.document_frequency
+            .borrow_mut()
+            .insert(word.to_owned(), n);
+        Ok(n)
     }
 
     pub(crate) fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -378,8 +409,7 @@ impl Store {
     pub fn embedding_for_hash(&self, content_hash: &str) -> Result<Option<Vec<f32>>, StoreError> {
         self.conn
             .query_row(
-                "SELECT v.embedding FROM chunks c JOIN chunk_vectors v ON v.rowid = c.id
-                 WHERE c.content_hash = ?1 LIMIT 1",
+                "SELECT embedding FROM chunks WHERE content_hash = ?1 LIMIT 1",
                 [content_hash],
                 |r| r.get::<_, Vec<u8>>(0),
             )
@@ -427,7 +457,8 @@ impl Store {
                 ),
             });
         }
-        let centre = &self.centre;
+        self.document_frequency.borrow_mut().clear();
+        self.vector_index.borrow_mut().take();
         let tx = self.conn.transaction().map_err(sql)?;
         delete_document_in(&tx, source).map_err(sql)?;
         tx.execute(
@@ -447,8 +478,8 @@ impl Store {
         {
             let mut insert_chunk = tx
                 .prepare_cached(
-                    "INSERT INTO chunks(document_id, ordinal, section, text, tokens, content_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO chunks(document_id, ordinal, section, text, tokens, content_hash, embedding)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sql)?;
             let mut insert_fts = tx
@@ -456,8 +487,8 @@ impl Store {
                 .map_err(sql)?;
             let mut insert_vec = tx
                 .prepare_cached(
-                    "INSERT INTO chunk_vectors(rowid, embedding, embedding_bits, source, locale, product)
-                     VALUES (?1, ?2, vec_bit(?3), ?4, ?5, ?6)",
+                    "INSERT INTO chunk_vectors(rowid, embedding, source, locale, product)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql)?;
             for chunk in chunks {
@@ -468,7 +499,8 @@ impl Store {
                         chunk.section,
                         chunk.text,
                         chunk.tokens as i64,
-                        chunk.content_hash
+                        chunk.content_hash,
+                        floats_to_bytes(&chunk.embedding)
                     ])
                     .map_err(sql)?;
                 let chunk_id = tx.last_insert_rowid();
@@ -479,7 +511,6 @@ impl Store {
                     .execute(params![
                         chunk_id,
                         floats_to_bytes(&chunk.embedding),
-                        binary_code(&chunk.embedding, centre),
                         source,
                         tags.locale.as_deref().unwrap_or(""),
                         tags.product.as_deref().unwrap_or("")
@@ -493,6 +524,8 @@ impl Store {
 
     /// Removes `source`'s document and chunks.
     pub fn delete_document(&mut self, source: &str) -> Result<(), StoreError> {
+        self.document_frequency.borrow_mut().clear();
+        self.vector_index.borrow_mut().take();
         let path = self.path.clone();
         let sql = sql_error(path.as_ref());
         let tx = self.conn.transaction().map_err(sql)?;
@@ -517,84 +550,11 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
-    /// Recomputes the binary centre from the stored vectors and re-encodes
-    /// every binary copy when it moved; then writes the KB version.
+    /// Writes the KB version after an ingest.
     pub fn finish_ingest(&mut self) -> Result<String, StoreError> {
-        let dims = self.embedder.dimensions;
-        let mut sum = vec![0f64; dims];
-        let mut n = 0usize;
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT embedding FROM chunk_vectors")
-                .map_err(|e| self.sql(e))?;
-            let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
-            while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
-                let bytes: Vec<u8> = row.get(0).map_err(|e| self.sql(e))?;
-                for (s, v) in sum.iter_mut().zip(floats_from_bytes(&bytes)) {
-                    *s += v as f64;
-                }
-                n += 1;
-            }
-        }
-        if n > 0 {
-            let centre: Vec<f32> = sum.iter().map(|s| (*s / n as f64) as f32).collect();
-            let moved = centre
-                .iter()
-                .zip(&self.centre)
-                .any(|(a, b)| (a - b).abs() > CENTRE_TOLERANCE);
-            if moved {
-                self.recode_binary(&centre)?;
-            }
-        }
         let version = self.compute_version()?;
         self.set_meta("version", &version)?;
         Ok(version)
-    }
-
-    fn recode_binary(&mut self, centre: &[f32]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let sql = sql_error(path.as_ref());
-        let tx = self.conn.transaction().map_err(sql)?;
-        {
-            // sqlite-vec's UPDATE reads a bit vector as floats: rows are
-            // deleted and inserted again instead.
-            type Row = (i64, Vec<u8>, String, String, String);
-            let mut read = tx
-                .prepare("SELECT rowid, embedding, source, locale, product FROM chunk_vectors")
-                .map_err(sql)?;
-            let all: Vec<Row> = read
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })
-                .map_err(sql)?
-                .collect::<Result<_, _>>()
-                .map_err(sql)?;
-            let mut delete = tx
-                .prepare("DELETE FROM chunk_vectors WHERE rowid = ?1")
-                .map_err(sql)?;
-            let mut insert = tx
-                .prepare(
-                    "INSERT INTO chunk_vectors(rowid, embedding, embedding_bits, source, locale, product)
-                     VALUES (?1, ?2, vec_bit(?3), ?4, ?5, ?6)",
-                )
-                .map_err(sql)?;
-            for (rowid, bytes, source, locale, product) in all {
-                let code = binary_code(&floats_from_bytes(&bytes), centre);
-                delete.execute([rowid]).map_err(sql)?;
-                insert
-                    .execute(params![rowid, bytes, code, source, locale, product])
-                    .map_err(sql)?;
-            }
-            tx.execute(
-                "UPDATE kb_meta SET value = ?1 WHERE key = 'binary_centre'",
-                [serde_json::to_string(centre).unwrap_or_default()],
-            )
-            .map_err(sql)?;
-        }
-        tx.commit().map_err(sql)?;
-        self.centre = centre.to_vec();
-        Ok(())
     }
 
     fn compute_version(&self) -> Result<String, StoreError> {
@@ -614,10 +574,7 @@ impl Store {
     pub fn export_chunks(&self) -> Result<Vec<(String, String, Vec<f32>)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT c.section, c.text, v.embedding FROM chunks c
-                 JOIN chunk_vectors v ON v.rowid = c.id ORDER BY c.id",
-            )
+            .prepare("SELECT section, text, embedding FROM chunks ORDER BY id")
             .map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| {
@@ -710,8 +667,6 @@ fn create_schema(
     chunking: &ChunkSettings,
 ) -> rusqlite::Result<()> {
     let dims = embedder.dimensions;
-    // A bit vector's length is whole bytes.
-    let bits = dims.div_ceil(8) * 8;
     conn.execute_batch(&format!(
         "BEGIN;
          CREATE TABLE kb_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -731,7 +686,8 @@ fn create_schema(
              section TEXT NOT NULL,
              text TEXT NOT NULL,
              tokens INTEGER NOT NULL,
-             content_hash TEXT NOT NULL);
+             content_hash TEXT NOT NULL,
+             embedding BLOB NOT NULL);
          CREATE INDEX chunks_document ON chunks(document_id);
          CREATE INDEX chunks_hash ON chunks(content_hash);
          CREATE VIRTUAL TABLE chunks_fts USING fts5(
@@ -739,7 +695,6 @@ fn create_schema(
              tokenize='porter unicode61 remove_diacritics 2');
          CREATE VIRTUAL TABLE chunk_vectors USING vec0(
              embedding float[{dims}] distance_metric=cosine,
-             embedding_bits bit[{bits}],
              source TEXT,
              locale TEXT,
              product TEXT);
@@ -754,10 +709,6 @@ fn create_schema(
         (
             "chunking",
             serde_json::to_string(chunking).unwrap_or_default(),
-        ),
-        (
-            "binary_centre",
-            serde_json::to_string(&vec![0f32; dims]).unwrap_or_default(),
         ),
     ];
     for (k, v) in meta {
@@ -805,17 +756,6 @@ pub(crate) fn floats_from_bytes(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// One bit per dimension: set where the value is above the centre.
-pub(crate) fn binary_code(v: &[f32], centre: &[f32]) -> Vec<u8> {
-    let mut bits = vec![0u8; v.len().div_ceil(8)];
-    for (i, (x, c)) in v.iter().zip(centre).enumerate() {
-        if x > c {
-            bits[i / 8] |= 1 << (i % 8);
-        }
-    }
-    bits
 }
 
 #[cfg(test)]
@@ -930,12 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn binary_codes_follow_the_centre() {
-        assert_eq!(binary_code(&[1.0, -1.0, 0.5], &[0.0; 3]), vec![0b101]);
-        assert_eq!(
-            binary_code(&[1.0, -1.0, 0.5], &[0.0, -2.0, 0.6]),
-            vec![0b011]
-        );
+    fn float_blobs_round_trip() {
         let v = vec![0.25f32, -3.5];
         assert_eq!(floats_from_bytes(&floats_to_bytes(&v)), v);
     }

@@ -64,6 +64,8 @@ impl KnowledgeHandle {
     ) -> Result<Self, StoreError> {
         let store = Store::open(path, device_embedder)?;
         let info = Arc::new(store.info()?);
+        // Built now, not on a customer's first question.
+        store.vector_index()?;
         let (tx, mut rx) = mpsc::channel::<(SearchRequest, Reply)>(QUEUE);
         thread::Builder::new()
             .name("knowledge".into())
