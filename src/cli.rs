@@ -79,7 +79,7 @@ pub struct EvalRunArgs {
     /// The run's name in reports (default: the retrieval mode).
     #[arg(long)]
     pub label: Option<String>,
-    /// Folder for report.json and report.md (default eval-out/<label>).
+    /// Folder for report.json and report.md (default eval-out/LABEL).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Retrieval cut-offs, e.g. 1,3,5,10.
@@ -427,7 +427,7 @@ pub struct AgentArgs {
 pub struct AskArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
-    /// With a knowledge base (--kb, OUTPOST_KB or [answer] kb) the answer is
+    /// With a knowledge base (`--kb`, `OUTPOST_KB` or `[answer] kb`) the answer is
     /// grounded in it, cited, or handed over; without, a plain chat.
     #[command(flatten)]
     pub answer: AnswerArgs,

@@ -8,7 +8,7 @@
 //! - [`store`] owns the SQLite file: documents, chunks, the FTS5 index, the
 //!   sqlite-vec `vec0` table and the metadata that makes the file a
 //!   shippable artifact.
-//! - [`ingest`] walks a folder and brings the store up to date with it.
+//! - [`mod@ingest`] walks a folder and brings the store up to date with it.
 //! - [`index`] keeps every chunk's embedding in memory as a 1-bit code and
 //!   an int8 copy, for the fast vector path.
 //! - [`retrieve`] answers a query with vector KNN and BM25, fused by
