@@ -69,6 +69,7 @@ fn bench_outbox(c: &mut Criterion) {
                 while let Some(batch) = outbox.next_batch(256, 256 * 1024).expect("batch") {
                     drained += batch.events().len() as u64;
                     let ack = TelemetryAck {
+                        epoch: batch.epoch(),
                         up_to_seq: batch.last_seq(),
                     };
                     outbox.acknowledge(ack).expect("ack");

@@ -5,34 +5,50 @@
 //! it polls it, subscribes on every connect, and forwards incoming
 //! publishes over a bounded channel. The *egress* task drives a second
 //! session that carries every hub-to-device publish (see
-//! [`Context::egress`] for why one session would deadlock). The *control* task decodes each publish ([`route`],
-//! I/O-free), stores it, then acknowledges: first the application ack
-//! (`TelemetryAck`, only after the rows are committed), then the MQTT PUBACK
+//! [`Context::egress`] for why one session would deadlock). The *control*
+//! task decodes each publish ([`route`], I/O-free), stores it, then
+//! acknowledges: first the application ack (`TelemetryAck` or
+//! `FeedbackAck`, only after the rows are committed), then the MQTT PUBACK
 //! (manual acks, so a publish the hub has not stored is redelivered by the
 //! broker after a hub crash). The control task never waits on the MQTT
 //! request queue (it uses `try_*`): the session task may be waiting on the
 //! control task, and two full queues waiting on each other would deadlock.
-//! A dropped telemetry ack is harmless: the device resends, the hub
+//! A dropped application ack is harmless: the device resends, the hub
 //! deduplicates and acks again.
+//!
+//! Every publish is settled, so that none can hold one of the broker's
+//! in-flight slots for good (rumqttd stops delivering to a session with 100
+//! unacknowledged publishes, and redelivers them on every reconnect, which
+//! would stall the whole fleet): bad input, whether refused by [`route`] or
+//! by the store ([`BadInput`]), is acknowledged and counted by reason; a
+//! store failure is retried [`STORE_ATTEMPTS`] times and then recorded as a
+//! dead letter and acknowledged. Only when even the dead letter cannot be
+//! written (the store is down) does the publish stay unacknowledged.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
+
 use outpost_protocol::{
-    encode_as, AnyMessage, DecodeError, DesiredState, DeviceId, FleetId, ProtocolVersion,
-    TelemetryAck, Topic, TopicError, TopicFilter, TopicKind,
+    encode_as, AnyMessage, DecodeError, DesiredState, DeviceId, EncodeError, FeedbackAck, FleetId,
+    ProtocolVersion, TelemetryAck, Topic, TopicError, TopicFilter, TopicKind, WireMessage,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{BadInput, DeadLetter, IngestError, StoreError, StoreHandle};
 
 /// Incoming publishes queued between the session and control tasks.
 const INBOUND_QUEUE: usize = 256;
 /// Pause after an MQTT connection error before polling (reconnecting) again.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Attempts to store one device message before it becomes a dead letter.
+pub const STORE_ATTEMPTS: u32 = 3;
+/// Pause before the second attempt; it doubles after each failure.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// What a device publish turned out to be. Produced by [`route`].
 #[derive(Debug)]
@@ -359,9 +375,10 @@ async fn control(
     }
 }
 
-/// Handles one publish and acknowledges it when it is settled (stored, or
-/// refused for good). A store failure leaves it unacknowledged so the
-/// broker redelivers it.
+/// Handles one publish and acknowledges it to the broker once it is
+/// settled: stored, refused as bad input, or dead-lettered. Only a publish
+/// that could not even be dead-lettered (or met a closing store) stays
+/// unacknowledged, for the broker to redeliver.
 async fn handle_publish(ctx: &Context, publish: &Publish) {
     let topic = publish.topic.clone();
     let settled = match route(&ctx.fleet, &topic, &publish.payload) {
@@ -369,13 +386,7 @@ async fn handle_publish(ctx: &Context, publish: &Publish) {
             device,
             message,
             version,
-        }) => match handle_message(ctx, device, *message, version).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(%topic, error = %e, "cannot store device message; not acknowledged");
-                false
-            }
-        },
+        }) => store_with_retries(ctx, &topic, &publish.payload, device, *message, version).await,
         Ok(Inbound::Ignored) => true,
         Err(rejected) => {
             match &rejected {
@@ -395,12 +406,84 @@ async fn handle_publish(ctx: &Context, publish: &Publish) {
     }
 }
 
+/// Stores one routed message, retrying store failures; whether the publish
+/// is settled.
+async fn store_with_retries(
+    ctx: &Context,
+    topic: &str,
+    payload: &[u8],
+    device: DeviceId,
+    message: AnyMessage,
+    version: ProtocolVersion,
+) -> bool {
+    let mut delay = RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        let error = match handle_message(ctx, device.clone(), message.clone(), version).await {
+            Ok(()) => return true,
+            Err(IngestError::Rejected(bad)) => {
+                reject(ctx, topic, &bad);
+                return true;
+            }
+            // Shutting down: the broker redelivers to the next run.
+            Err(IngestError::Store(StoreError::Closed)) => return false,
+            Err(IngestError::Store(error)) => error,
+        };
+        Metrics::add(&ctx.metrics.store_failures, 1);
+        if attempt >= STORE_ATTEMPTS {
+            return dead_letter(ctx, topic, device, &error, payload).await;
+        }
+        tracing::warn!(%topic, attempt, error = %error, "cannot store device message; retrying");
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        attempt += 1;
+    }
+}
+
+fn reject(ctx: &Context, topic: &str, bad: &BadInput) {
+    ctx.metrics.rejected(bad.kind());
+    tracing::warn!(%topic, error = %bad, "refused device message");
+}
+
+/// Records a message the store kept failing on and settles it. Telemetry
+/// and v3 feedback are not lost by this: no application ack was sent, so
+/// the device still holds them and sends them again. A status or reported
+/// state is superseded by the device's next one; a v2 agent's feedback
+/// (deleted on the broker's PUBACK) is the one thing a dead letter loses.
+async fn dead_letter(
+    ctx: &Context,
+    topic: &str,
+    device: DeviceId,
+    error: &StoreError,
+    payload: &[u8],
+) -> bool {
+    let letter = DeadLetter::new(
+        topic,
+        device,
+        &error.to_string(),
+        payload,
+        crate::now_unix_ms(),
+    );
+    match ctx.store.call(move |s| s.record_dead_letter(&letter)).await {
+        Ok(()) => {
+            Metrics::add(&ctx.metrics.dead_lettered, 1);
+            tracing::error!(%topic, %error, attempts = STORE_ATTEMPTS, "device message dead-lettered");
+            true
+        }
+        Err(e) => {
+            tracing::error!(%topic, %error, dead_letter_error = %e,
+                "cannot store a device message nor its dead letter; not acknowledged");
+            false
+        }
+    }
+}
+
 async fn handle_message(
     ctx: &Context,
     device: DeviceId,
     message: AnyMessage,
     version: ProtocolVersion,
-) -> Result<(), StoreError> {
+) -> Result<(), IngestError> {
     let fleet = ctx.fleet.clone();
     let now = crate::now_unix_ms();
     match message {
@@ -430,7 +513,10 @@ async fn handle_message(
                 .await?;
         }
         AnyMessage::Telemetry(batch) => {
-            let up_to_seq = batch.last_seq();
+            let ack = TelemetryAck {
+                epoch: batch.epoch(),
+                up_to_seq: batch.last_seq(),
+            };
             let d = device.clone();
             let outcome = ctx
                 .store
@@ -443,39 +529,54 @@ async fn handle_message(
                 tracing::warn!(%device, "telemetry batch starts after a hole in the sequence");
             }
             // Committed: now the device may delete these events.
-            send_ack(ctx, &device, TelemetryAck { up_to_seq }, version);
+            send_ack(ctx, &device, &ack, version, &ctx.metrics.acks_sent);
         }
         AnyMessage::Feedback(feedback) => {
+            let ack = FeedbackAck::of(feedback.id);
+            let d = device.clone();
             let stored = ctx
                 .store
-                .call(move |s| s.record_feedback(&fleet, &device, &feedback, version, now))
+                .call(move |s| s.record_feedback(&fleet, &d, &feedback, version, now))
                 .await?;
             if stored {
                 Metrics::add(&ctx.metrics.feedback_stored, 1);
             }
+            // Committed (now or before: a redelivery is acknowledged again).
+            send_ack(ctx, &device, &ack, version, &ctx.metrics.feedback_acks_sent);
         }
         _ => {}
     }
     Ok(())
 }
 
-fn send_ack(ctx: &Context, device: &DeviceId, ack: TelemetryAck, version: ProtocolVersion) {
-    let payload = match encode_as(&ack, version) {
+/// Publishes an application ack in the device's `version`. A version that
+/// has no such ack (feedback acks for v2 agents, which delete on PUBACK)
+/// gets none.
+fn send_ack<M: WireMessage>(
+    ctx: &Context,
+    device: &DeviceId,
+    ack: &M,
+    version: ProtocolVersion,
+    sent: &AtomicU64,
+) {
+    let kind = M::TOPIC;
+    let payload = match encode_as(ack, version) {
         Ok(p) => p,
+        Err(EncodeError::Downgrade(_)) => return,
         Err(e) => {
-            tracing::error!(%device, error = %e, "cannot encode telemetry ack");
+            tracing::error!(%device, %kind, error = %e, "cannot encode an ack");
             return;
         }
     };
-    let topic = Topic::new(ctx.fleet.clone(), device.clone(), TopicKind::TelemetryAck);
+    let topic = Topic::new(ctx.fleet.clone(), device.clone(), kind);
     match ctx
         .egress
         .try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
     {
-        Ok(()) => Metrics::add(&ctx.metrics.acks_sent, 1),
+        Ok(()) => Metrics::add(sent, 1),
         Err(e) => {
             Metrics::add(&ctx.metrics.acks_dropped, 1);
-            tracing::warn!(%device, error = %e, "telemetry ack dropped; the device will resend");
+            tracing::warn!(%device, %kind, error = %e, "ack dropped; the device will resend");
         }
     }
 }

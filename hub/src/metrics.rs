@@ -23,6 +23,14 @@ pub struct Metrics {
     pub acks_dropped: AtomicU64,
     /// Feedback items stored (redeliveries not counted).
     pub feedback_stored: AtomicU64,
+    /// Feedback acks handed to the MQTT client (none go to v2 agents).
+    pub feedback_acks_sent: AtomicU64,
+    /// Store attempts for a device message that failed (I/O, not bad input).
+    pub store_failures: AtomicU64,
+    /// Device messages given up on after repeated store failures and
+    /// recorded as dead letters (acknowledged to the broker; the device
+    /// still holds them and resends).
+    pub dead_lettered: AtomicU64,
     /// Desired states published.
     pub desired_published: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect).
@@ -119,6 +127,21 @@ impl Metrics {
                 "outpost_hub_feedback_stored_total",
                 "Feedback items stored.",
                 get(&self.feedback_stored),
+            ),
+            (
+                "outpost_hub_feedback_acks_sent_total",
+                "Feedback acks published.",
+                get(&self.feedback_acks_sent),
+            ),
+            (
+                "outpost_hub_store_failures_total",
+                "Failed attempts to store a device message (not counting bad input).",
+                get(&self.store_failures),
+            ),
+            (
+                "outpost_hub_dead_letters_total",
+                "Device messages dead-lettered after repeated store failures.",
+                get(&self.dead_lettered),
             ),
             (
                 "outpost_hub_desired_published_total",

@@ -1,5 +1,6 @@
 //! The hub's SQLite store: devices, desired states, telemetry, feedback,
-//! artifacts.
+//! artifacts. Device-message tables (telemetry, feedback, dead letters)
+//! live in [`ingest`].
 //!
 //! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
 //! methods are the store's typed commands, each one transaction. Async code
@@ -10,24 +11,50 @@
 //! command set, and a parallel enum would repeat every signature. Tests call
 //! the synchronous `Store` directly.
 //!
-//! Durability: WAL with `synchronous = NORMAL` (a power cut may lose the last
-//! transactions but never corrupts), and a telemetry batch is acknowledged
-//! only after its transaction commits, so a lost transaction is one the device
-//! still holds and resends.
+//! Durability: WAL with `synchronous = FULL` ([`Durability::Full`]): a
+//! commit is on disk when it returns. The hub acknowledges telemetry and
+//! feedback after the commit and the device then deletes them, so with
+//! `NORMAL` (durable only at the next checkpoint) a power cut could lose
+//! rows the device no longer has. `hub/benches/ingest.rs` measures the cost.
 
 use std::path::{Path, PathBuf};
 
 use outpost_protocol::{
     ArtifactDigest, ArtifactKind, ArtifactName, ArtifactSignature, ArtifactVersion, DesiredState,
-    DeviceId, Feedback, FleetId, Generation, Presence, ProtocolVersion, ReportedState, Status,
-    TelemetryBatch, TelemetryPayload,
+    DeviceId, FleetId, Generation, Presence, ProtocolVersion, ReportedState, Status,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+mod ingest;
+
+pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
+
 /// Jobs queued for the store thread at most; senders wait beyond that.
 pub const STORE_QUEUE: usize = 256;
+
+/// When a commit is on disk. [`Durability::Full`] is what the hub uses;
+/// `Normal` exists to measure what `Full` costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous = FULL`: on disk when the commit returns.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: never corrupt, but a power cut may lose the
+    /// last commits. Not safe for data the hub acknowledges.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +76,8 @@ pub enum StoreError {
         /// What did not parse.
         detail: String,
     },
-    /// A number from a peer does not fit SQLite's signed 64-bit integers.
+    /// A number does not fit SQLite's signed 64-bit integers (an artifact
+    /// size; device messages report this as [`BadInput`]).
     #[error("{what} {value} is beyond the largest storable value")]
     OutOfRange {
         /// Which number.
@@ -128,7 +156,7 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen_ms     INTEGER NOT NULL,
     reported_json    TEXT,             -- last ReportedState
     reported_at_ms   INTEGER,
-    max_seq          INTEGER           -- highest telemetry seq stored
+    max_seq          INTEGER           -- highest telemetry seq stored, of the epoch sent last
 );
 CREATE TABLE IF NOT EXISTS device_tags (
     device TEXT NOT NULL,
@@ -153,15 +181,24 @@ CREATE TABLE IF NOT EXISTS assignments (   -- audit log of every assignment
 );
 CREATE TABLE IF NOT EXISTS telemetry (
     device      TEXT NOT NULL,
+    epoch       INTEGER NOT NULL,      -- outbox epoch (u64 bits as i64); 0 for v2 agents
     seq         INTEGER NOT NULL,
     at_ms       INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
     kind        TEXT NOT NULL,
     event_json  TEXT NOT NULL,
-    PRIMARY KEY (device, seq)
+    PRIMARY KEY (device, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS telemetry_epochs (   -- sequence high-water mark per outbox epoch
+    device  TEXT NOT NULL,
+    epoch   INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS feedback (
     device        TEXT NOT NULL,
+    epoch         INTEGER NOT NULL,    -- feedback id: outbox epoch ...
+    feedback_seq  INTEGER NOT NULL,    -- ... and feedback stream number (v2: answer_seq)
     answer_seq    INTEGER NOT NULL,
     rating        TEXT NOT NULL,
     question      TEXT NOT NULL,
@@ -169,8 +206,17 @@ CREATE TABLE IF NOT EXISTS feedback (
     versions_json TEXT NOT NULL,
     at_ms         INTEGER NOT NULL,
     received_ms   INTEGER NOT NULL,
-    PRIMARY KEY (device, answer_seq)
+    PRIMARY KEY (device, epoch, feedback_seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (   -- bounded: the newest MAX_DEAD_LETTERS
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic          TEXT NOT NULL,
+    device         TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    payload_len    INTEGER NOT NULL,
+    at_ms          INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     kind        TEXT NOT NULL,
     name        TEXT NOT NULL,
@@ -185,18 +231,6 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS artifacts_by_digest ON artifacts (sha256);
 "#;
-
-/// What one telemetry batch did to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IngestOutcome {
-    /// Events stored now.
-    pub inserted: u64,
-    /// Events already stored (redeliveries), dropped.
-    pub duplicates: u64,
-    /// Whether the batch starts after a hole in the device's sequence
-    /// (events the hub never received; see [`Store::ingest_telemetry`]).
-    pub gap: bool,
-}
 
 /// A stored artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,27 +334,42 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    /// Opens (creating if needed) the database at `path`, in WAL mode with
+    /// [`Durability::Full`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// Like [`open`](Self::open) with a chosen durability (benchmarks).
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(sql("open"))?;
-        Self::init(conn)
+        Self::init(conn, durability)
     }
 
     /// An in-memory database (unit tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(sql("open"))?)
+        Self::init(
+            Connection::open_in_memory().map_err(sql("open"))?,
+            Durability::Full,
+        )
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
+    fn init(mut conn: Connection, durability: Durability) -> Result<Self, StoreError> {
         // journal_mode answers with a row, so it is read, not executed.
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(sql("journal_mode"))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        conn.pragma_update(None, "synchronous", durability.pragma())
             .map_err(sql("synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("busy_timeout"))?;
-        conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        // One transaction: a database from before outbox epochs has its
+        // telemetry and feedback moved into the new tables, or not at all.
+        let tx = conn.transaction().map_err(sql("begin schema"))?;
+        let pre_epoch = ingest::set_aside_pre_epoch_tables(&tx)?;
+        tx.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        ingest::copy_pre_epoch_rows(&tx, pre_epoch)?;
+        tx.commit().map_err(sql("commit schema"))?;
         Ok(Self { conn })
     }
 
@@ -374,119 +423,6 @@ impl Store {
             )
             .map_err(sql("record reported"))?;
         Ok(())
-    }
-
-    /// Stores a telemetry batch in one transaction, dropping events already
-    /// stored (same device and sequence number). The caller acknowledges
-    /// `batch.last_seq()` after this returns: the device sends its outbox in
-    /// order and resends everything unacknowledged on reconnect, so a batch
-    /// that starts after a hole (`gap`) means the earlier events are gone
-    /// from the device too; it is counted, not waited for.
-    pub fn ingest_telemetry(
-        &mut self,
-        fleet: &FleetId,
-        device: &DeviceId,
-        batch: &TelemetryBatch,
-        wire: ProtocolVersion,
-        now_ms: u64,
-    ) -> Result<IngestOutcome, StoreError> {
-        // Check every number before writing anything.
-        let last = to_i64("telemetry seq", batch.last_seq().0)?;
-        let tx = self.conn.transaction().map_err(sql("begin"))?;
-        touch(&tx, fleet, device, Some(wire), now_ms)?;
-        let max_seq: Option<i64> = tx
-            .query_row(
-                "SELECT max_seq FROM devices WHERE device = ?1",
-                [device.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(sql("read max_seq"))?;
-        let first = to_i64("telemetry seq", batch.first_seq().0)?;
-        let gap = max_seq.is_some_and(|max| first > max.saturating_add(1));
-        let mut outcome = IngestOutcome {
-            inserted: 0,
-            duplicates: 0,
-            gap,
-        };
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO telemetry
-                        (device, seq, at_ms, received_ms, kind, event_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(sql("prepare telemetry insert"))?;
-            for event in batch.events() {
-                let kind = match event.payload {
-                    TelemetryPayload::Answer(_) => "answer",
-                    TelemetryPayload::Metrics(_) => "metrics",
-                    _ => "other",
-                };
-                let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
-                    table: "telemetry",
-                    detail: e.to_string(),
-                })?;
-                let changed = insert
-                    .execute(params![
-                        device.as_str(),
-                        to_i64("telemetry seq", event.seq.0)?,
-                        clamp_i64(event.at_unix_ms),
-                        clamp_i64(now_ms),
-                        kind,
-                        json
-                    ])
-                    .map_err(sql("insert telemetry"))?;
-                if changed == 1 {
-                    outcome.inserted += 1;
-                } else {
-                    outcome.duplicates += 1;
-                }
-            }
-        }
-        tx.execute(
-            "UPDATE devices SET max_seq = MAX(COALESCE(max_seq, ?2), ?2) WHERE device = ?1",
-            params![device.as_str(), last],
-        )
-        .map_err(sql("update max_seq"))?;
-        tx.commit().map_err(sql("commit telemetry"))?;
-        Ok(outcome)
-    }
-
-    /// Stores one feedback item; `false` when it was already stored.
-    pub fn record_feedback(
-        &mut self,
-        fleet: &FleetId,
-        device: &DeviceId,
-        feedback: &Feedback,
-        wire: ProtocolVersion,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
-        touch(&self.conn, fleet, device, Some(wire), now_ms)?;
-        let rating = format!("{:?}", feedback.rating);
-        let versions =
-            serde_json::to_string(&feedback.versions).map_err(|e| StoreError::Corrupt {
-                table: "feedback",
-                detail: e.to_string(),
-            })?;
-        let changed = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO feedback
-                    (device, answer_seq, rating, question, answer, versions_json, at_ms, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    device.as_str(),
-                    to_i64("feedback answer_seq", feedback.answer_seq.0)?,
-                    rating,
-                    feedback.question.as_str(),
-                    feedback.answer.as_str(),
-                    versions,
-                    clamp_i64(feedback.at_unix_ms),
-                    clamp_i64(now_ms)
-                ],
-            )
-            .map_err(sql("insert feedback"))?;
-        Ok(changed == 1)
     }
 
     /// Replaces a device's tags, registering the device if it is new.
@@ -982,84 +918,37 @@ impl StoreHandle {
         Ok((Self { jobs }, thread))
     }
 
-    /// Runs `f` on the store thread and returns its result.
-    pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
+    /// Runs `f` on the store thread and returns its result. `E` is
+    /// [`StoreError`] or an error that can carry one ([`IngestError`]).
+    pub async fn call<R, E, F>(&self, f: F) -> Result<R, E>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Store) -> Result<R, E> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job: Job = Box::new(move |store| {
             // The caller may have gone away (cancelled request); nothing to do then.
             let _ = reply.send(f(store));
         });
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| E::from(StoreError::Closed))?;
+        rx.await.map_err(|_| E::from(StoreError::Closed))?
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_protocol::{AgentVersion, DeviceMetrics, RolloutId, Seq, TelemetryEvent};
+    use outpost_protocol::{AgentVersion, RolloutId};
 
     fn ids() -> (FleetId, DeviceId) {
         (
             FleetId::parse("acme").expect("fleet"),
             DeviceId::parse("kiosk-1").expect("device"),
         )
-    }
-
-    fn event(seq: u64) -> TelemetryEvent {
-        TelemetryEvent {
-            seq: Seq(seq),
-            at_unix_ms: seq.saturating_add(1_000),
-            payload: TelemetryPayload::Metrics(DeviceMetrics {
-                cpu_percent: 12.5,
-                mem_used_bytes: 1,
-                mem_total_bytes: 2,
-                disk_used_bytes: 3,
-                disk_total_bytes: 4,
-                temperature_c: None,
-            }),
-        }
-    }
-
-    fn batch(device: &DeviceId, seqs: std::ops::RangeInclusive<u64>) -> TelemetryBatch {
-        TelemetryBatch::new(device.clone(), seqs.map(event).collect()).expect("batch")
-    }
-
-    #[test]
-    fn redelivered_telemetry_is_stored_once() {
-        let mut store = Store::open_in_memory().expect("store");
-        let (fleet, device) = ids();
-        let v = ProtocolVersion::CURRENT;
-        let first = store
-            .ingest_telemetry(&fleet, &device, &batch(&device, 1..=3), v, 10)
-            .expect("ingest");
-        assert_eq!((first.inserted, first.duplicates, first.gap), (3, 0, false));
-        let again = store
-            .ingest_telemetry(&fleet, &device, &batch(&device, 2..=5), v, 11)
-            .expect("ingest");
-        assert_eq!((again.inserted, again.duplicates, again.gap), (2, 2, false));
-        let rows = store.telemetry(Some(&device), 100).expect("rows");
-        assert_eq!(rows.len(), 5);
-        let gap = store
-            .ingest_telemetry(&fleet, &device, &batch(&device, 9..=9), v, 12)
-            .expect("ingest");
-        assert!(gap.gap);
-    }
-
-    #[test]
-    fn a_sequence_number_beyond_i64_is_refused_before_writing() {
-        let mut store = Store::open_in_memory().expect("store");
-        let (fleet, device) = ids();
-        let b = TelemetryBatch::new(device.clone(), vec![event(1), event(u64::MAX)]).expect("b");
-        assert!(matches!(
-            store.ingest_telemetry(&fleet, &device, &b, ProtocolVersion::CURRENT, 1),
-            Err(StoreError::OutOfRange { .. })
-        ));
-        assert!(store.telemetry(None, 10).expect("rows").is_empty());
     }
 
     #[test]
@@ -1073,7 +962,7 @@ mod tests {
             at_unix_ms: 5,
         };
         store
-            .record_status(&fleet, &device, &status, ProtocolVersion::V2, 42)
+            .record_status(&fleet, &device, &status, ProtocolVersion::V3, 42)
             .expect("status");
         store
             .set_tags(&fleet, &device, &["berlin".into(), "canary".into()], 43)

@@ -16,11 +16,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::message::command::Command;
-use crate::message::feedback::Feedback;
+use crate::message::feedback::{Feedback, FeedbackAck};
 use crate::message::state::{DesiredState, ReportedState, Status};
 use crate::message::telemetry::{TelemetryAck, TelemetryBatch};
 use crate::topic::TopicKind;
-use crate::v1;
+use crate::v2;
 
 /// Payload size limits per topic kind, in bytes, version byte included.
 /// Chosen for devices with little memory and links that may be slow: a
@@ -36,8 +36,10 @@ pub mod limits {
     pub const REPORTED_STATE: usize = 256 * 1024;
     /// `telemetry`: one batch, at most [`crate::MAX_BATCH_EVENTS`] events.
     pub const TELEMETRY_BATCH: usize = 1024 * 1024;
-    /// `telemetry/ack`: one sequence number.
+    /// `telemetry/ack`: an epoch and a sequence number.
     pub const TELEMETRY_ACK: usize = 64;
+    /// `feedback/ack`: an epoch and a sequence number.
+    pub const FEEDBACK_ACK: usize = 64;
     /// `feedback`: one redacted question and answer.
     pub const FEEDBACK: usize = 64 * 1024;
     /// `cmd`: one command.
@@ -48,31 +50,31 @@ pub mod limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ProtocolVersion {
-    /// The previous version; see [`crate::v1`].
-    V1,
-    /// The current version.
+    /// The previous version; see [`crate::v2`].
     V2,
+    /// The current version.
+    V3,
 }
 
 impl ProtocolVersion {
     /// What [`encode`] writes.
-    pub const CURRENT: Self = Self::V2;
+    pub const CURRENT: Self = Self::V3;
     /// The oldest version [`decode`] still reads and [`encode_as`] still writes.
-    pub const OLDEST_SUPPORTED: Self = Self::V1;
+    pub const OLDEST_SUPPORTED: Self = Self::V2;
 
     /// The prefix byte.
     pub const fn as_byte(self) -> u8 {
         match self {
-            Self::V1 => 1,
             Self::V2 => 2,
+            Self::V3 => 3,
         }
     }
 
     /// The version a prefix byte stands for, if this crate speaks it.
     pub const fn from_byte(byte: u8) -> Option<Self> {
         match byte {
-            1 => Some(Self::V1),
             2 => Some(Self::V2),
+            3 => Some(Self::V3),
             _ => None,
         }
     }
@@ -224,16 +226,16 @@ pub(crate) mod sealed {
 
     /// Version plumbing, private so the set of wire messages stays closed.
     pub trait Sealed: Sized {
-        /// This message's shape in protocol v1.
-        type V1: Serialize + DeserializeOwned;
+        /// This message's shape in protocol v2, the previous version.
+        type Previous: Serialize + DeserializeOwned;
         /// bincode with this message's allocation limit.
         fn decode_body<D: DeserializeOwned>(
             body: &[u8],
         ) -> Result<(D, usize), bincode::error::DecodeError>;
-        /// v1 → current.
-        fn upgrade(old: Self::V1) -> Self;
-        /// current → v1.
-        fn downgrade(&self) -> Result<Self::V1, DowngradeError>;
+        /// previous → current.
+        fn upgrade(old: Self::Previous) -> Self;
+        /// current → previous.
+        fn downgrade(&self) -> Result<Self::Previous, DowngradeError>;
     }
 }
 
@@ -251,20 +253,20 @@ fn config() -> bincode::config::Configuration {
 }
 
 macro_rules! wire_message {
-    ($ty:ty, $topic:expr, $limit:path, v1 = $v1:ty, upgrade = $up:expr, downgrade = $down:expr) => {
+    ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr) => {
         const _: () = assert!($limit == $topic.max_payload_len());
 
         impl sealed::Sealed for $ty {
-            type V1 = $v1;
+            type Previous = $prev;
             fn decode_body<D: DeserializeOwned>(
                 body: &[u8],
             ) -> Result<(D, usize), bincode::error::DecodeError> {
                 bincode::serde::decode_from_slice(body, config().with_limit::<{ $limit }>())
             }
-            fn upgrade(old: $v1) -> Self {
+            fn upgrade(old: $prev) -> Self {
                 $up(old)
             }
-            fn downgrade(&self) -> Result<$v1, DowngradeError> {
+            fn downgrade(&self) -> Result<$prev, DowngradeError> {
                 $down(self)
             }
         }
@@ -288,7 +290,7 @@ wire_message!(
     Status,
     TopicKind::Status,
     limits::STATUS,
-    v1 = v1::Status,
+    previous = Status,
     upgrade = unchanged,
     downgrade = cloned
 );
@@ -296,15 +298,15 @@ wire_message!(
     DesiredState,
     TopicKind::StateDesired,
     limits::DESIRED_STATE,
-    v1 = v1::DesiredState,
-    upgrade = DesiredState::from,
-    downgrade = |m: &DesiredState| Ok(v1::DesiredState::from(m))
+    previous = DesiredState,
+    upgrade = unchanged,
+    downgrade = cloned
 );
 wire_message!(
     ReportedState,
     TopicKind::StateReported,
     limits::REPORTED_STATE,
-    v1 = v1::ReportedState,
+    previous = ReportedState,
     upgrade = unchanged,
     downgrade = cloned
 );
@@ -312,33 +314,41 @@ wire_message!(
     TelemetryBatch,
     TopicKind::Telemetry,
     limits::TELEMETRY_BATCH,
-    v1 = v1::TelemetryBatch,
+    previous = v2::TelemetryBatch,
     upgrade = TelemetryBatch::from,
-    downgrade = |m: &TelemetryBatch| Ok(v1::TelemetryBatch::from(m))
+    downgrade = v2::TelemetryBatch::try_from
 );
 wire_message!(
     TelemetryAck,
     TopicKind::TelemetryAck,
     limits::TELEMETRY_ACK,
-    v1 = v1::TelemetryAck,
-    upgrade = unchanged,
-    downgrade = cloned
+    previous = v2::TelemetryAck,
+    upgrade = TelemetryAck::from,
+    downgrade = v2::TelemetryAck::try_from
 );
 wire_message!(
     Feedback,
     TopicKind::Feedback,
     limits::FEEDBACK,
-    v1 = v1::Feedback,
-    upgrade = unchanged,
-    downgrade = cloned
+    previous = v2::Feedback,
+    upgrade = Feedback::from,
+    downgrade = v2::Feedback::try_from
+);
+wire_message!(
+    FeedbackAck,
+    TopicKind::FeedbackAck,
+    limits::FEEDBACK_ACK,
+    previous = v2::NoFeedbackAck,
+    upgrade = FeedbackAck::from,
+    downgrade = v2::NoFeedbackAck::try_from
 );
 wire_message!(
     Command,
     TopicKind::Cmd,
     limits::COMMAND,
-    v1 = v1::Command,
-    upgrade = Command::from,
-    downgrade = v1::Command::try_from
+    previous = Command,
+    upgrade = unchanged,
+    downgrade = cloned
 );
 
 fn write_body<M: Serialize>(
@@ -371,8 +381,8 @@ pub fn encode_as<T: WireMessage>(
 ) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![version.as_byte()];
     match version {
-        ProtocolVersion::V2 => write_body(T::TOPIC, message, &mut out)?,
-        ProtocolVersion::V1 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
+        ProtocolVersion::V3 => write_body(T::TOPIC, message, &mut out)?,
+        ProtocolVersion::V2 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
     }
     if out.len() > T::MAX_LEN {
         return Err(EncodeError::TooLarge {
@@ -425,8 +435,8 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
     }
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
     let message = match version {
-        ProtocolVersion::V2 => whole::<T, T>(body, first)?,
-        ProtocolVersion::V1 => T::upgrade(whole::<T, T::V1>(body, first)?),
+        ProtocolVersion::V3 => whole::<T, T>(body, first)?,
+        ProtocolVersion::V2 => T::upgrade(whole::<T, T::Previous>(body, first)?),
     };
     Ok(Decoded { message, version })
 }
@@ -447,6 +457,8 @@ pub enum AnyMessage {
     TelemetryAck(TelemetryAck),
     /// From `feedback`.
     Feedback(Feedback),
+    /// From `feedback/ack`.
+    FeedbackAck(FeedbackAck),
     /// From `cmd`.
     Command(Command),
 }
@@ -470,6 +482,7 @@ impl AnyMessage {
             TopicKind::Telemetry => wrap(payload, AnyMessage::Telemetry),
             TopicKind::TelemetryAck => wrap(payload, AnyMessage::TelemetryAck),
             TopicKind::Feedback => wrap(payload, AnyMessage::Feedback),
+            TopicKind::FeedbackAck => wrap(payload, AnyMessage::FeedbackAck),
             TopicKind::Cmd => wrap(payload, AnyMessage::Command),
         }
     }
@@ -483,6 +496,7 @@ impl AnyMessage {
             AnyMessage::Telemetry(_) => TopicKind::Telemetry,
             AnyMessage::TelemetryAck(_) => TopicKind::TelemetryAck,
             AnyMessage::Feedback(_) => TopicKind::Feedback,
+            AnyMessage::FeedbackAck(_) => TopicKind::FeedbackAck,
             AnyMessage::Command(_) => TopicKind::Cmd,
         }
     }
@@ -496,6 +510,7 @@ impl AnyMessage {
             AnyMessage::Telemetry(m) => encode_as(m, version),
             AnyMessage::TelemetryAck(m) => encode_as(m, version),
             AnyMessage::Feedback(m) => encode_as(m, version),
+            AnyMessage::FeedbackAck(m) => encode_as(m, version),
             AnyMessage::Command(m) => encode_as(m, version),
         }
     }
@@ -504,16 +519,49 @@ impl AnyMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::telemetry::Seq;
+    use crate::message::telemetry::{OutboxEpoch, Seq};
 
     #[test]
-    fn an_ack_is_a_version_byte_and_a_varint() {
-        let bytes = encode(&TelemetryAck { up_to_seq: Seq(5) }).expect("encodes");
-        assert_eq!(bytes, [2, 5]);
+    fn an_ack_is_a_version_byte_and_two_varints() {
+        let ack = TelemetryAck {
+            epoch: OutboxEpoch(7),
+            up_to_seq: Seq(5),
+        };
+        let bytes = encode(&ack).expect("encodes");
+        assert_eq!(bytes, [3, 7, 5]);
+        assert_eq!(decode::<TelemetryAck>(&bytes), Ok(ack));
+        // A v2 ack is the sequence number alone, and means the legacy epoch.
         assert_eq!(
-            decode::<TelemetryAck>(&bytes),
-            Ok(TelemetryAck { up_to_seq: Seq(5) })
+            decode::<TelemetryAck>(&[2, 5]),
+            Ok(TelemetryAck {
+                epoch: OutboxEpoch::LEGACY,
+                up_to_seq: Seq(5)
+            })
         );
+        assert!(matches!(
+            encode_as(&ack, ProtocolVersion::V2),
+            Err(EncodeError::Downgrade(_))
+        ));
+    }
+
+    #[test]
+    fn no_v2_payload_is_a_feedback_ack_and_none_is_written() {
+        assert!(matches!(
+            decode::<FeedbackAck>(&[2, 0, 5]),
+            Err(DecodeError::Malformed { version: 2, .. })
+        ));
+        let ack = FeedbackAck {
+            epoch: OutboxEpoch(1),
+            up_to_seq: Seq(2),
+        };
+        assert_eq!(
+            encode_as(&ack, ProtocolVersion::V2),
+            Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+                what: "the feedback ack",
+                version: 2
+            }))
+        );
+        assert_eq!(decode::<FeedbackAck>(&encode(&ack).expect("v3")), Ok(ack));
     }
 
     #[test]
@@ -527,8 +575,13 @@ mod tests {
             decode::<TelemetryAck>(&[0]),
             Err(DecodeError::UnknownVersion(0))
         );
+        // v1 is no longer spoken.
         assert_eq!(
-            decode::<TelemetryAck>(&[2; 65]),
+            decode::<TelemetryAck>(&[1, 5]),
+            Err(DecodeError::UnknownVersion(1))
+        );
+        assert_eq!(
+            decode::<TelemetryAck>(&[3; 65]),
             Err(DecodeError::TooLarge {
                 topic: TopicKind::TelemetryAck,
                 len: 65,
@@ -540,14 +593,14 @@ mod tests {
     #[test]
     fn decode_rejects_truncated_and_trailing_bytes() {
         assert!(matches!(
-            decode::<TelemetryAck>(&[2]),
+            decode::<TelemetryAck>(&[3, 0]),
             Err(DecodeError::Malformed {
                 reason: Malformed::Truncated,
                 ..
             })
         ));
         assert!(matches!(
-            decode::<TelemetryAck>(&[2, 5, 0]),
+            decode::<TelemetryAck>(&[3, 0, 5, 0]),
             Err(DecodeError::Malformed {
                 reason: Malformed::TrailingBytes(1),
                 ..
@@ -559,7 +612,7 @@ mod tests {
     fn a_string_length_prefix_beyond_the_limit_fails_before_allocating() {
         // Status starts with the presence variant (0), then the agent version
         // string: here a length prefix of u64::MAX (0xfd + 8 bytes).
-        let mut payload = vec![2, 0, 0xfd];
+        let mut payload = vec![3, 0, 0xfd];
         payload.extend_from_slice(&u64::MAX.to_le_bytes());
         let err = decode::<Status>(&payload).expect_err("hostile");
         assert!(
@@ -576,9 +629,10 @@ mod tests {
 
     #[test]
     fn negotiation_picks_the_highest_common_version() {
-        assert_eq!(ProtocolVersion::negotiate(1), Some(ProtocolVersion::V1));
         assert_eq!(ProtocolVersion::negotiate(2), Some(ProtocolVersion::V2));
-        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V2));
+        assert_eq!(ProtocolVersion::negotiate(3), Some(ProtocolVersion::V3));
+        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V3));
+        assert_eq!(ProtocolVersion::negotiate(1), None);
         assert_eq!(ProtocolVersion::negotiate(0), None);
     }
 }

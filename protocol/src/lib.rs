@@ -14,6 +14,7 @@
 //! outpost/v1/{fleet}/{device}/telemetry        device → hub  QoS 1, batched                  TelemetryBatch
 //! outpost/v1/{fleet}/{device}/telemetry/ack    hub → device  QoS 1, cumulative               TelemetryAck
 //! outpost/v1/{fleet}/{device}/feedback         device → hub  QoS 1, opt-in                   Feedback
+//! outpost/v1/{fleet}/{device}/feedback/ack     hub → device  QoS 1, cumulative               FeedbackAck
 //! outpost/v1/{fleet}/{device}/cmd              hub → device  QoS 1, not retained             Command
 //! ```
 //!
@@ -35,17 +36,18 @@
 //!
 //! - The topic layout is versioned by the `v1` in the topic; payloads by
 //!   their first byte. They change independently.
-//! - The current payload version is 2 ([`ProtocolVersion::CURRENT`]). Every
+//! - The current payload version is 3 ([`ProtocolVersion::CURRENT`]). Every
 //!   change to a message's bincode shape (bincode has no field tags, so even
 //!   an added optional field) is a version bump. So is a new enum variant
 //!   that may reach an old peer: old payloads still decode, but the old peer
 //!   cannot read the new variant, so the downgrade must refuse it (as with
 //!   `CommandAction::ReReport`) or map it.
 //! - Each side reads the current and the previous version and can write
-//!   either: [`decode`] upgrades v1 payloads, [`encode_as`] downgrades for a
-//!   v1 peer (or says why it cannot). The hub learns a device's version from
+//!   either: [`decode`] upgrades v2 payloads, [`encode_as`] downgrades for a
+//!   v2 peer (or says why it cannot). The hub learns a device's version from
 //!   its [`Status`] and answers with [`ProtocolVersion::negotiate`]. The
-//!   previous version's shapes live in [`v1`], frozen.
+//!   previous version's shapes live in [`v2`], frozen; v1 is no longer
+//!   spoken.
 //!
 //! # Messages ([`message`])
 //!
@@ -56,8 +58,9 @@
 //! - [`ReportedState`]: the active set, the last [`ApplyReport`] per kind,
 //!   the last generation processed.
 //! - [`TelemetryBatch`] of numbered [`TelemetryEvent`]s (answers, device
-//!   metrics), acknowledged by [`TelemetryAck`].
-//! - [`Feedback`]: a rated, redacted question and answer.
+//!   metrics) from one [`OutboxEpoch`], acknowledged by [`TelemetryAck`].
+//! - [`Feedback`]: a rated, redacted question and answer, with its
+//!   [`FeedbackId`]; acknowledged by [`FeedbackAck`] once the hub stored it.
 //! - [`Command`]: run an evaluation, flush telemetry, re-report.
 //!
 //! # PII ([`redact`](mod@redact))
@@ -72,7 +75,7 @@ pub mod id;
 pub mod message;
 pub mod redact;
 pub mod topic;
-pub mod v1;
+pub mod v2;
 
 pub use codec::{
     decode, decode_versioned, encode, encode_as, AnyMessage, DecodeError, Decoded, DowngradeError,
@@ -84,14 +87,14 @@ pub use message::artifact::{
     ArtifactUrl, DigestParseError, UrlError,
 };
 pub use message::command::{Command, CommandAction, CommandId};
-pub use message::feedback::Feedback;
+pub use message::feedback::{Feedback, FeedbackAck, FeedbackError, FeedbackId};
 pub use message::state::{
     ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence, ReportedState,
     Status,
 };
 pub use message::telemetry::{
-    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, Rating, RetrievalScores, ScoresError,
-    Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, OutboxEpoch, Rating, RetrievalScores,
+    ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
     MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };
 pub use redact::{redact, PiiCounts, PiiKind, RedactedText, Redaction};

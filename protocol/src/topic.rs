@@ -2,7 +2,7 @@
 //!
 //! Every topic is `outpost/v1/{fleet}/{device}/{kind}`. The `v1` here versions
 //! the *topic layout* only; payloads carry their own protocol version byte (see
-//! [`crate::codec`]), so v1 and v2 payloads share these topics.
+//! [`crate::codec`]), so payloads of every version share these topics.
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,6 +43,9 @@ pub enum TopicKind {
     TelemetryAck,
     /// `feedback`: [`crate::Feedback`], QoS 1, opt-in.
     Feedback,
+    /// `feedback/ack`: [`crate::FeedbackAck`], QoS 1, after the hub's commit
+    /// (new in protocol v3; a v2 agent neither subscribes nor gets one).
+    FeedbackAck,
     /// `cmd`: [`crate::Command`], QoS 1, never retained (a command must not
     /// replay on every reconnect).
     Cmd,
@@ -50,13 +53,14 @@ pub enum TopicKind {
 
 impl TopicKind {
     /// Every kind, in declaration order.
-    pub const ALL: [TopicKind; 7] = [
+    pub const ALL: [TopicKind; 8] = [
         TopicKind::Status,
         TopicKind::StateDesired,
         TopicKind::StateReported,
         TopicKind::Telemetry,
         TopicKind::TelemetryAck,
         TopicKind::Feedback,
+        TopicKind::FeedbackAck,
         TopicKind::Cmd,
     ];
 
@@ -69,6 +73,7 @@ impl TopicKind {
             TopicKind::Telemetry => "telemetry",
             TopicKind::TelemetryAck => "telemetry/ack",
             TopicKind::Feedback => "feedback",
+            TopicKind::FeedbackAck => "feedback/ack",
             TopicKind::Cmd => "cmd",
         }
     }
@@ -85,9 +90,10 @@ impl TopicKind {
             | TopicKind::StateReported
             | TopicKind::Telemetry
             | TopicKind::Feedback => Direction::DeviceToHub,
-            TopicKind::StateDesired | TopicKind::TelemetryAck | TopicKind::Cmd => {
-                Direction::HubToDevice
-            }
+            TopicKind::StateDesired
+            | TopicKind::TelemetryAck
+            | TopicKind::FeedbackAck
+            | TopicKind::Cmd => Direction::HubToDevice,
         }
     }
 
@@ -111,6 +117,7 @@ impl TopicKind {
             TopicKind::Telemetry => limits::TELEMETRY_BATCH,
             TopicKind::TelemetryAck => limits::TELEMETRY_ACK,
             TopicKind::Feedback => limits::FEEDBACK,
+            TopicKind::FeedbackAck => limits::FEEDBACK_ACK,
             TopicKind::Cmd => limits::COMMAND,
         }
     }
@@ -385,10 +392,12 @@ mod tests {
         let all = TopicFilter::all_fleets(TopicKind::TelemetryAck);
         assert!(all.matches("outpost/v1/x/y/telemetry/ack"));
         assert!(TopicFilter(String::from("outpost/#")).matches("outpost/v1/x/y/cmd"));
+        let feedback = TopicFilter::fleet(&fleet, TopicKind::Feedback);
+        assert!(!feedback.matches("outpost/v1/acme/kiosk-7/feedback/ack"));
     }
 
     #[test]
-    fn hub_publishes_exactly_desired_state_acks_and_commands() {
+    fn hub_publishes_exactly_desired_state_both_acks_and_commands() {
         let hub: Vec<_> = TopicKind::ALL
             .into_iter()
             .filter(|k| k.direction() == Direction::HubToDevice)
@@ -398,6 +407,7 @@ mod tests {
             [
                 TopicKind::StateDesired,
                 TopicKind::TelemetryAck,
+                TopicKind::FeedbackAck,
                 TopicKind::Cmd
             ]
         );

@@ -148,6 +148,11 @@ pub struct OutboxCore {
     records: VecDeque<RecordMeta>,
     total_bytes: u64,
     counters: DropCounters,
+    /// The highest sequence number handed out to be sent since this core
+    /// was built; acks are clamped to it. Not persisted: after a restart
+    /// nothing counts as sent, so an early ack deletes nothing and the
+    /// records are simply sent (and acknowledged) again.
+    sent_through: Option<Seq>,
 }
 
 impl OutboxCore {
@@ -166,7 +171,26 @@ impl OutboxCore {
             records: records.into(),
             total_bytes,
             counters: snapshot.counters,
+            sent_through: None,
         }
+    }
+
+    /// Records that every record up to `last` has been handed to the
+    /// session to be sent, so an ack may now cover them.
+    pub fn note_sent(&mut self, last: Seq) {
+        self.sent_through = Some(self.sent_through.map_or(last, |s| s.max(last)));
+    }
+
+    /// The highest sequence number handed out to be sent, if any.
+    pub fn sent_through(&self) -> Option<Seq> {
+        self.sent_through
+    }
+
+    /// Carries what was sent over to a core rebuilt from the store (after
+    /// a failed commit), so an ack in flight still counts.
+    pub fn with_sent_through(mut self, sent_through: Option<Seq>) -> Self {
+        self.sent_through = sent_through;
+        self
     }
 
     /// The sequence number the next append gets.
@@ -229,7 +253,13 @@ impl OutboxCore {
 
     /// Plans deleting what an ack up to `up_to` covers; `None` when it
     /// covers nothing still stored (a repeated or stale ack).
+    ///
+    /// The ack is clamped to [`sent_through`](Self::sent_through): the hub
+    /// can only have stored what was sent, so a forged or buggy ack beyond
+    /// that deletes nothing more, and one before anything was sent deletes
+    /// nothing at all.
     pub fn plan_ack(&self, up_to: Seq) -> Option<Transition> {
+        let up_to = up_to.min(self.sent_through?);
         let covered = self.records.front().is_some_and(|r| r.seq <= up_to);
         covered.then_some(Transition {
             delete: Deletion::Through(up_to),
@@ -377,6 +407,7 @@ mod tests {
         let mut core = OutboxCore::new(OutboxBounds::default(), Snapshot::default());
         assert_eq!(append(&mut core, 10, 0).append.map(|m| m.seq), Some(Seq(1)));
         assert_eq!(append(&mut core, 10, 0).append.map(|m| m.seq), Some(Seq(2)));
+        core.note_sent(Seq(2));
         let ack = core.plan_ack(Seq(2)).expect("covers");
         core.apply(&ack);
         assert!(core.is_empty());
@@ -452,9 +483,28 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_beyond_what_was_sent_deletes_only_what_was_sent() {
+        let mut core = OutboxCore::new(OutboxBounds::default(), Snapshot::default());
+        for _ in 0..5 {
+            append(&mut core, 5, 0);
+        }
+        assert_eq!(core.plan_ack(Seq(5)), None, "nothing was sent yet");
+        core.note_sent(Seq(2));
+        let t = core.plan_ack(Seq(u64::MAX)).expect("covers the sent ones");
+        assert_eq!(t.delete, Deletion::Through(Seq(2)));
+        core.apply(&t);
+        assert_eq!(
+            core.records().map(|r| r.seq).collect::<Vec<_>>(),
+            [Seq(3), Seq(4), Seq(5)]
+        );
+        assert_eq!(core.plan_ack(Seq(5)), None);
+    }
+
+    #[test]
     fn a_repeated_ack_plans_nothing() {
         let mut core = OutboxCore::new(OutboxBounds::default(), Snapshot::default());
         append(&mut core, 5, 0);
+        core.note_sent(Seq(1));
         let t = core.plan_ack(Seq(1)).expect("covers");
         core.apply(&t);
         assert_eq!(core.plan_ack(Seq(1)), None);

@@ -1,5 +1,6 @@
 //! The durable outbox: telemetry and feedback are written here first and
-//! leave only when the hub (telemetry) or the broker (feedback) has them.
+//! leave only when the hub has committed them (its `TelemetryAck` and
+//! `FeedbackAck`).
 //!
 //! - [`OutboxCore`] (I/O-free) numbers records, applies the bounds and plans
 //!   every change as a [`Transition`].
@@ -10,11 +11,17 @@
 //!   from the store after a failed commit, so memory never runs ahead of
 //!   disk.
 //!
+//! Every outbox has an [`OutboxEpoch`], drawn at random when it is created
+//! and stored with it; batches and feedback carry it, and an ack for another
+//! epoch (an outbox that was reset, a forged ack) deletes nothing. An ack is
+//! also clamped to the highest sequence number handed out to be sent, so
+//! one claiming more than was sent cannot delete unsent records.
+//!
 //! Guarantees, across crashes at any point: a sequence number is never
-//! handed out twice; a record whose append returned `Ok` stays until it is
-//! acknowledged or dropped by a bound (and then counted in
-//! [`DropCounters`]); a record whose acknowledgement returned `Ok` never
-//! comes back.
+//! handed out twice within an epoch; a record whose append returned `Ok`
+//! stays until it is acknowledged (after being sent) or dropped by a bound
+//! (and then counted in [`DropCounters`]); a record whose acknowledgement
+//! returned `Ok` never comes back.
 
 mod core;
 mod sqlite;
@@ -23,8 +30,8 @@ mod store;
 mod tests;
 
 use outpost_protocol::{
-    decode, encode, DecodeError, DeviceId, EncodeError, Feedback, Seq, TelemetryAck,
-    TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    decode, encode, DecodeError, DeviceId, EncodeError, Feedback, FeedbackAck, FeedbackId,
+    OutboxEpoch, Seq, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
 };
 
 pub use self::core::{
@@ -49,6 +56,22 @@ pub enum OutboxError {
     /// The encoded record exceeds the stream's byte bound.
     #[error(transparent)]
     TooLarge(#[from] RecordTooLarge),
+    /// A new outbox needs a random epoch and the OS had no randomness.
+    #[error("cannot draw a random outbox epoch: {0}")]
+    Epoch(getrandom::Error),
+}
+
+/// A random epoch for a new outbox; never [`OutboxEpoch::LEGACY`], which
+/// stands for v2 agents.
+fn fresh_epoch() -> Result<OutboxEpoch, OutboxError> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::getrandom(&mut bytes).map_err(OutboxError::Epoch)?;
+        let epoch = OutboxEpoch(u64::from_le_bytes(bytes));
+        if epoch != OutboxEpoch::LEGACY {
+            return Ok(epoch);
+        }
+    }
 }
 
 /// How an [`Outbox`] is set up.
@@ -96,6 +119,7 @@ pub struct StreamStats {
 pub struct Outbox<S> {
     store: S,
     config: OutboxConfig,
+    epoch: OutboxEpoch,
     telemetry: OutboxCore,
     feedback: OutboxCore,
     /// Set when a commit failed and reloading failed too; every call reloads
@@ -104,13 +128,16 @@ pub struct Outbox<S> {
 }
 
 impl<S: OutboxStore> Outbox<S> {
-    /// Loads both streams from `store`.
+    /// Loads both streams from `store`; a store without an epoch (a new
+    /// outbox, or one written by an agent of protocol v2) gets a random one.
     pub fn open(mut store: S, config: OutboxConfig) -> Result<Self, OutboxError> {
+        let epoch = store.epoch(fresh_epoch()?)?;
         let telemetry = OutboxCore::new(config.telemetry, store.load(Stream::Telemetry)?);
         let feedback = OutboxCore::new(config.feedback, store.load(Stream::Feedback)?);
         Ok(Self {
             store,
             config,
+            epoch,
             telemetry,
             feedback,
             stale: false,
@@ -120,6 +147,11 @@ impl<S: OutboxStore> Outbox<S> {
     /// Gives the store back (a test's "restart").
     pub fn into_store(self) -> S {
         self.store
+    }
+
+    /// This outbox's epoch.
+    pub fn epoch(&self) -> OutboxEpoch {
+        self.epoch
     }
 
     /// Where `stream` stands.
@@ -162,20 +194,28 @@ impl<S: OutboxStore> Outbox<S> {
         Ok(seq)
     }
 
-    /// Stores feedback rated at `feedback.at_unix_ms`; returns its number
-    /// in the feedback stream (not a telemetry number).
-    pub fn push_feedback(&mut self, feedback: &Feedback) -> Result<Seq, OutboxError> {
+    /// Stores feedback rated at `feedback.at_unix_ms` and returns its id:
+    /// this outbox's epoch and the record's number in the feedback stream
+    /// (not a telemetry number). Whatever id the caller set is replaced.
+    pub fn push_feedback(&mut self, feedback: &Feedback) -> Result<FeedbackId, OutboxError> {
         self.refresh()?;
-        let seq = self.feedback.next_seq();
-        let bytes = encode(feedback)?;
+        let id = FeedbackId {
+            epoch: self.epoch,
+            seq: self.feedback.next_seq(),
+        };
+        let bytes = encode(&Feedback {
+            id,
+            ..feedback.clone()
+        })?;
         self.append(Stream::Feedback, &bytes, feedback.at_unix_ms)?;
-        Ok(seq)
+        Ok(id)
     }
 
     /// The oldest unacknowledged events, at most `max_events` and about
     /// `max_bytes` encoded (stored sizes over-count the batch, so the batch
-    /// encodes within `max_bytes` unless a single event alone exceeds it).
-    /// Rows that no longer decode are dropped and counted as corrupt.
+    /// encodes within `max_bytes` unless a single event alone exceeds it),
+    /// in this outbox's epoch. From now on an ack may cover them. Rows that
+    /// no longer decode are dropped and counted as corrupt.
     pub fn next_batch(
         &mut self,
         max_events: usize,
@@ -207,7 +247,10 @@ impl<S: OutboxStore> Outbox<S> {
                 continue;
             }
             return match TelemetryBatch::new(self.config.device.clone(), events) {
-                Ok(batch) => Ok(Some(batch)),
+                Ok(batch) => {
+                    self.telemetry.note_sent(batch.last_seq());
+                    Ok(Some(batch.with_epoch(self.epoch)))
+                }
                 // Rows vanished under the core (another writer): reload and
                 // let the caller ask again.
                 Err(_) => {
@@ -218,13 +261,18 @@ impl<S: OutboxStore> Outbox<S> {
         }
     }
 
-    /// Deletes every event the hub acknowledged; returns how many.
+    /// Deletes the events the hub acknowledged, of this epoch and handed
+    /// out to be sent; returns how many.
     pub fn acknowledge(&mut self, ack: TelemetryAck) -> Result<usize, OutboxError> {
+        if ack.epoch != self.epoch {
+            return Ok(0);
+        }
         self.delete_through(Stream::Telemetry, ack.up_to_seq)
     }
 
-    /// The oldest feedback record and its number in the feedback stream.
-    pub fn next_feedback(&mut self) -> Result<Option<(Seq, Feedback)>, OutboxError> {
+    /// The oldest feedback record, with its id. From now on an ack may
+    /// cover it.
+    pub fn next_feedback(&mut self) -> Result<Option<Feedback>, OutboxError> {
         self.refresh()?;
         loop {
             let Some(first) = self.feedback.records().next().map(|r| r.seq) else {
@@ -236,7 +284,16 @@ impl<S: OutboxStore> Outbox<S> {
                 .next()
                 .map(|(seq, bytes)| (seq, decode::<Feedback>(&bytes)));
             match decoded {
-                Some((seq, Ok(feedback))) => return Ok(Some((seq, feedback))),
+                Some((seq, Ok(mut feedback))) => {
+                    // The store's numbering is the truth: a record written by
+                    // a v2 agent decodes with a legacy id.
+                    feedback.id = FeedbackId {
+                        epoch: self.epoch,
+                        seq,
+                    };
+                    self.feedback.note_sent(seq);
+                    return Ok(Some(feedback));
+                }
                 Some((seq, Err(error))) => {
                     tracing::warn!(%seq, %error, "dropping a feedback record that no longer decodes");
                     if let Some(t) = self.feedback.plan_discard_corrupt(seq) {
@@ -251,9 +308,13 @@ impl<S: OutboxStore> Outbox<S> {
         }
     }
 
-    /// Deletes feedback records up to `seq` once the broker has them.
-    pub fn acknowledge_feedback(&mut self, seq: Seq) -> Result<usize, OutboxError> {
-        self.delete_through(Stream::Feedback, seq)
+    /// Deletes the feedback records the hub acknowledged, of this epoch and
+    /// handed out to be sent; returns how many.
+    pub fn acknowledge_feedback(&mut self, ack: FeedbackAck) -> Result<usize, OutboxError> {
+        if ack.epoch != self.epoch {
+            return Ok(0);
+        }
+        self.delete_through(Stream::Feedback, ack.up_to_seq)
     }
 
     /// Drops (and counts) records older than the bounds allow at
@@ -334,8 +395,10 @@ impl<S: OutboxStore> Outbox<S> {
     fn reload(&mut self) -> Result<(), OutboxError> {
         let telemetry = self.store.load(Stream::Telemetry)?;
         let feedback = self.store.load(Stream::Feedback)?;
-        self.telemetry = OutboxCore::new(self.config.telemetry, telemetry);
-        self.feedback = OutboxCore::new(self.config.feedback, feedback);
+        self.telemetry = OutboxCore::new(self.config.telemetry, telemetry)
+            .with_sent_through(self.telemetry.sent_through());
+        self.feedback = OutboxCore::new(self.config.feedback, feedback)
+            .with_sent_through(self.feedback.sent_through());
         self.stale = false;
         Ok(())
     }

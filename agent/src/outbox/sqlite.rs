@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outpost_protocol::Seq;
+use outpost_protocol::{OutboxEpoch, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::core::{Deletion, DropCounters, RecordMeta, Snapshot, Transition};
@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS outbox_record (
     payload BLOB    NOT NULL,
     PRIMARY KEY (stream, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox_stream (
     stream        INTEGER PRIMARY KEY,
     next_seq      INTEGER NOT NULL,
@@ -98,7 +102,30 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The epoch's row in `outbox_meta`. SQLite integers are signed; the
+/// epoch's 64 bits are stored as they are and read back the same.
+const EPOCH_KEY: &str = "epoch";
+
 impl OutboxStore for SqliteOutboxStore {
+    fn epoch(&mut self, fresh: OutboxEpoch) -> Result<OutboxEpoch, StoreError> {
+        // One statement, so concurrent openers agree on the first epoch.
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO outbox_meta (key, value) VALUES (?1, ?2)",
+                params![EPOCH_KEY, i64::from_ne_bytes(fresh.0.to_ne_bytes())],
+            )
+            .map_err(|e| self.sqlite(e))?;
+        let stored: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM outbox_meta WHERE key = ?1",
+                [EPOCH_KEY],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.sqlite(e))?;
+        Ok(OutboxEpoch(u64::from_ne_bytes(stored.to_ne_bytes())))
+    }
+
     fn load(&mut self, stream: Stream) -> Result<Snapshot, StoreError> {
         let row = self
             .conn

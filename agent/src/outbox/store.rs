@@ -1,11 +1,11 @@
-//! The outbox's storage seam: the three things the core needs from disk, an
+//! The outbox's storage seam: the four things the core needs from disk, an
 //! in-memory store with fault injection for crash tests, and the error type
 //! both stores share.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use outpost_protocol::Seq;
+use outpost_protocol::{OutboxEpoch, Seq};
 
 use super::core::{Deletion, DropCounters, RecordMeta, Snapshot, Transition};
 
@@ -15,7 +15,7 @@ use super::core::{Deletion, DropCounters, RecordMeta, Snapshot, Transition};
 pub enum Stream {
     /// Telemetry events, acknowledged by the hub's `TelemetryAck`.
     Telemetry,
-    /// Rated, redacted feedback, removed once the broker has it.
+    /// Rated, redacted feedback, acknowledged by the hub's `FeedbackAck`.
     Feedback,
 }
 
@@ -64,6 +64,10 @@ pub enum StoreError {
 /// after a crash or an error the store holds either the whole transition or
 /// none of it.
 pub trait OutboxStore {
+    /// The outbox's epoch: the stored one, or else `fresh`, stored durably
+    /// before this returns. Called once, when the outbox opens.
+    fn epoch(&mut self, fresh: OutboxEpoch) -> Result<OutboxEpoch, StoreError>;
+
     /// Everything stored for `stream` (without payloads).
     fn load(&mut self, stream: Stream) -> Result<Snapshot, StoreError>;
 
@@ -108,6 +112,7 @@ struct MemStream {
 /// the crash tests cut writes at every point.
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
+    epoch: Option<OutboxEpoch>,
     streams: BTreeMap<Stream, MemStream>,
     commits: u64,
     fault: Option<(u64, Fault)>,
@@ -132,6 +137,10 @@ impl MemStore {
 }
 
 impl OutboxStore for MemStore {
+    fn epoch(&mut self, fresh: OutboxEpoch) -> Result<OutboxEpoch, StoreError> {
+        Ok(*self.epoch.get_or_insert(fresh))
+    }
+
     fn load(&mut self, stream: Stream) -> Result<Snapshot, StoreError> {
         let state = self.streams.get(&stream).cloned().unwrap_or_default();
         let mut snapshot = Snapshot {

@@ -5,8 +5,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use outpost_protocol::{
-    redact, ActiveVersions, AnswerEvent, DeviceId, DeviceMetrics, Feedback, PiiCounts, Rating,
-    RetrievalScores, Seq, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    redact, ActiveVersions, AnswerEvent, DeviceId, DeviceMetrics, Feedback, FeedbackAck,
+    FeedbackId, OutboxEpoch, PiiCounts, Rating, RetrievalScores, Seq, TelemetryAck, TelemetryBatch,
+    TelemetryEvent, TelemetryPayload,
 };
 use proptest::prelude::*;
 
@@ -64,11 +65,34 @@ fn stored_len(seq: Seq, at: u64, tag: u16) -> u64 {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { tag: u16, advance_ms: u64 },
-    Batch { max_events: usize, max_bytes: usize },
-    Ack { past_front: usize },
-    Expire { advance_ms: u64 },
+    Append {
+        tag: u16,
+        advance_ms: u64,
+    },
+    Batch {
+        max_events: usize,
+        max_bytes: usize,
+    },
+    Ack {
+        past_front: usize,
+    },
+    /// An ack claiming everything (a forged or buggy hub).
+    AckEverything,
+    /// An ack of another outbox epoch.
+    AckOtherEpoch {
+        past_front: usize,
+    },
+    Expire {
+        advance_ms: u64,
+    },
     Restart,
+}
+
+fn ack(outbox_epoch: OutboxEpoch, up_to_seq: Seq) -> TelemetryAck {
+    TelemetryAck {
+        epoch: outbox_epoch,
+        up_to_seq,
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -76,6 +100,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u16..500, 0u64..400).prop_map(|(tag, advance_ms)| Op::Append { tag, advance_ms }),
         2 => (1usize..8, 40usize..600).prop_map(|(max_events, max_bytes)| Op::Batch { max_events, max_bytes }),
         2 => (0usize..6).prop_map(|past_front| Op::Ack { past_front }),
+        1 => Just(Op::AckEverything),
+        1 => (0usize..6).prop_map(|past_front| Op::AckOtherEpoch { past_front }),
         1 => (0u64..2000).prop_map(|advance_ms| Op::Expire { advance_ms }),
         1 => Just(Op::Restart),
     ]
@@ -88,9 +114,19 @@ struct Model {
     next_seq: Seq,
     dropped: u64,
     bounds: OutboxBounds,
+    /// The last event of the newest batch handed out since the last
+    /// restart: acks never delete past it.
+    sent_through: Option<Seq>,
 }
 
 impl Model {
+    fn acknowledge(&mut self, up_to: Seq) {
+        if let Some(sent) = self.sent_through {
+            let up_to = up_to.min(sent);
+            self.queue.retain(|r| r.0 > up_to);
+        }
+    }
+
     fn bytes(&self) -> u64 {
         self.queue.iter().map(|r| r.3).sum()
     }
@@ -126,8 +162,11 @@ fn run_against_model<S: OutboxStore>(
         next_seq: FIRST_SEQ,
         dropped: 0,
         bounds,
+        sent_through: None,
     };
     let mut outbox = reopen(None);
+    let epoch = outbox.epoch();
+    prop_assert_ne!(epoch, OutboxEpoch::LEGACY);
     let mut now = 1_000_000u64;
     for op in ops {
         match *op {
@@ -156,6 +195,10 @@ fn run_against_model<S: OutboxStore>(
                     bytes += record.3;
                     expected.push((record.0, record.2));
                 }
+                if let Some(b) = &batch {
+                    prop_assert_eq!(b.epoch(), epoch);
+                    model.sent_through = model.sent_through.max(Some(b.last_seq()));
+                }
                 let got: Vec<(Seq, u16)> = batch
                     .map(|b| b.events().iter().map(|e| (e.seq, tag_of(e))).collect())
                     .unwrap_or_default();
@@ -166,10 +209,17 @@ fn run_against_model<S: OutboxStore>(
                     .queue
                     .get(past_front)
                     .map_or(Seq(model.next_seq.0.saturating_sub(1)), |r| r.0);
-                outbox
-                    .acknowledge(TelemetryAck { up_to_seq: up_to })
-                    .expect("ack");
-                model.queue.retain(|r| r.0 > up_to);
+                outbox.acknowledge(ack(epoch, up_to)).expect("ack");
+                model.acknowledge(up_to);
+            }
+            Op::AckEverything => {
+                outbox.acknowledge(ack(epoch, Seq(u64::MAX))).expect("ack");
+                model.acknowledge(Seq(u64::MAX));
+            }
+            Op::AckOtherEpoch { past_front } => {
+                let up_to = model.queue.get(past_front).map_or(Seq(u64::MAX), |r| r.0);
+                let other = OutboxEpoch(epoch.0.wrapping_add(1));
+                prop_assert_eq!(outbox.acknowledge(ack(other, up_to)).expect("ack"), 0);
             }
             Op::Expire { advance_ms } => {
                 now += advance_ms;
@@ -180,7 +230,11 @@ fn run_against_model<S: OutboxStore>(
                     model.dropped += 1;
                 }
             }
-            Op::Restart => outbox = reopen(Some(outbox)),
+            Op::Restart => {
+                outbox = reopen(Some(outbox));
+                prop_assert_eq!(outbox.epoch(), epoch, "the epoch is stored with the outbox");
+                model.sent_through = None;
+            }
         }
         let stats = outbox.stats(Stream::Telemetry);
         prop_assert_eq!(stats.pending, model.queue.len());
@@ -267,7 +321,7 @@ fn crash_script(store: MemStore) -> (Outbox<MemStore>, Observed) {
                     let up_to = batch.last_seq();
                     seen.acked_any = seen.acked_any.max(up_to);
                     outbox
-                        .acknowledge(TelemetryAck { up_to_seq: up_to })
+                        .acknowledge(ack(batch.epoch(), up_to))
                         .map(|_| seen.acked_ok = seen.acked_ok.max(up_to))
                 }
                 Ok(None) => Ok(()),
@@ -303,9 +357,7 @@ fn a_failed_commit_at_any_point_loses_nothing_unacked_and_resurrects_nothing_ack
             while let Some(batch) = outbox.next_batch(100, 1 << 20).expect("drain") {
                 let last = batch.last_seq();
                 remaining.extend(batch.events().iter().map(|e| (e.seq, tag_of(e))));
-                outbox
-                    .acknowledge(TelemetryAck { up_to_seq: last })
-                    .expect("ack");
+                outbox.acknowledge(ack(batch.epoch(), last)).expect("ack");
             }
             let ctx = format!("{fault:?} at commit {commit}");
             // Nothing acknowledged comes back.
@@ -342,39 +394,139 @@ fn a_failed_commit_at_any_point_loses_nothing_unacked_and_resurrects_nothing_ack
     }
 }
 
-#[test]
-fn feedback_waits_in_its_own_stream_until_the_broker_has_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("outbox.sqlite");
-    let feedback = Feedback {
+fn sample_feedback() -> Feedback {
+    Feedback {
+        id: FeedbackId::default(),
         answer_seq: Seq(4),
         rating: Rating::ThumbsDown,
         question: redact("my card 4111 1111 1111 1111 was charged twice").text,
         answer: redact("Please call support.").text,
         versions: ActiveVersions::default(),
         at_unix_ms: 10,
-    };
-    {
+    }
+}
+
+#[test]
+fn feedback_waits_in_its_own_stream_until_the_hub_acknowledges_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("outbox.sqlite");
+    let feedback = sample_feedback();
+    let epoch = {
         let store = SqliteOutboxStore::open(&path).expect("open");
         let mut outbox = Outbox::open(store, OutboxConfig::new(device())).expect("open");
         outbox.push_event(5, payload(1)).expect("event");
-        assert_eq!(outbox.push_feedback(&feedback).expect("feedback"), Seq(1));
-    }
+        let id = outbox.push_feedback(&feedback).expect("feedback");
+        assert_eq!(
+            id,
+            FeedbackId {
+                epoch: outbox.epoch(),
+                seq: Seq(1)
+            }
+        );
+        outbox.epoch()
+    };
     let store = SqliteOutboxStore::open(&path).expect("reopen");
     let mut outbox = Outbox::open(store, OutboxConfig::new(device())).expect("open");
-    let (seq, stored) = outbox.next_feedback().expect("read").expect("one waits");
-    assert_eq!(stored, feedback);
+    assert_eq!(outbox.epoch(), epoch);
+    let stored = outbox.next_feedback().expect("read").expect("one waits");
+    assert_eq!(stored.id, FeedbackId { epoch, seq: Seq(1) });
+    assert_eq!(stored.question, feedback.question);
     assert!(!stored.question.as_str().contains("4111"));
+    let batch = outbox.next_batch(10, 1 << 20).expect("batch").expect("one");
     outbox
-        .acknowledge(TelemetryAck { up_to_seq: Seq(1) })
+        .acknowledge(ack(epoch, batch.last_seq()))
         .expect("telemetry ack");
     assert_eq!(
         outbox.stats(Stream::Feedback).pending,
         1,
         "acks are per stream"
     );
-    assert_eq!(outbox.acknowledge_feedback(seq).expect("ack"), 1);
+    let other = FeedbackAck {
+        epoch: OutboxEpoch(epoch.0 ^ 1),
+        up_to_seq: Seq(1),
+    };
+    assert_eq!(outbox.acknowledge_feedback(other).expect("ack"), 0);
+    assert_eq!(
+        outbox
+            .acknowledge_feedback(FeedbackAck::of(stored.id))
+            .expect("ack"),
+        1
+    );
     assert_eq!(outbox.next_feedback().expect("read"), None);
+}
+
+#[test]
+fn an_ack_beyond_what_was_sent_deletes_no_unsent_telemetry_or_feedback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteOutboxStore::open(&dir.path().join("outbox.sqlite")).expect("open");
+    let mut outbox = Outbox::open(store, OutboxConfig::new(device())).expect("open");
+    let epoch = outbox.epoch();
+    for i in 0..5 {
+        outbox.push_event(100 + i, payload(1)).expect("event");
+        outbox.push_feedback(&sample_feedback()).expect("feedback");
+    }
+    // Before anything is sent, an ack deletes nothing.
+    assert_eq!(outbox.acknowledge(ack(epoch, Seq(3))).expect("ack"), 0);
+    let forged_feedback_ack = FeedbackAck {
+        epoch,
+        up_to_seq: Seq(u64::MAX),
+    };
+    assert_eq!(
+        outbox
+            .acknowledge_feedback(forged_feedback_ack)
+            .expect("ack"),
+        0
+    );
+    // Two events are sent; an ack claiming everything deletes those two.
+    let batch = outbox.next_batch(2, 1 << 20).expect("batch").expect("two");
+    assert_eq!(batch.last_seq(), Seq(2));
+    assert_eq!(
+        outbox.acknowledge(ack(epoch, Seq(u64::MAX))).expect("ack"),
+        2
+    );
+    assert_eq!(outbox.stats(Stream::Telemetry).pending, 3);
+    let next = outbox
+        .next_batch(10, 1 << 20)
+        .expect("batch")
+        .expect("rest");
+    assert_eq!(next.first_seq(), Seq(3));
+    // Likewise feedback: one is sent, one leaves.
+    outbox.next_feedback().expect("read").expect("one");
+    assert_eq!(
+        outbox
+            .acknowledge_feedback(forged_feedback_ack)
+            .expect("ack"),
+        1
+    );
+    assert_eq!(outbox.stats(Stream::Feedback).pending, 4);
+}
+
+#[test]
+fn a_reset_outbox_gets_a_new_epoch_and_an_old_epochs_ack_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("outbox.sqlite");
+    let open = || {
+        let store = SqliteOutboxStore::open(&path).expect("open");
+        Outbox::open(store, OutboxConfig::new(device())).expect("open")
+    };
+    let mut first = open();
+    let old_epoch = first.epoch();
+    first.push_event(1, payload(1)).expect("event");
+    drop(first);
+    assert_eq!(open().epoch(), old_epoch, "the epoch survives a restart");
+
+    // The outbox is reset (its file deleted): numbering starts again at 1,
+    // in a new epoch, so the hub can tell the new events from the old.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let mut reset = open();
+    assert_ne!(reset.epoch(), old_epoch);
+    assert_eq!(reset.push_event(2, payload(2)).expect("event"), Seq(1));
+    let batch = reset.next_batch(10, 1 << 20).expect("batch").expect("one");
+    assert_eq!((batch.epoch(), batch.first_seq()), (reset.epoch(), Seq(1)));
+    assert_eq!(reset.acknowledge(ack(old_epoch, Seq(1))).expect("ack"), 0);
+    assert_eq!(reset.stats(Stream::Telemetry).pending, 1);
 }
 
 #[test]

@@ -4,22 +4,24 @@
 //! retains `status` = online and the current reported state. While
 //! connected it keeps one telemetry batch in flight (the next is sent when
 //! the hub's `telemetry/ack` arrives, or the same events again after
-//! `ack_timeout`) and one feedback record (deleted when the broker's PUBACK
-//! for it arrives). On a connection error it waits a jittered, growing
-//! delay and polls again, which reconnects with the persistent session.
+//! `ack_timeout`) and one feedback record, the same way with
+//! `feedback/ack`. Only the hub's acks, sent after its commit, delete
+//! anything: the broker's PUBACK says only that the broker has a message.
+//! On a connection error it waits a jittered, growing delay and polls
+//! again, which reconnects with the persistent session.
 //!
 //! It never awaits rumqttc's request queue (`try_publish` only): the event
 //! loop is polled by this same task, so waiting for room could deadlock.
 //! A publish that does not fit is simply tried again on the next tick.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use outpost_protocol::{
-    encode, AnyMessage, Command, CommandAction, DesiredState, DeviceId, FleetId, Presence,
-    ReportedState, Seq, Status, TelemetryAck, Topic, TopicKind, WireMessage,
+    encode, AnyMessage, Command, CommandAction, DesiredState, DeviceId, FeedbackAck, FeedbackId,
+    FleetId, OutboxEpoch, Presence, ReportedState, Seq, Status, TelemetryAck, Topic, TopicKind,
+    WireMessage,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, Request};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
@@ -42,26 +44,15 @@ pub(super) struct Session {
     pub batch_max_bytes: usize,
 }
 
-/// Why a publish was queued, so its packet id can be matched to its PUBACK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tag {
-    Other,
-    Feedback(Seq),
-}
-
 /// Per-connection bookkeeping; reset on every reconnect.
 #[derive(Debug, Default)]
 struct Link {
     up: bool,
-    /// The last event of the telemetry batch in flight, and when it left.
-    batch_in_flight: Option<(Seq, Instant)>,
-    /// Publishes queued to rumqttc, oldest first, awaiting their packet id.
-    tags: VecDeque<Tag>,
-    /// Outgoing publishes rumqttc retransmits after a reconnect before any
-    /// new one; they have no tag.
-    untagged_outgoing: usize,
-    /// The feedback record in flight and its packet id once known.
-    feedback_in_flight: Option<(Seq, Option<u16>)>,
+    /// The epoch and last event of the telemetry batch in flight, and when
+    /// it left.
+    batch_in_flight: Option<(OutboxEpoch, Seq, Instant)>,
+    /// The feedback record in flight, and when it left.
+    feedback_in_flight: Option<(FeedbackId, Instant)>,
 }
 
 impl Session {
@@ -81,14 +72,10 @@ impl Session {
             tokio::select! {
                 polled = events.poll() => match polled {
                     Ok(event) => {
-                        let connected = matches!(event, Event::Incoming(Packet::ConnAck(_)));
-                        if connected {
+                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
                             failing = false;
                         }
-                        // Only read at connect time: scanning rumqttc's queue on
-                        // every event would cost the busy path for nothing.
-                        let retransmits = if connected { pending_publishes(&events) } else { 0 };
-                        self.on_event(event, retransmits, &mut link).await
+                        self.on_event(event, &mut link).await
                     }
                     Err(error) => {
                         if link.up {
@@ -112,20 +99,18 @@ impl Session {
                 changed = self.reported.changed(), if link.up => {
                     if changed.is_ok() {
                         let state = self.reported.borrow_and_update().clone();
-                        self.publish(&mut link, TopicKind::StateReported, &state, true, Tag::Other);
+                        self.publish(TopicKind::StateReported, &state, true);
                     }
                 }
                 _ = &mut shutdown => {
-                    self.say_offline(&mut events, &mut link).await;
+                    self.say_offline(&mut events, &link).await;
                     return;
                 }
             }
         }
     }
 
-    /// `retransmits`: QoS 1 publishes rumqttc will send again before any
-    /// new one (read at connect time).
-    async fn on_event(&mut self, event: Event, retransmits: usize, link: &mut Link) {
+    async fn on_event(&mut self, event: Event, link: &mut Link) {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 tracing::info!(
@@ -134,18 +119,13 @@ impl Session {
                 );
                 *link = Link {
                     up: true,
-                    untagged_outgoing: retransmits,
                     ..Link::default()
                 };
                 self.backoff.reset();
                 self.connected.send_replace(true);
                 // Subscribing again on a present session is harmless and
                 // covers a broker that lost it.
-                for kind in [
-                    TopicKind::StateDesired,
-                    TopicKind::TelemetryAck,
-                    TopicKind::Cmd,
-                ] {
+                for kind in SUBSCRIPTIONS {
                     let topic = self.topic(kind);
                     if let Err(error) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
                         tracing::warn!(%error, "cannot subscribe");
@@ -153,30 +133,14 @@ impl Session {
                 }
                 let mut online = self.online.clone();
                 online.at_unix_ms = crate::now_unix_ms();
-                self.publish(link, TopicKind::Status, &online, true, Tag::Other);
+                self.publish(TopicKind::Status, &online, true);
                 let state = self.reported.borrow_and_update().clone();
-                self.publish(link, TopicKind::StateReported, &state, true, Tag::Other);
+                self.publish(TopicKind::StateReported, &state, true);
                 self.pump(link).await;
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 self.on_publish(&publish.topic, &publish.payload, link)
                     .await;
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some((seq, Some(pkid))) = link.feedback_in_flight {
-                    if pkid == ack.pkid {
-                        self.outbox.acknowledge_feedback(seq).await;
-                        link.feedback_in_flight = None;
-                        self.pump(link).await;
-                    }
-                }
-            }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if link.untagged_outgoing > 0 {
-                    link.untagged_outgoing -= 1;
-                } else if let Some(Tag::Feedback(seq)) = link.tags.pop_front() {
-                    link.feedback_in_flight = Some((seq, Some(pkid)));
-                }
             }
             _ => {}
         }
@@ -211,6 +175,7 @@ impl Session {
                 });
             }
             AnyMessage::TelemetryAck(ack) => self.on_ack(ack, link).await,
+            AnyMessage::FeedbackAck(ack) => self.on_feedback_ack(ack, link).await,
             AnyMessage::Command(command) => self.on_command(command, link).await,
             _ => tracing::debug!(%kind, "ignoring a device-to-hub message"),
         }
@@ -220,9 +185,20 @@ impl Session {
         self.outbox.acknowledge(ack).await;
         if link
             .batch_in_flight
-            .is_some_and(|(last, _)| ack.covers(last))
+            .is_some_and(|(epoch, last, _)| ack.covers(epoch, last))
         {
             link.batch_in_flight = None;
+            self.pump(link).await;
+        }
+    }
+
+    async fn on_feedback_ack(&mut self, ack: FeedbackAck, link: &mut Link) {
+        self.outbox.acknowledge_feedback(ack).await;
+        if link
+            .feedback_in_flight
+            .is_some_and(|(id, _)| ack.covers(id))
+        {
+            link.feedback_in_flight = None;
             self.pump(link).await;
         }
     }
@@ -236,7 +212,7 @@ impl Session {
             }
             CommandAction::ReReport => {
                 let state = self.reported.borrow().clone();
-                self.publish(link, TopicKind::StateReported, &state, true, Tag::Other);
+                self.publish(TopicKind::StateReported, &state, true);
             }
             other => tracing::warn!(action = ?other, "this agent does not run that command yet"),
         }
@@ -247,10 +223,17 @@ impl Session {
     async fn pump(&mut self, link: &mut Link) {
         if link
             .batch_in_flight
-            .is_some_and(|(_, sent)| sent.elapsed() >= self.ack_timeout)
+            .is_some_and(|(_, _, sent)| sent.elapsed() >= self.ack_timeout)
         {
             tracing::debug!("no telemetry ack in time; sending the batch again");
             link.batch_in_flight = None;
+        }
+        if link
+            .feedback_in_flight
+            .is_some_and(|(_, sent)| sent.elapsed() >= self.ack_timeout)
+        {
+            tracing::debug!("no feedback ack in time; sending the record again");
+            link.feedback_in_flight = None;
         }
         if link.batch_in_flight.is_none() {
             if let Some(batch) = self
@@ -258,36 +241,22 @@ impl Session {
                 .next_batch(self.batch_max_events, self.batch_max_bytes)
                 .await
             {
-                let last = batch.events().last().map(|e| e.seq);
-                if self.publish(link, TopicKind::Telemetry, &batch, false, Tag::Other) {
-                    link.batch_in_flight = last.map(|seq| (seq, Instant::now()));
+                if self.publish(TopicKind::Telemetry, &batch, false) {
+                    link.batch_in_flight = Some((batch.epoch(), batch.last_seq(), Instant::now()));
                 }
             }
         }
         if link.feedback_in_flight.is_none() {
-            if let Some((seq, feedback)) = self.outbox.next_feedback().await {
-                if self.publish(
-                    link,
-                    TopicKind::Feedback,
-                    &feedback,
-                    false,
-                    Tag::Feedback(seq),
-                ) {
-                    link.feedback_in_flight = Some((seq, None));
+            if let Some(feedback) = self.outbox.next_feedback().await {
+                if self.publish(TopicKind::Feedback, &feedback, false) {
+                    link.feedback_in_flight = Some((feedback.id, Instant::now()));
                 }
             }
         }
     }
 
     /// Queues a QoS 1 publish; `false` when it must wait for the next tick.
-    fn publish<M: WireMessage>(
-        &self,
-        link: &mut Link,
-        kind: TopicKind,
-        message: &M,
-        retain: bool,
-        tag: Tag,
-    ) -> bool {
+    fn publish<M: WireMessage>(&self, kind: TopicKind, message: &M, retain: bool) -> bool {
         let payload = match encode(message) {
             Ok(p) => p,
             Err(error) => {
@@ -299,10 +268,7 @@ impl Session {
             .client
             .try_publish(self.topic(kind), QoS::AtLeastOnce, retain, payload)
         {
-            Ok(()) => {
-                link.tags.push_back(tag);
-                true
-            }
+            Ok(()) => true,
             Err(error) => {
                 tracing::debug!(%kind, %error, "MQTT queue full; retrying on the next tick");
                 false
@@ -312,7 +278,7 @@ impl Session {
 
     /// A clean goodbye: the retained status says offline (the last will
     /// only fires on unclean disconnects).
-    async fn say_offline(&mut self, events: &mut EventLoop, link: &mut Link) {
+    async fn say_offline(&mut self, events: &mut EventLoop, link: &Link) {
         if !link.up {
             return;
         }
@@ -321,7 +287,7 @@ impl Session {
             at_unix_ms: crate::now_unix_ms(),
             ..self.online.clone()
         };
-        self.publish(link, TopicKind::Status, &offline, true, Tag::Other);
+        self.publish(TopicKind::Status, &offline, true);
         let _ = self.client.try_disconnect();
         let deadline = tokio::time::sleep(Duration::from_secs(2));
         tokio::pin!(deadline);
@@ -341,10 +307,26 @@ impl Session {
     }
 }
 
-fn pending_publishes(events: &EventLoop) -> usize {
-    events
-        .pending
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(p) if p.qos != QoS::AtMostOnce))
-        .count()
+/// The hub-to-device kinds an agent subscribes to: every one there is, so
+/// the gate (which allows a device exactly its own hub-to-device topics)
+/// and this list agree.
+const SUBSCRIPTIONS: [TopicKind; 4] = [
+    TopicKind::StateDesired,
+    TopicKind::TelemetryAck,
+    TopicKind::FeedbackAck,
+    TopicKind::Cmd,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_subscribes_to_every_hub_to_device_kind() {
+        let hub_to_device: Vec<_> = TopicKind::ALL
+            .into_iter()
+            .filter(|k| k.direction() == outpost_protocol::Direction::HubToDevice)
+            .collect();
+        assert_eq!(hub_to_device, SUBSCRIPTIONS);
+    }
 }

@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use outpost_protocol::{Feedback, Seq, TelemetryAck, TelemetryBatch, TelemetryPayload};
+use outpost_protocol::{Feedback, FeedbackAck, TelemetryAck, TelemetryBatch, TelemetryPayload};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::outbox::Stream;
@@ -26,9 +26,9 @@ enum Request {
     },
     Ack(TelemetryAck),
     NextFeedback {
-        reply: oneshot::Sender<Option<(Seq, Feedback)>>,
+        reply: oneshot::Sender<Option<Feedback>>,
     },
-    AckFeedback(Seq),
+    AckFeedback(FeedbackAck),
     Stats {
         reply: oneshot::Sender<OutboxStats>,
     },
@@ -113,22 +113,23 @@ impl OutboxClient {
         .flatten()
     }
 
-    /// Deletes what the hub acknowledged.
+    /// Deletes what the hub acknowledged (of this outbox's epoch, and only
+    /// what was handed out to be sent).
     pub async fn acknowledge(&self, ack: TelemetryAck) {
         let _ = self.tx.send(Request::Ack(ack)).await;
     }
 
-    /// The oldest feedback record.
-    pub async fn next_feedback(&self) -> Option<(Seq, Feedback)> {
+    /// The oldest feedback record, with its id.
+    pub async fn next_feedback(&self) -> Option<Feedback> {
         let (reply, rx) = oneshot::channel();
         self.call(Request::NextFeedback { reply }, rx)
             .await
             .flatten()
     }
 
-    /// Deletes feedback the broker acknowledged.
-    pub async fn acknowledge_feedback(&self, seq: Seq) {
-        let _ = self.tx.send(Request::AckFeedback(seq)).await;
+    /// Deletes feedback the hub acknowledged (same rules as telemetry).
+    pub async fn acknowledge_feedback(&self, ack: FeedbackAck) {
+        let _ = self.tx.send(Request::AckFeedback(ack)).await;
     }
 
     /// Where both streams stand.
@@ -181,12 +182,17 @@ fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>)
                     });
                 let _ = reply.send(batch);
             }
-            Request::Ack(ack) => match outbox.acknowledge(ack) {
-                Ok(n) => {
-                    tracing::debug!(deleted = n, up_to = %ack.up_to_seq, "telemetry acknowledged")
+            Request::Ack(ack) => {
+                if ack.epoch != outbox.epoch() {
+                    tracing::warn!(ack = %ack.epoch, ours = %outbox.epoch(), "ignoring a telemetry ack of another outbox epoch");
                 }
-                Err(error) => tracing::warn!(%error, "cannot delete acknowledged telemetry"),
-            },
+                match outbox.acknowledge(ack) {
+                    Ok(n) => {
+                        tracing::debug!(deleted = n, up_to = %ack.up_to_seq, "telemetry acknowledged")
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot delete acknowledged telemetry"),
+                }
+            }
             Request::NextFeedback { reply } => {
                 let next = outbox.next_feedback().unwrap_or_else(|error| {
                     tracing::warn!(%error, "cannot read feedback");
@@ -194,9 +200,12 @@ fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>)
                 });
                 let _ = reply.send(next);
             }
-            Request::AckFeedback(seq) => {
-                if let Err(error) = outbox.acknowledge_feedback(seq) {
-                    tracing::warn!(%error, "cannot delete delivered feedback");
+            Request::AckFeedback(ack) => {
+                if ack.epoch != outbox.epoch() {
+                    tracing::warn!(ack = %ack.epoch, ours = %outbox.epoch(), "ignoring a feedback ack of another outbox epoch");
+                }
+                if let Err(error) = outbox.acknowledge_feedback(ack) {
+                    tracing::warn!(%error, "cannot delete acknowledged feedback");
                 }
             }
             Request::Stats { reply } => {

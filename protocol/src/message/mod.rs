@@ -1,4 +1,4 @@
-//! The messages, one type per topic kind, in their current (v2) shape.
+//! The messages, one type per topic kind, in their current (v3) shape.
 
 pub mod artifact;
 pub mod command;

@@ -1,10 +1,13 @@
 //! Telemetry: numbered events batched by the device, acknowledged by the hub.
 //!
-//! The outbox on the device numbers every event with a [`Seq`]; batches carry
-//! consecutive runs of them, and a [`TelemetryAck`] tells the device that
-//! everything up to a sequence number is stored, so the outbox deletes only
-//! what the hub has. No field here holds free text: telemetry carries numbers,
-//! versions and counts, never what a customer typed.
+//! The outbox on the device numbers every event with a [`Seq`] within its
+//! [`OutboxEpoch`] (a random number drawn when the outbox is created, so a
+//! reset outbox that counts from 1 again is a new sequence, not a run of
+//! duplicates); batches carry consecutive runs of them, and a
+//! [`TelemetryAck`] tells the device that everything up to a sequence number
+//! of one epoch is stored, so the outbox deletes only what the hub has. No
+//! field here holds free text: telemetry carries numbers, versions and
+//! counts, never what a customer typed.
 
 use std::fmt;
 
@@ -23,16 +26,44 @@ pub const MAX_BATCH_EVENTS: usize = 4096;
 pub const MAX_RETRIEVAL_SCORES: usize = 32;
 
 /// A device-wide telemetry sequence number, assigned by the outbox, strictly
-/// increasing, never reused.
+/// increasing, never reused within an [`OutboxEpoch`]. At most
+/// [`Seq::MAX`] on the wire.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
 pub struct Seq(pub u64);
 
 impl Seq {
+    /// The largest sequence number a message may carry: both sides keep
+    /// them in SQLite's signed 64-bit integers, so anything above `i64::MAX`
+    /// is refused when decoding rather than failing a store later.
+    pub const MAX: Self = Self(i64::MAX as u64);
+
     /// The sequence number after this one.
     pub const fn next(self) -> Self {
         Self(self.0.saturating_add(1))
+    }
+}
+
+/// One life of a device's outbox: a random number drawn when the outbox is
+/// created and stored with it. Sequence numbers are unique per (device,
+/// epoch), so the hub keys telemetry on all three and an ack for another
+/// epoch deletes nothing. Epoch 0 ([`OutboxEpoch::LEGACY`]) is what
+/// messages from protocol v2 agents, which had no epoch, are upgraded to;
+/// an outbox never draws it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct OutboxEpoch(pub u64);
+
+impl OutboxEpoch {
+    /// The epoch of every message from a protocol v2 agent.
+    pub const LEGACY: Self = Self(0);
+}
+
+impl fmt::Display for OutboxEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "epoch {:016x}", self.0)
     }
 }
 
@@ -128,7 +159,7 @@ pub struct AnswerEvent {
     /// From question received to last token.
     pub latency_ms: u32,
     /// From question received to first token; `None` when no token was
-    /// generated (an escalation) or the sender speaks v1.
+    /// generated (an escalation) or the event was recorded by a v1 agent.
     pub time_to_first_token_ms: Option<u32>,
     /// Tokens in the rendered prompt.
     pub prompt_tokens: u32,
@@ -227,9 +258,18 @@ pub enum BatchError {
         /// This event's number.
         seq: Seq,
     },
+    /// A sequence number above [`Seq::MAX`].
+    #[error(
+        "telemetry sequence number {seq} is above the largest allowed, {}",
+        Seq::MAX
+    )]
+    SeqOutOfRange {
+        /// The offending number.
+        seq: Seq,
+    },
 }
 
-fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchError> {
+pub(crate) fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchError> {
     let first = events.first().ok_or(BatchError::Empty)?;
     if events.len() > MAX_BATCH_EVENTS {
         return Err(BatchError::TooManyEvents {
@@ -252,13 +292,18 @@ fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchE
             });
         }
     }
+    // Strictly increasing, so the last is the largest.
+    if let Some(last) = events.last().map(Sequenced::seq).filter(|s| *s > Seq::MAX) {
+        return Err(BatchError::SeqOutOfRange { seq: last });
+    }
     Ok(())
 }
 
-/// A run of telemetry events from one device: non-empty, at most
-/// [`MAX_BATCH_EVENTS`], sequence numbers strictly increasing from
-/// `first_seq`. Generic over the event type only so that [`crate::v1`] can
-/// reuse the envelope; `TelemetryBatch` means the current events.
+/// A run of telemetry events from one device's outbox epoch: non-empty, at
+/// most [`MAX_BATCH_EVENTS`], sequence numbers strictly increasing from
+/// `first_seq` and at most [`Seq::MAX`]. Generic over the event type only so
+/// that an older protocol version can reuse the rules; `TelemetryBatch`
+/// means the current events.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     try_from = "BatchParts<E>",
@@ -266,6 +311,7 @@ fn check_events<E: Sequenced>(first_seq: Seq, events: &[E]) -> Result<(), BatchE
 )]
 pub struct TelemetryBatch<E = TelemetryEvent> {
     device: DeviceId,
+    epoch: OutboxEpoch,
     first_seq: Seq,
     events: Vec<E>,
 }
@@ -274,6 +320,7 @@ pub struct TelemetryBatch<E = TelemetryEvent> {
 #[derive(Deserialize)]
 struct BatchParts<E> {
     device: DeviceId,
+    epoch: OutboxEpoch,
     first_seq: Seq,
     events: Vec<E>,
 }
@@ -284,6 +331,7 @@ impl<E: Sequenced> TryFrom<BatchParts<E>> for TelemetryBatch<E> {
         check_events(parts.first_seq, &parts.events)?;
         Ok(Self {
             device: parts.device,
+            epoch: parts.epoch,
             first_seq: parts.first_seq,
             events: parts.events,
         })
@@ -292,19 +340,33 @@ impl<E: Sequenced> TryFrom<BatchParts<E>> for TelemetryBatch<E> {
 
 impl<E: Sequenced> TelemetryBatch<E> {
     /// Builds a batch from `device`'s `events`, checking the batch rules.
+    /// Its epoch is [`OutboxEpoch::LEGACY`] until
+    /// [`with_epoch`](Self::with_epoch) sets the outbox's.
     pub fn new(device: DeviceId, events: Vec<E>) -> Result<Self, BatchError> {
         let first_seq = events.first().ok_or(BatchError::Empty)?.seq();
         Self::try_from(BatchParts {
             device,
+            epoch: OutboxEpoch::LEGACY,
             first_seq,
             events,
         })
+    }
+
+    /// The same batch, from outbox epoch `epoch`.
+    pub fn with_epoch(mut self, epoch: OutboxEpoch) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// The sending device, as it claims; the hub must check it against the
     /// topic's device level.
     pub fn device(&self) -> &DeviceId {
         &self.device
+    }
+
+    /// The outbox epoch the sequence numbers belong to.
+    pub fn epoch(&self) -> OutboxEpoch {
+        self.epoch
     }
 
     /// The first event's sequence number.
@@ -328,46 +390,41 @@ impl<E: Sequenced> TelemetryBatch<E> {
         (self.device, self.events)
     }
 
-    /// Converts every event, keeping the envelope. `convert` must keep each
-    /// event's sequence number (the version conversions do).
-    pub(crate) fn map_events<T: Sequenced>(self, convert: impl FnMut(E) -> T) -> TelemetryBatch<T> {
-        let events: Vec<T> = self.events.into_iter().map(convert).collect();
-        debug_assert!(check_events(self.first_seq, &events).is_ok());
-        TelemetryBatch {
-            device: self.device,
-            first_seq: self.first_seq,
-            events,
-        }
-    }
-
-    /// [`map_events`](Self::map_events) by reference.
-    pub(crate) fn map_events_ref<T: Sequenced>(
-        &self,
-        convert: impl FnMut(&E) -> T,
-    ) -> TelemetryBatch<T> {
-        let events: Vec<T> = self.events.iter().map(convert).collect();
-        debug_assert!(check_events(self.first_seq, &events).is_ok());
-        TelemetryBatch {
-            device: self.device.clone(),
-            first_seq: self.first_seq,
+    /// A batch from parts that already passed the batch rules (a decoded
+    /// older envelope).
+    pub(crate) fn from_checked_parts(
+        device: DeviceId,
+        epoch: OutboxEpoch,
+        first_seq: Seq,
+        events: Vec<E>,
+    ) -> Self {
+        debug_assert!(check_events(first_seq, &events).is_ok());
+        Self {
+            device,
+            epoch,
+            first_seq,
             events,
         }
     }
 }
 
-/// Hub → device on `telemetry/ack`: every event with a sequence number up to
-/// and including `up_to_seq` is durably stored and may leave the outbox.
-/// Acks are cumulative, so a lost ack is repaired by the next one.
+/// Hub → device on `telemetry/ack`: every event of outbox epoch `epoch` with
+/// a sequence number up to and including `up_to_seq` is durably stored and
+/// may leave the outbox. Acks are cumulative, so a lost ack is repaired by
+/// the next one. A device must not trust `up_to_seq` beyond what it sent
+/// (the outbox clamps it), and an ack for another epoch covers nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TelemetryAck {
+    /// The epoch of the acknowledged batch.
+    pub epoch: OutboxEpoch,
     /// The highest stored sequence number.
     pub up_to_seq: Seq,
 }
 
 impl TelemetryAck {
-    /// Whether the event numbered `seq` is covered by this ack.
-    pub fn covers(&self, seq: Seq) -> bool {
-        seq <= self.up_to_seq
+    /// Whether the event numbered `seq` of `epoch` is covered by this ack.
+    pub fn covers(&self, epoch: OutboxEpoch, seq: Seq) -> bool {
+        epoch == self.epoch && seq <= self.up_to_seq
     }
 }
 
@@ -378,7 +435,7 @@ pub(crate) mod tests {
     pub(crate) fn metrics_event(seq: u64) -> TelemetryEvent {
         TelemetryEvent {
             seq: Seq(seq),
-            at_unix_ms: 1_714_571_110_000 + seq,
+            at_unix_ms: seq.saturating_add(1_714_571_110_000),
             payload: TelemetryPayload::Metrics(DeviceMetrics {
                 cpu_percent: 12.5,
                 mem_used_bytes: 1 << 30,
@@ -418,6 +475,7 @@ pub(crate) mod tests {
         );
         let parts = BatchParts {
             device: device(),
+            epoch: OutboxEpoch(3),
             first_seq: Seq(1),
             events: vec![metrics_event(2)],
         };
@@ -448,10 +506,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn an_ack_covers_everything_up_to_its_sequence_number() {
-        let ack = TelemetryAck { up_to_seq: Seq(10) };
-        assert!(ack.covers(Seq(10)));
-        assert!(ack.covers(Seq(0)));
-        assert!(!ack.covers(Seq(11)));
+    fn an_ack_covers_everything_up_to_its_sequence_number_in_its_epoch_only() {
+        let epoch = OutboxEpoch(7);
+        let ack = TelemetryAck {
+            epoch,
+            up_to_seq: Seq(10),
+        };
+        assert!(ack.covers(epoch, Seq(10)));
+        assert!(ack.covers(epoch, Seq(0)));
+        assert!(!ack.covers(epoch, Seq(11)));
+        assert!(!ack.covers(OutboxEpoch(8), Seq(1)));
+    }
+
+    #[test]
+    fn a_sequence_number_beyond_i64_is_refused_by_the_batch_rules() {
+        let max = i64::MAX as u64;
+        assert!(TelemetryBatch::new(device(), vec![metrics_event(max)]).is_ok());
+        assert_eq!(
+            TelemetryBatch::new(device(), vec![metrics_event(1), metrics_event(max + 1)]),
+            Err(BatchError::SeqOutOfRange { seq: Seq(max + 1) })
+        );
+        assert_eq!(
+            TelemetryBatch::new(device(), vec![metrics_event(u64::MAX)]),
+            Err(BatchError::SeqOutOfRange { seq: Seq(u64::MAX) })
+        );
     }
 }

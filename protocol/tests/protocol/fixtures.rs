@@ -112,16 +112,25 @@ pub fn metrics_event(seq: u64) -> TelemetryEvent {
     }
 }
 
+pub fn epoch() -> OutboxEpoch {
+    OutboxEpoch(0x5eed_0123_4567_89ab)
+}
+
 pub fn batch() -> TelemetryBatch {
     TelemetryBatch::new(
         device(),
         vec![answer_event(100), metrics_event(101), answer_event(105)],
     )
     .expect("valid batch")
+    .with_epoch(epoch())
 }
 
 pub fn feedback() -> Feedback {
     Feedback {
+        id: FeedbackId {
+            epoch: epoch(),
+            seq: Seq(3),
+        },
         answer_seq: Seq(100),
         rating: Rating::ThumbsDown,
         question: redact("My card 4111 1111 1111 1111 was charged twice").text,

@@ -1,0 +1,196 @@
+//! Protocol v2: the previous payload shapes, frozen, and their conversions.
+//!
+//! Only the types whose wire shape changed in v3 are defined here; the
+//! others are the current types (their bytes are identical in both
+//! versions). Rules for the next version bump (v4): move every type that
+//! changes into a `v3` module *before* editing it, keep this module until v2
+//! support is dropped, and never edit a frozen shape (the golden-bytes test
+//! in `tests/protocol/compat.rs` catches that).
+//!
+//! What changed from v2 to v3 (telemetry and feedback acks):
+//! - [`TelemetryBatch`] gained the outbox `epoch` (upgraded to
+//!   [`OutboxEpoch::LEGACY`]; a batch of another epoch cannot be
+//!   downgraded: a v2 hub would take its numbers for those of epoch 0).
+//! - [`TelemetryAck`] gained `epoch` (likewise).
+//! - [`Feedback`] gained its `id` (upgraded to [`FeedbackId::legacy`], the
+//!   answer's sequence number, which is what v2 hubs deduplicated by).
+//! - `feedback/ack` and [`current_fb::FeedbackAck`] are new: v2 has no such
+//!   message ([`NoFeedbackAck`]), so a v2 agent never gets one and keeps
+//!   deleting feedback on the broker's PUBACK.
+//! - Every sequence number in a batch or feedback is at most
+//!   [`Seq::MAX`]; that check applies to v2 payloads as well.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DowngradeError;
+use crate::id::DeviceId;
+use crate::message::feedback::{self as current_fb, FeedbackId};
+use crate::message::telemetry::{
+    self as current_tm, check_events, ActiveVersions, BatchError, OutboxEpoch, Rating, Seq,
+    TelemetryEvent,
+};
+use crate::redact::RedactedText;
+
+fn no_epoch_in_v2(epoch: OutboxEpoch, what: &'static str) -> Result<(), DowngradeError> {
+    if epoch == OutboxEpoch::LEGACY {
+        Ok(())
+    } else {
+        Err(DowngradeError::Unsupported { what, version: 2 })
+    }
+}
+
+/// v2 telemetry batch: no epoch. Decoding checks the same batch rules as
+/// the current one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "BatchParts")]
+pub struct TelemetryBatch {
+    device: DeviceId,
+    first_seq: Seq,
+    events: Vec<TelemetryEvent>,
+}
+
+#[derive(Deserialize)]
+struct BatchParts {
+    device: DeviceId,
+    first_seq: Seq,
+    events: Vec<TelemetryEvent>,
+}
+
+impl TryFrom<BatchParts> for TelemetryBatch {
+    type Error = BatchError;
+    fn try_from(parts: BatchParts) -> Result<Self, BatchError> {
+        check_events(parts.first_seq, &parts.events)?;
+        Ok(Self {
+            device: parts.device,
+            first_seq: parts.first_seq,
+            events: parts.events,
+        })
+    }
+}
+
+impl From<TelemetryBatch> for current_tm::TelemetryBatch {
+    /// Keeps the device and every event, in [`OutboxEpoch::LEGACY`].
+    fn from(old: TelemetryBatch) -> Self {
+        // The v2 decoder checked the same batch rules.
+        current_tm::TelemetryBatch::from_checked_parts(
+            old.device,
+            OutboxEpoch::LEGACY,
+            old.first_seq,
+            old.events,
+        )
+    }
+}
+
+impl TryFrom<&current_tm::TelemetryBatch> for TelemetryBatch {
+    type Error = DowngradeError;
+    /// Only a batch of the legacy epoch: a v2 hub has no epochs.
+    fn try_from(new: &current_tm::TelemetryBatch) -> Result<Self, DowngradeError> {
+        no_epoch_in_v2(new.epoch(), "an outbox epoch")?;
+        Ok(Self {
+            device: new.device().clone(),
+            first_seq: new.first_seq(),
+            events: new.events().to_vec(),
+        })
+    }
+}
+
+/// v2 telemetry ack: no epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    /// The highest stored sequence number.
+    pub up_to_seq: Seq,
+}
+
+impl From<TelemetryAck> for current_tm::TelemetryAck {
+    fn from(old: TelemetryAck) -> Self {
+        Self {
+            epoch: OutboxEpoch::LEGACY,
+            up_to_seq: old.up_to_seq,
+        }
+    }
+}
+
+impl TryFrom<&current_tm::TelemetryAck> for TelemetryAck {
+    type Error = DowngradeError;
+    /// Only an ack of the legacy epoch, the only one a v2 agent sends.
+    fn try_from(new: &current_tm::TelemetryAck) -> Result<Self, DowngradeError> {
+        no_epoch_in_v2(new.epoch, "an outbox epoch")?;
+        Ok(Self {
+            up_to_seq: new.up_to_seq,
+        })
+    }
+}
+
+/// v2 feedback: no id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// See [`current_fb::Feedback::answer_seq`].
+    pub answer_seq: Seq,
+    /// See [`current_fb::Feedback::rating`].
+    pub rating: Rating,
+    /// See [`current_fb::Feedback::question`].
+    pub question: RedactedText,
+    /// See [`current_fb::Feedback::answer`].
+    pub answer: RedactedText,
+    /// See [`current_fb::Feedback::versions`].
+    pub versions: ActiveVersions,
+    /// See [`current_fb::Feedback::at_unix_ms`].
+    pub at_unix_ms: u64,
+}
+
+impl From<Feedback> for current_fb::Feedback {
+    fn from(old: Feedback) -> Self {
+        Self {
+            id: FeedbackId::legacy(old.answer_seq),
+            answer_seq: old.answer_seq,
+            rating: old.rating,
+            question: old.question,
+            answer: old.answer,
+            versions: old.versions,
+            at_unix_ms: old.at_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<&current_fb::Feedback> for Feedback {
+    type Error = DowngradeError;
+    /// Only feedback whose id is the legacy one, which a v2 hub derives
+    /// from `answer_seq` by itself.
+    fn try_from(new: &current_fb::Feedback) -> Result<Self, DowngradeError> {
+        if new.id != FeedbackId::legacy(new.answer_seq) {
+            return Err(DowngradeError::Unsupported {
+                what: "a feedback id",
+                version: 2,
+            });
+        }
+        Ok(Self {
+            answer_seq: new.answer_seq,
+            rating: new.rating,
+            question: new.question.clone(),
+            answer: new.answer.clone(),
+            versions: new.versions,
+            at_unix_ms: new.at_unix_ms,
+        })
+    }
+}
+
+/// v2 has no feedback ack: no value of this type exists, so no v2 payload
+/// decodes as one and none is ever written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoFeedbackAck {}
+
+impl From<NoFeedbackAck> for current_fb::FeedbackAck {
+    fn from(never: NoFeedbackAck) -> Self {
+        match never {}
+    }
+}
+
+impl TryFrom<&current_fb::FeedbackAck> for NoFeedbackAck {
+    type Error = DowngradeError;
+    fn try_from(_: &current_fb::FeedbackAck) -> Result<Self, DowngradeError> {
+        Err(DowngradeError::Unsupported {
+            what: "the feedback ack",
+            version: 2,
+        })
+    }
+}
