@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use outpost_hub::config::BrokerConfig;
-use outpost_hub::{Hub, HubConfig};
+use outpost_hub::{Hub, HubConfig, DB_FILE};
 use outpost_protocol::{
-    decode, encode, AgentVersion, ArtifactKind, DesiredState, DeviceId, DeviceMetrics, Presence,
-    Seq, Status, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    decode, encode, encode_as, redact, ActiveVersions, AgentVersion, ArtifactKind, DesiredState,
+    DeviceId, DeviceMetrics, Feedback, FeedbackAck, FeedbackId, OutboxEpoch, Presence,
+    ProtocolVersion, Rating, Seq, Status, TelemetryAck, TelemetryBatch, TelemetryEvent,
+    TelemetryPayload,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
@@ -224,7 +226,7 @@ impl Device {
             }
         });
         let root = format!("outpost/v1/acme/{id}");
-        for suffix in ["telemetry/ack", "state/desired"] {
+        for suffix in ["telemetry/ack", "feedback/ack", "state/desired"] {
             client
                 .subscribe(format!("{root}/{suffix}"), QoS::AtLeastOnce)
                 .await
@@ -279,6 +281,10 @@ fn status() -> Vec<u8> {
 }
 
 fn batch(device: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    batch_in(device, OutboxEpoch::LEGACY, seqs)
+}
+
+fn batch_in(device: &str, epoch: OutboxEpoch, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     let events = seqs
         .map(|seq| TelemetryEvent {
             seq: Seq(seq),
@@ -293,8 +299,55 @@ fn batch(device: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
             }),
         })
         .collect();
-    let batch = TelemetryBatch::new(DeviceId::parse(device).expect("id"), events).expect("batch");
+    let batch = TelemetryBatch::new(DeviceId::parse(device).expect("id"), events)
+        .expect("batch")
+        .with_epoch(epoch);
     encode(&batch).expect("encode batch")
+}
+
+/// A batch of events 1 and 2^63 + 1, encoded by hand as a buggy or hostile
+/// device could (the encoder refuses such numbers): a valid batch with a
+/// marker number whose bytes are then patched.
+fn poison_batch(device: &str) -> Vec<u8> {
+    let marker = 0x0123_4567_89ab_cdef_u64;
+    let mut bytes = batch(device, 1..=1);
+    let good: TelemetryBatch = decode(&bytes).expect("decodes");
+    let mut events = good.events().to_vec();
+    let mut last = events[0].clone();
+    last.seq = Seq(marker);
+    events.push(last);
+    let marked = TelemetryBatch::new(good.device().clone(), events).expect("valid");
+    bytes = encode(&marked).expect("encodes");
+    let at = bytes
+        .windows(8)
+        .position(|w| w == marker.to_le_bytes())
+        .expect("marker in payload");
+    bytes[at..at + 8].copy_from_slice(&(marker | 1 << 63).to_le_bytes());
+    bytes
+}
+
+fn feedback(id: FeedbackId) -> Feedback {
+    Feedback {
+        id,
+        answer_seq: Seq(2),
+        rating: Rating::ThumbsDown,
+        question: redact("Where is my order?").text,
+        answer: redact("It ships tomorrow.").text,
+        versions: ActiveVersions::default(),
+        at_unix_ms: 1_700_000_000_000,
+    }
+}
+
+async fn start_embedded() -> (tempfile::TempDir, Hub, String, u16) {
+    let data = tempfile::tempdir().expect("tempdir");
+    let valid = config(data.path(), embedded())
+        .validate()
+        .expect("valid config");
+    let hub = Hub::start(valid).await.expect("hub starts");
+    let port = hub.broker_addr().expect("embedded broker").port();
+    let base = format!("http://{}", hub.http_addr());
+    wait_hub_connected(&base).await;
+    (data, hub, base, port)
 }
 
 fn verify(desired: &DesiredState, public_key_hex: &str) {
@@ -744,6 +797,155 @@ async fn a_multipart_upload_publishes_the_file_field() {
     assert_eq!(
         json["sha256"],
         hex::encode(Sha256::digest(b"GGUF fake model bytes")).as_str()
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+/// More poison than rumqttd's 100 in-flight publishes per session: if the
+/// hub left any of them unacknowledged, the broker would stop delivering to
+/// it and the good batch after them would never arrive.
+const POISON_BATCHES: u64 = 110;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_batches_are_rejected_and_acked_so_good_batches_still_arrive() {
+    let (_data, hub, base, port) = start_embedded().await;
+    let mut device = Device::connect("kiosk-1", port).await;
+    for _ in 0..POISON_BATCHES {
+        device
+            .publish("telemetry", poison_batch("kiosk-1"), false)
+            .await;
+    }
+    device
+        .publish("telemetry", batch("kiosk-1", 1..=3), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(ack.up_to_seq, Seq(3), "only the good batch is acknowledged");
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_ingested_total ").await,
+        3
+    );
+    wait_metric(
+        &base,
+        "outpost_hub_decode_errors_total{topic=\"telemetry\",kind=\"malformed\"} ",
+        POISON_BATCHES,
+    )
+    .await;
+    device
+        .publish("telemetry", batch("kiosk-1", 4..=4), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(ack.up_to_seq, Seq(4));
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_store_keeps_failing_on_is_dead_lettered_and_the_next_is_stored() {
+    let (data, hub, base, port) = start_embedded().await;
+    // A real SQLite failure for one event only: inserting seq 666 aborts.
+    let db = rusqlite::Connection::open(data.path().join(DB_FILE)).expect("open hub db");
+    db.execute_batch(
+        "CREATE TRIGGER fail_666 BEFORE INSERT ON telemetry WHEN NEW.seq = 666
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("trigger");
+    let mut device = Device::connect("kiosk-1", port).await;
+    // Each takes the hub three attempts (0.3 s of back-off) before it
+    // gives up on it.
+    for _ in 0..2 {
+        device
+            .publish("telemetry", batch("kiosk-1", 665..=666), false)
+            .await;
+    }
+    wait_metric(&base, "outpost_hub_dead_letters_total ", 2).await;
+    device
+        .publish("telemetry", batch("kiosk-1", 1..=2), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack decodes");
+    assert_eq!(
+        ack.up_to_seq,
+        Seq(2),
+        "the failed batch is never acknowledged"
+    );
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_ingested_total ").await,
+        2
+    );
+    assert!(metric(&base, "outpost_hub_store_failures_total ").await >= 6);
+    let (topic, len): (String, i64) = db
+        .query_row(
+            "SELECT topic, payload_len FROM dead_letters ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("a dead letter row");
+    assert_eq!(topic, "outpost/v1/acme/kiosk-1/telemetry");
+    assert_eq!(len as usize, batch("kiosk-1", 665..=666).len());
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_outbox_is_stored_in_its_new_epoch_and_acked_in_it() {
+    let (_data, hub, base, port) = start_embedded().await;
+    let mut device = Device::connect("kiosk-1", port).await;
+    let (old, new) = (OutboxEpoch(0xaaaa), OutboxEpoch(u64::MAX - 1));
+    device
+        .publish("telemetry", batch_in("kiosk-1", old, 1..=3), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack");
+    assert_eq!((ack.epoch, ack.up_to_seq), (old, Seq(3)));
+    // The outbox was reset: numbering restarts at 1 in a new epoch. Before
+    // epochs, the hub took these for duplicates of 1..=2 and dropped them.
+    device
+        .publish("telemetry", batch_in("kiosk-1", new, 1..=2), false)
+        .await;
+    let ack: TelemetryAck = decode(&device.next("telemetry/ack").await).expect("ack");
+    assert_eq!((ack.epoch, ack.up_to_seq), (new, Seq(2)));
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_ingested_total ").await,
+        5
+    );
+    assert_eq!(
+        metric(&base, "outpost_hub_telemetry_duplicates_dropped_total ").await,
+        0
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_acknowledged_by_id_after_the_commit_and_never_to_a_v2_agent() {
+    let (_data, hub, base, port) = start_embedded().await;
+    let mut device = Device::connect("kiosk-1", port).await;
+    let id = FeedbackId {
+        epoch: OutboxEpoch(77),
+        seq: Seq(5),
+    };
+    device
+        .publish("feedback", encode(&feedback(id)).expect("encodes"), false)
+        .await;
+    let ack: FeedbackAck = decode(&device.next("feedback/ack").await).expect("ack decodes");
+    assert_eq!(ack, FeedbackAck::of(id));
+    assert_eq!(metric(&base, "outpost_hub_feedback_stored_total ").await, 1);
+    // A redelivery is stored once and acknowledged again.
+    device
+        .publish("feedback", encode(&feedback(id)).expect("encodes"), false)
+        .await;
+    let again: FeedbackAck = decode(&device.next("feedback/ack").await).expect("ack decodes");
+    assert_eq!(again, ack);
+    assert_eq!(metric(&base, "outpost_hub_feedback_stored_total ").await, 1);
+    // A v2 agent's feedback is stored under its legacy id; v2 has no
+    // feedback ack, so none is sent.
+    let legacy = feedback(FeedbackId::legacy(Seq(2)));
+    device
+        .publish(
+            "feedback",
+            encode_as(&legacy, ProtocolVersion::V2).expect("encodes"),
+            false,
+        )
+        .await;
+    wait_metric(&base, "outpost_hub_feedback_stored_total ", 2).await;
+    assert_eq!(
+        metric(&base, "outpost_hub_feedback_acks_sent_total ").await,
+        2
     );
     hub.shutdown().await.expect("clean shutdown");
 }
