@@ -31,10 +31,16 @@
 //!
 //! # Sync guarantees
 //!
-//! - Telemetry is stored idempotently (primary key (device, seq)) and
-//!   acknowledged (`TelemetryAck { up_to_seq }`) only after the transaction
-//!   commits; the MQTT PUBACK follows (manual acks), so a hub crash before
-//!   the commit makes the broker redeliver.
+//! - Telemetry is stored idempotently (primary key (device, outbox epoch,
+//!   seq), so a reset outbox counting from 1 again is new data) and
+//!   acknowledged (`TelemetryAck { epoch, up_to_seq }`) only after the
+//!   transaction commits with `synchronous = FULL`; feedback likewise, by
+//!   (device, feedback id), with a `FeedbackAck`. The MQTT PUBACK follows
+//!   (manual acks), so a hub crash before the commit makes the broker
+//!   redeliver. Bad input (undecodable, or refused by the store) is
+//!   acknowledged and counted; a message the store keeps failing on is
+//!   dead-lettered after three attempts, so no publish holds the broker's
+//!   in-flight window for good.
 //! - A batch whose device differs from its topic's device is refused and
 //!   counted; payloads that do not decode are counted by topic and error
 //!   kind and dropped, never a panic.
@@ -76,6 +82,7 @@
 //! pattern write outpost/v1/acme/%u/feedback
 //! pattern read  outpost/v1/acme/%u/state/desired
 //! pattern read  outpost/v1/acme/%u/telemetry/ack
+//! pattern read  outpost/v1/acme/%u/feedback/ack
 //! pattern read  outpost/v1/acme/%u/cmd
 //! ```
 //!
