@@ -1,6 +1,7 @@
 //! The hub's SQLite store: devices, desired states, telemetry, feedback,
 //! artifacts. Device-message tables (telemetry, feedback, dead letters)
-//! live in [`ingest`].
+//! live in `store/ingest.rs` ([`Store::ingest_telemetry`], [`Store::record_feedback`],
+//! [`Store::record_dead_letter`]).
 //!
 //! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
 //! methods are the store's typed commands, each one transaction. Async code
