@@ -8,6 +8,7 @@ use outpost_models::{Expected, Sha256Digest};
 use outpost_protocol::{ArtifactKind, ArtifactRef, DesiredState, FailureReason, ReportedState};
 
 use super::files::{ArtifactFiles, FilesError};
+use super::gc;
 use super::pointers::{PointerError, PointerStore};
 use super::reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
 use super::verify::{verify, HubKey, Rejection};
@@ -73,6 +74,7 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
             reconciler: Reconciler::new(inventory),
         };
         applier.drive(Event::Resume);
+        applier.collect_garbage();
         Ok(applier)
     }
 
@@ -80,13 +82,30 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     /// returns the state to report.
     pub fn apply(&mut self, desired: DesiredState) -> ReportedState {
         self.drive(Event::Desired(desired));
+        self.collect_garbage();
         self.reported()
     }
 
     /// Retries what a transient failure stopped.
     pub fn resume(&mut self) -> ReportedState {
         self.drive(Event::Resume);
+        self.collect_garbage();
         self.reported()
+    }
+
+    /// Removes what no pointer and no desired state in hand needs (see
+    /// [`gc`]); run at start, after every commit and after every apply.
+    fn collect_garbage(&mut self) {
+        let keep = self.reconciler.referenced();
+        let collected = gc::collect(
+            &self.files,
+            &keep,
+            gc::PARTIAL_GRACE,
+            std::time::SystemTime::now(),
+        );
+        if collected.bytes > 0 {
+            tracing::info!(bytes = collected.bytes, "artifact store collected");
+        }
     }
 
     /// What to retain on `state/reported` now.
@@ -177,7 +196,12 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
                 }
             }
             Action::Commit { kind, report } => match self.pointers.commit(kind, &report) {
-                Ok(()) => Outcome::Done,
+                Ok(()) => {
+                    // The pointer moved: the artifact before the previous
+                    // one is no longer a rollback target.
+                    self.collect_garbage();
+                    Outcome::Done
+                }
                 Err(e) => Outcome::Failed(storage(e)),
             },
             Action::Rollback { kind, report } => match self.pointers.rollback(kind, &report) {
@@ -202,6 +226,11 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
 
     fn download(&mut self, artifact: &ArtifactRef) -> Outcome {
         let dest = self.files.staging_path(&artifact.sha256);
+        let needed = gc::bytes_to_download(&self.files, artifact);
+        if let Err(refusal) = gc::check_free_space(self.files.root(), artifact, needed) {
+            tracing::warn!(detail = %refusal.detail, "download refused");
+            return Outcome::Failed(refusal);
+        }
         let expected = Expected {
             size: artifact.size_bytes,
             sha256: Sha256Digest::from_bytes(*artifact.sha256.as_bytes()),

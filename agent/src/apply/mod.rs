@@ -9,6 +9,9 @@
 //! - [`ArtifactFiles`] is the content-addressed store (`<root>/sha256/<hex>`)
 //!   with its staging folder; [`PointerStore`] ([`SqlitePointers`]) holds the
 //!   active pointer per kind, switched in one transaction.
+//! - [`gc`] keeps the store to what a rollback needs (current and
+//!   previous per kind), drops abandoned downloads and refuses a download
+//!   that does not fit on the disk.
 //! - [`Applier`] performs the actions with real files, the resumable
 //!   download from `outpost-models`, and the runtime's [`HealthCheck`].
 //!
@@ -19,6 +22,7 @@
 
 mod executor;
 mod files;
+pub mod gc;
 mod pointers;
 mod reconciler;
 mod verify;

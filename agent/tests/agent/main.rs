@@ -426,3 +426,104 @@ fn killing_the_agent_at_any_point_of_an_apply_never_exposes_a_broken_artifact() 
     assert!(kills >= 50, "only {kills} kills");
     assert!(resumed > 0, "no killed download was ever resumed");
 }
+
+#[test]
+fn the_store_keeps_current_and_previous_per_kind_and_collects_the_rest() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let mut versions = vec![v1];
+    for n in 2..=4u8 {
+        let bytes = model_bytes(n);
+        let url = server.serve_bytes(&format!("/model-v{n}"), &bytes);
+        versions.push(artifact(
+            ArtifactKind::Model,
+            &n.to_string(),
+            &bytes,
+            &url,
+            None,
+        ));
+    }
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    for (generation, v) in (2..).zip(&versions[1..]) {
+        let reported = applier.apply(desired(generation, vec![v.clone()]));
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v.sha256)
+        );
+    }
+    let installed: std::collections::BTreeSet<_> = std::fs::read_dir(dir.path().join("sha256"))
+        .expect("store")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    let expected: std::collections::BTreeSet<_> = [&versions[2], &versions[3]]
+        .iter()
+        .map(|v| v.sha256.to_string())
+        .collect();
+    assert_eq!(installed, expected, "current (v4) and previous (v3) only");
+}
+
+#[test]
+fn abandoned_partial_downloads_are_removed_at_start_and_fresh_ones_kept() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_model_v1(&server, dir.path());
+    let staging = dir.path().join("staging");
+    let stale = staging.join(format!("{}.partial", "ab".repeat(32)));
+    let fresh = staging.join(format!("{}.partial", "cd".repeat(32)));
+    std::fs::write(&stale, vec![1u8; 4096]).expect("write");
+    std::fs::write(&fresh, vec![1u8; 4096]).expect("write");
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .and_then(|f| f.set_modified(two_days_ago))
+        .expect("age the stale partial");
+
+    let _applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    assert!(!stale.exists(), "an abandoned partial is removed at start");
+    assert!(fresh.exists(), "a recent partial may still be resumed");
+}
+
+#[test]
+fn a_download_that_does_not_fit_on_the_disk_is_refused_before_it_starts() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(2);
+    let url = server.serve_bytes("/huge-model", &bytes);
+    let mut huge = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    huge.size_bytes = 1 << 60; // an exabyte: no kiosk has it free
+    sign(&mut huge);
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![huge]));
+    let ApplyOutcome::Failed { reason, detail } =
+        &reported.last_apply[&ArtifactKind::Model].outcome
+    else {
+        panic!("refused: {reported:?}");
+    };
+    assert_eq!(*reason, FailureReason::Storage);
+    assert!(
+        detail.as_str().contains("not enough free space"),
+        "{}",
+        detail.as_str()
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|(path, _)| path == "/huge-model"),
+        "no byte was fetched"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("staging"))
+            .expect("staging")
+            .next()
+            .is_none(),
+        "nothing was written"
+    );
+}
