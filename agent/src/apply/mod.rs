@@ -12,6 +12,9 @@
 //! - [`gc`] keeps the store to what a rollback needs (current and
 //!   previous per kind), drops abandoned downloads and refuses a download
 //!   that does not fit on the disk.
+//! - [`boot`] is the watchdog of a restart onto a new model: pending
+//!   confirmation with a start counter, falling back after N starts that
+//!   never became healthy.
 //! - [`Applier`] performs the actions with real files, the resumable
 //!   download from `outpost-models`, and the runtime's [`HealthCheck`].
 //!
@@ -20,6 +23,7 @@
 //! verified file, the pointer moves in one transaction, and a pointer left
 //! in trial is switched back at start.
 
+pub mod boot;
 mod executor;
 mod files;
 pub mod gc;

@@ -527,3 +527,101 @@ fn a_download_that_does_not_fit_on_the_disk_is_refused_before_it_starts() {
         "nothing was written"
     );
 }
+
+/// An agent data dir (`pointers.sqlite`, `artifacts/`) where model v1 and
+/// then v2 were committed.
+fn data_dir_with_v2_committed(server: &Server, data_dir: &Path) -> (ArtifactRef, ArtifactRef) {
+    let root = data_dir.join("artifacts");
+    std::fs::create_dir_all(&root).expect("root");
+    let pointers = SqlitePointers::open(&data_dir.join("pointers.sqlite")).expect("open pointers");
+    let mut applier =
+        outpost_agent::Applier::open(config(&root), pointers, Healthy(Duration::ZERO))
+            .expect("open applier");
+    let mut refs = Vec::new();
+    for n in 1..=2u8 {
+        let bytes = model_bytes(n);
+        let url = server.serve_bytes(&format!("/boot-model-v{n}"), &bytes);
+        let v = artifact(ArtifactKind::Model, &n.to_string(), &bytes, &url, None);
+        let reported = applier.apply(desired(u64::from(n), vec![v.clone()]));
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v.sha256)
+        );
+        refs.push(v);
+    }
+    (refs[0].clone(), refs[1].clone())
+}
+
+#[test]
+fn a_new_model_that_never_becomes_healthy_falls_back_after_n_starts() {
+    use outpost_agent::apply::boot::{BootDecision, BootWatch};
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (v1, v2) = data_dir_with_v2_committed(&server, dir.path());
+    let committed = || {
+        outpost_agent::session::committed_path(dir.path(), ArtifactKind::Model)
+            .expect("read")
+            .expect("a committed model")
+    };
+    let watch = BootWatch::in_data_dir(dir.path());
+    watch.arm(&v2).expect("arm");
+    // Three starts that crash while loading v2 (nothing confirms).
+    for boot in 1..=3 {
+        let decision = watch.start(3, 0).expect("start");
+        assert!(
+            matches!(&decision, BootDecision::OnTrial { artifact, boot: b, .. }
+                if artifact.sha256 == v2.sha256 && *b == boot),
+            "{decision:?}"
+        );
+        assert!(committed().ends_with(v2.sha256.to_string()));
+    }
+    // The fourth start gives up on v2.
+    let decision = watch.start(3, 0).expect("start");
+    assert!(
+        matches!(&decision, BootDecision::FellBack { failed, boots: 3 } if failed.sha256 == v2.sha256),
+        "{decision:?}"
+    );
+    assert!(committed().ends_with(v1.sha256.to_string()));
+    assert_eq!(watch.start(3, 0).expect("start"), BootDecision::Confirmed);
+
+    // The agent reports the failure and does not retry the generation.
+    let pointers =
+        SqlitePointers::open(&dir.path().join("pointers.sqlite")).expect("open pointers");
+    let mut applier = outpost_agent::Applier::open(
+        config(&dir.path().join("artifacts")),
+        pointers,
+        Healthy(Duration::ZERO),
+    )
+    .expect("open applier");
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::HealthCheck)
+    );
+}
+
+#[test]
+fn a_confirmed_start_keeps_the_new_model() {
+    use outpost_agent::apply::boot::{BootDecision, BootWatch};
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, v2) = data_dir_with_v2_committed(&server, dir.path());
+    let watch = BootWatch::in_data_dir(dir.path());
+    watch.arm(&v2).expect("arm");
+    assert!(matches!(
+        watch.start(3, 0).expect("start"),
+        BootDecision::OnTrial { boot: 1, .. }
+    ));
+    watch.confirm(&v2.sha256).expect("confirm");
+    for _ in 0..5 {
+        assert_eq!(watch.start(3, 0).expect("start"), BootDecision::Confirmed);
+    }
+    let committed = outpost_agent::session::committed_path(dir.path(), ArtifactKind::Model)
+        .expect("read")
+        .expect("committed");
+    assert!(committed.ends_with(v2.sha256.to_string()));
+}
