@@ -19,6 +19,14 @@ pub trait HealthCheck {
     /// Checks `artifact`, installed at `path`. `Err` carries a detail for
     /// the failure report.
     fn check(&mut self, artifact: &ArtifactRef, path: &Path) -> Result<(), String>;
+
+    /// Whether this device can take `artifact` at all, asked before it is
+    /// downloaded: a refusal (say, a model with no room to be checked
+    /// beside the running one) is reported and nothing is fetched.
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), Rejection> {
+        let _ = artifact;
+        Ok(())
+    }
 }
 
 /// Why the executor could not run at all (step failures are reported in
@@ -225,6 +233,10 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     }
 
     fn download(&mut self, artifact: &ArtifactRef) -> Outcome {
+        if let Err(refusal) = self.health.admit(artifact) {
+            tracing::warn!(detail = %refusal.detail, "the runtime cannot take this artifact");
+            return Outcome::Failed(refusal);
+        }
         let dest = self.files.staging_path(&artifact.sha256);
         let needed = gc::bytes_to_download(&self.files, artifact);
         if let Err(refusal) = gc::check_free_space(self.files.root(), artifact, needed) {

@@ -625,3 +625,47 @@ fn a_confirmed_start_keeps_the_new_model() {
         .expect("committed");
     assert!(committed.ends_with(v2.sha256.to_string()));
 }
+
+/// A runtime with no room for a second model: refuses every model at
+/// admission, passes everything else.
+struct NoRoomForModels;
+
+impl outpost_agent::HealthCheck for NoRoomForModels {
+    fn check(&mut self, _: &ArtifactRef, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), outpost_agent::apply::Rejection> {
+        if artifact.kind == ArtifactKind::Model {
+            return Err(outpost_agent::apply::Rejection::permanent(
+                FailureReason::Unsupported,
+                "not enough memory to check the model beside the running one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_model_the_runtime_cannot_admit_is_reported_and_never_downloaded() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(2);
+    let url = server.serve_bytes("/too-big-for-ram", &bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    let mut applier = open_applier(dir.path(), NoRoomForModels);
+    let reported = applier.apply(desired(2, vec![v2]));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::Unsupported)
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert!(!server
+        .requests()
+        .iter()
+        .any(|(path, _)| path == "/too-big-for-ram"));
+}
