@@ -114,6 +114,9 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
         if collected.bytes > 0 {
             tracing::info!(bytes = collected.bytes, "artifact store collected");
         }
+        // The reconciler must not verify a file that is gone.
+        self.reconciler
+            .forget_files(collected.artifacts.into_iter().chain(collected.staged));
     }
 
     /// What to retain on `state/reported` now.

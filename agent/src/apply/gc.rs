@@ -41,6 +41,8 @@ pub struct Collected {
     pub artifacts: Vec<ArtifactDigest>,
     /// Staging files (complete or partial) removed.
     pub staging_files: Vec<PathBuf>,
+    /// Digests whose complete staging file was removed.
+    pub staged: Vec<ArtifactDigest>,
     /// Bytes freed.
     pub bytes: u64,
 }
@@ -83,6 +85,10 @@ pub fn collect(
         }
         if let Some(bytes) = remove(&path) {
             tracing::info!(path = %path.display(), bytes, "removed an abandoned download");
+            let complete = path.extension().is_none_or(|e| e != "partial");
+            if let Some(digest) = digest.filter(|_| complete) {
+                collected.staged.push(digest);
+            }
             collected.staging_files.push(path);
             collected.bytes += bytes;
         }

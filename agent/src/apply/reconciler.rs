@@ -231,6 +231,15 @@ impl Reconciler {
             .collect()
     }
 
+    /// Garbage collection removed these files: they are no longer
+    /// installed or staged, and are downloaded again if wanted.
+    pub fn forget_files(&mut self, removed: impl IntoIterator<Item = ArtifactDigest>) {
+        for digest in removed {
+            self.installed.remove(&digest);
+            self.staged.remove(&digest);
+        }
+    }
+
     /// Whether a step awaits its outcome.
     pub fn is_busy(&self) -> bool {
         self.job.is_some()
