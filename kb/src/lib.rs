@@ -15,6 +15,7 @@
 //!   reciprocal rank.
 
 pub mod chunk;
+mod df_cache;
 pub mod document;
 pub mod index;
 pub mod ingest;

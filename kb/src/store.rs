@@ -18,7 +18,6 @@
 //!
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
@@ -27,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::chunk::ChunkSettings;
+use crate::df_cache::DfCache;
 use crate::index::VectorIndex;
 
 /// Bumped when the schema changes incompatibly.
@@ -124,9 +124,9 @@ pub struct Store {
     chunking: ChunkSettings,
     /// The file was chunked with other settings: every document is re-chunked.
     rechunk: bool,
-    /// Chunks containing a query word, by word, for BM25 term selection;
-    /// cleared by every write.
-    document_frequency: RefCell<HashMap<String, u64>>,
+    /// Chunks containing a query word, by word, for BM25 term selection:
+    /// a bounded LRU (see [`crate::df_cache`]), cleared by every write.
+    document_frequency: RefCell<DfCache>,
     /// The in-memory vector index, built on the first search; dropped by
     /// every write.
     vector_index: RefCell<Option<Arc<VectorIndex>>>,
@@ -321,8 +321,8 @@ impl Store {
 
     /// How many chunks contain `word` (as FTS5 tokenizes it), cached.
     pub(crate) fn document_frequency(&self, word: &str) -> Result<u64, StoreError> {
-        if let Some(n) = self.document_frequency.borrow().get(word) {
-            return Ok(*n);
+        if let Some(n) = self.document_frequency.borrow_mut().get(word) {
+            return Ok(n);
         }
         let n: i64 = self
             .conn
@@ -330,10 +330,14 @@ impl Store {
             .and_then(|mut stmt| stmt.query_row([format!("\"{word}\"")], |r| r.get(0)))
             .map_err(|e| self.sql(e))?;
         let n = n as u64;
-        self.document_frequency
-            .borrow_mut()
-            .insert(word.to_owned(), n);
+        self.document_frequency.borrow_mut().insert(word, n);
         Ok(n)
+    }
+
+    /// Words whose document frequency is cached now.
+    #[cfg(test)]
+    pub(crate) fn cached_document_frequencies(&self) -> usize {
+        self.document_frequency.borrow().len()
     }
 
     pub(crate) fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -815,6 +819,36 @@ mod tests {
         let err = Store::open(&path, Some(&other)).unwrap_err();
         assert!(matches!(err, StoreError::EmbedderMismatch { .. }), "{err}");
         assert!(err.to_string().contains("re-ingest"), "{err}");
+    }
+
+    #[test]
+    fn the_document_frequency_cache_stays_bounded_over_distinct_query_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.sqlite");
+        let mut store =
+            Store::create_or_open(&path, &identity(4), &ChunkSettings::default()).unwrap();
+        store
+            .put_document(
+                "manual/descaling.md",
+                "11",
+                Some("Descaling"),
+                &DocumentTags::default(),
+                &[chunk("Descale every 4 weeks.", vec![1.0, 0.0, 0.0, 0.0])],
+                &[],
+            )
+            .unwrap();
+        store.finish_ingest().unwrap();
+        // Months of customers typing words the KB has never seen.
+        let distinct = crate::df_cache::DF_CACHE_WORDS * 3;
+        for i in 0..distinct {
+            assert_eq!(store.document_frequency(&format!("word{i}")).unwrap(), 0);
+        }
+        assert_eq!(store.document_frequency("descale").unwrap(), 1);
+        assert!(
+            store.cached_document_frequencies() <= crate::df_cache::DF_CACHE_WORDS,
+            "{} words cached",
+            store.cached_document_frequencies()
+        );
     }
 
     #[test]

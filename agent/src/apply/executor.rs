@@ -8,6 +8,7 @@ use outpost_models::{Expected, Sha256Digest};
 use outpost_protocol::{ArtifactKind, ArtifactRef, DesiredState, FailureReason, ReportedState};
 
 use super::files::{ArtifactFiles, FilesError};
+use super::gc;
 use super::pointers::{PointerError, PointerStore};
 use super::reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
 use super::verify::{verify, HubKey, Rejection};
@@ -18,6 +19,14 @@ pub trait HealthCheck {
     /// Checks `artifact`, installed at `path`. `Err` carries a detail for
     /// the failure report.
     fn check(&mut self, artifact: &ArtifactRef, path: &Path) -> Result<(), String>;
+
+    /// Whether this device can take `artifact` at all, asked before it is
+    /// downloaded: a refusal (say, a model with no room to be checked
+    /// beside the running one) is reported and nothing is fetched.
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), Rejection> {
+        let _ = artifact;
+        Ok(())
+    }
 }
 
 /// Why the executor could not run at all (step failures are reported in
@@ -73,6 +82,7 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
             reconciler: Reconciler::new(inventory),
         };
         applier.drive(Event::Resume);
+        applier.collect_garbage();
         Ok(applier)
     }
 
@@ -80,13 +90,33 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     /// returns the state to report.
     pub fn apply(&mut self, desired: DesiredState) -> ReportedState {
         self.drive(Event::Desired(desired));
+        self.collect_garbage();
         self.reported()
     }
 
     /// Retries what a transient failure stopped.
     pub fn resume(&mut self) -> ReportedState {
         self.drive(Event::Resume);
+        self.collect_garbage();
         self.reported()
+    }
+
+    /// Removes what no pointer and no desired state in hand needs (see
+    /// [`gc`]); run at start, after every commit and after every apply.
+    fn collect_garbage(&mut self) {
+        let keep = self.reconciler.referenced();
+        let collected = gc::collect(
+            &self.files,
+            &keep,
+            gc::PARTIAL_GRACE,
+            std::time::SystemTime::now(),
+        );
+        if collected.bytes > 0 {
+            tracing::info!(bytes = collected.bytes, "artifact store collected");
+        }
+        // The reconciler must not verify a file that is gone.
+        self.reconciler
+            .forget_files(collected.artifacts.into_iter().chain(collected.staged));
     }
 
     /// What to retain on `state/reported` now.
@@ -177,7 +207,12 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
                 }
             }
             Action::Commit { kind, report } => match self.pointers.commit(kind, &report) {
-                Ok(()) => Outcome::Done,
+                Ok(()) => {
+                    // The pointer moved: the artifact before the previous
+                    // one is no longer a rollback target.
+                    self.collect_garbage();
+                    Outcome::Done
+                }
                 Err(e) => Outcome::Failed(storage(e)),
             },
             Action::Rollback { kind, report } => match self.pointers.rollback(kind, &report) {
@@ -201,7 +236,16 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     }
 
     fn download(&mut self, artifact: &ArtifactRef) -> Outcome {
+        if let Err(refusal) = self.health.admit(artifact) {
+            tracing::warn!(detail = %refusal.detail, "the runtime cannot take this artifact");
+            return Outcome::Failed(refusal);
+        }
         let dest = self.files.staging_path(&artifact.sha256);
+        let needed = gc::bytes_to_download(&self.files, artifact);
+        if let Err(refusal) = gc::check_free_space(self.files.root(), artifact, needed) {
+            tracing::warn!(detail = %refusal.detail, "download refused");
+            return Outcome::Failed(refusal);
+        }
         let expected = Expected {
             size: artifact.size_bytes,
             sha256: Sha256Digest::from_bytes(*artifact.sha256.as_bytes()),

@@ -9,6 +9,12 @@
 //! - [`ArtifactFiles`] is the content-addressed store (`<root>/sha256/<hex>`)
 //!   with its staging folder; [`PointerStore`] ([`SqlitePointers`]) holds the
 //!   active pointer per kind, switched in one transaction.
+//! - [`gc`] keeps the store to what a rollback needs (current and
+//!   previous per kind), drops abandoned downloads and refuses a download
+//!   that does not fit on the disk.
+//! - [`boot`] is the watchdog of a restart onto a new model: pending
+//!   confirmation with a start counter, falling back after N starts that
+//!   never became healthy.
 //! - [`Applier`] performs the actions with real files, the resumable
 //!   download from `outpost-models`, and the runtime's [`HealthCheck`].
 //!
@@ -17,8 +23,10 @@
 //! verified file, the pointer moves in one transaction, and a pointer left
 //! in trial is switched back at start.
 
+pub mod boot;
 mod executor;
 mod files;
+pub mod gc;
 mod pointers;
 mod reconciler;
 mod verify;

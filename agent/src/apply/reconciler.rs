@@ -210,6 +210,36 @@ impl Reconciler {
         self.active.get(&kind)
     }
 
+    /// Every digest the store must keep: per kind the active and the
+    /// previous artifact (what a rollback needs) and whatever the desired
+    /// states in hand name (being downloaded or applied).
+    pub fn referenced(&self) -> BTreeSet<ArtifactDigest> {
+        let wanted = [&self.target, &self.pending]
+            .into_iter()
+            .flatten()
+            .flat_map(|d| {
+                ArtifactKind::ALL
+                    .into_iter()
+                    .filter_map(|k| d.artifacts.get(k))
+            });
+        self.active
+            .values()
+            .chain(self.previous.values())
+            .chain(self.job.as_ref().map(|j| &j.artifact))
+            .chain(wanted)
+            .map(|a| a.sha256)
+            .collect()
+    }
+
+    /// Garbage collection removed these files: they are no longer
+    /// installed or staged, and are downloaded again if wanted.
+    pub fn forget_files(&mut self, removed: impl IntoIterator<Item = ArtifactDigest>) {
+        for digest in removed {
+            self.installed.remove(&digest);
+            self.staged.remove(&digest);
+        }
+    }
+
     /// Whether a step awaits its outcome.
     pub fn is_busy(&self) -> bool {
         self.job.is_some()

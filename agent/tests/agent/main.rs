@@ -426,3 +426,246 @@ fn killing_the_agent_at_any_point_of_an_apply_never_exposes_a_broken_artifact() 
     assert!(kills >= 50, "only {kills} kills");
     assert!(resumed > 0, "no killed download was ever resumed");
 }
+
+#[test]
+fn the_store_keeps_current_and_previous_per_kind_and_collects_the_rest() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let mut versions = vec![v1];
+    for n in 2..=4u8 {
+        let bytes = model_bytes(n);
+        let url = server.serve_bytes(&format!("/model-v{n}"), &bytes);
+        versions.push(artifact(
+            ArtifactKind::Model,
+            &n.to_string(),
+            &bytes,
+            &url,
+            None,
+        ));
+    }
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    for (generation, v) in (2..).zip(&versions[1..]) {
+        let reported = applier.apply(desired(generation, vec![v.clone()]));
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v.sha256)
+        );
+    }
+    let installed: std::collections::BTreeSet<_> = std::fs::read_dir(dir.path().join("sha256"))
+        .expect("store")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    let expected: std::collections::BTreeSet<_> = [&versions[2], &versions[3]]
+        .iter()
+        .map(|v| v.sha256.to_string())
+        .collect();
+    assert_eq!(installed, expected, "current (v4) and previous (v3) only");
+}
+
+#[test]
+fn abandoned_partial_downloads_are_removed_at_start_and_fresh_ones_kept() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_model_v1(&server, dir.path());
+    let staging = dir.path().join("staging");
+    let stale = staging.join(format!("{}.partial", "ab".repeat(32)));
+    let fresh = staging.join(format!("{}.partial", "cd".repeat(32)));
+    std::fs::write(&stale, vec![1u8; 4096]).expect("write");
+    std::fs::write(&fresh, vec![1u8; 4096]).expect("write");
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .and_then(|f| f.set_modified(two_days_ago))
+        .expect("age the stale partial");
+
+    let _applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    assert!(!stale.exists(), "an abandoned partial is removed at start");
+    assert!(fresh.exists(), "a recent partial may still be resumed");
+}
+
+#[test]
+fn a_download_that_does_not_fit_on_the_disk_is_refused_before_it_starts() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(2);
+    let url = server.serve_bytes("/huge-model", &bytes);
+    let mut huge = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    huge.size_bytes = 1 << 60; // an exabyte: no kiosk has it free
+    sign(&mut huge);
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![huge]));
+    let ApplyOutcome::Failed { reason, detail } =
+        &reported.last_apply[&ArtifactKind::Model].outcome
+    else {
+        panic!("refused: {reported:?}");
+    };
+    assert_eq!(*reason, FailureReason::Storage);
+    assert!(
+        detail.as_str().contains("not enough free space"),
+        "{}",
+        detail.as_str()
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|(path, _)| path == "/huge-model"),
+        "no byte was fetched"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("staging"))
+            .expect("staging")
+            .next()
+            .is_none(),
+        "nothing was written"
+    );
+}
+
+/// An agent data dir (`pointers.sqlite`, `artifacts/`) where model v1 and
+/// then v2 were committed.
+fn data_dir_with_v2_committed(server: &Server, data_dir: &Path) -> (ArtifactRef, ArtifactRef) {
+    let root = data_dir.join("artifacts");
+    std::fs::create_dir_all(&root).expect("root");
+    let pointers = SqlitePointers::open(&data_dir.join("pointers.sqlite")).expect("open pointers");
+    let mut applier =
+        outpost_agent::Applier::open(config(&root), pointers, Healthy(Duration::ZERO))
+            .expect("open applier");
+    let mut refs = Vec::new();
+    for n in 1..=2u8 {
+        let bytes = model_bytes(n);
+        let url = server.serve_bytes(&format!("/boot-model-v{n}"), &bytes);
+        let v = artifact(ArtifactKind::Model, &n.to_string(), &bytes, &url, None);
+        let reported = applier.apply(desired(u64::from(n), vec![v.clone()]));
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v.sha256)
+        );
+        refs.push(v);
+    }
+    (refs[0].clone(), refs[1].clone())
+}
+
+#[test]
+fn a_new_model_that_never_becomes_healthy_falls_back_after_n_starts() {
+    use outpost_agent::apply::boot::{BootDecision, BootWatch};
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (v1, v2) = data_dir_with_v2_committed(&server, dir.path());
+    let committed = || {
+        outpost_agent::session::committed_path(dir.path(), ArtifactKind::Model)
+            .expect("read")
+            .expect("a committed model")
+    };
+    let watch = BootWatch::in_data_dir(dir.path());
+    watch.arm(&v2).expect("arm");
+    // Three starts that crash while loading v2 (nothing confirms).
+    for boot in 1..=3 {
+        let decision = watch.start(3, 0).expect("start");
+        assert!(
+            matches!(&decision, BootDecision::OnTrial { artifact, boot: b, .. }
+                if artifact.sha256 == v2.sha256 && *b == boot),
+            "{decision:?}"
+        );
+        assert!(committed().ends_with(v2.sha256.to_string()));
+    }
+    // The fourth start gives up on v2.
+    let decision = watch.start(3, 0).expect("start");
+    assert!(
+        matches!(&decision, BootDecision::FellBack { failed, boots: 3 } if failed.sha256 == v2.sha256),
+        "{decision:?}"
+    );
+    assert!(committed().ends_with(v1.sha256.to_string()));
+    assert_eq!(watch.start(3, 0).expect("start"), BootDecision::Confirmed);
+
+    // The agent reports the failure and does not retry the generation.
+    let pointers =
+        SqlitePointers::open(&dir.path().join("pointers.sqlite")).expect("open pointers");
+    let mut applier = outpost_agent::Applier::open(
+        config(&dir.path().join("artifacts")),
+        pointers,
+        Healthy(Duration::ZERO),
+    )
+    .expect("open applier");
+    let reported = applier.apply(desired(2, vec![v2.clone()]));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::HealthCheck)
+    );
+}
+
+#[test]
+fn a_confirmed_start_keeps_the_new_model() {
+    use outpost_agent::apply::boot::{BootDecision, BootWatch};
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, v2) = data_dir_with_v2_committed(&server, dir.path());
+    let watch = BootWatch::in_data_dir(dir.path());
+    watch.arm(&v2).expect("arm");
+    assert!(matches!(
+        watch.start(3, 0).expect("start"),
+        BootDecision::OnTrial { boot: 1, .. }
+    ));
+    watch.confirm(&v2.sha256).expect("confirm");
+    for _ in 0..5 {
+        assert_eq!(watch.start(3, 0).expect("start"), BootDecision::Confirmed);
+    }
+    let committed = outpost_agent::session::committed_path(dir.path(), ArtifactKind::Model)
+        .expect("read")
+        .expect("committed");
+    assert!(committed.ends_with(v2.sha256.to_string()));
+}
+
+/// A runtime with no room for a second model: refuses every model at
+/// admission, passes everything else.
+struct NoRoomForModels;
+
+impl outpost_agent::HealthCheck for NoRoomForModels {
+    fn check(&mut self, _: &ArtifactRef, _: &Path) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), outpost_agent::apply::Rejection> {
+        if artifact.kind == ArtifactKind::Model {
+            return Err(outpost_agent::apply::Rejection::permanent(
+                FailureReason::Unsupported,
+                "not enough memory to check the model beside the running one",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_model_the_runtime_cannot_admit_is_reported_and_never_downloaded() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(2);
+    let url = server.serve_bytes("/too-big-for-ram", &bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    let mut applier = open_applier(dir.path(), NoRoomForModels);
+    let reported = applier.apply(desired(2, vec![v2]));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::Unsupported)
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert!(!server
+        .requests()
+        .iter()
+        .any(|(path, _)| path == "/too-big-for-ram"));
+}
