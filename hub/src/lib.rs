@@ -236,11 +236,19 @@ impl Hub {
                 let rules = gate::Rules {
                     fleet: config.fleet.clone(),
                     hub_user: config.mqtt.credentials.as_ref().map(|(u, _)| u.clone()),
+                    // The hub's own sessions (see `session` below).
+                    hub_client_ids: vec![
+                        config.mqtt.client_id.clone(),
+                        format!("{}-egress", config.mqtt.client_id),
+                    ],
                     enforce: !users.is_empty(),
                     max_packet_bytes: config.mqtt.max_packet_bytes,
                 };
-                gate = Some((listener, internal, Arc::new(rules)));
-                tracing::info!(%public, "MQTT gate for devices listening");
+                gate = Some((
+                    listener,
+                    gate::Gate::new(internal, rules, config.gate.clone()),
+                ));
+                tracing::info!(%public, tls = config.gate.tls.is_some(), "MQTT gate for devices listening");
                 (
                     broker::MqttEndpoint {
                         host: internal.ip().to_string(),
@@ -284,13 +292,8 @@ impl Hub {
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
-        if let Some((listener, internal, rules)) = gate {
-            tasks.push(tokio::spawn(gate::serve(
-                listener,
-                internal,
-                rules,
-                shutdown_rx.clone(),
-            )));
+        if let Some((listener, gate)) = gate {
+            tasks.push(tokio::spawn(gate.serve(listener, shutdown_rx.clone())));
         }
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
