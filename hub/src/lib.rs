@@ -49,13 +49,23 @@
 //! The embedded broker (see [`broker`]) authenticates with a static
 //! username/password table (`[broker.users]`) but rumqttd has no topic
 //! ACLs. So rumqttd listens on a loopback port only, and devices connect
-//! through the [`gate`]: an MQTT-aware relay that reads every packet a
-//! device sends and closes the connection when it publishes or subscribes
-//! outside its own topics (its username is its device id), leaves a last
-//! will elsewhere, or uses another device's client id. The hub's sessions
-//! connect to rumqttd directly; the hub's own user passes the gate
-//! unchecked. Without `[broker.users]` nothing can be checked: the
-//! anonymous embedded broker is for a trusted network.
+//! through the [`gate`]: an MQTT-aware relay on `broker.listen` (TLS with
+//! `broker.tls_cert`/`tls_key`) that reads every packet a device sends and
+//! closes the connection when it publishes or subscribes outside its own
+//! topics (its username is its device id), sends a second CONNECT, leaves a
+//! last will anywhere but its own `status`, or uses a client id other than
+//! `outpost-{itself}`. A user that is neither the hub nor a device id is
+//! refused at CONNECT; MQTT 5 is refused (rumqttd's 3.1.1 listener is
+//! behind). The gate also bounds what a client that never logs in costs: a
+//! CONNECT deadline (`connect_timeout_ms`), a connection cap
+//! (`max_connections`), and no broker socket until a CONNECT is admitted. A
+//! non-loopback `listen` without TLS is refused unless `allow_plaintext =
+//! true`, since device passwords travel in the CONNECT. The hub's sessions
+//! connect to rumqttd directly; the hub's own user passes the topic rules
+//! unchecked. Without `[broker.users]` nothing can be checked: the anonymous
+//! embedded broker is for a trusted network. `hub/tests/gate.rs` tests each
+//! rule with hand-built packets against a real rumqttd; `tests/fleet.rs`
+//! has a registered device try another device's topics end to end.
 //!
 //! rumqttd's own mechanism, the *tenant prefix* (features
 //! `verify-client-cert` + `validate-tenant-prefix`), was not chosen: it takes
@@ -99,7 +109,7 @@
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
 //! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
-//! - The dashboard, `cmd` publishing, telemetry retention, TLS.
+//! - The dashboard, `cmd` publishing, telemetry retention.
 
 use std::future::Future;
 use std::net::SocketAddr;
