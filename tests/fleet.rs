@@ -46,7 +46,7 @@ impl Hub {
         let broker_toml = match broker {
             Broker::Embedded(port) => format!(
                 "mode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nusername = \"hub\"\n\
-                 [broker.users]\nhub = \"{HUB_PASSWORD}\"\nkiosk-a = \"secret-a\"\nkiosk-b = \"secret-b\"\n"
+                 [broker.users]\nhub = \"{HUB_PASSWORD}\"\nkiosk-a = \"secret-a\"\nkiosk-b = \"secret-b\"\nkiosk-c = \"secret-c\"\n"
             ),
             Broker::External(port) => format!(
                 "mode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nusername = \"hub\"\npassword = \"{HUB_PASSWORD}\"\n"
@@ -735,6 +735,7 @@ impl Mosquitto {
             ("hub", HUB_PASSWORD),
             ("kiosk-a", "secret-a"),
             ("kiosk-b", "secret-b"),
+            ("kiosk-c", "secret-c"),
         ]
         .into_iter()
         .enumerate()
@@ -836,34 +837,73 @@ fn two_devices_sync_through_mosquitto_over_tls_and_cannot_touch_each_others_topi
     assert_eq!(health(&a)["prompt_set"]["version"], "2");
 }
 
-/// With kiosk-a's credentials, a client tries to read kiosk-b's topics and
-/// to get a forged batch stored as kiosk-b's; then kiosk-b is given work
-/// the intruder would see. The broker (Mosquitto's ACL, or the embedded
-/// broker's gate) must stop both.
+/// What one MQTT connection of the intruder saw.
+#[derive(Debug, Default)]
+struct Attempt {
+    /// The broker accepted its CONNECT.
+    connected: bool,
+    /// SUBACK return codes, in order.
+    subacks: Vec<Vec<rumqttc::SubscribeReasonCode>>,
+    /// Topics of messages delivered to it.
+    received: Vec<String>,
+}
+
+/// kiosk-c, a registered device with its own credentials and its own
+/// client id, runs `act` on a fresh connection and watches it for `watch`
+/// (or until the broker closes it: the embedded broker's gate closes a
+/// connection at its first violation, Mosquitto drops the publish or
+/// refuses the subscription and keeps it open).
+fn as_kiosk_c(port: u16, watch: Duration, act: impl FnOnce(&rumqttc::Client)) -> Attempt {
+    let mut options = rumqttc::MqttOptions::new("outpost-kiosk-c", "127.0.0.1", port);
+    options.set_credentials("kiosk-c", "secret-c");
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut connection) = rumqttc::Client::new(options, 16);
+    act(&client);
+    let mut seen = Attempt::default();
+    let until = Instant::now() + watch;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match connection.recv_timeout(left) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+                seen.connected = ack.code == rumqttc::ConnectReturnCode::Success;
+            }
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)))) => {
+                seen.subacks.push(ack.return_codes);
+            }
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                seen.received.push(p.topic);
+            }
+            Ok(Ok(_)) => {}
+            // Closed (or refused): rumqttc would reconnect; one try is enough.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    let _ = client.disconnect();
+    seen
+}
+
+/// A registered device (kiosk-c: its own password, its own client id, so it
+/// gets past CONNECT and the topic rules are what stops it) tries to write
+/// as kiosk-b and to read kiosk-b's topics; then kiosk-b is given work the
+/// intruder would see. The broker (Mosquitto's ACL, or the embedded
+/// broker's gate) must stop all of it.
 fn intruder_cannot_touch_kiosk_b(hub: &Hub, port: u16, b: &Server) {
-    // kiosk-a's credentials, used by an intruder: one connection writes as
-    // B, another reads B (a gate that closes the first must not hide the
-    // second).
-    let intruder = |id: &str| {
-        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-        options.set_credentials("kiosk-a", "secret-a");
-        rumqttc::Client::new(options, 16)
-    };
-    let (writer, mut writer_connection) = intruder("intruder-w");
-    let (client, mut connection) = intruder("intruder-r");
-    client
-        .subscribe(
-            format!("outpost/v1/{FLEET}/kiosk-b/#"),
+    let b_topic = |kind: &str| format!("outpost/v1/{FLEET}/kiosk-b/{kind}");
+    // The intruder is a real device: its own topics are open to it.
+    let own = as_kiosk_c(port, Duration::from_secs(2), |c| {
+        c.subscribe(
+            format!("outpost/v1/{FLEET}/kiosk-c/state/desired"),
             rumqttc::QoS::AtLeastOnce,
         )
         .unwrap();
-    client
-        .subscribe(
-            format!("outpost/v1/{FLEET}/+/state/desired"),
-            rumqttc::QoS::AtLeastOnce,
-        )
-        .unwrap();
-    let forged = outpost_protocol::encode(
+    });
+    assert!(own.connected, "kiosk-c could not log in: {own:?}");
+    assert!(
+        matches!(own.subacks.as_slice(), [codes] if matches!(codes.as_slice(), [rumqttc::SubscribeReasonCode::Success(_)])),
+        "kiosk-c could not subscribe to its own topic: {own:?}"
+    );
+
+    // Writing as kiosk-b: a telemetry batch and a reported state.
+    let forged_batch = outpost_protocol::encode(
         &outpost_protocol::TelemetryBatch::new(
             "kiosk-b".parse().unwrap(),
             vec![outpost_protocol::TelemetryEvent {
@@ -884,49 +924,81 @@ fn intruder_cannot_touch_kiosk_b(hub: &Hub, port: u16, b: &Server) {
         .unwrap(),
     )
     .unwrap();
-    writer
-        .publish(
-            format!("outpost/v1/{FLEET}/kiosk-b/telemetry"),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            forged,
-        )
-        .unwrap();
-    std::thread::spawn(move || for _ in writer_connection.iter().take(50) {});
-    let received = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = received.clone();
-    std::thread::spawn(move || {
-        for event in connection.iter() {
-            match event {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    seen.lock().unwrap().push(p.topic.clone())
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
+    let forged_report = outpost_protocol::encode(&outpost_protocol::ReportedState {
+        generation: Some(outpost_protocol::Generation(424_242)),
+        active: outpost_protocol::ArtifactSet::new(),
+        last_apply: Default::default(),
+        at_unix_ms: 1,
+    })
+    .unwrap();
+    for (kind, payload) in [
+        ("telemetry", forged_batch),
+        ("state/reported", forged_report),
+    ] {
+        let attempt = as_kiosk_c(port, Duration::from_secs(2), |c| {
+            c.publish(b_topic(kind), rumqttc::QoS::AtLeastOnce, false, payload)
+                .unwrap();
+        });
+        assert!(attempt.connected, "{kind}: {attempt:?}");
+    }
+
+    // Reading kiosk-b: exact topics and wildcards. kiosk-b's desired state
+    // is retained, so a subscription the broker let through would get it at
+    // once.
+    for filter in [
+        b_topic("state/desired"),
+        b_topic("#"),
+        format!("outpost/v1/{FLEET}/+/state/desired"),
+        format!("outpost/v1/{FLEET}/#"),
+        "#".to_owned(),
+    ] {
+        let attempt = as_kiosk_c(port, Duration::from_secs(2), |c| {
+            c.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                .unwrap();
+        });
+        assert!(attempt.connected, "{filter}: {attempt:?}");
+        let leaked: Vec<_> = attempt
+            .received
+            .iter()
+            .filter(|t| t.contains("kiosk-b"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "kiosk-c read {leaked:?} through {filter}"
+        );
+    }
+
+    // A live message for kiosk-b while kiosk-c sits on a fleet wildcard.
+    let watcher = std::thread::spawn(move || {
+        as_kiosk_c(port, Duration::from_secs(20), |c| {
+            c.subscribe(
+                format!("outpost/v1/{FLEET}/+/state/desired"),
+                rumqttc::QoS::AtLeastOnce,
+            )
+            .unwrap();
+        })
     });
-    // Something for B that the intruder would see if the ACL let it.
+    std::thread::sleep(Duration::from_secs(1));
     hub.fleet(&["assign", "--device", "kiosk-b", "prompt-set:kiosk:1"]);
     wait_for(WAIT, "kiosk-b to switch back to prompt set v1", || {
         (health(b)["prompt_set"]["version"] == "1").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(1));
-    let leaked: Vec<String> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| t.contains("kiosk-b"))
-        .cloned()
-        .collect();
+    let live = watcher.join().expect("watcher thread");
     assert!(
-        leaked.is_empty(),
-        "kiosk-a read kiosk-b's topics: {leaked:?}"
+        live.received.iter().all(|t| !t.contains("kiosk-b")),
+        "kiosk-c read kiosk-b's live desired state: {live:?}"
     );
+
     assert!(
         hub.telemetry("kiosk-b")
             .iter()
             .all(|e| e["seq"].as_u64() != Some(999_999)),
         "a forged batch on kiosk-b's topic was stored"
+    );
+    let reported = hub.device("kiosk-b").expect("kiosk-b is known")["reported_generation"].clone();
+    assert_ne!(
+        reported,
+        json!(424_242),
+        "a forged state/reported on kiosk-b's topic was taken"
     );
 }

@@ -25,6 +25,14 @@ pub const DEFAULT_MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
 pub const MIN_MAX_PACKET_BYTES: usize = 1024 * 1024 + 4096;
 /// Default largest artifact upload: models are big; 64 GiB is "any GGUF".
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Default time a device connection has for its TLS handshake and CONNECT
+/// at the gate: generous for a kiosk on a slow link, short enough that
+/// connections that never log in do not pile up.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on device connections through the gate (relayed or waiting
+/// for their CONNECT). rumqttd's router holds 10 010 connections; the hub's
+/// two sessions connect beside the gate.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default MQTT client id of the hub's own session (persistent, so QoS 1
 /// telemetry published while the hub restarts is kept by the broker).
 pub const DEFAULT_CLIENT_ID: &str = "outpost-hub";
@@ -76,6 +84,19 @@ pub struct BrokerConfig {
     /// Largest MQTT packet both ways, bytes. Default
     /// [`DEFAULT_MAX_PACKET_BYTES`]; at least [`MIN_MAX_PACKET_BYTES`].
     pub max_packet_bytes: Option<usize>,
+    /// Embedded: PEM certificate chain of the device-facing listener (TLS).
+    pub tls_cert: Option<PathBuf>,
+    /// Embedded: PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Embedded: allow a non-loopback `listen` without TLS (device
+    /// passwords then cross the network in clear). Default false.
+    pub allow_plaintext: Option<bool>,
+    /// Embedded: time for a new device connection's TLS handshake and
+    /// CONNECT. Default [`DEFAULT_CONNECT_TIMEOUT_MS`].
+    pub connect_timeout_ms: Option<u64>,
+    /// Embedded: device connections at once. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
 }
 
 /// A checked configuration.
@@ -96,6 +117,9 @@ pub struct ValidConfig {
     pub max_upload_bytes: u64,
     /// The broker.
     pub broker: BrokerMode,
+    /// The embedded broker's device-facing gate (unused with an external
+    /// broker).
+    pub gate: crate::gate::GateSettings,
     /// The hub's MQTT session.
     pub mqtt: MqttSettings,
 }
@@ -258,6 +282,9 @@ impl HubConfig {
                             .into(),
                     );
                 }
+                if let Some(listen) = listen {
+                    check_plaintext_listen(b, listen, &mut problems);
+                }
                 listen.map(|listen| BrokerMode::Embedded {
                     listen,
                     users: b
@@ -270,6 +297,20 @@ impl HubConfig {
             "external" => {
                 if b.listen.is_some() {
                     problems.push("broker.listen: only for mode = \"embedded\"".into());
+                }
+                for (key, set) in [
+                    ("tls_cert", b.tls_cert.is_some()),
+                    ("tls_key", b.tls_key.is_some()),
+                    ("allow_plaintext", b.allow_plaintext.is_some()),
+                    ("connect_timeout_ms", b.connect_timeout_ms.is_some()),
+                    ("max_connections", b.max_connections.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "broker.{key}: only for mode = \"embedded\" (the gate); configure \
+                             the external broker itself"
+                        ));
+                    }
                 }
                 if !b.users.is_empty() {
                     problems.push(
@@ -330,6 +371,7 @@ impl HubConfig {
         if client_id.is_empty() || client_id.len() > 64 {
             problems.push("broker.client_id: must be 1 to 64 bytes".into());
         }
+        let gate = gate_settings(b, &mut problems);
         match (data_dir, fleet, http_bind, broker) {
             (Some(data_dir), Some(fleet), Some(http_bind), Some(broker)) if problems.is_empty() => {
                 Ok(ValidConfig {
@@ -340,6 +382,7 @@ impl HubConfig {
                     admin_token,
                     max_upload_bytes,
                     broker,
+                    gate,
                     mqtt: MqttSettings {
                         client_id,
                         credentials,
@@ -349,6 +392,71 @@ impl HubConfig {
             }
             _ => Err(ConfigError { problems }),
         }
+    }
+}
+
+/// The gate's limits and TLS, reading the certificate and key so that a
+/// bad file is reported with the other problems, before anything starts.
+fn gate_settings(b: &BrokerConfig, problems: &mut Vec<String>) -> crate::gate::GateSettings {
+    use crate::gate::tls;
+    let connect_timeout_ms = b.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    if connect_timeout_ms == 0 {
+        problems.push("broker.connect_timeout_ms: must be above 0".into());
+    }
+    let max_connections = b.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=DEFAULT_MAX_CONNECTIONS).contains(&max_connections) {
+        problems.push(format!(
+            "broker.max_connections: {max_connections} is not 1 to {DEFAULT_MAX_CONNECTIONS} \
+             (what the embedded broker holds)"
+        ));
+    }
+    let tls = match (&b.tls_cert, &b.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = tls::read_certificates(cert)
+                .map_err(|e| problems.push(format!("broker.tls_cert: {e}")))
+                .ok();
+            let key = tls::read_private_key(key)
+                .map_err(|e| problems.push(format!("broker.tls_key: {e}")))
+                .ok();
+            match (certs, key) {
+                (Some(certs), Some(key)) => tls::server_config(certs, key)
+                    .map_err(|e| {
+                        problems.push(format!(
+                            "broker.tls_key: does not fit broker.tls_cert ({e})"
+                        ))
+                    })
+                    .ok(),
+                _ => None,
+            }
+        }
+        (Some(_), None) => {
+            problems.push("broker.tls_key: required with broker.tls_cert".into());
+            None
+        }
+        (None, Some(_)) => {
+            problems.push("broker.tls_cert: required with broker.tls_key".into());
+            None
+        }
+        (None, None) => None,
+    };
+    crate::gate::GateSettings {
+        connect_timeout: std::time::Duration::from_millis(connect_timeout_ms),
+        max_connections,
+        tls,
+    }
+}
+
+/// Device passwords travel inside CONNECT: a listener other devices'
+/// network can reach must use TLS unless the operator says the network is
+/// trusted.
+fn check_plaintext_listen(b: &BrokerConfig, listen: SocketAddr, problems: &mut Vec<String>) {
+    let tls = b.tls_cert.is_some() || b.tls_key.is_some();
+    if !tls && !listen.ip().is_loopback() && b.allow_plaintext != Some(true) {
+        problems.push(format!(
+            "broker.listen: {listen} is reachable from the network but the gate has no TLS, \
+             so device passwords would cross it in clear; set broker.tls_cert and \
+             broker.tls_key, or allow_plaintext = true for a network you trust"
+        ));
     }
 }
 

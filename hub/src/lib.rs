@@ -55,13 +55,23 @@
 //! The embedded broker (see [`broker`]) authenticates with a static
 //! username/password table (`[broker.users]`) but rumqttd has no topic
 //! ACLs. So rumqttd listens on a loopback port only, and devices connect
-//! through the [`gate`]: an MQTT-aware relay that reads every packet a
-//! device sends and closes the connection when it publishes or subscribes
-//! outside its own topics (its username is its device id), leaves a last
-//! will elsewhere, or uses another device's client id. The hub's sessions
-//! connect to rumqttd directly; the hub's own user passes the gate
-//! unchecked. Without `[broker.users]` nothing can be checked: the
-//! anonymous embedded broker is for a trusted network.
+//! through the [`gate`]: an MQTT-aware relay on `broker.listen` (TLS with
+//! `broker.tls_cert`/`tls_key`) that reads every packet a device sends and
+//! closes the connection when it publishes or subscribes outside its own
+//! topics (its username is its device id), sends a second CONNECT, leaves a
+//! last will anywhere but its own `status`, or uses a client id other than
+//! `outpost-{itself}`. A user that is neither the hub nor a device id is
+//! refused at CONNECT; MQTT 5 is refused (rumqttd's 3.1.1 listener is
+//! behind). The gate also bounds what a client that never logs in costs: a
+//! CONNECT deadline (`connect_timeout_ms`), a connection cap
+//! (`max_connections`), and no broker socket until a CONNECT is admitted. A
+//! non-loopback `listen` without TLS is refused unless `allow_plaintext =
+//! true`, since device passwords travel in the CONNECT. The hub's sessions
+//! connect to rumqttd directly; the hub's own user passes the topic rules
+//! unchecked. Without `[broker.users]` nothing can be checked: the anonymous
+//! embedded broker is for a trusted network. `hub/tests/gate.rs` tests each
+//! rule with hand-built packets against a real rumqttd; `tests/fleet.rs`
+//! has a registered device try another device's topics end to end.
 //!
 //! rumqttd's own mechanism, the *tenant prefix* (features
 //! `verify-client-cert` + `validate-tenant-prefix`), was not chosen: it takes
@@ -106,7 +116,7 @@
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
 //! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
-//! - The dashboard, `cmd` publishing, telemetry retention, TLS.
+//! - The dashboard, `cmd` publishing, telemetry retention.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -243,11 +253,19 @@ impl Hub {
                 let rules = gate::Rules {
                     fleet: config.fleet.clone(),
                     hub_user: config.mqtt.credentials.as_ref().map(|(u, _)| u.clone()),
+                    // The hub's own sessions (see `session` below).
+                    hub_client_ids: vec![
+                        config.mqtt.client_id.clone(),
+                        format!("{}-egress", config.mqtt.client_id),
+                    ],
                     enforce: !users.is_empty(),
                     max_packet_bytes: config.mqtt.max_packet_bytes,
                 };
-                gate = Some((listener, internal, Arc::new(rules)));
-                tracing::info!(%public, "MQTT gate for devices listening");
+                gate = Some((
+                    listener,
+                    gate::Gate::new(internal, rules, config.gate.clone()),
+                ));
+                tracing::info!(%public, tls = config.gate.tls.is_some(), "MQTT gate for devices listening");
                 (
                     broker::MqttEndpoint {
                         host: internal.ip().to_string(),
@@ -291,13 +309,8 @@ impl Hub {
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
-        if let Some((listener, internal, rules)) = gate {
-            tasks.push(tokio::spawn(gate::serve(
-                listener,
-                internal,
-                rules,
-                shutdown_rx.clone(),
-            )));
+        if let Some((listener, gate)) = gate {
+            tasks.push(tokio::spawn(gate.serve(listener, shutdown_rx.clone())));
         }
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
