@@ -605,7 +605,9 @@ fn swapping_adapters_keeps_only_the_current_and_previous_in_memory() {
         rss[rss.len() - 1] >> 20
     );
     assert!(
-        growth < 2 * adapter_bytes,
+        // Measured: +25 MiB (context rebuilds) with 15 MiB adapters; without
+        // freeing, the six extra adapters alone would add 90 MiB.
+        growth < 3 * adapter_bytes,
         "RSS grew {} MiB over {} swaps",
         growth >> 20,
         ADAPTERS - 2
