@@ -357,9 +357,22 @@ pub struct ServeArgs {
     /// Port to bind (default 8080; 0 picks a free one).
     #[arg(long, env = "OUTPOST_PORT")]
     pub port: Option<i64>,
-    /// Bearer token required on every route but /health.
+    /// Bearer token required on /v1/* and /metrics.
     #[arg(long, env = "OUTPOST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Bearer token required on /admin/*; without one, /admin/* answers loopback only.
+    #[arg(long, env = "OUTPOST_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// A host name the API answers for besides IP addresses and localhost (repeatable).
+    #[arg(
+        long = "allowed-host",
+        env = "OUTPOST_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// The agent's artifact store, where POST /admin/lora finds adapters by digest.
+    #[arg(long, env = "OUTPOST_ARTIFACT_STORE")]
+    pub artifact_store: Option<PathBuf>,
     /// Requests waiting for a slot before 503s.
     #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<i64>,

@@ -390,23 +390,33 @@ fn bad_requests_get_openai_shaped_errors() {
     assert!(metrics.contains("outpost_kv_cells_total 512"), "{metrics}");
 }
 
+/// Installs `bytes` in an artifact store laid out like the agent's
+/// (`<store>/sha256/<hex>`) and returns the digest.
+fn install(store: &Path, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+    let dir = store.join("sha256");
+    std::fs::create_dir_all(&dir).expect("create the store");
+    write(&dir.join(&hex), bytes);
+    hex
+}
+
 #[test]
 fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
     let dir = temp_dir();
-    let strong = dir.path().join("strong.gguf");
-    let null = dir.path().join("null.gguf");
-    let foreign = dir.path().join("qwen2.gguf");
-    write(&strong, &gguf_writer::smollm2_lora(4.0, "llama"));
-    write(&null, &gguf_writer::smollm2_lora(0.0, "llama"));
-    write(&foreign, &gguf_writer::smollm2_lora(1.0, "qwen2"));
+    let store = dir.path().join("artifacts");
+    let strong_bytes = gguf_writer::smollm2_lora(4.0, "llama");
+    let strong = install(&store, &strong_bytes);
+    let null = install(&store, &gguf_writer::smollm2_lora(0.0, "llama"));
+    let foreign = install(&store, &gguf_writer::smollm2_lora(1.0, "qwen2"));
 
-    let server = Server::start(&[]);
+    let server = Server::start(&["--artifact-store", store.to_str().unwrap()]);
     let url = server.url("/v1/chat/completions");
     let lora = server.url("/admin/lora");
     let ask = || answer_text(&post(&url, &chat(Some(SYSTEM), "How do I buy a ticket?", 24)).1);
     let base = ask();
 
-    let (status, body) = post(&lora, &serde_json::json!({"path": strong}));
+    let (status, body) = post(&lora, &serde_json::json!({"sha256": strong}));
     assert_eq!(status, 200, "{body}");
     let adapted = ask();
     assert_ne!(
@@ -414,7 +424,10 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
         "a strong adapter must change the greedy answer"
     );
 
-    let (status, _) = post(&lora, &serde_json::json!({"path": null}));
+    let (status, _) = post(
+        &lora,
+        &serde_json::json!({"sha256": format!("sha256:{null}")}),
+    );
     assert_eq!(status, 200);
     assert_eq!(
         ask(),
@@ -422,7 +435,7 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
         "an all-zero adapter must not change the answer"
     );
 
-    let (status, body) = post(&lora, &serde_json::json!({"path": foreign}));
+    let (status, body) = post(&lora, &serde_json::json!({"sha256": foreign}));
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -432,9 +445,7 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
         "{body}"
     );
 
-    let (status, _) = post(&lora, &serde_json::json!({"path": null, "scale": null}));
-    assert_eq!(status, 200);
-    let (status, _) = post(&lora, &serde_json::json!({"path": serde_json::Value::Null}));
+    let (status, _) = post(&lora, &serde_json::json!({"sha256": null, "scale": null}));
     assert_eq!(status, 200);
     assert_eq!(
         ask(),
@@ -446,11 +457,243 @@ fn a_lora_adapter_changes_answers_and_swaps_without_reloading() {
     assert_eq!(server.pid(), pid_before);
     drop(server);
 
-    // Loaded at start with --lora path:scale.
-    let server = Server::start(&["--lora", &format!("{}:1.0", strong.display())]);
+    // Loaded at start with --lora path:scale (the operator's own file).
+    let strong_file = dir.path().join("strong.gguf");
+    write(&strong_file, &strong_bytes);
+    let server = Server::start(&["--lora", &format!("{}:1.0", strong_file.display())]);
     let url = server.url("/v1/chat/completions");
     let (_, body) = post(&url, &chat(Some(SYSTEM), "How do I buy a ticket?", 24));
     assert_eq!(answer_text(&body), adapted);
+}
+
+#[test]
+fn admin_lora_loads_only_stored_adapters_and_a_fifo_never_blocks_the_engine() {
+    let dir = temp_dir();
+    let store = dir.path().join("artifacts");
+    let strong = install(&store, &gguf_writer::smollm2_lora(4.0, "llama"));
+    let outside = dir.path().join("outside.gguf");
+    write(&outside, &gguf_writer::smollm2_lora(2.0, "llama"));
+    // A FIFO where an adapter should be: opening it blocks until a writer comes.
+    let fifo = "f".repeat(64);
+    let made = std::process::Command::new("mkfifo")
+        .arg(store.join("sha256").join(&fifo))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let link = "e".repeat(64);
+    std::os::unix::fs::symlink(&outside, store.join("sha256").join(&link)).unwrap();
+
+    let server = Server::start(&["--artifact-store", store.to_str().unwrap()]);
+    let lora = server.url("/admin/lora");
+    let url = server.url("/v1/chat/completions");
+    let (status, body) = post(&lora, &serde_json::json!({"sha256": fifo}));
+    assert_eq!(status, 404, "{body}");
+    // The engine still answers: nothing opened the FIFO.
+    let (status, body) = post(&url, &chat(None, "hi", 4));
+    assert_eq!(status, 200, "{body}");
+
+    // A symlink out of the store, a missing digest, a path: one answer for
+    // all, which says nothing about the files behind them.
+    let missing = "d".repeat(64);
+    let mut refusals = Vec::new();
+    for digest in [&fifo, &link, &missing, &"../outside.gguf".to_string()] {
+        let (status, body) = post(&lora, &serde_json::json!({"sha256": digest}));
+        assert_eq!(status, 404, "{digest}: {body}");
+        refusals.push(body);
+    }
+    assert!(refusals.windows(2).all(|w| w[0] == w[1]), "{refusals:?}");
+    assert_eq!(
+        refusals[0]["error"]["message"],
+        "no such adapter in the artifact store"
+    );
+    let (status, body) = post(&lora, &serde_json::json!({"path": outside}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "path", "{body}");
+    // What the store holds loads.
+    let (status, body) = post(&lora, &serde_json::json!({"sha256": strong}));
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A rank-`rank` LoRA on every `ffn_down` of SmolLM2-135M: 16 MiB of f32
+/// tensors at rank 64, big enough to see in the process's memory.
+fn big_lora(seed: u32, rank: u64) -> Vec<u8> {
+    const N_EMBD: u64 = 576;
+    const N_FF: u64 = 1536;
+    let tensors: Vec<gguf_writer::Tensor> = (0..30)
+        .flat_map(|layer| {
+            let name = format!("blk.{layer}.ffn_down.weight");
+            let fill = |n: u64, k: u64| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i + k + u64::from(seed)) % 7) as f32 * 1e-4)
+                    .collect()
+            };
+            [
+                gguf_writer::Tensor {
+                    name: format!("{name}.lora_a"),
+                    dims: vec![N_FF, rank],
+                    data: fill(N_FF * rank, 1),
+                },
+                gguf_writer::Tensor {
+                    name: format!("{name}.lora_b"),
+                    dims: vec![rank, N_EMBD],
+                    data: fill(rank * N_EMBD, 2),
+                },
+            ]
+        })
+        .collect();
+    gguf_writer::write(
+        &[
+            (
+                "general.architecture",
+                gguf_writer::Value::Str("llama".into()),
+            ),
+            ("general.type", gguf_writer::Value::Str("adapter".into())),
+            ("adapter.type", gguf_writer::Value::Str("lora".into())),
+            ("adapter.lora.alpha", gguf_writer::Value::F32(rank as f32)),
+        ],
+        &tensors,
+    )
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[test]
+fn swapping_adapters_keeps_only_the_current_and_previous_in_memory() {
+    const ADAPTERS: u32 = 8;
+    let dir = temp_dir();
+    let store = dir.path().join("artifacts");
+    let digests: Vec<String> = (0..ADAPTERS)
+        .map(|seed| install(&store, &big_lora(seed, 64)))
+        .collect();
+    let adapter_bytes = big_lora(0, 64).len() as u64;
+    let server = Server::start(&[
+        "--artifact-store",
+        store.to_str().unwrap(),
+        "--ctx-size",
+        "256",
+        "--parallel",
+        "1",
+    ]);
+    let lora = server.url("/admin/lora");
+    let loaded = || {
+        let body: serde_json::Value = ureq::get(&lora).call().unwrap().into_json().unwrap();
+        body["loaded_adapters"].as_u64().unwrap()
+    };
+    let mut rss = Vec::new();
+    for (i, digest) in digests.iter().enumerate() {
+        let (status, body) = post(&lora, &serde_json::json!({"sha256": digest}));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(loaded(), (i as u64 + 1).min(2), "after adapter {i}");
+        rss.push(rss_bytes(server.pid()));
+    }
+    // Six more adapters went through after the second; without freeing
+    // they would hold six times their size.
+    let growth = rss[rss.len() - 1].saturating_sub(rss[1]);
+    eprintln!(
+        "adapter {} MiB; RSS after 2 adapters {} MiB, after {ADAPTERS}: {} MiB",
+        adapter_bytes >> 20,
+        rss[1] >> 20,
+        rss[rss.len() - 1] >> 20
+    );
+    assert!(
+        // Measured: +25 MiB (context rebuilds) with 15 MiB adapters; without
+        // freeing, the six extra adapters alone would add 90 MiB.
+        growth < 3 * adapter_bytes,
+        "RSS grew {} MiB over {} swaps",
+        growth >> 20,
+        ADAPTERS - 2
+    );
+    // The previous adapter is still loaded: switching back loads nothing.
+    let (status, _) = post(
+        &lora,
+        &serde_json::json!({"sha256": digests[ADAPTERS as usize - 2]}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(loaded(), 2);
+}
+
+#[test]
+fn admin_routes_need_the_admin_key_from_the_lan_and_rebinding_hosts_get_421() {
+    let lan = lan_address();
+    // No admin key: loopback only.
+    let server = Server::start(&[
+        "--host",
+        "0.0.0.0",
+        "--allowed-host",
+        "kiosk-7.shop.example",
+    ]);
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let on_lan = |path: &str| format!("http://{lan}:{port}{path}");
+    let local = format!("http://127.0.0.1:{port}/admin/lora");
+    assert_eq!(ureq::get(&local).call().unwrap().status(), 200);
+    match ureq::get(&on_lan("/admin/lora")).call() {
+        Err(ureq::Error::Status(403, r)) => {
+            let body: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(body["error"]["code"], "admin_loopback_only", "{body}");
+        }
+        other => panic!("/admin/lora from the LAN without a key: {other:?}"),
+    }
+    assert_eq!(
+        ureq::get(&on_lan("/v1/models")).call().unwrap().status(),
+        200
+    );
+    // DNS rebinding: a name the device was not told about.
+    for (host, expect) in [
+        ("rebind.attacker.example", 421),
+        ("kiosk-7.shop.example", 200),
+        ("localhost", 200),
+    ] {
+        let status = match ureq::get(&server.url("/health")).set("Host", host).call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(status, expect, "Host: {host}");
+    }
+    drop(server);
+
+    // With an admin key: that key, from anywhere; the API key does not do.
+    let server = Server::start(&[
+        "--host",
+        "0.0.0.0",
+        "--api-key",
+        "kiosk",
+        "--admin-key",
+        "operator",
+    ]);
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let url = format!("http://{lan}:{port}/admin/lora");
+    let with = |key: &str| match ureq::get(&url)
+        .set("Authorization", &format!("Bearer {key}"))
+        .call()
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(with("operator"), 200);
+    assert_eq!(with("kiosk"), 401);
+}
+
+/// This machine's address on its LAN (a UDP "connect" sends nothing), so
+/// the server sees a peer that is not loopback.
+fn lan_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("203.0.113.1:9")
+        .expect("the test needs a non-loopback interface with a route");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "the test needs a non-loopback interface");
+    ip
 }
 
 #[test]

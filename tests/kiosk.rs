@@ -74,6 +74,10 @@ fn check_page_headers(server: &Server) {
         .to_string();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
+    // The page's own blocks run by hash; nothing else inline does.
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(csp.contains("style-src 'sha256-"), "{csp}");
     let body = page.into_string().expect("page body");
     assert!(body.contains("id=\"question\""), "{body}");
 }
@@ -147,6 +151,46 @@ async fn customer_session(
     // The same transcript on a landscape kiosk screen.
     client.set_window_size(1280, 800).await?;
     save_screenshot(client, "kiosk-1280x800.png").await?;
+    page_cannot_run_injected_code_or_administer(client).await
+}
+
+/// What markup injected into the page (say, by a future rendering bug) may
+/// do under the page's policy: no inline script, no inline style, and no
+/// admin call, although the browser is on the device's loopback.
+async fn page_cannot_run_injected_code_or_administer(client: &Client) -> anyhow::Result<()> {
+    const INJECT: &str = "
+        const script = document.createElement('script');
+        script.textContent = 'window.__injected = true;';
+        document.body.append(script);
+        const styled = document.createElement('div');
+        styled.setAttribute('style', 'color: rgb(1, 2, 3)');
+        document.body.append(styled);
+        return {
+            script_ran: window.__injected === true,
+            style_applied: getComputedStyle(styled).color === 'rgb(1, 2, 3)',
+        };";
+    let injected = client.execute(INJECT, Vec::new()).await?;
+    ensure!(
+        injected["script_ran"] == false,
+        "an injected inline script ran: {injected}"
+    );
+    ensure!(
+        injected["style_applied"] == false,
+        "an injected inline style applied: {injected}"
+    );
+    const ADMIN: &str = "
+        const done = arguments[0];
+        fetch('/admin/lora', {
+            method: 'POST',
+            headers: { 'Content-Type': 'application/json' },
+            body: JSON.stringify({ sha256: null }),
+        }).then(async (r) => done({ status: r.status, body: await r.json() }),
+                (e) => done({ status: 0, body: String(e) }));";
+    let admin = client.execute_async(ADMIN, Vec::new()).await?;
+    ensure!(
+        admin["status"] == 403 && admin["body"]["error"]["code"] == "admin_from_browser",
+        "the page reached /admin/lora: {admin}"
+    );
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub struct RawAnswer {
     pub min_score: Option<f64>,
     pub handover_message: Option<String>,
     pub feedback_db: Option<PathBuf>,
+    pub feedback_keep_raw_h: Option<i64>,
+    pub feedback_max_rows: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,6 +78,7 @@ pub struct RawEngine {
     pub queue_capacity: Option<i64>,
     pub flash_attn: Option<String>,
     pub prefix_cache_mb: Option<i64>,
+    pub max_loaded_adapters: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -84,6 +87,9 @@ pub struct RawServer {
     pub host: Option<String>,
     pub port: Option<i64>,
     pub api_key: Option<String>,
+    pub admin_key: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub artifact_store: Option<PathBuf>,
     pub max_body_bytes: Option<i64>,
     pub default_max_tokens: Option<i64>,
 }
@@ -200,6 +206,11 @@ pub struct AnswerSettings {
     pub handover_message: String,
     /// Where kiosk feedback is stored; `None`: the data folder's `feedback.sqlite`.
     pub feedback_db: Option<PathBuf>,
+    /// How long customer text may stay unredacted in the feedback database;
+    /// zero: redacted before it is written.
+    pub feedback_keep_raw: Duration,
+    /// Rows kept in each table of the feedback database.
+    pub feedback_max_rows: usize,
 }
 
 /// Told to a customer when the device hands over to a person.
@@ -218,6 +229,7 @@ pub struct EngineSettings {
     pub queue_capacity: usize,
     pub flash_attn: FlashAttn,
     pub prefix_cache_bytes: usize,
+    pub max_loaded_adapters: usize,
 }
 
 impl EngineSettings {
@@ -233,6 +245,7 @@ impl EngineSettings {
             queue_capacity: self.queue_capacity,
             flash_attn: self.flash_attn,
             prefix_cache_bytes: self.prefix_cache_bytes,
+            max_loaded_adapters: self.max_loaded_adapters,
             ..EngineConfig::new(model)
         }
     }
@@ -242,8 +255,17 @@ impl EngineSettings {
 pub struct ServerConfig {
     pub host: IpAddr,
     pub port: u16,
-    /// Bearer token required on every route but `/health`; `None` = open.
+    /// Bearer token required on `/v1/*` and `/metrics`; `None` = open.
     pub api_key: Option<String>,
+    /// Bearer token required on `/admin/*`; `None`: those routes answer
+    /// loopback peers only.
+    pub admin_key: Option<String>,
+    /// Host names (lower case, no trailing dot) the API answers for besides
+    /// IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// The agent's artifact store (the folder holding `sha256/`);
+    /// `None`: the binary uses the agent's default.
+    pub artifact_store: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub default_max_tokens: u32,
 }
@@ -273,11 +295,13 @@ impl RawDeviceConfig {
         }
         take!(model: path, lora, models_dir, embedder);
         take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
-              queue_capacity, flash_attn, prefix_cache_mb);
-        take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
+              queue_capacity, flash_attn, prefix_cache_mb, max_loaded_adapters);
+        take!(server: host, port, api_key, admin_key, allowed_hosts, artifact_store, max_body_bytes,
+              default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
         take!(log: format, level);
-        take!(answer: kb, prompts, retrieval, top_k, min_score, handover_message, feedback_db);
+        take!(answer: kb, prompts, retrieval, top_k, min_score, handover_message, feedback_db,
+              feedback_keep_raw_h, feedback_max_rows);
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
@@ -306,6 +330,14 @@ impl RawDeviceConfig {
         let ubatch_size = int("engine.ubatch_size", e.ubatch_size, 512, 1, 1 << 16);
         let queue_capacity = int("engine.queue_capacity", e.queue_capacity, 32, 1, 1 << 16);
         let prefix_cache_mb = int("engine.prefix_cache_mb", e.prefix_cache_mb, 256, 0, 1 << 16);
+        // The active adapter and the previous one (an instant rollback).
+        let max_loaded_adapters = int(
+            "engine.max_loaded_adapters",
+            e.max_loaded_adapters,
+            2,
+            1,
+            64,
+        );
         let port = int("server.port", self.server.port, 8080, 0, 65535);
         let max_body_bytes = int(
             "server.max_body_bytes",
@@ -323,6 +355,21 @@ impl RawDeviceConfig {
         );
         let top_k = int("sampling.top_k", self.sampling.top_k, 40, 0, 1 << 20);
         let answer_top_k = int("answer.top_k", self.answer.top_k, 4, 1, 32);
+        // 0: customer text is redacted before it is stored.
+        let feedback_keep_raw_h = int(
+            "answer.feedback_keep_raw_h",
+            self.answer.feedback_keep_raw_h,
+            0,
+            0,
+            24 * 365,
+        );
+        let feedback_max_rows = int(
+            "answer.feedback_max_rows",
+            self.answer.feedback_max_rows,
+            crate::feedback::DEFAULT_MAX_ROWS as i64,
+            1,
+            1 << 30,
+        );
 
         let mut float = |key: &str, value: Option<f64>, default: f64, min: f64, max: f64| -> f32 {
             let v = value.unwrap_or(default);
@@ -369,6 +416,10 @@ impl RawDeviceConfig {
             IpAddr::from([127, 0, 0, 1])
         });
         let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let allowed_hosts = validate_allowed_hosts(
+            self.server.allowed_hosts.as_deref().unwrap_or_default(),
+            &mut problems,
+        );
         let lora = match nonempty(&self.model.lora).map(|s| s.parse::<LoraSpec>()) {
             None => None,
             Some(Ok(spec)) => Some(spec),
@@ -415,11 +466,15 @@ impl RawDeviceConfig {
                 queue_capacity: queue_capacity as usize,
                 flash_attn,
                 prefix_cache_bytes: (prefix_cache_mb as usize) << 20,
+                max_loaded_adapters: max_loaded_adapters as usize,
             },
             server: ServerConfig {
                 host,
                 port: port as u16,
                 api_key: nonempty(&self.server.api_key),
+                admin_key: nonempty(&self.server.admin_key),
+                allowed_hosts,
+                artifact_store: nonempty_path(self.server.artifact_store),
                 max_body_bytes: max_body_bytes as usize,
                 default_max_tokens: default_max_tokens as u32,
             },
@@ -436,6 +491,8 @@ impl RawDeviceConfig {
                 handover_message: nonempty(&self.answer.handover_message)
                     .unwrap_or_else(|| DEFAULT_HANDOVER_MESSAGE.into()),
                 feedback_db: nonempty_path(self.answer.feedback_db),
+                feedback_keep_raw: Duration::from_secs(feedback_keep_raw_h as u64 * 3600),
+                feedback_max_rows: feedback_max_rows as usize,
             },
         })
     }
@@ -443,6 +500,34 @@ impl RawDeviceConfig {
 
 fn nonempty_path(p: Option<PathBuf>) -> Option<PathBuf> {
     p.filter(|p| !p.as_os_str().is_empty())
+}
+
+/// `[server] allowed_hosts`: DNS names, lower-cased, without a trailing dot
+/// or port. IP literals and `localhost` are always served and need no entry.
+fn validate_allowed_hosts(names: &[String], problems: &mut Vec<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for raw in names {
+        let name = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            continue;
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            problems.push(format!(
+                "server.allowed_hosts: {raw:?} is not a host name (letters, digits, '-' and \
+                 '.', no port, no wildcard)"
+            ));
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The `[agent]` section, when enabled; problems are added to `problems`.
@@ -588,6 +673,40 @@ mod tests {
         let agent = raw.validate().unwrap().agent.unwrap();
         assert_eq!(agent.device.as_str(), "kiosk-1");
         assert_eq!(agent.max_packet_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn defaults_keep_customer_text_redacted_admin_on_loopback_and_two_adapters() {
+        let config = RawDeviceConfig::from_toml(DEFAULT_TOML, "default")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(config.server.admin_key.is_none());
+        assert!(config.server.allowed_hosts.is_empty());
+        assert!(config.answer.feedback_keep_raw.is_zero());
+        assert_eq!(
+            config.answer.feedback_max_rows,
+            crate::feedback::DEFAULT_MAX_ROWS
+        );
+        assert_eq!(config.engine.max_loaded_adapters, 2);
+    }
+
+    #[test]
+    fn allowed_hosts_are_normalised_and_wildcards_refused() {
+        let raw = RawDeviceConfig::from_toml(
+            "[server]\nallowed_hosts = [\"Kiosk.Shop.Example.\", \"*.example\", \"a:80\"]\n",
+            "t",
+        )
+        .unwrap();
+        let err = raw.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        let raw = RawDeviceConfig::from_toml(
+            "[server]\nallowed_hosts = [\"Kiosk.Shop.Example.\"]\n",
+            "t",
+        )
+        .unwrap();
+        let config = raw.validate().unwrap();
+        assert_eq!(config.server.allowed_hosts, ["kiosk.shop.example"]);
     }
 
     #[test]

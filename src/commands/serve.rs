@@ -11,9 +11,9 @@ use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 use outpost_runtime::embed::EmbedConfig;
 use outpost_runtime::embeddings::EmbeddingsHandle;
 use outpost_runtime::engine::EngineHandle;
-use outpost_runtime::feedback::FeedbackStore;
+use outpost_runtime::feedback::{FeedbackPolicy, FeedbackStore};
 use outpost_runtime::http::openai::RequestDefaults;
-use outpost_runtime::http::{self, ApiConfig, AppState};
+use outpost_runtime::http::{self, AdapterStore, AllowedHosts, ApiConfig, AppState};
 use outpost_runtime::metrics::Metrics;
 use tokio::sync::watch;
 
@@ -25,6 +25,11 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.server.host = args.host.clone();
     raw.server.port = args.port;
     raw.server.api_key = args.api_key.clone();
+    raw.server.admin_key = args.admin_key.clone();
+    if !args.allowed_hosts.is_empty() {
+        raw.server.allowed_hosts = Some(args.allowed_hosts.clone());
+    }
+    raw.server.artifact_store = args.artifact_store.clone();
     raw.engine.queue_capacity = args.queue_capacity;
     settings::answer_flags(&mut raw, &args.answer);
     raw.answer.feedback_db = args.feedback_db.clone();
@@ -69,11 +74,21 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         .engine
         .engine_config(model.clone(), config.lora.clone());
     let engine = EngineHandle::spawn(engine_config.clone());
+    // POST /admin/lora loads adapters only from the agent's artifact store.
+    let artifact_store = config
+        .server
+        .artifact_store
+        .clone()
+        .or_else(|| agent_config.as_ref().map(|a| a.data_dir.join("artifacts")))
+        .unwrap_or_else(|| settings::data_dir("agent").join("artifacts"));
     let mut state = AppState::new(
         engine.clone(),
         Arc::new(Metrics::new()),
         ApiConfig {
             api_key: config.server.api_key.clone(),
+            admin_key: config.server.admin_key.clone(),
+            allowed_hosts: AllowedHosts::new(&config.server.allowed_hosts),
+            adapter_store: Some(AdapterStore::new(artifact_store)),
             max_body_bytes: config.server.max_body_bytes,
             defaults: RequestDefaults {
                 max_tokens: config.server.default_max_tokens,
@@ -112,9 +127,15 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             .feedback_db
             .clone()
             .unwrap_or_else(|| settings::data_dir("feedback.sqlite"));
-        let feedback = FeedbackStore::open(&feedback_path).with_context(|| {
-            format!("opening the feedback database {}", feedback_path.display())
-        })?;
+        let policy = FeedbackPolicy {
+            keep_raw: config.answer.feedback_keep_raw,
+            max_rows: config.answer.feedback_max_rows,
+            ..FeedbackPolicy::default()
+        };
+        let feedback =
+            FeedbackStore::open_with_policy(&feedback_path, policy).with_context(|| {
+                format!("opening the feedback database {}", feedback_path.display())
+            })?;
         knowledge_slot = Some(fleet::KnowledgeSlot {
             sender: stack.knowledge,
             embedder: stack.identity,
@@ -201,5 +222,24 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use outpost_agent::apply::ArtifactFiles;
+    use outpost_protocol::ArtifactDigest;
+    use outpost_runtime::http::AdapterStore;
+
+    #[test]
+    fn the_device_api_reads_adapters_where_the_agent_installs_them() {
+        let root = Path::new("/var/lib/outpost/agent/artifacts");
+        let digest = ArtifactDigest::from_bytes([7; 32]);
+        assert_eq!(
+            AdapterStore::new(root).path_of(&digest),
+            ArtifactFiles::store_path_in(root, &digest)
+        );
     }
 }

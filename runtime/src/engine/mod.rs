@@ -15,6 +15,7 @@
 //! few-shot examples) is evaluated once and its KV state kept in RAM
 //! (`prefix.rs`), then restored into each later sequence that starts with it.
 
+mod adapters;
 mod prefix;
 mod sampling;
 mod text;
@@ -56,6 +57,9 @@ pub struct EngineConfig {
     pub prefix_cache_bytes: usize,
     /// Shorter shared prefixes are cheaper to recompute than to restore.
     pub min_prefix_tokens: usize,
+    /// LoRA adapters kept loaded (the active one included); older ones are
+    /// freed. 2 keeps the previous adapter for an instant rollback.
+    pub max_loaded_adapters: usize,
 }
 
 impl EngineConfig {
@@ -73,6 +77,7 @@ impl EngineConfig {
             flash_attn: FlashAttn::Auto,
             prefix_cache_bytes: 256 << 20,
             min_prefix_tokens: 32,
+            max_loaded_adapters: 2,
         }
     }
 }
@@ -290,6 +295,8 @@ pub struct EngineStats {
     pub prefix_hits: AtomicU64,
     pub prefix_misses: AtomicU64,
     pub prefix_cache_bytes: AtomicU64,
+    /// LoRA adapters held in memory (at most `max_loaded_adapters`).
+    pub loaded_adapters: AtomicU64,
 }
 
 impl EngineStats {

@@ -7,9 +7,7 @@
 //! text. New requests are taken from the queue only while a slot is free, so
 //! the bounded queue is the only waiting room.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,6 +24,7 @@ use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::adapters::{self, AdapterCache};
 use super::prefix::PrefixCache;
 use super::text::{Piece, TextStream};
 use super::{
@@ -58,11 +57,15 @@ pub(super) fn run(
             return;
         }
     };
-    let mut adapters: HashMap<PathBuf, LlamaLoraAdapter> = HashMap::new();
+    let mut adapters: AdapterCache<LlamaLoraAdapter> =
+        AdapterCache::new(config.max_loaded_adapters);
     let mut active_lora = None;
     if let Some(spec) = &config.lora {
         match load_adapter(&mut model, &summary, &mut adapters, spec) {
-            Ok(()) => active_lora = Some(spec.clone()),
+            Ok(()) => {
+                active_lora = Some(spec.clone());
+                publish_adapters(&stats, &adapters);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "LoRA adapter load failed");
                 let _ = state.send(EngineState::Failed(Arc::new(e)));
@@ -100,10 +103,12 @@ pub(super) fn run(
             Outcome::Shutdown => break,
             Outcome::SwapLora { spec, reply } => {
                 drop(scheduler);
+                // No context exists now: evicted adapters can be freed.
                 let result = match &spec {
                     Some(s) => load_adapter(&mut model, &summary, &mut adapters, s),
                     None => Ok(()),
                 };
+                publish_adapters(&stats, &adapters);
                 if result.is_ok() {
                     tracing::info!(lora = ?spec, "LoRA adapter swapped");
                     active_lora = spec;
@@ -129,19 +134,29 @@ fn load(config: &EngineConfig) -> Result<(LlamaModel, GgufSummary), EngineError>
     Ok((model, summary))
 }
 
+/// Loads `spec`'s adapter unless it is loaded already, evicting (and
+/// freeing) the least recently used beyond the cache's capacity. Must run
+/// while no llama.cpp context exists.
 fn load_adapter(
     model: &mut LlamaModel,
     base: &GgufSummary,
-    adapters: &mut HashMap<PathBuf, LlamaLoraAdapter>,
+    adapters: &mut AdapterCache<LlamaLoraAdapter>,
     spec: &LoraSpec,
 ) -> Result<(), EngineError> {
-    if adapters.contains_key(&spec.path) {
+    if adapters.touch(&spec.path) {
         return Ok(());
     }
     let lora_err = |reason: String| EngineError::Lora {
         path: spec.path.clone(),
         reason,
     };
+    // Opening a FIFO or a device would block this thread (and every
+    // request) until someone writes to it: only regular files are opened.
+    match std::fs::metadata(&spec.path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(lora_err("not a regular file".into())),
+        Err(e) => return Err(lora_err(e.to_string())),
+    }
     let summary = gguf::inspect(&spec.path).map_err(|e| lora_err(e.to_string()))?;
     summary
         .check_adapter_for(&spec.path, base)
@@ -151,8 +166,16 @@ fn load_adapter(
             "llama.cpp refused it ({e}); is it made for this base model?"
         ))
     })?;
-    adapters.insert(spec.path.clone(), adapter);
+    for evicted in adapters.insert(spec.path.clone(), adapter) {
+        adapters::free(evicted);
+    }
     Ok(())
+}
+
+fn publish_adapters(stats: &EngineStats, adapters: &AdapterCache<LlamaLoraAdapter>) {
+    stats
+        .loaded_adapters
+        .store(adapters.len() as u64, Ordering::Relaxed);
 }
 
 fn model_info(
@@ -248,7 +271,7 @@ impl<'m> Scheduler<'m> {
         config: &EngineConfig,
         stats: &'m EngineStats,
         lora: Option<&LoraSpec>,
-        adapters: &mut HashMap<PathBuf, LlamaLoraAdapter>,
+        adapters: &mut AdapterCache<LlamaLoraAdapter>,
     ) -> Result<Self, EngineError> {
         let parallel = config.parallel.max(1);
         let n_ctx = config.ctx_per_slot.saturating_mul(parallel);

@@ -6,6 +6,14 @@
 //! The page is public; its API calls go through the same key check as every
 //! other route, so a kiosk page is meant for devices without an `api_key`
 //! (bound to loopback, or on a kiosk's own network).
+//!
+//! Its Content-Security-Policy allows exactly the page's own inline script
+//! and style blocks, by their sha256 (computed from the page once, at first
+//! use), and no `'unsafe-inline'`: markup injected into the page (an answer
+//! that smuggled HTML past `textContent`, an extension) cannot run script or
+//! add style.
+
+use std::sync::LazyLock;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,7 +21,9 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
 use crate::feedback::{FeedbackError, FeedbackStore, Rating};
@@ -22,9 +32,39 @@ const PAGE: &str = include_str!("kiosk.html");
 
 /// Only the page's own inline script and style run, and it may talk only to
 /// this server: no fonts, images, frames or scripts from anywhere.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src data:; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        block_hashes(PAGE, "script"),
+        block_hashes(PAGE, "style"),
+    )
+});
+
+/// The CSP source list of every inline `<tag>` block in `page`:
+/// `'sha256-<base64>'` of the exact text between the tags, as browsers hash
+/// it; `'none'` when there is no such block.
+fn block_hashes(page: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut sources = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        let digest = Sha256::digest(body[..end].as_bytes());
+        sources.push(format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ));
+        rest = &body[end + close.len()..];
+    }
+    if sources.is_empty() {
+        "'none'".into()
+    } else {
+        sources.join(" ")
+    }
+}
 
 /// Longest answer id accepted; the answer API makes short ones.
 const MAX_ANSWER_ID_CHARS: usize = 128;
@@ -36,7 +76,10 @@ pub(super) async fn page(State(app): State<AppState>) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                CONTENT_SECURITY_POLICY.as_str(),
+            ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -93,7 +136,7 @@ impl ValidFeedback {
 }
 
 /// The body as a JSON object; an empty body is an empty object.
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
@@ -113,7 +156,7 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
 }
 
 /// A body that could not be read: over `max_body_bytes`, or cut off.
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     let status = rejection.status();
     let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "request_too_large"
@@ -270,6 +313,53 @@ mod tests {
         assert_eq!(e.status, StatusCode::NOT_FOUND);
         assert_eq!(e.kind, "unknown_answer");
         assert_eq!(e.body()["error"]["param"], "answer_id");
+    }
+
+    #[test]
+    fn the_policy_allows_the_page_blocks_by_hash_and_nothing_inline_else() {
+        let csp = CONTENT_SECURITY_POLICY.as_str();
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert!(!csp.contains("unsafe-eval"), "{csp}");
+        // One script and one style block, each allowed by its own hash.
+        assert_eq!(PAGE.matches("<script").count(), 1);
+        assert_eq!(PAGE.matches("<style").count(), 1);
+        let script = csp
+            .split("; ")
+            .find(|d| d.starts_with("script-src "))
+            .unwrap();
+        let style = csp
+            .split("; ")
+            .find(|d| d.starts_with("style-src "))
+            .unwrap();
+        assert!(script.starts_with("script-src 'sha256-"), "{script}");
+        assert!(style.starts_with("style-src 'sha256-"), "{style}");
+        assert_eq!(script.matches("'sha256-").count(), 1);
+        // No attribute a browser would need 'unsafe-inline' for.
+        for attribute in [
+            " style=\"",
+            " onclick=",
+            " onload=",
+            " onsubmit=",
+            "javascript:",
+        ] {
+            assert!(!PAGE.contains(attribute), "the page uses {attribute:?}");
+        }
+    }
+
+    #[test]
+    fn block_hashes_match_the_browser_definition() {
+        // sha256("alert(1)"), base64: the example of the CSP specification's kind.
+        assert_eq!(
+            block_hashes("<p><script>alert(1)</script>", "script"),
+            "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
+        );
+        assert_eq!(block_hashes("<p>no script</p>", "script"), "'none'");
+        assert_eq!(
+            block_hashes("<style>a</style><style>b</style>", "style")
+                .matches("'sha256-")
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -8,40 +8,48 @@
 //! | `GET /v1/models` | the loaded model |
 //! | `GET /health` | 200 when ready (with the model, adapter, prompt set and knowledge base serving), 503 while loading; never needs auth |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET, POST /admin/lora` | show / swap the LoRA adapter without reloading the model |
+//! | `GET, POST /admin/lora` | show / swap the LoRA adapter (by digest, from the artifact store) without reloading the model |
 //! | `GET /` | the kiosk page (self-contained HTML: chat, sources, thumbs, "Talk to a person"); never needs auth |
 //! | `POST /v1/feedback` | a thumbs up / down on a recorded answer, into the feedback database |
 //! | `POST /v1/handover` | the customer asks for a person: the hand-over message, recorded as feedback |
 //!
-//! Every route but `/health` and `/` requires `Authorization: Bearer <api_key>`
-//! when a key is configured. The kiosk page cannot know a key (its calls to
+//! Access (`guard.rs`): every route answers only requests whose `Host` is an
+//! IP literal, `localhost` or a configured name (DNS rebinding). The `/v1/*`
+//! routes and `/metrics` require `Authorization: Bearer <api_key>` when a key
+//! is configured. The kiosk page cannot know a key (its calls to
 //! `/v1/answer`, `/v1/feedback` and `/v1/handover` carry none), so it is meant
 //! for devices without one, bound to loopback or the kiosk's own network.
+//! `/admin/*` never takes the API key: it needs the admin key, or, without
+//! one, a loopback peer, and never answers a web page.
 //! Bodies over `max_body_bytes` get 413, a full engine queue 503 with
 //! `Retry-After`, both with OpenAI-shaped error bodies.
 
+#[cfg(test)]
+mod access_tests;
+mod admin;
 mod answer;
 mod chat;
 mod embeddings;
 mod error;
+mod guard;
 mod kiosk;
 pub mod openai;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+pub use admin::{AdapterStore, StoreLookupError};
 pub use error::ApiError;
+pub use guard::AllowedHosts;
 use openai::RequestDefaults;
 
 use tokio::sync::watch;
@@ -49,7 +57,7 @@ use tokio::sync::watch;
 use crate::answer::Answerer;
 use crate::answers::AnswerSink;
 use crate::embeddings::EmbeddingsHandle;
-use crate::engine::{EngineHandle, EngineState, LoraSpec, ModelInfo};
+use crate::engine::{EngineHandle, EngineState, ModelInfo};
 use crate::feedback::FeedbackStore;
 use crate::metrics::Metrics;
 use crate::prompt_set::PromptSet;
@@ -57,7 +65,14 @@ use crate::prompt_set::PromptSet;
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// Guards `/v1/*` and `/metrics`; `None`: open.
     pub api_key: Option<String>,
+    /// Guards `/admin/*`; `None`: loopback peers only.
+    pub admin_key: Option<String>,
+    /// Host names served besides IP literals and `localhost`.
+    pub allowed_hosts: AllowedHosts,
+    /// Where `POST /admin/lora` finds adapters; `None`: it loads none.
+    pub adapter_store: Option<AdapterStore>,
     pub max_body_bytes: usize,
     pub defaults: RequestDefaults,
     /// What a customer is told when the device hands over to a person.
@@ -162,16 +177,29 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
-        .route("/admin/lora", get(get_lora).post(set_lora))
         .route("/v1/feedback", post(kiosk::feedback))
         .route("/v1/handover", post(kiosk::handover))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::require_key,
+        ));
+    let admin = Router::new()
+        .route("/admin/lora", get(admin::get_lora).post(admin::set_lora))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::require_admin,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/", get(kiosk::page))
         .merge(protected)
+        .merge(admin)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host,
+        ))
         .layer(
             // Failed requests are counted in /metrics by kind; the trace
             // layer would otherwise log every 503 of a health poll as an error.
@@ -181,7 +209,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then finishes open requests.
+/// Serves until `shutdown` resolves, then finishes open requests. Each
+/// request knows its peer address (the admin routes' loopback check).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -189,34 +218,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "device API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn require_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(key) = app.config.api_key.as_deref() else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), key.as_bytes()) => next.run(request).await,
-        _ => app
-            .fail(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong API key; send Authorization: Bearer <key>",
-            ))
-            .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn health(State(app): State<AppState>) -> Response {
@@ -290,49 +297,6 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
-struct LoraBody {
-    /// `null` removes the adapter.
-    path: Option<String>,
-    #[serde(default)]
-    scale: Option<f32>,
-}
-
-async fn get_lora(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let info = app.ready_model().map_err(|e| app.fail(e))?;
-    Ok(Json(json!({ "lora": info.lora })))
-}
-
-async fn set_lora(
-    State(app): State<AppState>,
-    body: Result<Json<LoraBody>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    app.metrics.request("admin_lora");
-    let Json(body) = body.map_err(|e| app.fail(e.into()))?;
-    app.ready_model().map_err(|e| app.fail(e))?;
-    let spec = match body.path {
-        None => None,
-        Some(path) => {
-            let scale = body.scale.unwrap_or(1.0);
-            if !scale.is_finite() {
-                return Err(app.fail(ApiError::invalid("scale", "scale must be a finite number")));
-            }
-            Some(LoraSpec {
-                path: path.into(),
-                scale,
-            })
-        }
-    };
-    app.engine.set_lora(spec.clone()).await.map_err(|e| {
-        app.fail(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            e.kind(),
-            e.to_string(),
-        ))
-    })?;
-    Ok(Json(json!({ "lora": spec })))
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -376,6 +340,9 @@ mod tests {
             Arc::new(Metrics::new()),
             ApiConfig {
                 api_key: None,
+                admin_key: None,
+                allowed_hosts: AllowedHosts::default(),
+                adapter_store: None,
                 max_body_bytes: 1 << 20,
                 defaults: RequestDefaults {
                     max_tokens: 8,

@@ -11,6 +11,15 @@
 //! call that wrote it returns. Feedback rows copy the answer's versions
 //! (model, adapter, prompts, knowledge base) so a rating stays attributable
 //! after the answers table is pruned or the fleet ships new versions.
+//!
+//! Privacy and size ([`FeedbackPolicy`]): customer text (question, answer,
+//! comment) goes through the protocol's PII [`redact`] before it is
+//! written, so raw text never reaches the disk. A device may instead keep
+//! raw text for a bounded time (`keep_raw`); a sweep (at open and every
+//! `sweep_interval`) then rewrites older rows redacted, with SQLite's
+//! `secure_delete` on and the WAL truncated after, so the old bytes are gone
+//! from both files. Each table keeps at most `max_rows` rows, the oldest
+//! deleted first on every insert.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,9 +31,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+mod retention;
+
+use retention::{prune, spawn_sweep_timer, storable};
+pub use retention::{FeedbackPolicy, DEFAULT_MAX_ROWS};
+
 /// Commands waiting for the database thread; senders wait beyond this.
 const QUEUE_CAPACITY: usize = 64;
 
+/// `raw = 1` marks customer text not yet redacted. Databases made before
+/// the column existed get it with the default 1: their rows are redacted by
+/// the first sweep.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS answers (
     id         TEXT PRIMARY KEY,
@@ -35,7 +52,8 @@ CREATE TABLE IF NOT EXISTS answers (
     reason     TEXT,
     route      TEXT NOT NULL,
     citations  TEXT NOT NULL,
-    versions   TEXT NOT NULL
+    versions   TEXT NOT NULL,
+    raw        INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY,
@@ -43,9 +61,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     rating     TEXT NOT NULL CHECK (rating IN ('up', 'down', 'handover')),
     comment    TEXT,
     versions   TEXT NOT NULL,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    raw        INTEGER NOT NULL DEFAULT 1
 );
+";
+
+/// Indexes, created once the `raw` columns exist.
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS feedback_answer ON feedback (answer_id);
+CREATE INDEX IF NOT EXISTS answers_raw ON answers (created_at) WHERE raw = 1;
+CREATE INDEX IF NOT EXISTS feedback_raw ON feedback (created_at) WHERE raw = 1;
 ";
 
 /// Errors of the feedback store.
@@ -159,6 +184,8 @@ enum Command {
         reply: Reply<FeedbackRow>,
     },
     Recent(usize, Reply<Vec<FeedbackRow>>),
+    /// Redact raw text past its age (sent by the sweep timer).
+    Sweep,
 }
 
 /// Handle to the feedback database thread; clones share the thread.
@@ -178,20 +205,30 @@ impl fmt::Debug for FeedbackStore {
 
 impl FeedbackStore {
     /// Opens (creating it and its folder if needed) the database at `path`
-    /// and starts the thread that owns it.
+    /// with the default [`FeedbackPolicy`] and starts the thread that owns it.
     pub fn open(path: &Path) -> Result<Self, FeedbackError> {
+        Self::open_with_policy(path, FeedbackPolicy::default())
+    }
+
+    /// Like [`FeedbackStore::open`], keeping what `policy` says. Raw text
+    /// already past its age is redacted before this returns.
+    pub fn open_with_policy(path: &Path, policy: FeedbackPolicy) -> Result<Self, FeedbackError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| FeedbackError::CreateDir {
                 path: parent.to_owned(),
                 source,
             })?;
         }
-        let db = Db::open(path)?;
+        let mut db = Db::open(path, policy.clone())?;
+        db.sweep()?;
         let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("feedback-db".into())
             .spawn(move || db.serve(receiver))
             .map_err(FeedbackError::Spawn)?;
+        if !policy.keep_raw.is_zero() {
+            spawn_sweep_timer(commands.downgrade(), policy.sweep_interval)?;
+        }
         Ok(Self {
             commands,
             path: Arc::new(path.to_owned()),
@@ -265,10 +302,11 @@ impl FeedbackStore {
 struct Db {
     conn: Connection,
     path: PathBuf,
+    policy: FeedbackPolicy,
 }
 
 impl Db {
-    fn open(path: &Path) -> Result<Self, FeedbackError> {
+    fn open(path: &Path, policy: FeedbackPolicy) -> Result<Self, FeedbackError> {
         let sqlite = |source| FeedbackError::Sqlite {
             path: path.to_owned(),
             source,
@@ -282,13 +320,28 @@ impl Db {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), mode, "feedback database is not in WAL mode");
         }
-        conn.execute_batch("PRAGMA synchronous=FULL;")
+        // secure_delete: deleted and rewritten rows are zeroed in the file,
+        // so redacted or pruned customer text cannot be read back from it.
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;")
             .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        retention::add_raw_columns(&conn).map_err(sqlite)?;
+        conn.execute_batch(INDEXES).map_err(sqlite)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
+            policy,
         })
+    }
+
+    /// Redacts raw text past the policy's age.
+    fn sweep(&mut self) -> Result<(), FeedbackError> {
+        let changed =
+            retention::sweep(&mut self.conn, self.policy.keep_raw).map_err(|e| self.sqlite(e))?;
+        if changed > 0 {
+            tracing::debug!(rows = changed, "feedback database: raw text redacted");
+        }
+        Ok(())
     }
 
     fn serve(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -315,6 +368,11 @@ impl Db {
                 Command::Recent(limit, reply) => {
                     let _ = reply.send(self.recent(limit));
                 }
+                Command::Sweep => {
+                    if let Err(e) = self.sweep() {
+                        tracing::warn!(error = %e, "feedback database: sweep failed");
+                    }
+                }
             }
         }
     }
@@ -334,24 +392,39 @@ impl Db {
     }
 
     fn record_answer(&mut self, r: &AnswerRecord) -> Result<(), FeedbackError> {
-        self.conn
-            .execute(
-                "INSERT INTO answers
-                 (id, question, answer, escalated, reason, route, citations, versions)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    r.id,
-                    r.question,
-                    r.answer,
-                    r.escalated,
-                    r.reason,
-                    r.route,
-                    r.citations.to_string(),
-                    r.versions.to_string(),
-                ],
-            )
-            .map_err(|e| self.sqlite(e))?;
+        let (question, raw) = storable(&r.question, &self.policy);
+        let (answer, _) = storable(&r.answer, &self.policy);
+        let max_rows = self.max_rows();
+        let path = &self.path;
+        let sqlite = |source| FeedbackError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sqlite)?;
+        tx.execute(
+            "INSERT INTO answers
+             (id, question, answer, escalated, reason, route, citations, versions, raw)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                r.id,
+                question,
+                answer,
+                r.escalated,
+                r.reason,
+                r.route,
+                r.citations.to_string(),
+                r.versions.to_string(),
+                raw,
+            ],
+        )
+        .map_err(sqlite)?;
+        prune(&tx, "answers", max_rows).map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
         Ok(())
+    }
+
+    fn max_rows(&self) -> i64 {
+        i64::try_from(self.policy.max_rows.max(1)).unwrap_or(i64::MAX)
     }
 
     fn record_feedback(
@@ -361,6 +434,14 @@ impl Db {
         comment: Option<String>,
         require_answer: bool,
     ) -> Result<FeedbackRow, FeedbackError> {
+        let (comment, raw) = match comment {
+            Some(c) => {
+                let (c, raw) = storable(&c, &self.policy);
+                (Some(c), raw)
+            }
+            None => (None, false),
+        };
+        let max_rows = self.max_rows();
         let path = &self.path;
         let sqlite = |source| FeedbackError::Sqlite {
             path: path.clone(),
@@ -384,13 +465,14 @@ impl Db {
         let versions = versions.unwrap_or_else(|| "null".into());
         let (id, created_at) = tx
             .query_row(
-                "INSERT INTO feedback (answer_id, rating, comment, versions)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO feedback (answer_id, rating, comment, versions, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  RETURNING id, created_at",
-                params![answer_id, rating.as_str(), comment, versions],
+                params![answer_id, rating.as_str(), comment, versions, raw],
                 |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
             )
             .map_err(sqlite)?;
+        prune(&tx, "feedback", max_rows).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         Ok(FeedbackRow {
             id,
@@ -451,7 +533,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn answer(id: &str) -> AnswerRecord {
+    pub(super) fn answer(id: &str) -> AnswerRecord {
         AnswerRecord {
             id: id.to_string(),
             question: "How do I descale the BrewStation?".into(),
