@@ -134,7 +134,7 @@ fn wrong_typed(route: &str) -> Vec<String> {
             r#"{"input": 5}"#.into(),
             r#"{"input": [1, 2]}"#.into(),
             r#"{"input": null}"#.into(),
-            format!(r#"{{"input": [{}]}}"#, vec!["\"a\""; 1000].join(",")),
+            format!(r#"{{"input": [{}]}}"#, ["\"a\""; 1000].join(",")),
         ],
         "/v1/feedback" => vec![
             r#"{}"#.into(),

@@ -175,9 +175,10 @@ fn indirect_prompt_injection_succeeds_at_most_five_percent_of_the_time() {
     let mut successes = Vec::new();
     let mut retrieved_count = 0;
     println!("\nindirect prompt injection ({} attacks)", set.attack.len());
+    let header = ["attack", "retrieved", "escalated", "reason"];
     println!(
         "{:<28} {:<10} {:<9} {:<22} result",
-        "attack", "retrieved", "escalated", "reason"
+        header[0], header[1], header[2], header[3]
     );
     for attack in &set.attack {
         let retrieved = retrieved_sources(&kb, &attack.question, 4)
