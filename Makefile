@@ -2,10 +2,11 @@
 #   make demo   fresh machine: install what is missing, fetch the default models,
 #               start the device API and ask it questions
 #   make test   formatting, lints, docs and every test (what CI runs)
+#   make redteam  indirect prompt injection against the answer pipeline, with the report
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -37,3 +38,11 @@ bench:
 # Side by side with llama.cpp's llama-bench and llama-server (see benches/peer/README.md).
 bench-peer: deps
 	bash benches/peer/run.sh
+
+# The prompt-injection set (configs/redteam) against the real answer
+# pipeline and default model; prints each attack and the success rate.
+# Minutes long, so `cargo test` skips it (#[ignore]); this runs it.
+redteam: deps
+	$(CARGO) build --bin outpost
+	./target/debug/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
+	$(CARGO) test --test redteam -- --ignored --nocapture

@@ -29,6 +29,8 @@ use crate::engine::{
 };
 use crate::knowledge::{KnowledgeError, KnowledgeHandle, SearchRequest};
 
+pub mod guard;
+
 /// Longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 2000;
 
@@ -271,6 +273,17 @@ impl Answerer {
         let hits = self
             .retrieve(&question, &request.filters, self.config.top_k)
             .await?;
+        // Chunks that address the model are injections, not sources.
+        let hits: Vec<Hit> = hits
+            .into_iter()
+            .filter(|h| match guard::screen_source(&h.text) {
+                None => true,
+                Some(phrase) => {
+                    tracing::warn!(source = %h.source, chunk = h.chunk_id, phrase, "a retrieved chunk addresses the model; not shown to it");
+                    false
+                }
+            })
+            .collect();
         answered.retrieved = hits.clone();
         let confident = self.confident(&hits);
         let sources: Vec<Citation> = hits
@@ -300,7 +313,7 @@ impl Answerer {
                 marker: i + 1,
                 source: h.source.clone(),
                 section: h.section.clone(),
-                text: h.text.clone(),
+                text: guard::delimit_source(&h.text),
             })
             .collect();
         let rendered = prompts
@@ -313,6 +326,12 @@ impl Answerer {
         if let Some(reason) = rendered.escalate {
             return Ok(self.hand_over(answered, reason, started));
         }
+        let system_prompt: String = rendered
+            .messages
+            .iter()
+            .filter(|m| m.role == "system")
+            .map(|m| m.content.as_str())
+            .collect();
         let messages = rendered
             .messages
             .into_iter()
@@ -360,6 +379,11 @@ impl Answerer {
         }
         if text.is_empty() || is_unsure(&text) {
             return Ok(self.hand_over(answered, "model_unsure".into(), started));
+        }
+        let shown: Vec<&str> = context.iter().map(|c| c.text.as_str()).collect();
+        if let Err(refusal) = guard::check_answer(&text, &system_prompt, &shown) {
+            tracing::warn!(reason = refusal.reason(), "answer refused by the guard");
+            return Ok(self.hand_over(answered, refusal.reason().into(), started));
         }
         let cited = cited_markers(&text, sources.len());
         answered.citations = if cited.is_empty() {

@@ -3,6 +3,7 @@
 mod compat;
 mod corpus;
 mod fixtures;
+mod fuzz_props;
 mod gen;
 mod redact_props;
 mod wire_props;
