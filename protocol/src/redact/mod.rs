@@ -21,6 +21,7 @@ mod detect;
 pub mod validate;
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -234,6 +235,29 @@ pub struct Redaction {
     pub text: RedactedText,
     /// What was replaced, for telemetry.
     pub found: PiiCounts,
+}
+
+/// One piece of personal data found in a text: where it is and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Its byte range in the scanned text.
+    pub range: Range<usize>,
+    /// What it is.
+    pub kind: PiiKind,
+}
+
+/// What the first pass of [`redact`] replaces in `text`: non-overlapping
+/// findings in text order. This exists to measure the detectors span by
+/// span (see `protocol/tests/pii_corpus`); [`redact`] is what protects
+/// text, and it repeats passes until nothing is found.
+pub fn find_pii(text: &str) -> Vec<Finding> {
+    detect::find(text)
+        .into_iter()
+        .map(|span| Finding {
+            range: span.start..span.end,
+            kind: span.kind,
+        })
+        .collect()
 }
 
 /// Replaces every recognised piece of personal data in `text` with its

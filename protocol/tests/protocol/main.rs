@@ -4,5 +4,6 @@ mod compat;
 mod corpus;
 mod fixtures;
 mod gen;
+mod independent;
 mod redact_props;
 mod wire_props;
