@@ -14,8 +14,15 @@
 //! counts for phones) and they are not part of a longer token, so order
 //! numbers (`ORD-2024-118822`), timestamps, SKUs, versions and prices stay.
 //!
+//! E-mail addresses written to dodge spam filters (`bob [at] example [dot]
+//! com`, `bob at example dot com`) count as e-mail. Names and national ids
+//! other than SSNs (a UK National Insurance number, say) are not detected;
+//! `protocol/tests/pii_corpus/` measures what is and is not found.
+//!
 //! Redaction is idempotent: it repeats until a pass finds nothing. That ends
-//! because every finding contains a digit, `@` or `:` and no placeholder does.
+//! because every finding contains a digit, `@`, `:` or an obfuscation marker
+//! (`[at]`, `(at)`, a spaced `at`), no placeholder does, and a placeholder's
+//! `<` and `>` cannot join its neighbours into a new one.
 
 mod detect;
 pub mod validate;
