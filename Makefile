@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer bench-peer-cache bench-retrieval-real
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -37,3 +37,13 @@ bench:
 # Side by side with llama.cpp's llama-bench and llama-server (see benches/peer/README.md).
 bench-peer: deps
 	bash benches/peer/run.sh
+
+# The servers only, with matched prompt caches: both on at equal size, then
+# both off (benches/peer/README.md).
+bench-peer-cache: deps
+	bash benches/peer/run.sh --cache-matched
+
+# Retrieval over a real 100k-chunk corpus of Debian documentation: cold first
+# query and warm p50/p95 (benches/kb/README.md). Ingestion takes hours on 2 cores.
+bench-retrieval-real:
+	bash benches/kb/real/run.sh

@@ -76,6 +76,9 @@ pub struct RawEngine {
     pub queue_capacity: Option<i64>,
     pub flash_attn: Option<String>,
     pub prefix_cache_mb: Option<i64>,
+    /// `false`: every prompt is computed in full (no slot reuse, no RAM
+    /// cache), to compare against servers with prompt caching off.
+    pub prefix_reuse: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -218,11 +221,13 @@ pub struct EngineSettings {
     pub queue_capacity: usize,
     pub flash_attn: FlashAttn,
     pub prefix_cache_bytes: usize,
+    /// Whether shared prompt prefixes are reused at all (`engine.prefix_reuse`).
+    pub prefix_reuse: bool,
 }
 
 impl EngineSettings {
     pub fn engine_config(&self, model: PathBuf, lora: Option<LoraSpec>) -> EngineConfig {
-        EngineConfig {
+        let mut config = EngineConfig {
             lora,
             threads: self.threads,
             threads_batch: self.threads_batch,
@@ -234,7 +239,14 @@ impl EngineSettings {
             flash_attn: self.flash_attn,
             prefix_cache_bytes: self.prefix_cache_bytes,
             ..EngineConfig::new(model)
+        };
+        if !self.prefix_reuse {
+            // No prompt is long enough to share: nothing is saved, restored
+            // or kept resident for the next request.
+            config.prefix_cache_bytes = 0;
+            config.min_prefix_tokens = usize::MAX;
         }
+        config
     }
 }
 
@@ -273,7 +285,7 @@ impl RawDeviceConfig {
         }
         take!(model: path, lora, models_dir, embedder);
         take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
-              queue_capacity, flash_attn, prefix_cache_mb);
+              queue_capacity, flash_attn, prefix_cache_mb, prefix_reuse);
         take!(server: host, port, api_key, max_body_bytes, default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
         take!(log: format, level);
@@ -415,6 +427,7 @@ impl RawDeviceConfig {
                 queue_capacity: queue_capacity as usize,
                 flash_attn,
                 prefix_cache_bytes: (prefix_cache_mb as usize) << 20,
+                prefix_reuse: e.prefix_reuse.unwrap_or(true),
             },
             server: ServerConfig {
                 host,
@@ -588,6 +601,24 @@ mod tests {
         let agent = raw.validate().unwrap().agent.unwrap();
         assert_eq!(agent.device.as_str(), "kiosk-1");
         assert_eq!(agent.max_packet_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn prefix_reuse_off_disables_the_ram_cache_and_every_shared_prefix() {
+        let engine = |toml: &str| {
+            RawDeviceConfig::from_toml(toml, "t")
+                .unwrap()
+                .validate()
+                .unwrap()
+                .engine
+                .engine_config(PathBuf::from("m.gguf"), None)
+        };
+        let on = engine("[engine]\nprefix_cache_mb = 64\n");
+        assert_eq!(on.prefix_cache_bytes, 64 << 20);
+        assert_eq!(on.min_prefix_tokens, 32);
+        let off = engine("[engine]\nprefix_cache_mb = 64\nprefix_reuse = false\n");
+        assert_eq!(off.prefix_cache_bytes, 0);
+        assert_eq!(off.min_prefix_tokens, usize::MAX);
     }
 
     #[test]
