@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-retrieval-real
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -46,3 +46,12 @@ redteam: deps
 	$(CARGO) build --bin outpost
 	./target/debug/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
 	$(CARGO) test --test redteam -- --ignored --nocapture
+# The servers only, with matched prompt caches: both on at equal size, then
+# both off (benches/peer/README.md).
+bench-peer-cache: deps
+	bash benches/peer/run.sh --cache-matched
+
+# Retrieval over a real 100k-chunk corpus of Debian documentation: cold first
+# query and warm p50/p95 (benches/kb/README.md). Ingestion takes hours on 2 cores.
+bench-retrieval-real:
+	bash benches/kb/real/run.sh

@@ -18,6 +18,12 @@
 //! Run: `cargo bench --bench retrieval` (after `outpost models fetch
 //! all-minilm-l6-v2` and one `outpost kb ingest`, which converts the
 //! embedder). `RETRIEVAL_SIZES=10000` limits the sizes.
+//!
+//! With `RETRIEVAL_KB=<file>` it measures that knowledge base instead of
+//! synthesising one (the real corpus of `benches/kb/real/`), with the
+//! questions of `RETRIEVAL_QUESTIONS` (JSONL: `question`, and `source`, the
+//! document that answers it); then it also reports how often that document
+//! is among the hybrid top 10.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,6 +70,35 @@ fn main() {
     .expect("loading the embedder");
     let identity = embedder_identity(&gguf, embedder.dimension()).expect("hashing the embedder");
     let mut embedder = KbEmbedder::new(embedder, identity.clone());
+    let scan = match std::env::var("RETRIEVAL_OVERSAMPLE")
+        .ok()
+        .and_then(|o| o.parse().ok())
+    {
+        Some(oversample) => VectorScan::Binary { oversample },
+        None => VectorScan::default(),
+    };
+    if let Some(kb) = std::env::var_os("RETRIEVAL_KB") {
+        let questions = std::env::var_os("RETRIEVAL_QUESTIONS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("benches/kb/real/questions.jsonl"));
+        let started = Instant::now();
+        let store = Store::open(Path::new(&kb), Some(&identity)).expect("opening RETRIEVAL_KB");
+        let opened = started.elapsed();
+        let questions = load_questions(&questions);
+        print_header();
+        let row = measure(&store, &questions, &mut embedder, scan);
+        println!(
+            "\n{} queries (hand-written, each naming the document that answers it), k = {K}, \
+             {threads} threads, {scan:?}; store opened in {}; the answering document is in \
+             the hybrid top {K} for {} of {} questions ({:.3}).",
+            questions.len(),
+            ms(opened),
+            row.source_found,
+            row.source_known,
+            row.source_found as f64 / row.source_known.max(1) as f64
+        );
+        return;
+    }
     let work = tempfile::tempdir().expect("tempdir");
 
     // The real corpus.
@@ -88,29 +123,13 @@ fn main() {
     );
     let base = real_chunks(&sample);
 
-    let questions: Vec<String> =
-        std::fs::read_to_string(root.join("configs/eval/brewstation.jsonl"))
-            .expect("the eval set")
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["question"].as_str().map(str::to_owned))
-            .collect();
+    let questions = load_questions(&root.join("configs/eval/brewstation.jsonl"));
 
-    let scan = match std::env::var("RETRIEVAL_OVERSAMPLE")
-        .ok()
-        .and_then(|o| o.parse().ok())
-    {
-        Some(oversample) => VectorScan::Binary { oversample },
-        None => VectorScan::default(),
-    };
     let sizes: Vec<usize> = std::env::var("RETRIEVAL_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
-    println!(
-        "| chunks | embed p50 | hybrid (binary + rescore) search p50 / p95 | total p50 / p95 | vector list alone p50 | BM25 list alone p50 | hybrid (exact float scan) search p50 / p95 | vector recall@10, binary vs exact |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    print_header();
     for n in sizes {
         let path = work.path().join(format!("synthetic-{n}.sqlite"));
         let started = Instant::now();
@@ -119,77 +138,135 @@ fn main() {
             "{n} chunks built in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let mut embed_times = Vec::new();
-        let mut fast = Vec::new();
-        let mut total = Vec::new();
-        let mut exact = Vec::new();
-        let mut vector_only = Vec::new();
-        let mut bm25_only = Vec::new();
-        let mut recall_sum = 0.0;
-        for q in &questions {
-            let t = Instant::now();
-            let v = embedder.embed(std::slice::from_ref(q)).expect("embed")[0].clone();
-            let embed = t.elapsed();
-            let t = Instant::now();
-            let mut hybrid = Query::new(q, Some(&v), K, Mode::Hybrid);
-            hybrid.scan = scan;
-            let hits = store.search(&hybrid).expect("search");
-            let search = t.elapsed();
-            assert!(!hits.is_empty());
-            embed_times.push(embed);
-            fast.push(search);
-            total.push(embed + search);
-
-            let mut exact_query = Query::new(q, Some(&v), K, Mode::Hybrid);
-            exact_query.scan = VectorScan::Exact;
-            let t = Instant::now();
-            store.search(&exact_query).expect("exact search");
-            exact.push(t.elapsed());
-
-            let t = Instant::now();
-            store
-                .search(&Query::new(q, Some(&v), K, Mode::Bm25))
-                .expect("bm25");
-            bm25_only.push(t.elapsed());
-
-            let mut vq = Query::new(q, Some(&v), K, Mode::Vector);
-            vq.scan = scan;
-            let t = Instant::now();
-            let binary: Vec<i64> = store
-                .search(&vq)
-                .expect("vector")
-                .iter()
-                .map(|h| h.chunk_id)
-                .collect();
-            vector_only.push(t.elapsed());
-            vq.scan = VectorScan::Exact;
-            let truth: Vec<i64> = store
-                .search(&vq)
-                .expect("vector exact")
-                .iter()
-                .map(|h| h.chunk_id)
-                .collect();
-            let found = truth.iter().filter(|id| binary.contains(id)).count();
-            recall_sum += found as f64 / truth.len().max(1) as f64;
-        }
-        println!(
-            "| {n} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.3} |",
-            ms(pct(&mut embed_times, 50)),
-            ms(pct(&mut fast, 50)),
-            ms(pct(&mut fast, 95)),
-            ms(pct(&mut total, 50)),
-            ms(pct(&mut total, 95)),
-            ms(pct(&mut vector_only, 50)),
-            ms(pct(&mut bm25_only, 50)),
-            ms(pct(&mut exact, 50)),
-            ms(pct(&mut exact, 95)),
-            recall_sum / questions.len() as f64
-        );
+        measure(&store, &questions, &mut embedder, scan);
     }
     println!(
         "\n{} queries per size (the evaluation set's questions), k = {K}, {threads} threads, {scan:?}.",
         questions.len()
     );
+}
+
+/// A benchmark question and, when known, the document that answers it.
+struct Question {
+    text: String,
+    source: Option<String>,
+}
+
+fn load_questions(path: &Path) -> Vec<Question> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some(Question {
+                text: v["question"].as_str()?.to_owned(),
+                source: v["source"].as_str().map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+fn print_header() {
+    println!(
+        "| chunks | embed p50 | hybrid (binary + rescore) search p50 / p95 | total p50 / p95 | vector list alone p50 | BM25 list alone p50 | hybrid (exact float scan) search p50 / p95 | vector recall@10, binary vs exact |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+}
+
+/// What [`measure`] counts besides the printed row.
+struct Measured {
+    /// Questions with a known answering document.
+    source_known: usize,
+    /// ... of which that document is among the hybrid top K.
+    source_found: usize,
+}
+
+/// Runs every question against `store` and prints one table row.
+fn measure(
+    store: &Store,
+    questions: &[Question],
+    embedder: &mut KbEmbedder,
+    scan: VectorScan,
+) -> Measured {
+    let n = store.info().expect("kb info").chunks;
+    let mut embed_times = Vec::new();
+    let mut fast = Vec::new();
+    let mut total = Vec::new();
+    let mut exact = Vec::new();
+    let mut vector_only = Vec::new();
+    let mut bm25_only = Vec::new();
+    let mut recall_sum = 0.0;
+    let mut measured = Measured {
+        source_known: 0,
+        source_found: 0,
+    };
+    for question in questions {
+        let q = &question.text;
+        let t = Instant::now();
+        let v = embedder.embed(std::slice::from_ref(q)).expect("embed")[0].clone();
+        let embed = t.elapsed();
+        let t = Instant::now();
+        let mut hybrid = Query::new(q, Some(&v), K, Mode::Hybrid);
+        hybrid.scan = scan;
+        let hits = store.search(&hybrid).expect("search");
+        let search = t.elapsed();
+        assert!(!hits.is_empty());
+        embed_times.push(embed);
+        fast.push(search);
+        total.push(embed + search);
+        if let Some(source) = &question.source {
+            measured.source_known += 1;
+            if hits.iter().any(|h| h.source.starts_with(source.as_str())) {
+                measured.source_found += 1;
+            }
+        }
+
+        let mut exact_query = Query::new(q, Some(&v), K, Mode::Hybrid);
+        exact_query.scan = VectorScan::Exact;
+        let t = Instant::now();
+        store.search(&exact_query).expect("exact search");
+        exact.push(t.elapsed());
+
+        let t = Instant::now();
+        store
+            .search(&Query::new(q, Some(&v), K, Mode::Bm25))
+            .expect("bm25");
+        bm25_only.push(t.elapsed());
+
+        let mut vq = Query::new(q, Some(&v), K, Mode::Vector);
+        vq.scan = scan;
+        let t = Instant::now();
+        let binary: Vec<i64> = store
+            .search(&vq)
+            .expect("vector")
+            .iter()
+            .map(|h| h.chunk_id)
+            .collect();
+        vector_only.push(t.elapsed());
+        vq.scan = VectorScan::Exact;
+        let truth: Vec<i64> = store
+            .search(&vq)
+            .expect("vector exact")
+            .iter()
+            .map(|h| h.chunk_id)
+            .collect();
+        let found = truth.iter().filter(|id| binary.contains(id)).count();
+        recall_sum += found as f64 / truth.len().max(1) as f64;
+    }
+    println!(
+        "| {n} | {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.3} |",
+        ms(pct(&mut embed_times, 50)),
+        ms(pct(&mut fast, 50)),
+        ms(pct(&mut fast, 95)),
+        ms(pct(&mut total, 50)),
+        ms(pct(&mut total, 95)),
+        ms(pct(&mut vector_only, 50)),
+        ms(pct(&mut bm25_only, 50)),
+        ms(pct(&mut exact, 50)),
+        ms(pct(&mut exact, 95)),
+        recall_sum / questions.len() as f64
+    );
+    measured
 }
 
 /// (section, text, embedding) of every stored chunk.

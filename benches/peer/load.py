@@ -125,6 +125,11 @@ class Result:
     t_end: float = 0.0
 
 
+# Fields added to every request body (`serve --extra-body`), e.g.
+# llama-server's `cache_prompt: false`.
+EXTRA_BODY: dict = {}
+
+
 def stream_chat(port: int, system: str, user: str, max_tokens: int,
                 t0: float | None = None) -> Result:
     """Streams one chat completion; TTFT counts from t0 (default: now)."""
@@ -136,6 +141,7 @@ def stream_chat(port: int, system: str, user: str, max_tokens: int,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **EXTRA_BODY,
     })
     start = time.perf_counter()
     t0 = start if t0 is None else t0
@@ -375,6 +381,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"load.py serve: port {args.port} is already in use; "
               "stop whatever holds it or pick another port", file=sys.stderr)
         return 2
+    if args.extra_body:
+        EXTRA_BODY.update(json.loads(args.extra_body))
     system = support_manual()
     log = open(args.log, "wb") if args.log else subprocess.DEVNULL  # noqa: SIM115
     watch = CpuWatch()
@@ -520,6 +528,7 @@ def main() -> int:
     srv.add_argument("--max-tokens", type=int, default=64)
     srv.add_argument("--startup-timeout", type=float, default=300.0)
     srv.add_argument("--notes", help="append a line here if other work disturbed the run")
+    srv.add_argument("--extra-body", help="JSON object merged into every request body")
     srv.add_argument("cmd", nargs=argparse.REMAINDER)
     run = sub.add_parser("run", help="run a command, flagging CPU interference")
     run.add_argument("--name", required=True)

@@ -64,20 +64,53 @@ def get(doc: dict | None, key: str, scale: float = 1.0) -> float | None:
     return float(doc[key]) * scale
 
 
+# (label, key, scale, decimals) of the server rows of the matched-cache table.
+MATCHED_ROWS = [
+    ("aggregate tok/s", "aggregate_tokens_per_s", 1.0, 1),
+    ("TTFT p50, ms", "ttft_p50_s", 1000.0, 0),
+    ("TTFT p95, ms", "ttft_p95_s", 1000.0, 0),
+    ("VmRSS after the load, MiB", "vm_rss_kib", 1 / 1024, 1),
+    ("VmHWM (peak RSS), MiB", "vm_hwm_kib", 1 / 1024, 1),
+]
+
+
+def matched(args: argparse.Namespace) -> str:
+    """The table of `run.sh --cache-matched`: one block of server rows per
+    cache setting, each ratio outpost / llama-server from the same run."""
+    lines = [args.header.rstrip(), "",
+             "| setting | metric | outpost | llama-server | ratio |",
+             "|---|---|---:|---:|---|"]
+    for label, ours_path, peer_path in args.pair:
+        ours, peer = load(ours_path), load(peer_path)
+        for metric, key, scale, digits in MATCHED_ROWS:
+            o, p = get(ours, key, scale), get(peer, key, scale)
+            lines.append(f"| {label} | {metric} | {fmt(o, digits)} | {fmt(p, digits)} | "
+                         f"{ratio_cell(o, p, None)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--llama-bench", action="append", required=True,
+    parser.add_argument("--matched", action="store_true",
+                        help="render --pair results only (run.sh --cache-matched)")
+    parser.add_argument("--pair", nargs=3, action="append", default=[],
+                        metavar=("LABEL", "OUTPOST_JSON", "LLAMA_SERVER_JSON"))
+    parser.add_argument("--llama-bench", action="append",
                         help="llama-bench -o json output; repeat for each pass")
     parser.add_argument("--outpost-bench", action="append",
                         help="outpost bench --json output; repeat for each pass")
-    parser.add_argument("--llama-server", required=True)
+    parser.add_argument("--llama-server")
     parser.add_argument("--outpost-serve")
     parser.add_argument("--header", required=True, help="line(s) printed above the table")
-    parser.add_argument("--n-prompt", type=int, required=True)
-    parser.add_argument("--n-gen", type=int, required=True)
+    parser.add_argument("--n-prompt", type=int)
+    parser.add_argument("--n-gen", type=int)
     parser.add_argument("--notes", help="lines to print under the table, if any")
     parser.add_argument("--out", help="also write the Markdown here")
     args = parser.parse_args()
+    if args.matched:
+        return emit(args, matched(args))
+    if not (args.llama_bench and args.llama_server and args.n_prompt and args.n_gen):
+        parser.error("--llama-bench, --llama-server, --n-prompt and --n-gen are required")
 
     peer_bench = bench_tests(args.llama_bench)
     ours_bench = bench_tests(args.outpost_bench)
@@ -113,6 +146,13 @@ def main() -> int:
     for label, ours, peer, digits, target in rows:
         lines.append(f"| {label} | {fmt(ours, digits)} | {fmt(peer, digits)} | "
                      f"{ratio_cell(ours, peer, target)} |")
+    return emit(args, "\n".join(lines) + "\n")
+
+
+def emit(args: argparse.Namespace, table: str) -> int:
+    """Prints the table with any interference notes under it, and writes it
+    to --out."""
+    lines = [table.rstrip("\n")]
     if args.notes:
         with open(args.notes, encoding="utf-8") as src:
             notes = [line.strip() for line in src if line.strip()]

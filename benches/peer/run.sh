@@ -5,8 +5,13 @@
 # (build-llama-cpp.sh). Prints one Markdown table of ratios measured in this
 # run and writes it to benches/peer/results.md. See benches/peer/README.md.
 #
-# Usage: bash benches/peer/run.sh [--peer-only]
+# Usage: bash benches/peer/run.sh [--peer-only | --cache-matched]
 #   --peer-only   measure only the llama.cpp side (to check the harness)
+#   --cache-matched  only the servers, twice, with matched prompt caches:
+#                 both on at PEER_CACHE_MB each (llama-server --cache-ram,
+#                 Outpost engine.prefix_cache_mb), then both off (llama-server
+#                 --cache-ram 0 and cache_prompt false, Outpost
+#                 engine.prefix_reuse = false); writes results-cache.md
 # Environment:
 #   OUTPOST_MODEL  GGUF to load (default: $MODEL_DEFAULT below)
 #   OUTPOST_BIN    outpost binary to use instead of `cargo build --release`
@@ -16,6 +21,7 @@
 #   PEER_ALLOW_BUSY=1  measure even if other work keeps the CPUs busy
 #   PEER_IDLE_TIMEOUT  seconds to wait for quiet CPUs before each step (default 600)
 #   PEER_ATTEMPTS  runs of a step that other processes disturbed (default 3)
+#   PEER_CACHE_MB  prompt-cache RAM of each server with --cache-matched (default 256)
 set -euo pipefail
 
 MODEL_DEFAULT="$HOME/.cache/outpost/models/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,6 +44,8 @@ threads=${PEER_THREADS:-2}
 rounds=${PEER_ROUNDS:-10}
 port=${PEER_PORT:-18091}
 peer_only=false
+cache_matched=false
+cache_mb=${PEER_CACHE_MB:-256}
 
 die() {
     echo "run.sh: error: $*" >&2
@@ -51,6 +59,7 @@ note() {
 for arg in "$@"; do
     case "$arg" in
         --peer-only) peer_only=true ;;
+        --cache-matched) cache_matched=true ;;
         -h | --help)
             awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
             exit 0
@@ -210,10 +219,12 @@ run_outpost_bench() {
         die "outpost bench did not print the expected JSON; see $results_dir/outpost-bench-$tag.json"
 }
 
-measured run_llama_bench 1
-measured run_outpost_bench 1
-measured run_outpost_bench 2
-measured run_llama_bench 2
+if [[ "$cache_matched" == false ]]; then
+    measured run_llama_bench 1
+    measured run_outpost_bench 1
+    measured run_outpost_bench 2
+    measured run_llama_bench 2
+fi
 
 # --- servers, one at a time ---------------------------------------------------
 # llama-server keeps its per-slot prompt cache (its own prefix reuse); its
@@ -226,9 +237,47 @@ serve() {
     run_child python3 "$here/load.py" serve --name "$name" --port "$port" \
         --rounds "$rounds" --workers "$PARALLEL" --max-tokens "$MAX_TOKENS" \
         --out "$results_dir/$name.json" --log "$results_dir/$name.log" \
-        --pidfile "$pidfile" --notes "$step_notes" -- "$@" ||
+        --pidfile "$pidfile" --notes "$step_notes" ${PEER_EXTRA_BODY:+--extra-body "$PEER_EXTRA_BODY"} -- "$@" ||
         die "$name measurement failed; see $results_dir/$name.log"
 }
+
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+today=$(date -u +%Y-%m-%d)
+cores=$(nproc)
+
+if [[ "$cache_matched" == true ]]; then
+    [[ -n "$outpost_bin" ]] || die "--cache-matched needs the outpost side"
+    load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+    printf '[engine]\nprefix_cache_mb = %s\nprefix_reuse = true\n' "$cache_mb" >"$results_dir/cache-on.toml"
+    printf '[engine]\nprefix_reuse = false\n' >"$results_dir/cache-off.toml"
+    llama_args=(-m "$model" -t "$threads" -np "$PARALLEL" -c "$CTX_TOTAL" -b "$BATCH"
+        -ub "$UBATCH" -fa "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
+    outpost_args=(serve --model "$model" --threads "$threads" --parallel "$PARALLEL"
+        --ctx-size "$CTX_TOTAL" --batch-size "$BATCH" --ubatch-size "$UBATCH"
+        --flash-attn "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
+    # Back to back, in the order llama-server, Outpost (caches on), Outpost,
+    # llama-server (caches off), so that drift weighs on both sides alike.
+    measured serve llama-server-cache-on "$llama_server" "${llama_args[@]}" --cache-ram "$cache_mb"
+    measured serve outpost-serve-cache-on "$outpost_bin" --config "$results_dir/cache-on.toml" "${outpost_args[@]}"
+    extra_off='{"cache_prompt": false}'
+    measured serve outpost-serve-cache-off "$outpost_bin" --config "$results_dir/cache-off.toml" "${outpost_args[@]}"
+    PEER_EXTRA_BODY=$extra_off measured serve llama-server-cache-off "$llama_server" "${llama_args[@]}" --cache-ram 0
+    header="Outpost vs llama-server with matched prompt caches, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads; \
+load average at the start $load_at_start (a shared machine: other engineers' builds ran throughout). \
+Model: $(basename "$model"). Both: $PARALLEL slots, $CTX_TOTAL-token total context, -b $BATCH -ub $UBATCH -fa $FLASH_ATTN, \
+$rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0. \
+Caches on: llama-server --cache-ram $cache_mb (and its per-slot prompt reuse), Outpost engine.prefix_cache_mb = $cache_mb (and its resident-slot reuse). \
+Caches off: llama-server --cache-ram 0 with \"cache_prompt\": false in every request, Outpost engine.prefix_reuse = false. \
+Outpost: $outpost_llama. Peer: $peer_version."
+    python3 "$here/report.py" --matched \
+        --pair "caches on" "$results_dir/outpost-serve-cache-on.json" "$results_dir/llama-server-cache-on.json" \
+        --pair "caches off" "$results_dir/outpost-serve-cache-off.json" "$results_dir/llama-server-cache-off.json" \
+        --header "$header" --notes "$notes" --out "$here/results-cache.md"
+    if [[ -s "$notes" ]]; then
+        die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
+    fi
+    exit 0
+fi
 
 measured serve llama-server "$llama_server" -m "$model" -t "$threads" -np "$PARALLEL" \
     -c "$CTX_TOTAL" -b "$BATCH" -ub "$UBATCH" -fa "$FLASH_ATTN" --cache-ram 0 \
@@ -240,7 +289,6 @@ if [[ -n "$outpost_bin" ]]; then
 fi
 
 # --- table ---------------------------------------------------------------------
-cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 peer_build=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))[0]; print(t["build_commit"])' \
     "$results_dir/llama-bench-1.json" 2>/dev/null || echo unknown)
 outpost_build=""
@@ -252,8 +300,6 @@ outpost_build_note=""
 if [[ -n "$outpost_build" && "$outpost_llama" != *"$outpost_build"* ]]; then
     outpost_build_note=", build $outpost_build"
 fi
-today=$(date -u +%Y-%m-%d)
-cores=$(nproc)
 header="Outpost vs llama.cpp, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads. \
 Model: $(basename "$model"). Both sides: -b $BATCH -ub $UBATCH -fa $FLASH_ATTN. Single stream: -p $N_PROMPT -n $N_GEN -r $REPS (2 passes). \
 Servers: $PARALLEL slots, $CTX_TOTAL-token total context ($((CTX_TOTAL / PARALLEL)) a slot), \

@@ -97,5 +97,5 @@ pub use message::telemetry::{
     ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
     MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };
-pub use redact::{redact, PiiCounts, PiiKind, RedactedText, Redaction};
+pub use redact::{find_pii, redact, Finding, PiiCounts, PiiKind, RedactedText, Redaction};
 pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

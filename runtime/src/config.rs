@@ -79,6 +79,9 @@ pub struct RawEngine {
     pub flash_attn: Option<String>,
     pub prefix_cache_mb: Option<i64>,
     pub max_loaded_adapters: Option<i64>,
+    /// `false`: every prompt is computed in full (no slot reuse, no RAM
+    /// cache), to compare against servers with prompt caching off.
+    pub prefix_reuse: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,11 +233,13 @@ pub struct EngineSettings {
     pub flash_attn: FlashAttn,
     pub prefix_cache_bytes: usize,
     pub max_loaded_adapters: usize,
+    /// Whether shared prompt prefixes are reused at all (`engine.prefix_reuse`).
+    pub prefix_reuse: bool,
 }
 
 impl EngineSettings {
     pub fn engine_config(&self, model: PathBuf, lora: Option<LoraSpec>) -> EngineConfig {
-        EngineConfig {
+        let mut config = EngineConfig {
             lora,
             threads: self.threads,
             threads_batch: self.threads_batch,
@@ -247,7 +252,14 @@ impl EngineSettings {
             prefix_cache_bytes: self.prefix_cache_bytes,
             max_loaded_adapters: self.max_loaded_adapters,
             ..EngineConfig::new(model)
+        };
+        if !self.prefix_reuse {
+            // No prompt is long enough to share: nothing is saved, restored
+            // or kept resident for the next request.
+            config.prefix_cache_bytes = 0;
+            config.min_prefix_tokens = usize::MAX;
         }
+        config
     }
 }
 
@@ -295,7 +307,7 @@ impl RawDeviceConfig {
         }
         take!(model: path, lora, models_dir, embedder);
         take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
-              queue_capacity, flash_attn, prefix_cache_mb, max_loaded_adapters);
+              queue_capacity, flash_attn, prefix_cache_mb, max_loaded_adapters, prefix_reuse);
         take!(server: host, port, api_key, admin_key, allowed_hosts, artifact_store, max_body_bytes,
               default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
@@ -467,6 +479,7 @@ impl RawDeviceConfig {
                 flash_attn,
                 prefix_cache_bytes: (prefix_cache_mb as usize) << 20,
                 max_loaded_adapters: max_loaded_adapters as usize,
+                prefix_reuse: e.prefix_reuse.unwrap_or(true),
             },
             server: ServerConfig {
                 host,
@@ -707,6 +720,21 @@ mod tests {
         .unwrap();
         let config = raw.validate().unwrap();
         assert_eq!(config.server.allowed_hosts, ["kiosk.shop.example"]);
+    fn prefix_reuse_off_disables_the_ram_cache_and_every_shared_prefix() {
+        let engine = |toml: &str| {
+            RawDeviceConfig::from_toml(toml, "t")
+                .unwrap()
+                .validate()
+                .unwrap()
+                .engine
+                .engine_config(PathBuf::from("m.gguf"), None)
+        };
+        let on = engine("[engine]\nprefix_cache_mb = 64\n");
+        assert_eq!(on.prefix_cache_bytes, 64 << 20);
+        assert_eq!(on.min_prefix_tokens, 32);
+        let off = engine("[engine]\nprefix_cache_mb = 64\nprefix_reuse = false\n");
+        assert_eq!(off.prefix_cache_bytes, 0);
+        assert_eq!(off.min_prefix_tokens, usize::MAX);
     }
 
     #[test]

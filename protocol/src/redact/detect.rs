@@ -35,23 +35,24 @@ fn priority(kind: PiiKind) -> u8 {
 }
 
 /// The candidate patterns, indexed by [`Pat`].
-const PATTERNS: [&str; 12] = [
+const PATTERNS: [&str; 18] = [
     // Email
-    r"(?i)[a-z0-9._%+\-]+@[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?)*\.[a-z]{2,24}",
+    r"(?i)[\p{L}\p{N}._%+\-']+@[\p{L}\p{N}](?:[\p{L}\p{N}\-]*[\p{L}\p{N}])?(?:\.[\p{L}\p{N}](?:[\p{L}\p{N}\-]*[\p{L}\p{N}])?)*\.[a-z]{2,24}",
     // IbanStart: country code and check digits; `iban_end` scans the rest.
     r"(?-u:\b)[A-Za-z]{2}[0-9]{2}",
-    // DigitRun: digit groups joined by single spaces or dashes (cards).
-    r"[0-9]+(?:[ \-][0-9]+)*",
+    // DigitRun: digit groups joined by a space, two spaces, a dash or a dot
+    // (cards).
+    r"[0-9]+(?:(?:[ \-.]|  )[0-9]+)*",
     // Ssn
-    r"([0-9]{3})-([0-9]{2})-([0-9]{4})|([0-9]{3}) ([0-9]{2}) ([0-9]{4})",
+    r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4}",
     // Ipv4
     r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}",
     // Ipv6: hex digits, dots and at least two colons; std's parser decides.
     r"[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*",
     // PhoneIntl: +CC, 00CC or (+CC), then groups, optionally a trunk (0).
-    r"(?:\+|(?-u:\b)00|\(\+)[1-9][0-9]{0,3}\)?(?:[ .\-]?\(0\))?(?:[ .\-/]?(?:\([0-9]{1,5}\)|[0-9]{1,5})){1,8}",
+    r"(?:\+|(?-u:\b)00|\(\+)[1-9][0-9]{0,3}\)?(?:[ .\-]?\(0\))?(?:(?:[ .\-/]|  )?(?:\([0-9]{1,5}\)|[0-9]{1,5})){1,8}",
     // PhoneNanp: (415) 555-0132, 415-555-0132, 1-800-555-0199, ...
-    r"(?:\+?1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}",
+    r"(?:\+?1[ .\-]?)?(?:\([2-9][0-9]{2}\)[ .\-]?|[2-9][0-9]{2}(?:[ .\-]| - ))[0-9]{3}(?:[ .\-]| - )[0-9]{4}",
     // PhoneNational: trunk-0 numbers (UK, DE, FR, ...).
     r"(?:\(0[1-9][0-9]{0,4}\)|0[1-9][0-9]{0,4})[ /\-.]?[0-9]{2,8}(?:[ \-.][0-9]{2,8}){0,4}",
     // AddressEn: number, then 1-3 capitalised words and a suffix, or one
@@ -61,15 +62,21 @@ const PATTERNS: [&str; 12] = [
         r"\b[0-9]{1,5}[A-Za-z]?",
         r"(?:[ ]+(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West)\.?)?",
         r"(?:(?:[ ]+(?:[A-Z][a-z]+|[0-9]{1,3}(?:st|nd|rd|th))){1,3}",
-        r"[ ]+(?:Street|St|Avenue|Ave|Road|Rd|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Highway|Hwy|Square|Sq|Circle|Strasse|Straße)",
-        r"|[ ]+[a-z]{3,}[ ]+(?:street|avenue|road|lane|boulevard|drive))\b",
+        // An abbreviated suffix may keep its dot ("Main St. Apt 4B").
+        r"[ ]+(?:(?:Street|Avenue|Road|Lane|Boulevard|Drive|Court|Way|Place|Terrace|Parkway|Highway|Square|Circle|Strasse|Straße)\b",
+        r"|(?:St|Ave|Rd|Ln|Blvd|Dr|Ct|Pl|Pkwy|Hwy|Sq)\b\.?)",
+        r"|[ ]+[a-z]{3,}[ ]+(?:(?:street|avenue|road|lane|boulevard|drive)\b|(?:st|ave|rd|blvd)\b\.?))",
+        r"(?:[ ]+(?:NE|NW|SE|SW|ne|nw|se|sw)\b)?",
         r"(?:,?[ ]+(?:Apt|Apartment|Suite|Ste|Unit)\.?[ ]*#?[0-9A-Za-z]{1,6}\b)?",
-        r"(?:,[ ]*[A-Z][a-z]+(?:[ ][A-Z][a-z]+){0,2},?[ ]+[A-Z]{2}[ ]+[0-9]{5}(?:-[0-9]{4})?\b)?",
+        // "City, ST 12345" (US) or "City AB1 2CD" (a UK postcode).
+        r"(?:,[ ]*[A-Z][a-z]+(?:[ ][A-Z][a-z]+){0,2}",
+        r"(?:,?[ ]+[A-Z]{2}[ ]+[0-9]{5}(?:-[0-9]{4})?|[ ]+[A-Z]{1,2}[0-9][A-Z0-9]?[ ]?[0-9][A-Z]{2})\b)?",
     ),
     // AddressDe: Hauptstraße 5, Berliner Strasse 12, Karl-Marx-Allee 90.
     concat!(
         r"\b(?:[A-ZÄÖÜ][a-zäöüß]+[ \-]){0,3}",
-        r"(?:[A-ZÄÖÜ][a-zäöüß]*(?:straße|strasse|str\.|allee|gasse|platz|weg)|Straße|Strasse|Str\.|Allee|Gasse|Platz|Weg)",
+        // German suffixes, and Dutch ones (Kerkstraat, Dorpsweg, Parklaan).
+        r"(?:[A-ZÄÖÜ][a-zäöüß]*(?:straße|strasse|str\.|allee|gasse|platz|weg|straat|laan|gracht|plein)|Straße|Strasse|Str\.|Allee|Gasse|Platz|Weg)",
         r"[ ]+[0-9]{1,4}[a-zA-Z]?\b",
         r"(?:,[ ]*[0-9]{5}[ ]+[A-ZÄÖÜ][a-zäöüß]+)?",
     ),
@@ -79,6 +86,37 @@ const PATTERNS: [&str; 12] = [
         r"(?i:rue|avenue|av\.|boulevard|bd|place|chemin|impasse|allée|quai|route)[ ]+",
         r"(?:(?:de|du|des|la|le|les)[ ]+|l'|d')*",
         r"[A-ZÀ-Ý][\p{L}\-']+(?:[ ]+[A-ZÀ-Ý][\p{L}\-']+){0,2}",
+    ),
+    // AddressSouth: Calle Mayor 10, Piazza Navona 5, Rua Augusta 24 (the
+    // street word first, the number last; "Via" is left out, it is also an
+    // English word).
+    concat!(
+        r"\b(?:Calle|Avenida|Plaza|Paseo|Carrer|Rua|Piazza|Viale|Corso|Largo)[ ]+",
+        r"(?:(?:de|del|la|las|los|di|della|dei|da|do|dos)[ ]+)*",
+        r"[A-ZÀ-Ý][\p{L}\-']+(?:[ ]+[A-ZÀ-Ý][\p{L}\-']+){0,2},?[ ]+[0-9]{1,4}[a-zA-Z]?\b",
+    ),
+    // AddressPoBox: PO Box 1234, P.O. Box 77, Postfach 10 01 23.
+    r"\b(?:P\.[ ]?O\.|PO|P[ ]O)[ ]+Box[ ]+[0-9]{1,6}\b|\bPostfach[ ]+[0-9]{1,6}(?:[ ][0-9]{2}){0,2}\b",
+    // SsnLabelled: nine bare digits right after an SSN label; the label is
+    // what makes them an SSN rather than any nine-digit number.
+    r"(?i)\b(?:ssn|social[ ]security(?:[ ](?:number|no\.?|#))?|soc\.?[ ]?sec\.?(?:[ ]no\.?)?)[ ]*[:#=]?[ ]*([0-9]{9})\b",
+    // PhoneLabelled: a bare digit run right after a phone word ("cell
+    // 2025550143"); without the word, ten digits are as likely an order.
+    r"(?i)\b(?:phone|tel|telephone|mobile|mob|cell|call|ring|whatsapp|ph|fax|handy|mobil|portable|my[ ]number)\b\.?[ ]*(?:no\.?|nr\.?|#)?[ ]*[:=]?[ ]*(\+?[0-9]{8,15})\b",
+    // EmailObfuscated: "bob [at] example [dot] com", "carl(at)example(dot)net",
+    // "dana @ example.com".
+    concat!(
+        r"(?i)\b[a-z0-9._%+\-]+",
+        r"(?:[ ]*(?:\[at\]|\(at\)|\{at\})[ ]*|[ ]+@[ ]*|[ ]*@[ ]+)",
+        r"[a-z0-9\-]+(?:(?:[ ]*(?:\[dot\]|\(dot\)|\{dot\})[ ]*|\.)[a-z0-9\-]+)*",
+        r"(?:[ ]*(?:\[dot\]|\(dot\)|\{dot\})[ ]*|\.)[a-z]{2,24}\b",
+    ),
+    // EmailSpelled: "bob at example dot com". The spelled " dot " and a
+    // known top-level domain are required: "look at example.com" is a
+    // website, and "at the dot of noon" is not an address.
+    concat!(
+        r"(?i)\b[a-z0-9._%+\-]+[ ]+at[ ]+[a-z0-9\-]+(?:[ ]+dot[ ]+[a-z0-9\-]+)*",
+        r"[ ]+dot[ ]+(?:com|org|net|edu|gov|io|uk|de|fr|es|nl|eu|ch|info|biz)\b",
     ),
 ];
 
@@ -97,6 +135,12 @@ enum Pat {
     AddressEn,
     AddressDe,
     AddressFr,
+    AddressSouth,
+    AddressPoBox,
+    SsnLabelled,
+    PhoneLabelled,
+    EmailObfuscated,
+    EmailSpelled,
 }
 
 fn compile(pattern: &str) -> Regex {
@@ -105,7 +149,7 @@ fn compile(pattern: &str) -> Regex {
     Regex::new(pattern).unwrap_or_else(|e| panic!("bad built-in PII pattern: {e}"))
 }
 
-static REGEXES: LazyLock<[Regex; 12]> = LazyLock::new(|| PATTERNS.map(compile));
+static REGEXES: LazyLock<[Regex; 18]> = LazyLock::new(|| PATTERNS.map(compile));
 
 fn re(pat: Pat) -> &'static Regex {
     &REGEXES[pat as usize]
@@ -163,19 +207,39 @@ fn digits_of(s: &str) -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
 
+/// What every obfuscated e-mail pattern contains (lower case).
+const OBFUSCATION_MARKERS: [&str; 6] = ["[at]", "(at)", "{at}", " @", "@ ", " dot "];
+
+/// Whether `text` may hold an e-mail address written to dodge spam filters.
+fn may_hold_obfuscated_email(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    OBFUSCATION_MARKERS.iter().any(|m| lower.contains(m))
+}
+
 fn emails(text: &str, out: &mut Vec<Span>) {
-    if !text.contains('@') {
-        return;
-    }
-    for m in re(Pat::Email).find_iter(text) {
-        // The local part may not start with a dot; trim it off rather than
-        // drop the address.
-        let start = m.start() + m.as_str().len() - m.as_str().trim_start_matches('.').len();
-        out.push(Span {
-            start,
-            end: m.end(),
-            kind: PiiKind::Email,
-        });
+    let plain = if text.contains('@') {
+        &[Pat::Email][..]
+    } else {
+        &[]
+    };
+    let obfuscated = if may_hold_obfuscated_email(text) {
+        &[Pat::EmailObfuscated, Pat::EmailSpelled][..]
+    } else {
+        &[]
+    };
+    for &pat in plain.iter().chain(obfuscated) {
+        for m in re(pat).find_iter(text) {
+            // The local part may not start with a dot, and a leading
+            // apostrophe is a quote; trim them off rather than drop the
+            // address.
+            let start =
+                m.start() + m.as_str().len() - m.as_str().trim_start_matches(['.', '\'']).len();
+            out.push(Span {
+                start,
+                end: m.end(),
+                kind: PiiKind::Email,
+            });
+        }
     }
 }
 
@@ -190,10 +254,15 @@ fn iban_end(text: &str, start: usize) -> Option<usize> {
     let mut i = start;
     while compact.len() < len {
         let b = *bytes.get(i)?;
+        // Groups of four are the printed form; a separator between two
+        // digits anywhere is how people regroup a long number by hand.
+        let between_digits = i > start
+            && bytes[i - 1].is_ascii_digit()
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
         if b.is_ascii_alphanumeric() {
             compact.push(char::from(b.to_ascii_uppercase()));
             group += 1;
-        } else if (b == b' ' || b == b'-') && group == 4 {
+        } else if (b == b' ' || b == b'-') && (group == 4 || between_digits) {
             group = 0;
         } else {
             return None;
@@ -280,6 +349,20 @@ fn cards(text: &str, out: &mut Vec<Span>) {
 }
 
 fn ssns(text: &str, out: &mut Vec<Span>) {
+    for caps in re(Pat::SsnLabelled).captures_iter(text) {
+        let Some(m) = caps.get(1) else { continue };
+        // The pattern fixes nine ASCII digits.
+        let d = m.as_str();
+        if validate::ssn_valid(&d[0..3], &d[3..5], &d[5..9])
+            && stands_alone(text, m.start(), m.end(), &NUMBER)
+        {
+            out.push(Span {
+                start: m.start(),
+                end: m.end(),
+                kind: PiiKind::Ssn,
+            });
+        }
+    }
     for m in re(Pat::Ssn).find_iter(text) {
         // The pattern fixes the shape: 3 digits, separator, 2, separator, 4.
         let s = m.as_str();
@@ -425,7 +508,25 @@ const PHONE_FORMATS: [PhoneFormat; 3] = [
     },
 ];
 
+/// A bare number after a phone word: 8–15 digits with `+`, 10–12 without.
+fn labelled_phone_ok(number: &str) -> bool {
+    match number.strip_prefix('+') {
+        Some(digits) => (8..=15).contains(&digits.len()),
+        None => (10..=12).contains(&number.len()),
+    }
+}
+
 fn phones(text: &str, out: &mut Vec<Span>) {
+    for caps in re(Pat::PhoneLabelled).captures_iter(text) {
+        let Some(m) = caps.get(1) else { continue };
+        if labelled_phone_ok(m.as_str()) && stands_alone(text, m.start(), m.end(), &PLUS_PREFIXED) {
+            out.push(Span {
+                start: m.start(),
+                end: m.end(),
+                kind: PiiKind::Phone,
+            });
+        }
+    }
     let international = text.contains('+') || text.contains("00");
     for PhoneFormat {
         pat,
@@ -453,8 +554,14 @@ fn phones(text: &str, out: &mut Vec<Span>) {
     }
 }
 
-/// Words one of which every German address pattern contains.
-const DE_HINTS: [&str; 6] = ["stra", "str.", "allee", "gasse", "platz", "weg"];
+/// Words one of which every German or Dutch address pattern contains.
+const DE_HINTS: [&str; 9] = [
+    "stra", "str.", "allee", "gasse", "platz", "weg", "laan", "gracht", "plein",
+];
+/// Words one of which every Spanish, Italian or Portuguese address contains.
+const SOUTH_HINTS: [&str; 10] = [
+    "calle", "avenida", "plaza", "paseo", "carrer", "rua", "piazza", "viale", "corso", "largo",
+];
 /// Words one of which every French address pattern contains.
 const FR_HINTS: [&str; 11] = [
     "rue",
@@ -477,8 +584,10 @@ fn addresses(text: &str, out: &mut Vec<Span>) {
     let hinted = |hints: &[&str]| hints.iter().any(|h| lower.contains(h));
     let patterns = [
         (Pat::AddressEn, true),
+        (Pat::AddressPoBox, true),
         (Pat::AddressDe, hinted(&DE_HINTS)),
         (Pat::AddressFr, hinted(&FR_HINTS)),
+        (Pat::AddressSouth, hinted(&SOUTH_HINTS)),
     ];
     for (pat, _) in patterns.into_iter().filter(|&(_, worth_it)| worth_it) {
         for m in re(pat).find_iter(text) {
@@ -493,11 +602,12 @@ fn addresses(text: &str, out: &mut Vec<Span>) {
 
 /// Every PII span in `text`, non-overlapping, in text order.
 pub(super) fn find(text: &str) -> Vec<Span> {
-    // Every detector needs a digit, an `@` or a `:`; most text has none worth
-    // scanning for.
+    // Every detector needs a digit, an `@` or a `:`, except the obfuscated
+    // e-mail ones, which need one of their markers; most text has none.
     if !text
         .bytes()
         .any(|b| b.is_ascii_digit() || b == b'@' || b == b':')
+        && !may_hold_obfuscated_email(text)
     {
         return Vec::new();
     }
@@ -537,7 +647,7 @@ mod tests {
     #[test]
     fn every_pattern_compiles() {
         LazyLock::force(&REGEXES);
-        assert_eq!(REGEXES.len(), Pat::AddressFr as usize + 1);
+        assert_eq!(REGEXES.len(), Pat::EmailSpelled as usize + 1);
     }
 
     fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
@@ -635,6 +745,75 @@ mod tests {
             "Karl-Marx-Allee 90",
             "Berliner Strasse 12, 10115 Berlin",
             "12 rue de la Paix",
+        ] {
+            let text = format!("send it to {address} please");
+            assert_eq!(kinds(&text), [(PiiKind::Address, address)], "{address}");
+        }
+    }
+
+    #[test]
+    fn cards_grouped_with_dots_or_doubled_spaces_are_found_whole() {
+        for card in ["4111.1111.1111.1111", "4111  1111  1111  1111"] {
+            let text = format!("card {card} please");
+            assert_eq!(kinds(&text), [(PiiKind::Card, card)], "{card}");
+        }
+    }
+
+    #[test]
+    fn bare_numbers_after_an_ssn_or_phone_label_are_found() {
+        assert_eq!(kinds("SSN:536221234"), [(PiiKind::Ssn, "536221234")]);
+        assert_eq!(
+            kinds("soc sec 536.22.1234"),
+            [(PiiKind::Ssn, "536.22.1234")]
+        );
+        assert_eq!(kinds("cell 2025550143"), [(PiiKind::Phone, "2025550143")]);
+        assert_eq!(
+            kinds("call me at 415 - 555 - 0132"),
+            [(PiiKind::Phone, "415 - 555 - 0132")]
+        );
+        // Without a label nine or ten digits stay: they are as likely orders.
+        assert_eq!(kinds("order 536221234 and 2025550143"), []);
+    }
+
+    #[test]
+    fn obfuscated_email_addresses_are_found_but_websites_and_prose_stay() {
+        for email in [
+            "bob at example dot com",
+            "alice [at] example [dot] org",
+            "carl(at)example(dot)net",
+            "dana @ example.com",
+            "o'brien@example.ie",
+            "jürgen.müller@example.de",
+        ] {
+            let text = format!("mail {email} today");
+            assert_eq!(kinds(&text), [(PiiKind::Email, email)], "{email}");
+        }
+        for clean in [
+            "look at example.com for the manual",
+            "meet at the dot of noon",
+            "price @ 5.99 each",
+        ] {
+            assert_eq!(kinds(clean), [], "{clean}");
+        }
+    }
+
+    #[test]
+    fn an_iban_regrouped_between_digits_is_found() {
+        assert_eq!(
+            kinds("odd grouping DE89 37040044 0532013000"),
+            [(PiiKind::Iban, "DE89 37040044 0532013000")]
+        );
+    }
+
+    #[test]
+    fn more_address_forms_are_found() {
+        for address in [
+            "123 Main St. Apt 4B",
+            "221B Baker Street, London NW1 6XE",
+            "1600 pennsylvania ave nw",
+            "Kerkstraat 12",
+            "Calle Mayor 10",
+            "PO Box 1234",
         ] {
             let text = format!("send it to {address} please");
             assert_eq!(kinds(&text), [(PiiKind::Address, address)], "{address}");

@@ -14,13 +14,21 @@
 //! counts for phones) and they are not part of a longer token, so order
 //! numbers (`ORD-2024-118822`), timestamps, SKUs, versions and prices stay.
 //!
+//! E-mail addresses written to dodge spam filters (`bob [at] example [dot]
+//! com`, `bob at example dot com`) count as e-mail. Names and national ids
+//! other than SSNs (a UK National Insurance number, say) are not detected;
+//! `protocol/tests/pii_corpus/` measures what is and is not found.
+//!
 //! Redaction is idempotent: it repeats until a pass finds nothing. That ends
-//! because every finding contains a digit, `@` or `:` and no placeholder does.
+//! because every finding contains a digit, `@`, `:` or an obfuscation marker
+//! (`[at]`, `(at)`, a spaced `at`), no placeholder does, and a placeholder's
+//! `<` and `>` cannot join its neighbours into a new one.
 
 mod detect;
 pub mod validate;
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -234,6 +242,29 @@ pub struct Redaction {
     pub text: RedactedText,
     /// What was replaced, for telemetry.
     pub found: PiiCounts,
+}
+
+/// One piece of personal data found in a text: where it is and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Its byte range in the scanned text.
+    pub range: Range<usize>,
+    /// What it is.
+    pub kind: PiiKind,
+}
+
+/// What the first pass of [`redact`] replaces in `text`: non-overlapping
+/// findings in text order. This exists to measure the detectors span by
+/// span (see `protocol/tests/pii_corpus`); [`redact`] is what protects
+/// text, and it repeats passes until nothing is found.
+pub fn find_pii(text: &str) -> Vec<Finding> {
+    detect::find(text)
+        .into_iter()
+        .map(|span| Finding {
+            range: span.start..span.end,
+            kind: span.kind,
+        })
+        .collect()
 }
 
 /// Replaces every recognised piece of personal data in `text` with its

@@ -5,5 +5,6 @@ mod corpus;
 mod fixtures;
 mod fuzz_props;
 mod gen;
+mod independent;
 mod redact_props;
 mod wire_props;
