@@ -26,6 +26,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod retention;
+
 /// Jobs queued for the store thread at most; senders wait beyond that.
 pub const STORE_QUEUE: usize = 256;
 
@@ -321,6 +323,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("busy_timeout"))?;
         conn.execute_batch(SCHEMA).map_err(sql("schema"))?;
+        Self::init_retention(&conn)?;
         Ok(Self { conn })
     }
 
