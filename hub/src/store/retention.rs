@@ -578,3 +578,305 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_protocol::{
+        AnswerEvent, ArtifactDigest, DeviceMetrics, Feedback, FleetId, PiiCounts, ProtocolVersion,
+        RetrievalScores, Seq, TelemetryBatch,
+    };
+
+    const DAY: u64 = 86_400_000;
+    /// "Now" in these tests: day 20,000 since the epoch, noon.
+    const NOW: u64 = 20_000 * DAY + DAY / 2;
+
+    fn fleet() -> FleetId {
+        FleetId::parse("acme").expect("fleet")
+    }
+
+    fn versions(model: u8) -> ActiveVersions {
+        ActiveVersions {
+            model: Some(ArtifactDigest::from_bytes([model; 32])),
+            ..ActiveVersions::default()
+        }
+    }
+
+    fn answer(seq: u64, model: u8, latency_ms: u32, escalated: bool) -> TelemetryEvent {
+        TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: seq,
+            payload: TelemetryPayload::Answer(AnswerEvent {
+                latency_ms,
+                time_to_first_token_ms: Some(10),
+                prompt_tokens: 100,
+                completion_tokens: 20,
+                versions: versions(model),
+                retrieval: RetrievalScores::default(),
+                escalated,
+                rating: (seq % 4 == 0).then_some(Rating::ThumbsDown),
+                pii_found: PiiCounts::default(),
+            }),
+        }
+    }
+
+    fn metrics(seq: u64) -> TelemetryEvent {
+        TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: seq,
+            payload: TelemetryPayload::Metrics(DeviceMetrics {
+                cpu_percent: 1.0,
+                mem_used_bytes: 1,
+                mem_total_bytes: 2,
+                disk_used_bytes: 3,
+                disk_total_bytes: 4,
+                temperature_c: None,
+            }),
+        }
+    }
+
+    /// Stores `events` of `device` as received at `received_ms`.
+    fn ingest(store: &mut Store, device: &str, events: Vec<TelemetryEvent>, received_ms: u64) {
+        let device = DeviceId::parse(device).expect("device");
+        let batch = TelemetryBatch::new(device.clone(), events).expect("batch");
+        store
+            .ingest_telemetry(
+                &fleet(),
+                &device,
+                &batch,
+                ProtocolVersion::CURRENT,
+                received_ms,
+            )
+            .expect("ingest");
+    }
+
+    fn feedback(store: &mut Store, device: &str, seq: u64, up: bool, received_ms: u64) {
+        let device = DeviceId::parse(device).expect("device");
+        let item = Feedback {
+            answer_seq: Seq(seq),
+            rating: if up {
+                Rating::ThumbsUp
+            } else {
+                Rating::ThumbsDown
+            },
+            question: outpost_protocol::redact("how do I descale?").text,
+            answer: outpost_protocol::redact("Use the descaling program.").text,
+            versions: versions(1),
+            at_unix_ms: received_ms,
+        };
+        store
+            .record_feedback(
+                &fleet(),
+                &device,
+                &item,
+                ProtocolVersion::CURRENT,
+                received_ms,
+            )
+            .expect("feedback");
+    }
+
+    fn count(store: &Store, table: &str) -> u64 {
+        store
+            .conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect("count")
+            .unsigned_abs()
+    }
+
+    fn run_to_completion(store: &mut Store, policy: &RetentionPolicy, now: u64) -> RetentionStep {
+        let mut total = RetentionStep::default();
+        for _ in 0..10_000 {
+            let step = store.retention_step(policy, now).expect("step");
+            total.telemetry_removed += step.telemetry_removed;
+            total.feedback_removed += step.feedback_removed;
+            total.rollups_removed += step.rollups_removed;
+            if !step.more {
+                return total;
+            }
+        }
+        panic!("retention never finished");
+    }
+
+    fn file_bytes(dir: &std::path::Path) -> u64 {
+        ["hub.sqlite", "hub.sqlite-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    #[test]
+    fn old_rows_become_daily_rollups_and_recent_rows_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("hub.sqlite")).expect("store");
+        let policy = RetentionPolicy::default(); // 30 days telemetry, 90 feedback
+        let old = NOW - 40 * DAY; // past telemetry's limit, within feedback's
+        let ancient = NOW - 100 * DAY; // past feedback's too
+                                       // 40 days ago: 8 answers on model 1 (2 escalated, 2 rated down),
+                                       // 3 on model 2, one health sample.
+        let mut events: Vec<_> = (1..=8)
+            .map(|s| answer(s, 1, 100 * s as u32, s <= 2))
+            .collect();
+        events.extend((9..=11).map(|s| answer(s, 2, 50_000, false)));
+        events.push(metrics(12));
+        ingest(&mut store, "kiosk-1", events, old);
+        // Yesterday: 5 recent answers that must stay raw.
+        ingest(
+            &mut store,
+            "kiosk-1",
+            (13..=17).map(|s| answer(s, 1, 300, false)).collect(),
+            NOW - DAY,
+        );
+        feedback(&mut store, "kiosk-1", 1, true, ancient);
+        feedback(&mut store, "kiosk-1", 2, false, ancient);
+        feedback(&mut store, "kiosk-1", 13, true, NOW - DAY);
+        feedback(&mut store, "kiosk-1", 3, true, old); // 40 days: within feedback's 90
+
+        let done = run_to_completion(&mut store, &policy, NOW);
+        assert_eq!((done.telemetry_removed, done.feedback_removed), (12, 2));
+        // Recent rows are untouched and still listed by the admin query.
+        let rows = store.telemetry(None, 100).expect("rows");
+        assert_eq!(
+            rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [17, 16, 15, 14, 13]
+        );
+        assert_eq!(count(&store, "feedback"), 2);
+
+        let rollups = store.daily_rollups(None).expect("rollups");
+        let day = i64::try_from(old / DAY).expect("day");
+        let key = |model: u8| serde_json::to_string(&versions(model)).expect("json");
+        let find = |day: i64, versions: &str| {
+            rollups
+                .iter()
+                .find(|r| r.day == day && r.versions_json == versions)
+                .unwrap_or_else(|| panic!("no rollup for day {day} {versions}: {rollups:?}"))
+                .clone()
+        };
+        let one = find(day, &key(1));
+        assert_eq!(one.device, "kiosk-1");
+        assert_eq!((one.answers, one.escalations, one.rated_down), (8, 2, 2));
+        assert_eq!(one.latency_ms_sum, (1..=8).map(|s| 100 * s).sum::<u64>());
+        assert_eq!(one.latency_ms_max, 800);
+        assert_eq!(one.latency_p95_bound_ms(), Some(1_000));
+        let two = find(day, &key(2));
+        assert_eq!(
+            (two.answers, two.latency_p95_bound_ms()),
+            (3, Some(u32::MAX))
+        );
+        assert_eq!(find(day, "").health_samples, 1);
+        let ancient_day = i64::try_from(ancient / DAY).expect("day");
+        let rated = find(ancient_day, &key(1));
+        assert_eq!((rated.feedback_up, rated.feedback_down), (1, 1));
+
+        // A second pass has nothing to do and changes no rollup.
+        assert_eq!(
+            run_to_completion(&mut store, &policy, NOW),
+            RetentionStep::default()
+        );
+        assert_eq!(store.daily_rollups(None).expect("rollups"), rollups);
+
+        // Rollups expire too, after their own age.
+        let later = NOW + 800 * DAY;
+        let gone = run_to_completion(&mut store, &policy, later);
+        assert!(gone.rollups_removed >= 3, "{gone:?}");
+        assert!(store
+            .daily_rollups(None)
+            .expect("rollups")
+            .iter()
+            .all(|r| r.day >= i64::try_from((later - 730 * DAY) / DAY).expect("day")));
+    }
+
+    #[test]
+    fn the_row_cap_bounds_the_database_file_and_keeps_every_event_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("hub.sqlite")).expect("store");
+        let policy = RetentionPolicy {
+            telemetry_max_rows: 2_000,
+            ..RetentionPolicy::default()
+        };
+        let mut seq = 0;
+        let mut sizes = Vec::new();
+        // 12 rounds of 3,000 fresh events each (all within the age limit):
+        // without a cap the file would grow by the same amount every round.
+        for round in 0..12u64 {
+            for batch in 0..6 {
+                let events: Vec<_> = (0..500)
+                    .map(|_| {
+                        seq += 1;
+                        answer(seq, 1, 250, false)
+                    })
+                    .collect();
+                ingest(
+                    &mut store,
+                    "kiosk-1",
+                    events,
+                    NOW - DAY + round * 60_000 + batch,
+                );
+            }
+            run_to_completion(&mut store, &policy, NOW);
+            assert_eq!(count(&store, "telemetry"), 2_000, "round {round}");
+            sizes.push(file_bytes(dir.path()));
+        }
+        // The newest rows are the ones kept.
+        let newest = store.telemetry(None, 1).expect("rows");
+        assert_eq!(newest[0].seq, seq);
+        // Freed pages are reused: the file stops growing after the first
+        // rounds (the WAL may vary by a checkpoint's worth).
+        let settled = sizes[3];
+        let last = *sizes.last().expect("sizes");
+        assert!(
+            last <= settled + settled / 4,
+            "file kept growing: {sizes:?}"
+        );
+        // Nothing is lost from the counts: rollups plus raw rows = all events.
+        let rolled: u64 = store
+            .daily_rollups(None)
+            .expect("rollups")
+            .iter()
+            .map(|r| r.answers)
+            .sum();
+        assert_eq!(rolled + 2_000, seq);
+    }
+
+    #[test]
+    fn the_admin_telemetry_query_walks_the_received_index() {
+        let plan = |store: &Store| -> String {
+            let mut stmt = store
+                .conn
+                .prepare(
+                    "EXPLAIN QUERY PLAN SELECT device, seq, at_ms, received_ms, kind, event_json \
+                     FROM telemetry WHERE ?1 IS NULL OR device = ?1 \
+                     ORDER BY received_ms DESC, seq DESC LIMIT ?2",
+                )
+                .expect("explain");
+            let rows = stmt
+                .query_map(params![Option::<String>::None, 100], |r| {
+                    r.get::<_, String>(3)
+                })
+                .expect("plan rows");
+            rows.map(|r| r.expect("plan row"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut store = Store::open_in_memory().expect("store");
+        let before_conn = Connection::open_in_memory().expect("bare");
+        before_conn
+            .execute_batch(super::super::SCHEMA)
+            .expect("schema without retention's");
+        let before = Store { conn: before_conn };
+        let before_plan = plan(&before);
+        ingest(&mut store, "kiosk-1", vec![metrics(1)], NOW);
+        let after_plan = plan(&store);
+        // Without the index: a full scan and a sort of every row before the
+        // LIMIT applies. With it: newest first, stopping at the LIMIT.
+        assert!(before_plan.contains("TEMP B-TREE"), "before: {before_plan}");
+        assert!(
+            after_plan.contains("telemetry_by_received"),
+            "after: {after_plan}"
+        );
+        assert!(!after_plan.contains("TEMP B-TREE"), "after: {after_plan}");
+        println!("before: {before_plan}\nafter:  {after_plan}");
+    }
+}
