@@ -12,7 +12,8 @@
 //!  devices ──MQTT──▶ broker ──▶ control::session ─(bounded)─▶ control::control ──▶ StoreHandle ──▶ store thread (SQLite)
 //!     ▲                 ▲                                          │ TelemetryAck after commit
 //!     │                 └──────────── rumqttc AsyncClient ◀────────┘ desired states (retained)
-//!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::router ──▶ ArtifactStore ──▶ ArtifactSigner
+//!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::device_router ──▶ ArtifactStore ──▶ ArtifactSigner
+//!   operator ──HTTP── /admin/*, /metrics ──▶ http::operator_router (own listener)
 //! ```
 //!
 //! - [`HubConfig`] (as written) → [`ValidConfig`] ([`config`]).
@@ -27,7 +28,10 @@
 //! - [`artifacts::ArtifactStore`] + [`signing::ArtifactSigner`]:
 //!   content-addressed files under `<data>/artifacts/sha256/<hex>`, signed
 //!   over [`outpost_protocol::ArtifactRef::signing_payload`].
-//! - [`http`]: admin API, `/metrics`, `/health`, downloads.
+//! - [`http`]: two listeners: devices (downloads behind HTTP Basic,
+//!   signing key, health) and the operator (admin API, metrics).
+//! - [`store::retention`]: raw telemetry and feedback folded into daily
+//!   rollups and deleted past their age or row cap.
 //!
 //! # Sync guarantees
 //!
@@ -99,7 +103,7 @@
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
 //! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
-//! - The dashboard, `cmd` publishing, telemetry retention, TLS.
+//! - The dashboard, `cmd` publishing, TLS.
 
 use std::future::Future;
 use std::net::SocketAddr;
