@@ -10,7 +10,8 @@ set -euo pipefail
 
 bin=${1:-./target/release/outpost}
 work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-demo.XXXXXX")
-hub_http=127.0.0.1:${OUTPOST_DEMO_HUB_PORT:-18090}
+hub_http=127.0.0.1:${OUTPOST_DEMO_HUB_PORT:-18091}        # operator: admin API, metrics
+hub_devices=127.0.0.1:${OUTPOST_DEMO_HUB_DEVICE_PORT:-18090} # devices: artifact downloads
 mqtt_port=${OUTPOST_DEMO_MQTT_PORT:-11883}
 pids=()
 cleanup() {
@@ -30,8 +31,8 @@ wait_http() { # url pid what
   exit 1
 }
 
-echo "== outpost hub (embedded MQTT broker on 127.0.0.1:$mqtt_port, admin API on http://$hub_http)"
-"$bin" hub --data-dir "$work/hub" --fleet demo --http-bind "$hub_http" \
+echo "== outpost hub (embedded MQTT broker on 127.0.0.1:$mqtt_port, admin API on http://$hub_http, downloads on http://$hub_devices)"
+"$bin" hub --data-dir "$work/hub" --fleet demo --operator-bind "$hub_http" --device-bind "$hub_devices" \
   --mqtt-listen "127.0.0.1:$mqtt_port" &
 pids+=($!)
 wait_http "http://$hub_http/health" "${pids[-1]}" "the hub"

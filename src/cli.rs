@@ -232,8 +232,8 @@ pub enum QuantCommand {
 
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// The hub's admin URL.
-    #[arg(long, env = "OUTPOST_HUB_URL", default_value = "http://127.0.0.1:8090")]
+    /// The hub's operator URL (`[http] operator_bind`).
+    #[arg(long, env = "OUTPOST_HUB_URL", default_value = "http://127.0.0.1:8091")]
     pub hub: String,
     /// The hub's admin token.
     #[arg(long, env = "OUTPOST_HUB_ADMIN_TOKEN", hide_env_values = true)]
@@ -290,9 +290,12 @@ pub struct HubArgs {
     /// The fleet served (default "default").
     #[arg(long, env = "OUTPOST_FLEET")]
     pub fleet: Option<String>,
-    /// Admin API and artifact downloads, e.g. 127.0.0.1:8090.
-    #[arg(long, env = "OUTPOST_HUB_HTTP")]
-    pub http_bind: Option<String>,
+    /// Device-facing listener (artifact downloads), e.g. 127.0.0.1:8090.
+    #[arg(long, env = "OUTPOST_HUB_DEVICE_HTTP")]
+    pub device_bind: Option<String>,
+    /// Operator listener (admin API, metrics), e.g. 127.0.0.1:8091.
+    #[arg(long, env = "OUTPOST_HUB_OPERATOR_HTTP")]
+    pub operator_bind: Option<String>,
     /// Embedded broker address, e.g. 127.0.0.1:1883.
     #[arg(long, env = "OUTPOST_HUB_MQTT")]
     pub mqtt_listen: Option<String>,

@@ -35,14 +35,27 @@ enum Broker {
 /// A running `outpost hub`.
 struct Hub {
     child: Child,
+    /// The operator listener (admin API, `outpost fleet`).
     http: String,
+    /// The device listener's port (artifact URLs), kept across a restart.
+    device_port: u16,
     mqtt_port: u16,
     key_file: PathBuf,
 }
 
 impl Hub {
-    fn start(dir: &Path, broker: Broker, http_port: u16) -> Hub {
+    /// A hub whose device listener (artifact downloads) is on `device_port`
+    /// and whose operator listener is on any free port.
+    fn start(dir: &Path, broker: Broker, device_port: u16) -> Hub {
         let data = dir.join("hub");
+        // Downloads need each device's id and password; with an external
+        // broker the hub learns them from [http.device_passwords].
+        let device_passwords = match broker {
+            Broker::Embedded(_) => "",
+            Broker::External(_) => {
+                "[http.device_passwords]\nkiosk-a = \"secret-a\"\nkiosk-b = \"secret-b\"\n"
+            }
+        };
         let broker_toml = match broker {
             Broker::Embedded(port) => format!(
                 "mode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\nusername = \"hub\"\n\
@@ -56,7 +69,7 @@ impl Hub {
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\nfleet = \"{FLEET}\"\nhttp_bind = \"127.0.0.1:{http_port}\"\n[broker]\n{broker_toml}",
+                "data_dir = \"{}\"\nfleet = \"{FLEET}\"\n[http]\ndevice_bind = \"127.0.0.1:{device_port}\"\noperator_bind = \"127.0.0.1:0\"\n{device_passwords}[broker]\n{broker_toml}",
                 data.display()
             ),
         )
@@ -74,13 +87,20 @@ impl Hub {
         reader
             .read_line(&mut line)
             .expect("read the hub's first line");
-        // "outpost hub: admin and artifacts on http://A, MQTT on B, signing key K"
-        let http = line
-            .split("artifacts on ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .unwrap_or_else(|| panic!("unexpected hub line {line:?}"))
-            .to_string();
+        // "outpost hub: admin on http://A, artifacts on http://D, MQTT on B, signing key K"
+        let after = |label: &str| {
+            line.split(label)
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .unwrap_or_else(|| panic!("no {label:?} in the hub line {line:?}"))
+                .to_string()
+        };
+        let http = after("admin on ");
+        let device_port = after("artifacts on ")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no artifacts port in {line:?}"));
         let mqtt_port = match broker {
             Broker::External(port) => port,
             Broker::Embedded(_) => line
@@ -94,6 +114,7 @@ impl Hub {
         let hub = Hub {
             child,
             http,
+            device_port,
             mqtt_port,
             key_file: data.join("signing.pub"),
         };
@@ -109,8 +130,8 @@ impl Hub {
         hub
     }
 
-    fn http_port(&self) -> u16 {
-        self.http.rsplit(':').next().unwrap().parse().unwrap()
+    fn device_port(&self) -> u16 {
+        self.device_port
     }
 
     /// `outpost fleet …` against this hub; its JSON answer.
@@ -608,13 +629,13 @@ fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
     });
 
     // The broker goes away with the hub; the kiosk keeps answering.
-    let (mqtt_port, http_port) = (hub.mqtt_port, hub.http_port());
+    let (mqtt_port, device_port) = (hub.mqtt_port, hub.device_port());
     hub.kill();
     for _ in 0..5 {
         ask(&device, "What does E24 mean?");
     }
     std::thread::sleep(Duration::from_secs(2));
-    let hub = Hub::start(dir.path(), Broker::Embedded(mqtt_port), http_port);
+    let hub = Hub::start(dir.path(), Broker::Embedded(mqtt_port), device_port);
     wait_for(WAIT, "the queued answers at the hub", || {
         (answers(&hub, "kiosk-a").len() >= 8).then_some(())
     });

@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outpost_hub::config::BrokerConfig;
+use outpost_hub::config::{BrokerConfig, HttpConfig};
 use outpost_hub::{Hub, HubConfig, DB_FILE};
 use outpost_protocol::{
     decode, encode, ActiveVersions, AgentVersion, AnswerEvent, ArtifactDigest, DesiredState,
@@ -256,7 +256,11 @@ fn run_hub_role() -> ExitCode {
     let config = HubConfig {
         data_dir: Some(PathBuf::from(data_dir)),
         fleet: Some(FLEET.into()),
-        http_bind: Some("127.0.0.1:0".into()),
+        http: HttpConfig {
+            device_bind: Some("127.0.0.1:0".into()),
+            operator_bind: Some("127.0.0.1:0".into()),
+            ..HttpConfig::default()
+        },
         // Defaults on purpose, so this measures the hub an operator gets:
         // the broker's connection and in-flight limits (10,010 and 100 per
         // client) are fixed in hub/src/broker.rs and fit this fleet, and the
@@ -288,7 +292,7 @@ fn run_hub_role() -> ExitCode {
             .broker_addr()
             .expect("the bench configures an embedded broker");
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "READY {} {broker}", hub.http_addr());
+        let _ = writeln!(stdout, "READY {} {broker}", hub.operator_addr());
         let _ = stdout.flush();
         drop(stdout);
         let _ = tokio::task::spawn_blocking(|| {

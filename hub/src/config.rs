@@ -5,16 +5,23 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use outpost_protocol::{ArtifactUrl, FleetId};
+use outpost_protocol::{ArtifactUrl, DeviceId, FleetId};
 use serde::{Deserialize, Serialize};
+
+pub use crate::store::retention::RetentionPolicy;
 
 /// The commented default configuration (`outpost config print-default`).
 pub const DEFAULT_TOML: &str = include_str!("../hub.toml");
 
-/// Default admin and artifact HTTP address: loopback, so a fresh install
-/// exposes nothing until the operator says so.
-pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:8090";
+/// Default device-facing HTTP address (artifact downloads, signing key):
+/// loopback, so a fresh install exposes nothing until the operator says so.
+/// Port 8090, where downloads always were, so URLs in stored desired states
+/// keep working.
+pub const DEFAULT_DEVICE_BIND: &str = "127.0.0.1:8090";
+/// Default operator HTTP address (admin API, metrics): loopback, same reason.
+pub const DEFAULT_OPERATOR_BIND: &str = "127.0.0.1:8091";
 /// Default embedded broker address: loopback, same reason.
 pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:1883";
 /// Default largest MQTT packet, both ways: a full telemetry batch
@@ -46,21 +53,63 @@ pub struct HubConfig {
     pub data_dir: Option<PathBuf>,
     /// The fleet this hub serves (second topic level). Required.
     pub fleet: Option<String>,
-    /// Admin API and artifact downloads. Default [`DEFAULT_HTTP_BIND`].
+    /// Replaced by `[http] device_bind` and `[http] operator_bind`; still
+    /// read only so that an old configuration gets an error that says so.
     pub http_bind: Option<String>,
     /// The base URL devices download artifacts from, e.g.
-    /// `http://hub.local:8090`. Default: `http://{http_bind}`.
+    /// `http://hub.local:8090`. Default: `http://{http.device_bind}`.
     pub public_base_url: Option<String>,
-    /// Bearer token required on `/admin/*`; unset means no check (keep the
-    /// HTTP bind on loopback then).
+    /// Bearer token required on `/admin/*`; unset means no check, allowed
+    /// only while the operator listener is on loopback.
     pub admin_token: Option<String>,
     /// Largest accepted artifact upload in bytes.
     pub max_upload_bytes: Option<u64>,
+    /// The two HTTP listeners and who may download.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How long telemetry and feedback are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// The MQTT broker.
     #[serde(default)]
     pub broker: BrokerConfig,
 }
 
+/// `[http]` as written: the device-facing and the operator listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Artifact downloads, `/signing-key`, `/health`. Default
+    /// [`DEFAULT_DEVICE_BIND`].
+    pub device_bind: Option<String>,
+    /// `/admin/*`, `/metrics`, `/signing-key`, `/health`. Default
+    /// [`DEFAULT_OPERATOR_BIND`].
+    pub operator_bind: Option<String>,
+    /// Device id → download password, for devices the broker table does not
+    /// list (an external broker: give each device its MQTT password here,
+    /// so its one credential works for both). `[broker.users]` counts too.
+    #[serde(default)]
+    pub device_passwords: BTreeMap<String, String>,
+}
+
+/// `[retention]` as written; see [`RetentionPolicy`] for the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between retention passes.
+    pub interval_s: Option<u64>,
+    /// Raw telemetry older than this (hub clock) is rolled up and deleted.
+    pub telemetry_max_age_days: Option<u64>,
+    /// Most raw telemetry rows kept; the oldest beyond it are rolled up.
+    pub telemetry_max_rows: Option<u64>,
+    /// Raw feedback (redacted question and answer) older than this is
+    /// rolled up and deleted.
+    pub feedback_max_age_days: Option<u64>,
+    /// Most raw feedback rows kept.
+    pub feedback_max_rows: Option<u64>,
+    /// Daily rollups older than this are deleted.
+    pub rollup_max_age_days: Option<u64>,
+}
 /// `[broker]` as written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,13 +155,23 @@ pub struct ValidConfig {
     pub data_dir: PathBuf,
     /// The fleet served.
     pub fleet: FleetId,
-    /// Admin API and downloads.
-    pub http_bind: SocketAddr,
+    /// Device-facing listener: downloads, signing key, health.
+    pub device_bind: SocketAddr,
+    /// Operator listener: admin API, metrics, signing key, health.
+    pub operator_bind: SocketAddr,
     /// Base of every artifact URL, without a trailing slash; `None` means
-    /// `http://{the bound HTTP address}` (decided once bound, so port 0 works).
+    /// `http://{the bound device address}` (decided once bound, so port 0
+    /// works).
     pub public_base_url: Option<String>,
     /// Bearer token for `/admin/*`.
     pub admin_token: Option<Secret>,
+    /// Who may download artifacts: username (a device id, or the hub's own
+    /// broker user) → password, from `[broker.users]` and
+    /// `[http.device_passwords]`. Empty: downloads are open, which
+    /// validation allows only on a loopback device listener.
+    pub download_credentials: BTreeMap<String, Secret>,
+    /// Telemetry and feedback retention.
+    pub retention: RetentionPolicy,
     /// Largest accepted upload.
     pub max_upload_bytes: u64,
     /// The broker.
@@ -221,12 +280,30 @@ impl HubConfig {
                 None
             }
         };
-        let http_bind = parse_addr(
-            "http_bind",
-            self.http_bind.as_deref().unwrap_or(DEFAULT_HTTP_BIND),
+        if let Some(old) = &self.http_bind {
+            problems.push(format!(
+                "http_bind = {old:?}: replaced by two listeners; write `[http] device_bind` \
+                 (artifact downloads, what public_base_url points at) and `[http] \
+                 operator_bind` (/admin, /metrics) instead"
+            ));
+        }
+        let device_bind = parse_addr(
+            "http.device_bind",
+            self.http
+                .device_bind
+                .as_deref()
+                .unwrap_or(DEFAULT_DEVICE_BIND),
             &mut problems,
         );
-        let public_base_url = match (&self.public_base_url, http_bind) {
+        let operator_bind = parse_addr(
+            "http.operator_bind",
+            self.http
+                .operator_bind
+                .as_deref()
+                .unwrap_or(DEFAULT_OPERATOR_BIND),
+            &mut problems,
+        );
+        let public_base_url = match (&self.public_base_url, device_bind) {
             (Some(url), _) => {
                 let url = url.trim_end_matches('/').to_owned();
                 // Checked as a whole artifact URL would be, with a sample path.
@@ -240,7 +317,7 @@ impl HubConfig {
             }
             (None, Some(addr)) if addr.ip().is_unspecified() => {
                 problems.push(format!(
-                    "public_base_url: required when http_bind is a wildcard address ({addr}); \
+                    "public_base_url: required when http.device_bind is a wildcard address ({addr}); \
                      devices need a name or address they can reach"
                 ));
                 None
@@ -372,14 +449,33 @@ impl HubConfig {
             problems.push("broker.client_id: must be 1 to 64 bytes".into());
         }
         let gate = gate_settings(b, &mut problems);
-        match (data_dir, fleet, http_bind, broker) {
-            (Some(data_dir), Some(fleet), Some(http_bind), Some(broker)) if problems.is_empty() => {
+        let download_credentials = download_credentials(self, &mut problems);
+        let retention = retention_policy(&self.retention, &mut problems);
+        if let (Some(device_bind), Some(operator_bind), Some(broker)) =
+            (device_bind, operator_bind, &broker)
+        {
+            let exposure = Exposure {
+                device_bind,
+                operator_bind,
+                admin_token: admin_token.is_some(),
+                download_credentials: !download_credentials.is_empty(),
+                broker,
+            };
+            exposure.check(&mut problems);
+        }
+        match (data_dir, fleet, device_bind, operator_bind, broker) {
+            (Some(data_dir), Some(fleet), Some(device_bind), Some(operator_bind), Some(broker))
+                if problems.is_empty() =>
+            {
                 Ok(ValidConfig {
                     data_dir,
                     fleet,
-                    http_bind,
+                    device_bind,
+                    operator_bind,
                     public_base_url,
                     admin_token,
+                    download_credentials,
+                    retention,
                     max_upload_bytes,
                     broker,
                     gate,
@@ -460,6 +556,132 @@ fn check_plaintext_listen(b: &BrokerConfig, listen: SocketAddr, problems: &mut V
     }
 }
 
+/// What the hub exposes beyond this machine, checked together: every
+/// listener that is not on loopback must have its credentials.
+struct Exposure<'a> {
+    device_bind: SocketAddr,
+    operator_bind: SocketAddr,
+    admin_token: bool,
+    download_credentials: bool,
+    broker: &'a BrokerMode,
+}
+
+impl Exposure<'_> {
+    fn check(&self, problems: &mut Vec<String>) {
+        let (device, operator) = (self.device_bind, self.operator_bind);
+        if !operator.ip().is_loopback() && !self.admin_token {
+            problems.push(format!(
+                "http.operator_bind: {operator} is reachable from other machines, so \
+                 admin_token is required (whoever reaches /admin can publish an artifact \
+                 the hub signs and assigns); set admin_token or bind to 127.0.0.1"
+            ));
+        }
+        if !device.ip().is_loopback() && !self.download_credentials {
+            problems.push(format!(
+                "http.device_bind: {device} is reachable from other machines, so devices \
+                 must authenticate downloads: list them in [broker.users] or \
+                 [http.device_passwords], or bind to 127.0.0.1"
+            ));
+        }
+        if device == operator && device.port() != 0 {
+            problems.push(format!(
+                "http.operator_bind: {operator} is also http.device_bind; the operator \
+                 listener needs its own address"
+            ));
+        }
+        if let BrokerMode::Embedded { listen, users } = self.broker {
+            if !listen.ip().is_loopback() && users.is_empty() {
+                problems.push(format!(
+                    "broker.listen: {listen} is reachable from other machines, so \
+                     [broker.users] is required (anonymous devices could read and write \
+                     every device's topics); add the users or bind to 127.0.0.1"
+                ));
+            }
+        }
+    }
+}
+
+/// `[broker.users]` and `[http.device_passwords]` merged: one password per
+/// user, and every extra download user must be a device id.
+fn download_credentials(
+    config: &HubConfig,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, Secret> {
+    let mut out: BTreeMap<String, Secret> = config
+        .broker
+        .users
+        .iter()
+        .map(|(u, p)| (u.clone(), Secret::new(p.clone())))
+        .collect();
+    for (device, password) in &config.http.device_passwords {
+        if let Err(e) = DeviceId::parse(device) {
+            problems.push(format!("http.device_passwords.{device}: {e}"));
+            continue;
+        }
+        if password.is_empty() {
+            problems.push(format!("http.device_passwords.{device}: empty password"));
+            continue;
+        }
+        match out.get(device) {
+            Some(known) if known.expose() != password => problems.push(format!(
+                "http.device_passwords.{device}: differs from broker.users.{device}; a device \
+                 has one password"
+            )),
+            Some(_) => {}
+            None => {
+                out.insert(device.clone(), Secret::new(password.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn retention_policy(r: &RetentionConfig, problems: &mut Vec<String>) -> RetentionPolicy {
+    let default = RetentionPolicy::default();
+    let mut positive = |key: &str, value: Option<u64>, default: u64| match value {
+        Some(0) => {
+            problems.push(format!("retention.{key}: must be above 0"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let day_ms = |days: u64| Duration::from_secs(days.saturating_mul(86_400));
+    let days = |d: Duration| d.as_secs() / 86_400;
+    RetentionPolicy {
+        interval: Duration::from_secs(positive(
+            "interval_s",
+            r.interval_s,
+            default.interval.as_secs(),
+        )),
+        telemetry_max_age: day_ms(positive(
+            "telemetry_max_age_days",
+            r.telemetry_max_age_days,
+            days(default.telemetry_max_age),
+        )),
+        telemetry_max_rows: positive(
+            "telemetry_max_rows",
+            r.telemetry_max_rows,
+            default.telemetry_max_rows,
+        ),
+        feedback_max_age: day_ms(positive(
+            "feedback_max_age_days",
+            r.feedback_max_age_days,
+            days(default.feedback_max_age),
+        )),
+        feedback_max_rows: positive(
+            "feedback_max_rows",
+            r.feedback_max_rows,
+            default.feedback_max_rows,
+        ),
+        rollup_max_age: day_ms(positive(
+            "rollup_max_age_days",
+            r.rollup_max_age_days,
+            days(default.rollup_max_age),
+        )),
+    }
+}
+
 fn parse_addr(key: &str, text: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
     match text.parse() {
         Ok(addr) => Some(addr),
@@ -510,13 +732,13 @@ mod tests {
     fn the_shipped_default_toml_is_valid() {
         let config = HubConfig::from_toml_str(DEFAULT_TOML).expect("parses");
         let valid = config.validate().expect("valid");
-        assert_eq!(valid.http_bind.to_string(), DEFAULT_HTTP_BIND);
+        assert_eq!(valid.device_bind.to_string(), DEFAULT_DEVICE_BIND);
+        assert_eq!(valid.operator_bind.to_string(), DEFAULT_OPERATOR_BIND);
         assert!(matches!(valid.broker, BrokerMode::Embedded { .. }));
         assert_eq!(valid.public_base_url, None);
-        let wildcard = HubConfig {
-            http_bind: Some("0.0.0.0:8090".into()),
-            ..HubConfig::from_toml_str(DEFAULT_TOML).expect("parses")
-        };
+        assert_eq!(valid.retention, RetentionPolicy::default());
+        let mut wildcard = HubConfig::from_toml_str(DEFAULT_TOML).expect("parses");
+        wildcard.http.device_bind = Some("0.0.0.0:8090".into());
         let err = wildcard
             .validate()
             .expect_err("wildcard needs a public url");
@@ -527,7 +749,10 @@ mod tests {
     fn validation_reports_every_problem_at_once() {
         let config = HubConfig {
             fleet: Some("bad fleet".into()),
-            http_bind: Some("nowhere".into()),
+            http: HttpConfig {
+                device_bind: Some("nowhere".into()),
+                ..HttpConfig::default()
+            },
             broker: BrokerConfig {
                 mode: Some("external".into()),
                 max_packet_bytes: Some(10 * 1024),
@@ -540,7 +765,7 @@ mod tests {
         for key in [
             "data_dir",
             "fleet",
-            "http_bind",
+            "http.device_bind",
             "broker.url",
             "broker.max_packet_bytes",
         ] {
@@ -586,6 +811,142 @@ mod tests {
                 .map(|(u, p)| (u, p.expose().to_owned())),
             Some(("hub".into(), "hub-secret".into()))
         );
+    }
+
+    fn default_config() -> HubConfig {
+        HubConfig::from_toml_str(DEFAULT_TOML).expect("parses")
+    }
+
+    fn problems(config: &HubConfig) -> String {
+        config.validate().expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn an_old_http_bind_is_refused_naming_both_new_keys() {
+        let config = HubConfig::from_toml_str(
+            "data_dir = \"d\"\nfleet = \"f\"\nhttp_bind = \"127.0.0.1:8090\"\n",
+        )
+        .expect("still parses");
+        let text = problems(&config);
+        assert!(text.contains("http_bind"), "{text}");
+        assert!(text.contains("[http] device_bind"), "{text}");
+        assert!(text.contains("operator_bind"), "{text}");
+    }
+
+    #[test]
+    fn a_reachable_operator_listener_needs_an_admin_token() {
+        let mut config = default_config();
+        config.http.operator_bind = Some("0.0.0.0:8091".into());
+        let text = problems(&config);
+        assert!(
+            text.contains("http.operator_bind") && text.contains("admin_token"),
+            "{text}"
+        );
+        config.admin_token = Some("s3cret".into());
+        config.validate().expect("a token makes it acceptable");
+        // Loopback without a token stays allowed (the operator's own machine).
+        let mut local = default_config();
+        local.http.operator_bind = Some("[::1]:8091".into());
+        local.validate().expect("loopback needs no token");
+    }
+
+    #[test]
+    fn a_reachable_embedded_broker_needs_users() {
+        let mut config = default_config();
+        config.broker.listen = Some("0.0.0.0:1883".into());
+        let text = problems(&config);
+        assert!(
+            text.contains("broker.listen") && text.contains("[broker.users]"),
+            "{text}"
+        );
+        config.broker.username = Some("hub".into());
+        config
+            .broker
+            .users
+            .insert("hub".into(), "hub-secret".into());
+        // Plaintext on the LAN is the gate's own rule (TLS or an explicit
+        // allow_plaintext); only the users are under test here.
+        config.broker.allow_plaintext = Some(true);
+        config.validate().expect("users make it acceptable");
+    }
+
+    #[test]
+    fn a_reachable_device_listener_needs_download_credentials() {
+        let mut config = default_config();
+        config.http.device_bind = Some("0.0.0.0:8090".into());
+        config.public_base_url = Some("http://hub.lan:8090".into());
+        let text = problems(&config);
+        assert!(text.contains("http.device_bind"), "{text}");
+        config
+            .http
+            .device_passwords
+            .insert("kiosk-1".into(), "device-secret".into());
+        let valid = config.validate().expect("credentials make it acceptable");
+        assert_eq!(
+            valid
+                .download_credentials
+                .get("kiosk-1")
+                .map(Secret::expose),
+            Some("device-secret")
+        );
+    }
+
+    #[test]
+    fn download_credentials_merge_broker_users_and_device_passwords() {
+        let mut config = default_config();
+        config.broker.username = Some("hub".into());
+        config
+            .broker
+            .users
+            .insert("hub".into(), "hub-secret".into());
+        config.broker.users.insert("kiosk-1".into(), "one".into());
+        config
+            .http
+            .device_passwords
+            .insert("kiosk-2".into(), "two".into());
+        let valid = config.validate().expect("valid");
+        let users: Vec<_> = valid.download_credentials.keys().cloned().collect();
+        assert_eq!(users, ["hub", "kiosk-1", "kiosk-2"]);
+        config
+            .http
+            .device_passwords
+            .insert("kiosk-1".into(), "other".into());
+        config
+            .http
+            .device_passwords
+            .insert("not a device".into(), "x".into());
+        let text = problems(&config);
+        assert!(text.contains("http.device_passwords.kiosk-1"), "{text}");
+        assert!(
+            text.contains("http.device_passwords.not a device"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_two_listeners_need_distinct_addresses() {
+        let mut config = default_config();
+        config.http.operator_bind = Some(DEFAULT_DEVICE_BIND.into());
+        assert!(problems(&config).contains("http.operator_bind"));
+    }
+
+    #[test]
+    fn retention_keys_override_the_defaults_and_zero_is_refused() {
+        let mut config = default_config();
+        config.retention.telemetry_max_age_days = Some(7);
+        config.retention.feedback_max_rows = Some(10);
+        let valid = config.validate().expect("valid");
+        assert_eq!(
+            valid.retention.telemetry_max_age,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(valid.retention.feedback_max_rows, 10);
+        assert_eq!(
+            valid.retention.interval,
+            RetentionPolicy::default().interval
+        );
+        config.retention.interval_s = Some(0);
+        assert!(problems(&config).contains("retention.interval_s"));
     }
 
     #[test]

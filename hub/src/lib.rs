@@ -12,7 +12,8 @@
 //!  devices ──MQTT──▶ broker ──▶ control::session ─(bounded)─▶ control::control ──▶ StoreHandle ──▶ store thread (SQLite)
 //!     ▲                 ▲                                          │ TelemetryAck after commit
 //!     │                 └──────────── rumqttc AsyncClient ◀────────┘ desired states (retained)
-//!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::router ──▶ ArtifactStore ──▶ ArtifactSigner
+//!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::device_router ──▶ ArtifactStore ──▶ ArtifactSigner
+//!   operator ──HTTP── /admin/*, /metrics ──▶ http::operator_router (own listener)
 //! ```
 //!
 //! - [`HubConfig`] (as written) → [`ValidConfig`] ([`config`]).
@@ -27,7 +28,10 @@
 //! - [`artifacts::ArtifactStore`] + [`signing::ArtifactSigner`]:
 //!   content-addressed files under `<data>/artifacts/sha256/<hex>`, signed
 //!   over [`outpost_protocol::ArtifactRef::signing_payload`].
-//! - [`http`]: admin API, `/metrics`, `/health`, downloads.
+//! - [`http`]: two listeners: devices (downloads behind HTTP Basic,
+//!   signing key, health) and the operator (admin API, metrics).
+//! - [`store::retention`]: raw telemetry and feedback folded into daily
+//!   rollups and deleted past their age or row cap.
 //!
 //! # Sync guarantees
 //!
@@ -116,7 +120,7 @@
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
 //! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
-//! - The dashboard, `cmd` publishing, telemetry retention.
+//! - The dashboard, `cmd` publishing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -172,9 +176,11 @@ pub enum HubError {
     /// The embedded broker failed.
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
-    /// The HTTP address could not be bound.
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    /// An HTTP address could not be bound.
+    #[error("cannot listen for HTTP ({listener}) on {addr}: {source}")]
     HttpBind {
+        /// Which listener: `device` or `operator`.
+        listener: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -198,12 +204,27 @@ pub fn now_unix_ms() -> u64 {
 /// A running hub.
 #[derive(Debug)]
 pub struct Hub {
-    http_addr: SocketAddr,
+    device_addr: SocketAddr,
+    operator_addr: SocketAddr,
     broker_addr: Option<SocketAddr>,
     public_key_hex: String,
     shutdown: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    http: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+async fn bind_http(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), HubError> {
+    let error = |source| HubError::HttpBind {
+        listener,
+        addr,
+        source,
+    };
+    let bound = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+    let local = bound.local_addr().map_err(error)?;
+    Ok((bound, local))
 }
 
 impl Hub {
@@ -309,24 +330,22 @@ impl Hub {
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());
+        tasks.push(tokio::spawn(store::retention::run(
+            store.clone(),
+            config.retention.clone(),
+            shutdown_rx.clone(),
+        )));
         if let Some((listener, gate)) = gate {
             tasks.push(tokio::spawn(gate.serve(listener, shutdown_rx.clone())));
         }
 
-        let listener = tokio::net::TcpListener::bind(config.http_bind)
-            .await
-            .map_err(|source| HubError::HttpBind {
-                addr: config.http_bind,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| HubError::HttpBind {
-            addr: config.http_bind,
-            source,
-        })?;
+        let (device_listener, device_addr) = bind_http("device", config.device_bind).await?;
+        let (operator_listener, operator_addr) =
+            bind_http("operator", config.operator_bind).await?;
         let public_base_url = config
             .public_base_url
             .clone()
-            .unwrap_or_else(|| format!("http://{http_addr}"));
+            .unwrap_or_else(|| format!("http://{device_addr}"));
         let artifacts = artifacts::ArtifactStore::open(
             &config.data_dir,
             signer,
@@ -334,22 +353,36 @@ impl Hub {
             public_base_url,
             config.max_upload_bytes,
         )?;
-        let app = http::router(Arc::new(http::AppState {
+        let state = Arc::new(http::AppState {
             ctx,
             artifacts,
             admin_token: config.admin_token.clone(),
-        }));
-        let mut http_shutdown = shutdown_rx;
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|stop| *stop).await;
-                })
-                .await
+            download_credentials: config.download_credentials.clone(),
         });
-        tracing::info!(%http_addr, ?broker_addr, fleet = %config.fleet, "hub started");
+        let serve = |listener: tokio::net::TcpListener, app: axum::Router| {
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            })
+        };
+        let http = vec![
+            serve(device_listener, http::device_router(state.clone())),
+            serve(operator_listener, http::operator_router(state)),
+        ];
+        tracing::info!(
+            %device_addr,
+            %operator_addr,
+            ?broker_addr,
+            fleet = %config.fleet,
+            "hub started"
+        );
         Ok(Hub {
-            http_addr,
+            device_addr,
+            operator_addr,
             broker_addr,
             public_key_hex,
             shutdown,
@@ -358,9 +391,14 @@ impl Hub {
         })
     }
 
-    /// Where the HTTP API listens.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+    /// Where the device-facing HTTP listener (downloads) listens.
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
+    /// Where the operator HTTP listener (admin API, metrics) listens.
+    pub fn operator_addr(&self) -> SocketAddr {
+        self.operator_addr
     }
 
     /// Where the embedded broker listens (`None` with an external broker).
@@ -381,10 +419,18 @@ impl Hub {
         for task in self.tasks {
             let _ = task.await;
         }
-        match self.http.await {
-            Ok(result) => result.map_err(HubError::Http),
-            Err(e) => Err(HubError::Http(std::io::Error::other(e))),
+        let mut outcome = Ok(());
+        for server in self.http {
+            let result = match server.await {
+                Ok(result) => result.map_err(HubError::Http),
+                Err(e) => Err(HubError::Http(std::io::Error::other(e))),
+            };
+            // The first failure is reported; the other server is still awaited.
+            if outcome.is_ok() {
+                outcome = result;
+            }
         }
+        outcome
     }
 }
 

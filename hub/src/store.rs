@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 mod ingest;
 
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
+pub mod retention;
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
 pub const STORE_QUEUE: usize = 256;
@@ -371,6 +372,7 @@ impl Store {
         tx.execute_batch(SCHEMA).map_err(sql("schema"))?;
         ingest::copy_pre_epoch_rows(&tx, pre_epoch)?;
         tx.commit().map_err(sql("commit schema"))?;
+        Self::init_retention(&conn)?;
         Ok(Self { conn })
     }
 

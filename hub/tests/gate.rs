@@ -763,8 +763,16 @@ fn tls_files_and_plaintext_exposure_are_checked_when_the_config_is_validated() {
         broker,
         ..HubConfig::default()
     };
+    // Users are required on a reachable listener too (another rule);
+    // here only TLS and plaintext are under test.
     let exposed = BrokerConfig {
         listen: Some("0.0.0.0:8883".into()),
+        users: [
+            ("hub".to_owned(), "hub-secret".to_owned()),
+            ("kiosk-1".to_owned(), "device-secret".to_owned()),
+        ]
+        .into(),
+        username: Some("hub".into()),
         ..BrokerConfig::default()
     };
     let problems = |broker: BrokerConfig| {

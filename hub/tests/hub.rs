@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use outpost_hub::config::BrokerConfig;
+use outpost_hub::config::{BrokerConfig, HttpConfig};
 use outpost_hub::{Hub, HubConfig, DB_FILE};
 use outpost_protocol::{
     decode, encode, encode_as, redact, ActiveVersions, AgentVersion, ArtifactKind, DesiredState,
@@ -32,7 +32,11 @@ fn config(data: &std::path::Path, broker: BrokerConfig) -> HubConfig {
     HubConfig {
         data_dir: Some(data.to_path_buf()),
         fleet: Some("acme".into()),
-        http_bind: Some("127.0.0.1:0".into()),
+        http: HttpConfig {
+            device_bind: Some("127.0.0.1:0".into()),
+            operator_bind: Some("127.0.0.1:0".into()),
+            ..HttpConfig::default()
+        },
         broker,
         ..HubConfig::default()
     }
@@ -345,7 +349,7 @@ async fn start_embedded() -> (tempfile::TempDir, Hub, String, u16) {
         .expect("valid config");
     let hub = Hub::start(valid).await.expect("hub starts");
     let port = hub.broker_addr().expect("embedded broker").port();
-    let base = format!("http://{}", hub.http_addr());
+    let base = format!("http://{}", hub.operator_addr());
     wait_hub_connected(&base).await;
     (data, hub, base, port)
 }
@@ -366,7 +370,7 @@ fn verify(desired: &DesiredState, public_key_hex: &str) {
 /// The whole device round trip against a running hub whose broker listens
 /// on `port`.
 async fn round_trip(hub: &Hub, port: u16) {
-    let base = format!("http://{}", hub.http_addr());
+    let base = format!("http://{}", hub.operator_addr());
     wait_hub_connected(&base).await;
     let mut device = Device::connect("kiosk-1", port).await;
     device.publish("status", status(), true).await;
@@ -650,7 +654,7 @@ async fn admin_errors_are_json_with_a_stable_kind_and_counted() {
     let hub = Hub::start(config.validate().expect("valid"))
         .await
         .expect("hub starts");
-    let base = format!("http://{}", hub.http_addr());
+    let base = format!("http://{}", hub.operator_addr());
     let auth = || vec![("authorization", "Bearer s3cret".to_owned())];
 
     let reply = http("GET", format!("{base}/admin/devices"), vec![], vec![]).await;
@@ -674,9 +678,10 @@ async fn admin_errors_are_json_with_a_stable_kind_and_counted() {
     );
 
     let missing = "0".repeat(64);
+    let devices = format!("http://{}", hub.device_addr());
     let reply = http(
         "GET",
-        format!("{base}/artifacts/sha256/{missing}"),
+        format!("{devices}/artifacts/sha256/{missing}"),
         vec![],
         vec![],
     )
@@ -687,7 +692,7 @@ async fn admin_errors_are_json_with_a_stable_kind_and_counted() {
     );
     let reply = http(
         "GET",
-        format!("{base}/artifacts/sha256/..%2f..%2fhub.sqlite"),
+        format!("{devices}/artifacts/sha256/..%2f..%2fhub.sqlite"),
         vec![],
         vec![],
     )
@@ -753,7 +758,7 @@ async fn a_multipart_upload_publishes_the_file_field() {
     let hub = Hub::start(config(data.path(), embedded()).validate().expect("valid"))
         .await
         .expect("hub starts");
-    let base = format!("http://{}", hub.http_addr());
+    let base = format!("http://{}", hub.operator_addr());
     let boundary = "outpost-test-boundary";
     let mut body = Vec::new();
     for (name, value) in [
@@ -947,5 +952,228 @@ async fn feedback_is_acknowledged_by_id_after_the_commit_and_never_to_a_v2_agent
         metric(&base, "outpost_hub_feedback_acks_sent_total ").await,
         2
     );
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_are_not_served_on_the_device_listener() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(config(data.path(), embedded()).validate().expect("valid"))
+        .await
+        .expect("hub starts");
+    let devices = format!("http://{}", hub.device_addr());
+    let operator = format!("http://{}", hub.operator_addr());
+    assert_ne!(hub.device_addr(), hub.operator_addr());
+    // Whoever reaches the device listener cannot publish, assign or read.
+    let upload = format!("{devices}/admin/artifacts?kind=kb&name=faq&version=1");
+    let reply = http("POST", upload, vec![], b"planted".to_vec()).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["kind"].clone()),
+        (404, "not_found".into())
+    );
+    for path in [
+        "/admin/devices",
+        "/admin/artifacts",
+        "/admin/telemetry",
+        "/metrics",
+    ] {
+        let reply = http("GET", format!("{devices}{path}"), vec![], vec![]).await;
+        assert_eq!(reply.status, 404, "{path} on the device listener");
+    }
+    let reply = http(
+        "POST",
+        format!("{devices}/admin/assign"),
+        vec![],
+        br#"{"device": "kiosk-1", "artifacts": []}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    // What devices need is there, and the operator's side has its API.
+    for path in ["/health", "/signing-key"] {
+        assert_eq!(
+            http("GET", format!("{devices}{path}"), vec![], vec![])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            http("GET", format!("{operator}{path}"), vec![], vec![])
+                .await
+                .status,
+            200
+        );
+    }
+    let listed = http("GET", format!("{operator}/admin/artifacts"), vec![], vec![]).await;
+    assert_eq!(listed.json()["artifacts"], serde_json::json!([]));
+    let reply = http(
+        "GET",
+        format!("{operator}/artifacts/sha256/{}", "0".repeat(64)),
+        vec![],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        reply.status, 404,
+        "downloads live on the device listener only"
+    );
+    hub.shutdown().await.expect("clean shutdown");
+}
+
+fn basic(user: &str, password: &str) -> (&'static str, String) {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    (
+        "authorization",
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_need_a_known_devices_credentials() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut broker = embedded();
+    broker.username = Some("hub".into());
+    for (user, password) in [
+        ("hub", "hub-secret"),
+        ("kiosk-1", "secret-1"),
+        ("kiosk-2", "secret-2"),
+    ] {
+        broker.users.insert(user.into(), password.into());
+    }
+    let mut config = config(data.path(), broker);
+    config.admin_token = Some("admin-secret".into());
+    let hub = Hub::start(config.validate().expect("valid"))
+        .await
+        .expect("hub starts");
+    let operator = format!("http://{}", hub.operator_addr());
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let published = http(
+        "POST",
+        format!("{operator}/admin/artifacts?kind=kb&name=faq&version=1"),
+        vec![("authorization", "Bearer admin-secret".into())],
+        bytes.clone(),
+    )
+    .await;
+    assert_eq!(
+        published.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&published.body)
+    );
+    let url = published.json()["url"].as_str().expect("url").to_owned();
+    assert!(
+        url.starts_with(&format!("http://{}/", hub.device_addr())),
+        "{url}"
+    );
+
+    // Refused: nothing, a wrong password, an unknown user, another
+    // device's password, a malformed header, the admin token as Basic.
+    for headers in [
+        vec![],
+        vec![basic("kiosk-1", "secret-2")],
+        vec![basic("kiosk-9", "secret-1")],
+        vec![basic("kiosk-1", "")],
+        vec![("authorization", "Basic not-base64!".to_owned())],
+        vec![("authorization", "Bearer wrong".to_owned())],
+        vec![basic("admin", "admin-secret")],
+    ] {
+        let label = format!("{headers:?}");
+        let reply = http("GET", url.clone(), headers, vec![]).await;
+        assert_eq!(reply.status, 401, "{label}");
+        assert_eq!(reply.json()["error"]["kind"], "unauthorized");
+        assert!(reply.body.len() < 1000, "no artifact bytes with a refusal");
+    }
+    // Allowed: the device's own id and MQTT password (also with a Range),
+    // the hub's own broker user, and the admin token (the hub's tools).
+    let full = http(
+        "GET",
+        url.clone(),
+        vec![basic("kiosk-1", "secret-1")],
+        vec![],
+    )
+    .await;
+    assert_eq!((full.status, full.body.len()), (200, bytes.len()));
+    let part = http(
+        "GET",
+        url.clone(),
+        vec![
+            basic("kiosk-2", "secret-2"),
+            ("range", "bytes=1000-".into()),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, bytes[1000..]);
+    assert_eq!(
+        http("GET", url.clone(), vec![basic("hub", "hub-secret")], vec![])
+            .await
+            .status,
+        200
+    );
+    let tool = http(
+        "GET",
+        url.clone(),
+        vec![("authorization", "Bearer admin-secret".into())],
+        vec![],
+    )
+    .await;
+    assert_eq!(tool.status, 200);
+    assert!(
+        metric(
+            &operator,
+            "outpost_hub_api_errors_total{kind=\"unauthorized\"} "
+        )
+        .await
+            >= 7
+    );
+
+    // The device's downloader sends its credentials and resumes a partial
+    // file with a Range; credentials for another host are never sent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("faq.sqlite");
+    std::fs::write(dir.path().join("faq.sqlite.partial"), &bytes[..50_000]).expect("seed partial");
+    let expected = outpost_models::Expected {
+        size: bytes.len() as u64,
+        sha256: outpost_models::Sha256Digest::from_bytes(Sha256::digest(&bytes).into()),
+    };
+    let options = |password: &str, host: &str| outpost_models::DownloadOptions {
+        basic_auth: Some(outpost_models::BasicAuth::new("kiosk-1", password, host)),
+        ..outpost_models::DownloadOptions::default()
+    };
+    let download = |options: outpost_models::DownloadOptions| {
+        let (url, dest, expected) = (url.clone(), dest.clone(), expected);
+        tokio::task::spawn_blocking(move || {
+            outpost_models::download::download_with(&url, &dest, &expected, &options)
+        })
+    };
+    let refused = download(options("wrong", "127.0.0.1"))
+        .await
+        .expect("thread");
+    assert!(
+        matches!(
+            refused,
+            Err(outpost_models::DownloadError::Status { status: 401, .. })
+        ),
+        "{refused:?}"
+    );
+    let elsewhere = download(options("secret-1", "hub.example"))
+        .await
+        .expect("thread");
+    assert!(
+        matches!(
+            elsewhere,
+            Err(outpost_models::DownloadError::Status { status: 401, .. })
+        ),
+        "{elsewhere:?}"
+    );
+    download(options("secret-1", "127.0.0.1"))
+        .await
+        .expect("thread")
+        .expect("the device downloads with its credentials");
+    assert_eq!(std::fs::read(&dest).expect("downloaded"), bytes);
     hub.shutdown().await.expect("clean shutdown");
 }

@@ -31,6 +31,9 @@ pub struct DownloadOptions {
     /// a stalled transfer fails and the next run resumes from the partial
     /// file instead of hanging forever.
     pub read_timeout: Duration,
+    /// HTTP Basic credentials for a server that wants them (the fleet hub
+    /// asks for the device's id and password). Default none.
+    pub basic_auth: Option<BasicAuth>,
 }
 
 impl Default for DownloadOptions {
@@ -39,7 +42,62 @@ impl Default for DownloadOptions {
             progress: false,
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            basic_auth: None,
         }
+    }
+}
+
+/// A username and password sent as HTTP Basic, to one host only: a URL
+/// naming any other host (a tampered or mistaken one) never receives them,
+/// and ureq drops the header on redirects.
+#[derive(Clone)]
+pub struct BasicAuth {
+    username: String,
+    password: String,
+    host: String,
+}
+
+impl BasicAuth {
+    /// Credentials to send only to `host` (a name or IP address, as in URLs).
+    pub fn new(
+        username: impl Into<String>,
+        password: impl Into<String>,
+        host: impl Into<String>,
+    ) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+            host: host.into(),
+        }
+    }
+
+    /// The `Authorization` value for a request to `host`, if it is the one
+    /// these credentials belong to.
+    fn header_for(&self, host: &str) -> Option<String> {
+        let bare = |h: &str| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        };
+        if bare(host) != bare(&self.host) {
+            return None;
+        }
+        use base64::Engine as _;
+        let pair = format!("{}:{}", self.username, self.password);
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ))
+    }
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &"..")
+            .field("host", &self.host)
+            .finish()
     }
 }
 
@@ -138,7 +196,16 @@ pub fn download_with(
         .user_agent(concat!("outpost-models/", env!("CARGO_PKG_VERSION")))
         .build();
     let bar = progress_bar(options.progress, expected.size, url);
-    let result = fetch_body(&agent, url, &mut offset, expected).and_then(|(reader, start)| {
+    let authorization = options.basic_auth.as_ref().and_then(|auth| {
+        let host = agent.get(url).request_url().ok()?.host().to_owned();
+        auth.header_for(&host)
+    });
+    let request = Get {
+        agent: &agent,
+        url,
+        authorization: authorization.as_deref(),
+    };
+    let result = fetch_body(&request, &mut offset, expected).and_then(|(reader, start)| {
         bar.set_position(start);
         let target = Target {
             url,
@@ -189,18 +256,28 @@ fn usable_partial_len(partial: &Path, expected: &Expected) -> Result<u64, Downlo
 
 type Body = Box<dyn Read + Send + Sync + 'static>;
 
+/// One URL to fetch, with the headers every attempt carries.
+struct Get<'a> {
+    agent: &'a ureq::Agent,
+    url: &'a str,
+    authorization: Option<&'a str>,
+}
+
 /// Sends the request (with a Range when `offset > 0`) and returns the body
 /// and the file offset its first byte belongs at. Sets `offset` to 0 when
 /// the server made resuming impossible.
 fn fetch_body(
-    agent: &ureq::Agent,
-    url: &str,
+    get: &Get<'_>,
     offset: &mut u64,
     expected: &Expected,
 ) -> Result<(Body, u64), DownloadError> {
+    let url = get.url;
     // At most one restart from 0: after a 416 or an unusable 206.
     for _ in 0..2 {
-        let mut request = agent.get(url).set("Accept-Encoding", "identity");
+        let mut request = get.agent.get(url).set("Accept-Encoding", "identity");
+        if let Some(authorization) = get.authorization {
+            request = request.set("Authorization", authorization);
+        }
         if *offset > 0 {
             request = request.set("Range", &format!("bytes={offset}-"));
         }
@@ -525,6 +602,21 @@ mod tests {
         let body = generated_bytes(FILE_BYTES, 7);
         let expected = expected_of(&body);
         (dir, body, expected)
+    }
+
+    #[test]
+    fn basic_auth_goes_only_to_its_own_host() {
+        let auth = BasicAuth::new("kiosk-1", "secret-1", "hub.lan");
+        // base64("kiosk-1:secret-1")
+        assert_eq!(
+            auth.header_for("HUB.lan").as_deref(),
+            Some("Basic a2lvc2stMTpzZWNyZXQtMQ==")
+        );
+        assert_eq!(auth.header_for("evil.example"), None);
+        assert_eq!(auth.header_for("hub.lan.evil.example"), None);
+        let v6 = BasicAuth::new("a", "b", "::1");
+        assert!(v6.header_for("[::1]").is_some());
+        assert!(!format!("{auth:?}").contains("secret-1"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use catalog::{
     Catalog, CatalogEntry, CatalogError, Format, ModelFile, ModelName, Problem, Role, Source,
 };
 pub use digest::{Expected, Sha256Digest};
-pub use download::{download_to, DownloadError, DownloadOptions};
+pub use download::{download_to, BasicAuth, DownloadError, DownloadOptions};
 pub use pip::PipError;
 pub use resolve::{resolve_model, ResolveError};
 pub use store::{CorruptReason, FetchError, FetchOptions, ModelStatus, ModelStore, VerifyError};

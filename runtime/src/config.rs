@@ -720,6 +720,9 @@ mod tests {
         .unwrap();
         let config = raw.validate().unwrap();
         assert_eq!(config.server.allowed_hosts, ["kiosk.shop.example"]);
+    }
+
+    #[test]
     fn prefix_reuse_off_disables_the_ram_cache_and_every_shared_prefix() {
         let engine = |toml: &str| {
             RawDeviceConfig::from_toml(toml, "t")

@@ -29,8 +29,11 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
     if args.fleet.is_some() {
         config.fleet = args.fleet;
     }
-    if args.http_bind.is_some() {
-        config.http_bind = args.http_bind;
+    if args.device_bind.is_some() {
+        config.http.device_bind = args.device_bind;
+    }
+    if args.operator_bind.is_some() {
+        config.http.operator_bind = args.operator_bind;
     }
     if args.mqtt_listen.is_some() {
         config.broker.listen = args.mqtt_listen;
@@ -51,8 +54,9 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
             .await
             .context("starting the hub")?;
         println!(
-            "outpost hub: admin and artifacts on http://{}, MQTT on {}, signing key {}",
-            hub.http_addr(),
+            "outpost hub: admin on http://{}, artifacts on http://{}, MQTT on {}, signing key {}",
+            hub.operator_addr(),
+            hub.device_addr(),
             hub.broker_addr()
                 .map_or_else(|| "the external broker".to_string(), |a| a.to_string()),
             hub.public_key_hex()

@@ -27,7 +27,7 @@ mod outbox_owner;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outpost_models::download::DownloadOptions;
+use outpost_models::download::{BasicAuth, DownloadOptions};
 use outpost_protocol::{
     ActiveVersions, AgentVersion, AnswerEvent, DesiredState, DeviceId, Feedback, FleetId, Presence,
     ProtocolVersion, ReportedState, Status, TelemetryPayload,
@@ -73,6 +73,23 @@ pub struct AgentConfig {
     pub telemetry_bounds: OutboxBounds,
     /// Artifact download timeouts.
     pub download: DownloadOptions,
+}
+
+/// The download options with the device's credentials: the hub asks for
+/// the same id and password as the broker (HTTP Basic), and they go only to
+/// the broker's host, so a download URL naming another host never gets them.
+fn download_options(config: &AgentConfig) -> DownloadOptions {
+    let mut options = config.download.clone();
+    if options.basic_auth.is_none() {
+        options.basic_auth = config.session.credentials.as_ref().map(|(user, password)| {
+            BasicAuth::new(
+                user.clone(),
+                password.clone(),
+                config.session.url.host.clone(),
+            )
+        });
+    }
+    options
 }
 
 /// Why the agent could not start.
@@ -193,7 +210,7 @@ impl Agent {
             ApplierConfig {
                 root: config.data_dir.join("artifacts"),
                 hub_key: config.hub_key,
-                download: config.download.clone(),
+                download: download_options(&config),
             },
             pointers,
             runtime,

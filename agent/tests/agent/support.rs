@@ -287,6 +287,7 @@ pub fn config(root: &Path) -> ApplierConfig {
             progress: false,
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(5),
+            ..DownloadOptions::default()
         },
     }
 }

@@ -1,225 +1,24 @@
-//! The hub's HTTP API (axum): admin routes, metrics, health, artifact
-//! downloads with `Range` support.
-//!
-//! ```text
-//! GET  /health                         liveness and MQTT session state
-//! GET  /metrics                        Prometheus text
-//! GET  /signing-key                    the Ed25519 public key devices pin (hex)
-//! GET  /artifacts/sha256/{hex}         artifact bytes; Range, 206/416, HEAD
-//! POST /admin/artifacts                publish (raw body + ?kind&name&version[&base_model],
-//!                                      or multipart: those as text fields, then `file`)
-//! GET  /admin/artifacts                list published artifacts
-//! POST /admin/assign                   {"device"|"tag", "artifacts":[{kind,name,version}], "rollout"?}
-//! PUT  /admin/devices/{device}/tags    {"tags": [...]}
-//! GET  /admin/devices                  status, versions, last seen
-//! GET  /admin/telemetry?device&limit   newest telemetry events
-//! ```
-//!
-//! Every error is JSON `{"error": {"kind", "message"}}`; the kind is stable
-//! and is also the label of `outpost_hub_api_errors_total`. Errors become
-//! responses only in [`ApiError::into_response`].
+//! The operator routes: `/admin/*` (behind the admin token when one is
+//! set) and `/metrics`.
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
-use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::TryStreamExt;
 use outpost_protocol::{
     ArtifactDigest, ArtifactName, ArtifactRef, ArtifactVersion, DeviceId, RolloutId,
 };
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::StreamReader;
 
-use crate::artifacts::{
-    parse_kind, parse_range, ArtifactStore, ByteRange, PublishError, PublishRequest,
-};
+use super::{secret_matches, ApiError, App, AppState};
+use crate::artifacts::{parse_kind, PublishError, PublishRequest};
 use crate::assign::{next_desired, AssignError, Tag, Target};
-use crate::config::Secret;
-use crate::control::Context;
-use crate::store::StoreError;
-
-/// Shared state of every handler.
-#[derive(Debug)]
-pub struct AppState {
-    /// Control-loop context (store, MQTT client, metrics, fleet).
-    pub ctx: Context,
-    /// Artifact store.
-    pub artifacts: ArtifactStore,
-    /// Bearer token for `/admin/*`.
-    pub admin_token: Option<Secret>,
-}
-
-type App = Arc<AppState>;
-
-/// An API error; [`kind`](Self::kind) is its stable name.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApiError {
-    /// The request is malformed.
-    #[error("{0}")]
-    BadRequest(String),
-    /// Missing or wrong bearer token.
-    #[error("missing or wrong admin token")]
-    Unauthorized,
-    /// No such thing.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request conflicts with what exists.
-    #[error("{0}")]
-    Conflict(String),
-    /// The assignment is inconsistent.
-    #[error("{0}")]
-    InvalidAssignment(String),
-    /// The upload is too large.
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    /// The range starts past the end of a file of this size.
-    #[error("range not satisfiable for {size} bytes")]
-    RangeNotSatisfiable {
-        /// The file size.
-        size: u64,
-    },
-    /// A dependency is down (store closed, MQTT queue full).
-    #[error("{0}")]
-    Unavailable(String),
-    /// Anything else; details are logged, not returned.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    /// Stable snake_case name, also the metrics label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::InvalidAssignment(_) => "invalid_assignment",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::InvalidAssignment(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
-/// Marks a response as an API error of this kind, for the metrics layer.
-#[derive(Debug, Clone, Copy)]
-struct ErrorKind(&'static str);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let kind = self.kind();
-        let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal API error");
-                "internal error; see the hub log".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let mut response = (
-            self.status(),
-            Json(json!({"error": {"kind": kind, "message": message}})),
-        )
-            .into_response();
-        if let ApiError::RangeNotSatisfiable { size } = self {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-        }
-        if matches!(kind, "unauthorized") {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response.extensions_mut().insert(ErrorKind(kind));
-        response
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Closed => ApiError::Unavailable(e.to_string()),
-            StoreError::OutOfRange { .. } => ApiError::BadRequest(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<PublishError> for ApiError {
-    fn from(e: PublishError) -> Self {
-        match e {
-            PublishError::TooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
-            PublishError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            PublishError::Empty
-            | PublishError::UnknownBaseModel(_)
-            | PublishError::Invalid(_)
-            | PublishError::Url(_) => ApiError::BadRequest(e.to_string()),
-            PublishError::Store(s) => s.into(),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// The router over `state`.
-pub fn router(state: App) -> Router {
-    let admin = Router::new()
-        .route(
-            "/admin/artifacts",
-            post(publish_artifact)
-                .get(list_artifacts)
-                // Uploads stream to disk with their own limit (max_upload_bytes).
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route("/admin/assign", post(assign))
-        .route("/admin/devices", get(devices))
-        .route("/admin/devices/{device}/tags", put(set_tags))
-        .route("/admin/telemetry", get(telemetry));
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/signing-key", get(signing_key))
-        .route("/artifacts/sha256/{digest}", get(download))
-        .merge(admin)
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            count_errors,
-        ))
-        .with_state(state)
-}
-
-async fn count_errors(State(app): State<App>, response: Response) -> Response {
-    if let Some(ErrorKind(kind)) = response.extensions().get::<ErrorKind>() {
-        app.ctx.metrics.api_error(kind);
-    }
-    response
-}
-
 fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &app.admin_token else {
         return Ok(());
@@ -229,89 +28,18 @@ fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(given) if secret_matches(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
         _ => Err(ApiError::Unauthorized),
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn health(State(app): State<App>) -> Json<serde_json::Value> {
-    let connected = app
-        .ctx
-        .metrics
-        .mqtt_connected
-        .load(std::sync::atomic::Ordering::Relaxed);
-    Json(json!({"status": "ok", "mqtt_connected": connected, "fleet": app.ctx.fleet}))
-}
-
-async fn metrics(State(app): State<App>) -> Response {
+pub(super) async fn metrics(State(app): State<App>) -> Response {
     let online = app.ctx.store.call(|s| s.online_count()).await.ok();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.ctx.metrics.render(online),
     )
         .into_response()
-}
-
-async fn signing_key(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(json!({"algorithm": "ed25519", "public_key": app.artifacts.signer().public_key_hex()}))
-}
-
-async fn download(
-    State(app): State<App>,
-    Path(digest): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    // Parsing the digest first also keeps the path inside the store.
-    let digest: ArtifactDigest = digest
-        .parse()
-        .map_err(|_| ApiError::NotFound("no such artifact".into()))?;
-    let path = app.artifacts.path_for(&digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::NotFound(format!("no artifact {digest}")))
-        }
-        Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
-    };
-    let size = file
-        .metadata()
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?
-        .len();
-    let range = parse_range(
-        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
-        size,
-    );
-    let (status, start, len) = match range {
-        ByteRange::Full => (StatusCode::OK, 0, size),
-        ByteRange::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        ByteRange::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
-    };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-    }
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, format!("\"{digest}\""))
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
-    if status == StatusCode::PARTIAL_CONTENT {
-        response = response.header(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{size}", start + len - 1),
-        );
-    }
-    response
-        .body(Body::from_stream(ReaderStream::new(file.take(len))))
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn required<'a>(fields: &'a HashMap<String, String>, key: &str) -> Result<&'a str, ApiError> {
@@ -347,7 +75,7 @@ fn publish_request(fields: &HashMap<String, String>) -> Result<PublishRequest, A
     })
 }
 
-async fn publish_artifact(
+pub(super) async fn publish_artifact(
     State(app): State<App>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -421,7 +149,7 @@ fn artifact_json(a: &ArtifactRef, created: bool) -> serde_json::Value {
     })
 }
 
-async fn list_artifacts(
+pub(super) async fn list_artifacts(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -455,7 +183,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("JSON body: {e}")))
 }
 
-async fn assign(
+pub(super) async fn assign(
     State(app): State<App>,
     headers: HeaderMap,
     body: Bytes,
@@ -554,7 +282,7 @@ struct TagsBody {
     tags: Vec<String>,
 }
 
-async fn set_tags(
+pub(super) async fn set_tags(
     State(app): State<App>,
     headers: HeaderMap,
     Path(device): Path<String>,
@@ -581,7 +309,7 @@ async fn set_tags(
     Ok(Json(json!({"device": device, "tags": tags})))
 }
 
-async fn devices(
+pub(super) async fn devices(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -593,7 +321,7 @@ async fn devices(
 /// Most telemetry rows one request returns.
 const MAX_TELEMETRY_LIMIT: u32 = 1000;
 
-async fn telemetry(
+pub(super) async fn telemetry(
     State(app): State<App>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
