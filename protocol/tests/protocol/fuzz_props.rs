@@ -32,6 +32,11 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
         AnyMessage::ReportedState(reported()),
         AnyMessage::Telemetry(batch()),
         AnyMessage::TelemetryAck(TelemetryAck {
+            epoch: OutboxEpoch::LEGACY,
+            up_to_seq: Seq(105),
+        }),
+        AnyMessage::TelemetryAck(TelemetryAck {
+            epoch: OutboxEpoch(0x5eed),
             up_to_seq: Seq(105),
         }),
         AnyMessage::Feedback(feedback()),
@@ -43,8 +48,8 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for message in messages {
-        for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
-            // `ReReport` has no v1 form: refusing the downgrade is correct.
+        for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
+            // A message with no v2 form (an epoch) refuses the downgrade.
             if let Ok(bytes) = message.encode_as(version) {
                 out.push((message.topic_kind(), bytes));
             }
