@@ -25,6 +25,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and matched once: the size of the largest variant
+// (every serve flag) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the OpenAI-compatible API on this device.

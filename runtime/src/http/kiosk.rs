@@ -52,7 +52,7 @@ fn block_hashes(page: &str, tag: &str) -> String {
     while let Some(start) = rest.find(&open) {
         let body = &rest[start + open.len()..];
         let Some(end) = body.find(&close) else { break };
-        let digest = Sha256::digest(body[..end].as_bytes());
+        let digest = Sha256::digest(&body.as_bytes()[..end]);
         sources.push(format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
