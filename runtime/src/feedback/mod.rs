@@ -13,7 +13,7 @@
 //! after the answers table is pruned or the fleet ships new versions.
 //!
 //! Privacy and size ([`FeedbackPolicy`]): customer text (question, answer,
-//! comment) goes through the protocol's PII [`redact`] before it is
+//! comment) goes through the protocol's PII [`redact`](outpost_protocol::redact()) before it is
 //! written, so raw text never reaches the disk. A device may instead keep
 //! raw text for a bounded time (`keep_raw`); a sweep (at open and every
 //! `sweep_interval`) then rewrites older rows redacted, with SQLite's
