@@ -20,7 +20,7 @@ test: deps fmt-check
 	./target/debug/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 deps:
 	@bash scripts/install-deps.sh

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::gguf_writer;
 use support::{
-    answer_text, chat, convert_embedder, model_path, outpost, post, post_all, run, serial,
-    temp_dir, write, Server,
+    answer_text, chat, convert_embedder, model_path, outpost, post, post_all, post_raw, run,
+    serial, temp_dir, write, Server,
 };
 
 const SYSTEM: &str = "You are the help desk of the Acme K-500 ticket kiosk. Answer in one or two \
@@ -360,7 +360,14 @@ fn bad_requests_get_openai_shaped_errors() {
     // finish writing first (ureq) can see a broken pipe instead of the
     // answer: write what the socket takes and read the reply.
     let huge = chat(None, &"a".repeat(2 << 20), 4).to_string();
-    let (status, body) = post_oversize(&server.url(""), "/v1/chat/completions", &huge);
+    let (status, body) = post_raw(
+        &server.url(""),
+        "/v1/chat/completions",
+        Some("application/json"),
+        huge.as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "request_too_large");
     // Not JSON.
@@ -794,38 +801,4 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
-
-/// POSTs `body` over a raw socket, ignoring a write cut short by the
-/// server's early answer, and returns (status, parsed JSON body).
-fn post_oversize(base: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let addr = base
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("head");
-    let _ = stream.write_all(body.as_bytes());
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    let reply = String::from_utf8_lossy(&reply);
-    let status = reply
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {reply:?}"));
-    let json = reply
-        .split_once("\r\n\r\n")
-        .and_then(|(_, b)| serde_json::from_str(b).ok())
-        .unwrap_or_default();
-    (status, json)
 }

@@ -16,7 +16,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{model_path, outpost, run, temp_dir, Server};
+use support::{model_path, outpost, post_raw, run, temp_dir, Server};
 
 const ROUTES: [&str; 6] = [
     "/v1/chat/completions",
@@ -164,19 +164,6 @@ fn wrong_typed(route: &str) -> Vec<String> {
     }
 }
 
-/// POSTs raw bytes; the status, or the transport error.
-fn send(url: &str, content_type: Option<&str>, body: &[u8]) -> Result<u16, String> {
-    let mut request = ureq::post(url).timeout(std::time::Duration::from_secs(60));
-    if let Some(ct) = content_type {
-        request = request.set("Content-Type", ct);
-    }
-    match request.send_bytes(body) {
-        Ok(r) => Ok(r.status()),
-        Err(ureq::Error::Status(code, _)) => Ok(code),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 fn small_kb(dir: &Path) -> std::path::PathBuf {
     let docs = dir.join("docs");
     std::fs::create_dir_all(&docs).expect("docs folder");
@@ -214,8 +201,8 @@ fn bad_bodies_on_every_post_route_get_a_4xx_and_the_server_stays_up() {
     let mut failures = Vec::new();
     let mut lora_accepted = Vec::new();
     let mut sent = 0;
+    let base = server.url("");
     for route in ROUTES {
-        let url = server.url(route);
         let mut check = |what: &str, content_type: Option<&str>, body: &[u8], must_be_4xx: bool| {
             sent += 1;
             let lenient = match route {
@@ -223,7 +210,7 @@ fn bad_bodies_on_every_post_route_get_a_4xx_and_the_server_stays_up() {
                 "/v1/handover" => body.is_empty() || content_type != Some("application/json"),
                 _ => false,
             };
-            match send(&url, content_type, body) {
+            match post_raw(&base, route, content_type, body).map(|(status, _)| status) {
                 Ok(status) if (400..500).contains(&status) => {}
                 Ok(status) if status < 400 && !must_be_4xx => {}
                 Ok(status) if status < 400 && lenient => {

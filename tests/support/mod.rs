@@ -149,6 +149,54 @@ pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     }
 }
 
+/// POSTs raw bytes over a plain socket and returns (status, body bytes).
+///
+/// The server answers an over-limit `Content-Length` at once and may close
+/// before the body is sent; a client that must finish writing first (ureq)
+/// then reports a broken pipe instead of the answer. This writes what the
+/// socket takes and reads whatever reply came.
+pub fn post_raw(
+    base: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let addr = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("writing the head: {e}"))?;
+    let _ = stream.write_all(body);
+    let mut reply = Vec::new();
+    let read = stream.read_to_end(&mut reply);
+    let split = reply.windows(4).position(|w| w == b"\r\n\r\n");
+    let status = std::str::from_utf8(&reply[..split.unwrap_or(0)])
+        .ok()
+        .and_then(|head| head.split(' ').nth(1)?.parse().ok());
+    match (status, split) {
+        (Some(status), Some(at)) => Ok((status, reply[at + 4..].to_vec())),
+        _ => Err(format!(
+            "no HTTP reply ({} bytes read, {read:?})",
+            reply.len()
+        )),
+    }
+}
+
 /// POSTs every body at once, one thread each; results in input order.
 pub fn post_all(url: &str, bodies: &[serde_json::Value]) -> Vec<(u16, serde_json::Value)> {
     std::thread::scope(|s| {
