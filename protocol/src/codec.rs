@@ -9,15 +9,17 @@
 //! so a length prefix inside a hostile payload cannot make the decoder
 //! allocate more than the limit either. [`decode`] accepts the current version
 //! and the one before ([`ProtocolVersion::OLDEST_SUPPORTED`]) and upgrades old
-//! messages; [`encode_as`] writes either, downgrading where the old shape can
-//! express the message.
+//! messages, refusing those that cannot be upgraded
+//! ([`DecodeError::UpgradeRefused`]: an unsigned desired state);
+//! [`encode_as`] writes either, downgrading where the old shape can express
+//! the message.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::message::command::Command;
 use crate::message::feedback::{Feedback, FeedbackAck};
-use crate::message::state::{DesiredState, ReportedState, Status};
+use crate::message::state::{ReportedState, SignedDesiredState, Status};
 use crate::message::telemetry::{TelemetryAck, TelemetryBatch};
 use crate::topic::TopicKind;
 use crate::v2;
@@ -104,6 +106,12 @@ pub enum DowngradeError {
     },
 }
 
+/// Why an older payload cannot become a current message (the old shape
+/// lacks something the current one requires, such as a signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UpgradeRefused(pub &'static str);
+
 /// Why a message could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -181,6 +189,17 @@ pub enum DecodeError {
         /// What is wrong.
         reason: Malformed,
     },
+    /// The payload is a valid older message that this version refuses to
+    /// upgrade (a desired state without the hub's signature).
+    #[error("{topic} payload in protocol v{version} refused: {reason}")]
+    UpgradeRefused {
+        /// The topic kind it was decoded as.
+        topic: TopicKind,
+        /// Its version byte.
+        version: u8,
+        /// Why.
+        reason: UpgradeRefused,
+    },
 }
 
 impl DecodeError {
@@ -191,6 +210,7 @@ impl DecodeError {
             DecodeError::UnknownVersion(_) => "unknown_version",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::Malformed { .. } => "malformed",
+            DecodeError::UpgradeRefused { .. } => "upgrade_refused",
         }
     }
 }
@@ -220,7 +240,7 @@ fn malformed_reason(err: &bincode::error::DecodeError) -> Malformed {
 }
 
 pub(crate) mod sealed {
-    use super::DowngradeError;
+    use super::{DowngradeError, UpgradeRefused};
     use serde::de::DeserializeOwned;
     use serde::Serialize;
 
@@ -232,8 +252,9 @@ pub(crate) mod sealed {
         fn decode_body<D: DeserializeOwned>(
             body: &[u8],
         ) -> Result<(D, usize), bincode::error::DecodeError>;
-        /// previous → current.
-        fn upgrade(old: Self::Previous) -> Self;
+        /// previous → current, unless the current shape needs what the
+        /// previous one lacks.
+        fn upgrade(old: Self::Previous) -> Result<Self, UpgradeRefused>;
         /// current → previous.
         fn downgrade(&self) -> Result<Self::Previous, DowngradeError>;
     }
@@ -263,7 +284,7 @@ macro_rules! wire_message {
             ) -> Result<(D, usize), bincode::error::DecodeError> {
                 bincode::serde::decode_from_slice(body, config().with_limit::<{ $limit }>())
             }
-            fn upgrade(old: $prev) -> Self {
+            fn upgrade(old: $prev) -> Result<Self, UpgradeRefused> {
                 $up(old)
             }
             fn downgrade(&self) -> Result<$prev, DowngradeError> {
@@ -278,8 +299,12 @@ macro_rules! wire_message {
     };
 }
 
-fn unchanged<T>(message: T) -> T {
-    message
+fn unchanged<T>(message: T) -> Result<T, UpgradeRefused> {
+    Ok(message)
+}
+
+fn converted<P, T: From<P>>(old: P) -> Result<T, UpgradeRefused> {
+    Ok(T::from(old))
 }
 
 fn cloned<T: Clone>(message: &T) -> Result<T, DowngradeError> {
@@ -295,27 +320,27 @@ wire_message!(
     downgrade = cloned
 );
 wire_message!(
-    DesiredState,
+    SignedDesiredState,
     TopicKind::StateDesired,
     limits::DESIRED_STATE,
-    previous = DesiredState,
-    upgrade = unchanged,
-    downgrade = cloned
+    previous = v2::DesiredState,
+    upgrade = |_| Err(v2::UNSIGNED_DESIRED_STATE),
+    downgrade = |m: &SignedDesiredState| Ok(v2::DesiredState::from(m))
 );
 wire_message!(
     ReportedState,
     TopicKind::StateReported,
     limits::REPORTED_STATE,
-    previous = ReportedState,
-    upgrade = unchanged,
-    downgrade = cloned
+    previous = v2::ReportedState,
+    upgrade = converted,
+    downgrade = |m: &ReportedState| Ok(v2::ReportedState::from(m))
 );
 wire_message!(
     TelemetryBatch,
     TopicKind::Telemetry,
     limits::TELEMETRY_BATCH,
     previous = v2::TelemetryBatch,
-    upgrade = TelemetryBatch::from,
+    upgrade = converted,
     downgrade = v2::TelemetryBatch::try_from
 );
 wire_message!(
@@ -323,7 +348,7 @@ wire_message!(
     TopicKind::TelemetryAck,
     limits::TELEMETRY_ACK,
     previous = v2::TelemetryAck,
-    upgrade = TelemetryAck::from,
+    upgrade = converted,
     downgrade = v2::TelemetryAck::try_from
 );
 wire_message!(
@@ -331,7 +356,7 @@ wire_message!(
     TopicKind::Feedback,
     limits::FEEDBACK,
     previous = v2::Feedback,
-    upgrade = Feedback::from,
+    upgrade = converted,
     downgrade = v2::Feedback::try_from
 );
 wire_message!(
@@ -339,7 +364,7 @@ wire_message!(
     TopicKind::FeedbackAck,
     limits::FEEDBACK_ACK,
     previous = v2::NoFeedbackAck,
-    upgrade = FeedbackAck::from,
+    upgrade = converted,
     downgrade = v2::NoFeedbackAck::try_from
 );
 wire_message!(
@@ -436,7 +461,15 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
     let message = match version {
         ProtocolVersion::V3 => whole::<T, T>(body, first)?,
-        ProtocolVersion::V2 => T::upgrade(whole::<T, T::Previous>(body, first)?),
+        ProtocolVersion::V2 => {
+            T::upgrade(whole::<T, T::Previous>(body, first)?).map_err(|reason| {
+                DecodeError::UpgradeRefused {
+                    topic: T::TOPIC,
+                    version: first,
+                    reason,
+                }
+            })?
+        }
     };
     Ok(Decoded { message, version })
 }
@@ -448,7 +481,7 @@ pub enum AnyMessage {
     /// From `status`.
     Status(Status),
     /// From `state/desired`.
-    DesiredState(DesiredState),
+    DesiredState(SignedDesiredState),
     /// From `state/reported`.
     ReportedState(ReportedState),
     /// From `telemetry`.

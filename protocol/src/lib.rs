@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! outpost/v1/{fleet}/{device}/status           device → hub  retained; last will = offline   Status
-//! outpost/v1/{fleet}/{device}/state/desired    hub → device  retained                        DesiredState
+//! outpost/v1/{fleet}/{device}/state/desired    hub → device  retained                        SignedDesiredState
 //! outpost/v1/{fleet}/{device}/state/reported   device → hub  retained                        ReportedState
 //! outpost/v1/{fleet}/{device}/telemetry        device → hub  QoS 1, batched                  TelemetryBatch
 //! outpost/v1/{fleet}/{device}/telemetry/ack    hub → device  QoS 1, cumulative               TelemetryAck
@@ -22,7 +22,8 @@
 //! validated once, at the edge); [`TopicFilter`] gives the hub its
 //! subscriptions, e.g. `outpost/v1/{fleet}/+/telemetry`. Large artifacts
 //! never travel over MQTT: a desired state carries their URL, size, SHA-256
-//! and Ed25519 signature ([`ArtifactRef`]).
+//! and Ed25519 signature ([`ArtifactRef`]), and is itself signed by the hub
+//! as a whole, bound to one fleet and device ([`SignedDesiredState`]).
 //!
 //! # Payloads ([`codec`])
 //!
@@ -30,7 +31,8 @@
 //! [`encode`] / [`decode`] work on any [`WireMessage`]; each topic kind has a
 //! size limit ([`codec::limits`]) checked before decoding allocates anything.
 //! [`AnyMessage::decode`] routes by topic kind. Errors are typed
-//! ([`DecodeError`]: empty, unknown version, too large, malformed).
+//! ([`DecodeError`]: empty, unknown version, too large, malformed, an old
+//! message the current version refuses to upgrade).
 //!
 //! # Versioning
 //!
@@ -44,7 +46,10 @@
 //!   `CommandAction::ReReport`) or map it.
 //! - Each side reads the current and the previous version and can write
 //!   either: [`decode`] upgrades v2 payloads, [`encode_as`] downgrades for a
-//!   v2 peer (or says why it cannot). The hub learns a device's version from
+//!   v2 peer (or says why it cannot). An upgrade may be refused where the
+//!   old shape lacks what the new one must have: a v3 reader refuses v2
+//!   desired states, which are unsigned (accepting them would let anyone
+//!   downgrade a device out of signature checks). The hub learns a device's version from
 //!   its [`Status`] and answers with [`ProtocolVersion::negotiate`]. The
 //!   previous version's shapes live in [`v2`], frozen; v1 is no longer
 //!   spoken.
@@ -52,9 +57,12 @@
 //! # Messages ([`message`])
 //!
 //! - [`Status`]: online / offline, agent and protocol version.
-//! - [`DesiredState`]: a [`Generation`] (devices ignore stale ones), an
-//!   optional [`RolloutId`] for staged rollouts, and an [`ArtifactSet`] with
-//!   at most one [`ArtifactRef`] per [`ArtifactKind`].
+//! - [`SignedDesiredState`]: a [`DesiredState`] for one fleet and device,
+//!   signed by the hub ([`SignedDesiredState::signing_payload`]). The state
+//!   has a [`Generation`] (devices ignore stale ones), an optional
+//!   [`RolloutId`] for staged rollouts, an [`ArtifactSet`] with at most one
+//!   [`ArtifactRef`] per [`ArtifactKind`], each artifact's [`Release`]
+//!   (anti-rollback) and, for a deliberate rollback, a signed floor.
 //! - [`ReportedState`]: the active set, the last [`ApplyReport`] per kind,
 //!   the last generation processed.
 //! - [`TelemetryBatch`] of numbered [`TelemetryEvent`]s (answers, device
@@ -79,7 +87,7 @@ pub mod v2;
 
 pub use codec::{
     decode, decode_versioned, encode, encode_as, AnyMessage, DecodeError, Decoded, DowngradeError,
-    EncodeError, Malformed, ProtocolVersion, WireMessage,
+    EncodeError, Malformed, ProtocolVersion, UpgradeRefused, WireMessage,
 };
 pub use id::{AgentVersion, ArtifactName, ArtifactVersion, DeviceId, FleetId, IdError, RolloutId};
 pub use message::artifact::{
@@ -89,8 +97,8 @@ pub use message::artifact::{
 pub use message::command::{Command, CommandAction, CommandId};
 pub use message::feedback::{Feedback, FeedbackAck, FeedbackError, FeedbackId};
 pub use message::state::{
-    ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence, ReportedState,
-    Status,
+    ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence, Release,
+    ReportedState, SignedDesiredState, StateSignature, Status,
 };
 pub use message::telemetry::{
     ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, OutboxEpoch, Rating, RetrievalScores,

@@ -33,7 +33,7 @@ pub enum Direction {
 pub enum TopicKind {
     /// `status`: [`crate::Status`], retained; the MQTT last will says offline.
     Status,
-    /// `state/desired`: [`crate::DesiredState`], retained.
+    /// `state/desired`: [`crate::SignedDesiredState`], retained.
     StateDesired,
     /// `state/reported`: [`crate::ReportedState`], retained.
     StateReported,

@@ -19,12 +19,29 @@
 //!   deleting feedback on the broker's PUBACK.
 //! - Every sequence number in a batch or feedback is at most
 //!   [`Seq::MAX`]; that check applies to v2 payloads as well.
+//!
+//! What changed from v2 to v3 (signed desired state):
+//! - `state/desired` carries a [`SignedDesiredState`]: the desired state
+//!   with the fleet and device it is for, release numbers, a rollback
+//!   floor, and the hub's signature over all of it. A v2 [`DesiredState`]
+//!   cannot be upgraded (it has no signature: accepting it would be the
+//!   downgrade attack), so a v3 reader refuses it
+//!   ([`crate::DecodeError::UpgradeRefused`]); the hub still writes v2 for
+//!   a v2 agent, dropping what v2 cannot say.
+//! - [`FailureReason`] gained `Rollback` and `UrlNotAllowed` (both written
+//!   as `Other` for a v2 peer; the detail text keeps the explanation), so
+//!   [`ReportedState`], [`ApplyReport`] and [`ApplyOutcome`] are frozen here
+//!   too.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::DowngradeError;
-use crate::id::DeviceId;
+use crate::codec::{DowngradeError, UpgradeRefused};
+use crate::id::{DeviceId, RolloutId};
+use crate::message::artifact::{ArtifactDigest, ArtifactKind, ArtifactSet};
 use crate::message::feedback::{self as current_fb, FeedbackId};
+use crate::message::state::{self as current, Generation, SignedDesiredState};
 use crate::message::telemetry::{
     self as current_tm, check_events, ActiveVersions, BatchError, OutboxEpoch, Rating, Seq,
     TelemetryEvent,
@@ -194,3 +211,196 @@ impl TryFrom<&current_fb::FeedbackAck> for NoFeedbackAck {
         })
     }
 }
+
+/// v2 desired state: unsigned, no target, no releases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// See [`current::DesiredState::generation`].
+    pub generation: Generation,
+    /// See [`current::DesiredState::rollout`].
+    pub rollout: Option<RolloutId>,
+    /// See [`current::DesiredState::artifacts`].
+    pub artifacts: ArtifactSet,
+    /// See [`current::DesiredState::issued_at_unix_ms`].
+    pub issued_at_unix_ms: u64,
+}
+
+impl From<&SignedDesiredState> for DesiredState {
+    /// Drops the target, the signature, the releases and the rollback
+    /// floor: a v2 agent can check none of them.
+    fn from(new: &SignedDesiredState) -> Self {
+        Self {
+            generation: new.state.generation,
+            rollout: new.state.rollout.clone(),
+            artifacts: new.state.artifacts.clone(),
+            issued_at_unix_ms: new.state.issued_at_unix_ms,
+        }
+    }
+}
+
+/// v2 failure categories: no `Rollback`, no `UrlNotAllowed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// See [`current::FailureReason::Download`].
+    Download,
+    /// See [`current::FailureReason::SizeMismatch`].
+    SizeMismatch,
+    /// See [`current::FailureReason::DigestMismatch`].
+    DigestMismatch,
+    /// See [`current::FailureReason::BadSignature`].
+    BadSignature,
+    /// See [`current::FailureReason::BaseModelMismatch`].
+    BaseModelMismatch,
+    /// See [`current::FailureReason::Storage`].
+    Storage,
+    /// See [`current::FailureReason::HealthCheck`].
+    HealthCheck,
+    /// See [`current::FailureReason::Unsupported`].
+    Unsupported,
+    /// See [`current::FailureReason::Other`].
+    Other,
+}
+
+impl From<FailureReason> for current::FailureReason {
+    fn from(old: FailureReason) -> Self {
+        match old {
+            FailureReason::Download => Self::Download,
+            FailureReason::SizeMismatch => Self::SizeMismatch,
+            FailureReason::DigestMismatch => Self::DigestMismatch,
+            FailureReason::BadSignature => Self::BadSignature,
+            FailureReason::BaseModelMismatch => Self::BaseModelMismatch,
+            FailureReason::Storage => Self::Storage,
+            FailureReason::HealthCheck => Self::HealthCheck,
+            FailureReason::Unsupported => Self::Unsupported,
+            FailureReason::Other => Self::Other,
+        }
+    }
+}
+
+impl From<current::FailureReason> for FailureReason {
+    /// The v3 categories become `Other`.
+    fn from(new: current::FailureReason) -> Self {
+        match new {
+            current::FailureReason::Download => Self::Download,
+            current::FailureReason::SizeMismatch => Self::SizeMismatch,
+            current::FailureReason::DigestMismatch => Self::DigestMismatch,
+            current::FailureReason::BadSignature => Self::BadSignature,
+            current::FailureReason::BaseModelMismatch => Self::BaseModelMismatch,
+            current::FailureReason::Storage => Self::Storage,
+            current::FailureReason::HealthCheck => Self::HealthCheck,
+            current::FailureReason::Unsupported => Self::Unsupported,
+            current::FailureReason::Other
+            | current::FailureReason::Rollback
+            | current::FailureReason::UrlNotAllowed => Self::Other,
+        }
+    }
+}
+
+/// v2 apply outcome (v2 failure categories).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ApplyOutcome {
+    /// See [`current::ApplyOutcome::Applied`].
+    Applied,
+    /// See [`current::ApplyOutcome::Failed`].
+    Failed {
+        /// The category.
+        reason: FailureReason,
+        /// Human detail.
+        detail: RedactedText,
+    },
+}
+
+/// v2 apply report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// See [`current::ApplyReport::generation`].
+    pub generation: Generation,
+    /// See [`current::ApplyReport::sha256`].
+    pub sha256: ArtifactDigest,
+    /// See [`current::ApplyReport::outcome`].
+    pub outcome: ApplyOutcome,
+    /// See [`current::ApplyReport::at_unix_ms`].
+    pub at_unix_ms: u64,
+}
+
+/// v2 reported state (v2 apply reports).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedState {
+    /// See [`current::ReportedState::generation`].
+    pub generation: Option<Generation>,
+    /// See [`current::ReportedState::active`].
+    pub active: ArtifactSet,
+    /// See [`current::ReportedState::last_apply`].
+    pub last_apply: BTreeMap<ArtifactKind, ApplyReport>,
+    /// See [`current::ReportedState::at_unix_ms`].
+    pub at_unix_ms: u64,
+}
+
+impl From<ReportedState> for current::ReportedState {
+    fn from(old: ReportedState) -> Self {
+        let last_apply = old
+            .last_apply
+            .into_iter()
+            .map(|(kind, r)| {
+                let outcome = match r.outcome {
+                    ApplyOutcome::Applied => current::ApplyOutcome::Applied,
+                    ApplyOutcome::Failed { reason, detail } => current::ApplyOutcome::Failed {
+                        reason: reason.into(),
+                        detail,
+                    },
+                };
+                let report = current::ApplyReport {
+                    generation: r.generation,
+                    sha256: r.sha256,
+                    outcome,
+                    at_unix_ms: r.at_unix_ms,
+                };
+                (kind, report)
+            })
+            .collect();
+        Self {
+            generation: old.generation,
+            active: old.active,
+            last_apply,
+            at_unix_ms: old.at_unix_ms,
+        }
+    }
+}
+
+impl From<&current::ReportedState> for ReportedState {
+    fn from(new: &current::ReportedState) -> Self {
+        let last_apply = new
+            .last_apply
+            .iter()
+            .map(|(kind, r)| {
+                let outcome = match &r.outcome {
+                    current::ApplyOutcome::Applied => ApplyOutcome::Applied,
+                    current::ApplyOutcome::Failed { reason, detail } => ApplyOutcome::Failed {
+                        reason: (*reason).into(),
+                        detail: detail.clone(),
+                    },
+                };
+                let report = ApplyReport {
+                    generation: r.generation,
+                    sha256: r.sha256,
+                    outcome,
+                    at_unix_ms: r.at_unix_ms,
+                };
+                (*kind, report)
+            })
+            .collect();
+        Self {
+            generation: new.generation,
+            active: new.active.clone(),
+            last_apply,
+            at_unix_ms: new.at_unix_ms,
+        }
+    }
+}
+
+/// Why a v2 desired state is not read by a v3 peer.
+pub(crate) const UNSIGNED_DESIRED_STATE: UpgradeRefused = UpgradeRefused(
+    "desired states before protocol v3 are unsigned; a v3 device runs only states the hub signed",
+);

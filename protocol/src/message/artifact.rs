@@ -66,12 +66,12 @@ impl fmt::Display for ArtifactKind {
 
 /// Serde for fixed-size byte arrays: raw bytes in binary formats, lowercase hex
 /// in human-readable ones (JSON on the hub's dashboard API).
-mod fixed_bytes {
+pub(crate) mod fixed_bytes {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::fmt;
 
-    pub(super) fn serialize<S: Serializer, const N: usize>(
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
         bytes: &[u8; N],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
@@ -82,7 +82,7 @@ mod fixed_bytes {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
         deserializer: D,
     ) -> Result<[u8; N], D::Error> {
         if deserializer.is_human_readable() {

@@ -5,8 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::artifact::{ArtifactDigest, ArtifactKind, ArtifactSet};
-use crate::id::{AgentVersion, RolloutId};
+use super::artifact::{fixed_bytes, ArtifactDigest, ArtifactKind, ArtifactSet};
+use crate::id::{AgentVersion, DeviceId, FleetId, RolloutId};
 use crate::redact::RedactedText;
 
 /// Orders desired states. The hub increments it for every desired state it
@@ -57,17 +57,46 @@ pub struct Status {
     pub at_unix_ms: u64,
 }
 
-/// Retained on `state/desired`: what the hub wants the device to run.
+/// An artifact's release number: assigned by the hub when the artifact is
+/// published, increasing with every publish (so per kind too), and signed
+/// inside the [`SignedDesiredState`] that names it. Devices keep, per kind,
+/// the release of what they last committed as a floor and refuse anything
+/// lower (anti-rollback, as TUF and Uptane do), unless the state carries a
+/// signed [`DesiredState::rollback_floor`] for that kind.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct Release(pub u64);
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "release {}", self.0)
+    }
+}
+
+/// What the hub wants one device to run. The hub stores this; on the wire
+/// it travels inside a [`SignedDesiredState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Newer than every desired state the hub sent this device before.
     pub generation: Generation,
-    /// The staged rollout this state belongs to, if any (new in v2). The
-    /// device does not act on it; it lets the hub and the logs attribute a
-    /// device's reports to the rollout that caused them.
+    /// The staged rollout this state belongs to, if any. The device does
+    /// not act on it; it lets the hub and the logs attribute a device's
+    /// reports to the rollout that caused them.
     pub rollout: Option<RolloutId>,
     /// The artifacts to run. A kind absent here means "keep what you have".
     pub artifacts: ArtifactSet,
+    /// The release number of each artifact in `artifacts` (new in v3). A
+    /// kind missing here counts as release 0, which a device that committed
+    /// any release of that kind refuses.
+    #[serde(default)]
+    pub releases: BTreeMap<ArtifactKind, Release>,
+    /// A deliberate rollback (new in v3): for each kind named, the device
+    /// lowers its anti-rollback floor to this release before checking the
+    /// artifact. Only the hub's rollout controller and the admin API's
+    /// explicit `rollback` set it; empty otherwise.
+    #[serde(default)]
+    pub rollback_floor: BTreeMap<ArtifactKind, Release>,
     /// When the hub issued it (unix milliseconds, hub clock).
     pub issued_at_unix_ms: u64,
 }
@@ -77,6 +106,82 @@ impl DesiredState {
     /// `last_processed` (`None`: nothing yet).
     pub fn is_newer_than(&self, last_processed: Option<Generation>) -> bool {
         last_processed.is_none_or(|done| self.generation > done)
+    }
+
+    /// The release of this state's artifact of `kind` (0 when not given).
+    pub fn release(&self, kind: ArtifactKind) -> Release {
+        self.releases.get(&kind).copied().unwrap_or_default()
+    }
+}
+
+/// An Ed25519 signature (64 bytes) over [`SignedDesiredState::signing_payload`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateSignature(#[serde(with = "fixed_bytes")] [u8; 64]);
+
+impl StateSignature {
+    /// Wraps signature bytes produced by the hub's signing key.
+    pub const fn from_bytes(bytes: [u8; 64]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw signature, for the verifier.
+    pub const fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StateSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ed25519:{}", hex::encode(self.0))
+    }
+}
+
+/// Retained on `state/desired` (v3): a [`DesiredState`] addressed to one
+/// device and signed as a whole by the hub's key, so that whoever can write
+/// the topic (a broker misconfiguration, a tool, a stolen hub session)
+/// cannot change the set, the generation, the releases or the URLs, nor
+/// replay one device's state on another's topic.
+///
+/// The device checks the signature against its pinned hub key, and that
+/// `fleet` and `device` are its own, before it looks at anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDesiredState {
+    /// The fleet it is for.
+    pub fleet: FleetId,
+    /// The device it is for.
+    pub device: DeviceId,
+    /// What to run.
+    pub state: DesiredState,
+    /// The hub's signature over [`signing_payload`](Self::signing_payload).
+    pub signature: StateSignature,
+}
+
+impl SignedDesiredState {
+    /// Domain separation for [`signing_payload`](Self::signing_payload): a
+    /// signature over a desired state can never pass as an artifact
+    /// signature ([`crate::ArtifactRef::SIGNING_CONTEXT`]) or the reverse.
+    pub const SIGNING_CONTEXT: &'static [u8] = b"outpost-desired-v1\0";
+
+    /// The bytes the hub signs and the device verifies: the context, then
+    /// fleet, device and every field of the state (artifact refs with their
+    /// URLs and signatures, releases, rollback floor, issue time) in
+    /// bincode's standard encoding, which is canonical for these types:
+    /// fixed field order, length-prefixed strings, maps in key order.
+    pub fn signing_payload(fleet: &FleetId, device: &DeviceId, state: &DesiredState) -> Vec<u8> {
+        let mut out = Self::SIGNING_CONTEXT.to_vec();
+        // Encoding into a Vec fails only for types serde cannot express;
+        // these are plain structs, so the fallback is unreachable and would
+        // only make verification fail (never pass).
+        let body =
+            bincode::serde::encode_to_vec((fleet, device, state), bincode::config::standard())
+                .unwrap_or_default();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// This message's [`signing_payload`](Self::signing_payload).
+    pub fn payload(&self) -> Vec<u8> {
+        Self::signing_payload(&self.fleet, &self.device, &self.state)
     }
 }
 
@@ -103,6 +208,12 @@ pub enum FailureReason {
     Unsupported,
     /// Anything else; see the detail text.
     Other,
+    /// The artifact's release is below the device's anti-rollback floor for
+    /// its kind and the state carries no signed rollback (new in v3).
+    Rollback,
+    /// The download URL is outside the device's allowed artifact base (new
+    /// in v3).
+    UrlNotAllowed,
 }
 
 impl FailureReason {
@@ -118,6 +229,8 @@ impl FailureReason {
             FailureReason::HealthCheck => "health_check",
             FailureReason::Unsupported => "unsupported",
             FailureReason::Other => "other",
+            FailureReason::Rollback => "rollback",
+            FailureReason::UrlNotAllowed => "url_not_allowed",
         }
     }
 }
@@ -174,6 +287,8 @@ mod tests {
             generation: Generation(5),
             rollout: None,
             artifacts: ArtifactSet::new(),
+            releases: BTreeMap::new(),
+            rollback_floor: BTreeMap::new(),
             issued_at_unix_ms: 0,
         };
         assert!(desired.is_newer_than(None));
@@ -181,5 +296,58 @@ mod tests {
         assert!(!desired.is_newer_than(Some(Generation(5))));
         assert!(!desired.is_newer_than(Some(Generation(6))));
         assert_eq!(Generation(u64::MAX).next(), Generation(u64::MAX));
+    }
+
+    #[test]
+    fn the_signing_payload_covers_target_set_urls_releases_and_rollback() {
+        use crate::message::artifact::tests::sample_ref;
+        use crate::message::artifact::ArtifactUrl;
+        let fleet = FleetId::parse("acme").expect("fleet");
+        let device = DeviceId::parse("kiosk-a").expect("device");
+        let state = DesiredState {
+            generation: Generation(5),
+            rollout: None,
+            artifacts: ArtifactSet::new()
+                .with(sample_ref(ArtifactKind::Model))
+                .expect("set"),
+            releases: [(ArtifactKind::Model, Release(9))].into_iter().collect(),
+            rollback_floor: BTreeMap::new(),
+            issued_at_unix_ms: 1,
+        };
+        let base = SignedDesiredState::signing_payload(&fleet, &device, &state);
+        assert!(base.starts_with(SignedDesiredState::SIGNING_CONTEXT));
+        let other_device = DeviceId::parse("kiosk-b").expect("device");
+        assert_ne!(
+            SignedDesiredState::signing_payload(&fleet, &other_device, &state),
+            base
+        );
+        let other_fleet = FleetId::parse("acme2").expect("fleet");
+        assert_ne!(
+            SignedDesiredState::signing_payload(&other_fleet, &device, &state),
+            base
+        );
+        let changes: [fn(&mut DesiredState); 5] = [
+            |s| s.generation = Generation(6),
+            |s| s.issued_at_unix_ms = 2,
+            |s| {
+                s.releases.insert(ArtifactKind::Model, Release(8));
+            },
+            |s| {
+                s.rollback_floor.insert(ArtifactKind::Model, Release(1));
+            },
+            |s| {
+                let mut model = sample_ref(ArtifactKind::Model);
+                model.url = ArtifactUrl::parse("https://elsewhere/x").expect("url");
+                s.artifacts = ArtifactSet::new().with(model).expect("set");
+            },
+        ];
+        for change in changes {
+            let mut changed = state.clone();
+            change(&mut changed);
+            assert_ne!(
+                SignedDesiredState::signing_payload(&fleet, &device, &changed),
+                base
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Protocol compatibility: an agent one protocol version older still
-//! interoperates with the current hub, both ways.
+//! interoperates with the current hub, both ways, except where that would
+//! defeat a security rule (a v3 agent refuses an unsigned desired state).
 //!
 //! `old_peer` is what a v2 build's codec did: a `2` prefix and bincode over
 //! the v2 shapes, knowing nothing of v3.
@@ -85,9 +86,12 @@ fn a_v3_hub_answers_a_v2_agent_in_v2() {
     let version = ProtocolVersion::negotiate(status.protocol_version).expect("common version");
     assert_eq!(version, ProtocolVersion::V2);
 
-    let desired_v2: DesiredState =
-        old_peer::decode(&encode_as(&desired(), version).expect("encodes"));
-    assert_eq!(desired_v2, desired());
+    // A v2 agent cannot verify a signature: it gets the v2 shape.
+    let desired_v2: v2::DesiredState =
+        old_peer::decode(&encode_as(&signed_desired(), version).expect("encodes"));
+    assert_eq!(desired_v2.generation, Generation(42));
+    assert_eq!(desired_v2.rollout, desired().rollout);
+    assert_eq!(desired_v2.artifacts, artifact_set());
 
     let ack = TelemetryAck {
         epoch: OutboxEpoch::LEGACY,
@@ -104,6 +108,47 @@ fn a_v3_hub_answers_a_v2_agent_in_v2() {
         old_peer::decode(&encode_as(&command(CommandAction::Flush), version).expect("encodes"));
     assert_eq!(flush.action, CommandAction::Flush);
     assert_eq!(flush.id, CommandId(7));
+}
+
+#[test]
+fn v3_failure_categories_reach_a_v2_reader_as_other() {
+    let mut report = reported();
+    if let Some(r) = report.last_apply.get_mut(&ArtifactKind::Adapter) {
+        r.outcome = ApplyOutcome::Failed {
+            reason: FailureReason::Rollback,
+            detail: redact("release 3 is below the floor 5").text,
+        };
+    }
+    let old: v2::ReportedState =
+        old_peer::decode(&encode_as(&report, ProtocolVersion::V2).expect("encodes"));
+    assert!(matches!(
+        old.last_apply[&ArtifactKind::Adapter].outcome,
+        v2::ApplyOutcome::Failed {
+            reason: v2::FailureReason::Other,
+            ..
+        }
+    ));
+}
+
+/// The downgrade attack: whoever can write `state/desired` sends the old,
+/// unsigned shape. A v3 reader refuses it instead of upgrading it.
+#[test]
+fn a_v3_agent_refuses_an_unsigned_v2_desired_state() {
+    let payload = old_peer::encode(&v2::DesiredState::from(&signed_desired()));
+    let err = decode::<SignedDesiredState>(&payload).expect_err("unsigned");
+    assert!(
+        matches!(
+            err,
+            DecodeError::UpgradeRefused {
+                topic: TopicKind::StateDesired,
+                version: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "upgrade_refused");
+    assert!(AnyMessage::decode(TopicKind::StateDesired, &payload).is_err());
 }
 
 #[test]
@@ -172,7 +217,7 @@ fn a_v2_batch_with_a_sequence_number_beyond_i64_does_not_decode() {
 fn every_message_round_trips_in_the_current_version() {
     let messages = [
         AnyMessage::Status(status(3)),
-        AnyMessage::DesiredState(desired()),
+        AnyMessage::DesiredState(signed_desired()),
         AnyMessage::ReportedState(reported()),
         AnyMessage::Telemetry(batch()),
         AnyMessage::TelemetryAck(TelemetryAck {
@@ -216,6 +261,16 @@ fn wire_bytes_of_both_versions_are_pinned() {
         GOLDEN_STATUS_V2
     );
     assert_eq!(hex(encode(&status(2)).expect("encodes")), GOLDEN_STATUS_V3);
+
+    // The signed desired state, its v2 downgrade and the signed bytes (a
+    // change to the last breaks every signature between hub and device).
+    let signed = small_signed_desired();
+    assert_eq!(hex(encode(&signed).expect("encodes")), GOLDEN_DESIRED_V3);
+    assert_eq!(
+        hex(encode_as(&signed, ProtocolVersion::V2).expect("encodes")),
+        GOLDEN_DESIRED_V2
+    );
+    assert_eq!(hex(signed.payload()), GOLDEN_DESIRED_SIGNING_PAYLOAD);
     let ack = TelemetryAck {
         epoch: OutboxEpoch::LEGACY,
         up_to_seq: Seq(300),
@@ -234,3 +289,29 @@ const GOLDEN_BATCH_V2: &str = "02076b696f736b2d37030103fd73e666348f0100000100001
 const GOLDEN_BATCH_V3: &str = "03076b696f736b2d37fb3412030103fd73e666348f0100000100001642fc000000c0fd0000000002000000fd0000004005000000fd00000000100000000100007642";
 const GOLDEN_STATUS_V2: &str = "020005302e332e3102fd70e666348f010000";
 const GOLDEN_STATUS_V3: &str = "030005302e332e3102fd70e666348f010000";
+// version 03 | fleet "acme" | device "kiosk-7" | generation 5 | rollout None |
+// no artifacts | releases {Model: 300 (0xfb 2c01)} | rollback {Model: 2} |
+// issued_at 1000 (0xfb e803) | signature: 64 bytes of 0x77 (length 64 first).
+const GOLDEN_DESIRED_V3: &str = "030461636d65076b696f736b2d370500000100fb2c01010002fbe8034077777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777777";
+// The same for a v2 agent: version 02 | generation 5 | rollout None | no
+// artifacts | issued_at 1000.
+const GOLDEN_DESIRED_V2: &str = "02050000fbe803";
+// b"outpost-desired-v1\0" then fleet, device and the state as in v3.
+const GOLDEN_DESIRED_SIGNING_PAYLOAD: &str =
+    "6f7574706f73742d646573697265642d7631000461636d65076b696f736b2d370500000100fb2c01010002fbe803";
+
+fn small_signed_desired() -> SignedDesiredState {
+    SignedDesiredState {
+        fleet: fleet(),
+        device: device(),
+        state: DesiredState {
+            generation: Generation(5),
+            rollout: None,
+            artifacts: ArtifactSet::new(),
+            releases: [(ArtifactKind::Model, Release(300))].into_iter().collect(),
+            rollback_floor: [(ArtifactKind::Model, Release(2))].into_iter().collect(),
+            issued_at_unix_ms: 1000,
+        },
+        signature: StateSignature::from_bytes([0x77; 64]),
+    }
+}

@@ -48,12 +48,33 @@ pub fn status(protocol_version: u8) -> Status {
     }
 }
 
+pub fn fleet() -> FleetId {
+    FleetId::parse("acme").expect("valid")
+}
+
 pub fn desired() -> DesiredState {
     DesiredState {
         generation: Generation(42),
         rollout: Some(RolloutId::parse("adapter-2024-05-canary").expect("valid")),
         artifacts: artifact_set(),
+        releases: ArtifactKind::ALL
+            .into_iter()
+            .zip(10..)
+            .map(|(kind, n)| (kind, Release(n)))
+            .collect(),
+        rollback_floor: [(ArtifactKind::Adapter, Release(11))].into_iter().collect(),
         issued_at_unix_ms: 1_714_571_000_000,
+    }
+}
+
+/// `desired()` for kiosk-7 of acme, with a fixed (not verifiable)
+/// signature: the codec does not verify, the agent does.
+pub fn signed_desired() -> SignedDesiredState {
+    SignedDesiredState {
+        fleet: fleet(),
+        device: device(),
+        state: desired(),
+        signature: StateSignature::from_bytes([0x77; 64]),
     }
 }
 

@@ -28,7 +28,7 @@ fn config(default_cases: u32) -> ProptestConfig {
 fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
     let messages = [
         AnyMessage::Status(status(2)),
-        AnyMessage::DesiredState(desired()),
+        AnyMessage::DesiredState(signed_desired()),
         AnyMessage::ReportedState(reported()),
         AnyMessage::Telemetry(batch()),
         AnyMessage::TelemetryAck(TelemetryAck {
@@ -49,8 +49,15 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
     let mut out = Vec::new();
     for message in messages {
         for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
-            // A message with no v2 form (an epoch) refuses the downgrade.
-            if let Ok(bytes) = message.encode_as(version) {
+            // A message with no v2 form (an epoch) refuses the downgrade,
+            // and a v2 desired state (unsigned) is written for v2 agents
+            // but never read back: neither is a valid payload for a v3 reader.
+            let Ok(bytes) = message.encode_as(version) else {
+                continue;
+            };
+            let unsigned_desired =
+                version == ProtocolVersion::V2 && message.topic_kind() == TopicKind::StateDesired;
+            if !unsigned_desired {
                 out.push((message.topic_kind(), bytes));
             }
         }

@@ -24,7 +24,7 @@ fn payloads() -> impl Strategy<Value = Vec<u8>> {
 /// reaches much deeper into the decoder than random bytes.
 fn mutated() -> impl Strategy<Value = (TopicKind, Vec<u8>)> {
     let valid = prop_oneof![
-        Just(AnyMessage::DesiredState(desired())),
+        Just(AnyMessage::DesiredState(signed_desired())),
         Just(AnyMessage::ReportedState(reported())),
         Just(AnyMessage::Telemetry(batch())),
         Just(AnyMessage::Feedback(feedback())),
