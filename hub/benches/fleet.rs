@@ -66,8 +66,8 @@ use outpost_hub::{Hub, HubConfig, DB_FILE};
 use outpost_protocol::{
     decode, encode, ActiveVersions, AgentVersion, AnswerEvent, ArtifactDigest, DesiredState,
     DeviceId, DeviceMetrics, FleetId, PiiCounts, PiiKind, Presence, ProtocolVersion, Rating,
-    RetrievalScores, Seq, Status, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
-    Topic, TopicKind,
+    RetrievalScores, Seq, SignedDesiredState, Status, TelemetryAck, TelemetryBatch, TelemetryEvent,
+    TelemetryPayload, Topic, TopicKind,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
@@ -747,8 +747,8 @@ impl Device {
                         Err(_) => self.report.undecodable += 1,
                     }
                 } else if publish.topic == self.topics.desired {
-                    match decode::<DesiredState>(&publish.payload) {
-                        Ok(state) => self.on_desired(&state, at),
+                    match decode::<SignedDesiredState>(&publish.payload) {
+                        Ok(signed) => self.on_desired(&signed.state, at),
                         Err(_) => self.report.undecodable += 1,
                     }
                 }

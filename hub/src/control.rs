@@ -39,6 +39,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::signing::ArtifactSigner;
 use crate::store::{BadInput, DeadLetter, IngestError, StoreError, StoreHandle};
 
 /// Incoming publishes queued between the session and control tasks.
@@ -168,6 +169,8 @@ pub struct Context {
     pub egress: AsyncClient,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Signs every desired state at publish.
+    pub signer: ArtifactSigner,
 }
 
 /// Why a desired state could not be published.
@@ -203,8 +206,11 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Context {
     /// Publishes `state` retained on the device's `state/desired`, in the
-    /// highest version the device speaks. A device that never sent a status
-    /// gets v1, which every supported agent reads.
+    /// highest version the device speaks, signed for this fleet and `device`
+    /// (the signature binds the topic's target, so a state cannot be
+    /// replayed on another device's topic). A device that never sent a
+    /// status gets v2, which v2 agents read; a v3 agent refuses it
+    /// (unsigned) and gets a signed v3 state once its status arrives.
     pub async fn publish_desired(
         &self,
         device: &DeviceId,
@@ -221,10 +227,15 @@ impl Context {
             }
             None => ProtocolVersion::OLDEST_SUPPORTED,
         };
-        let payload = encode_as(state, version).map_err(|source| PublishDesiredError::Encode {
-            device: device.clone(),
-            source,
-        })?;
+        // Signed at every publish, not at assignment: what is stored stays
+        // the hub's intent, and a re-publish after a key rotation is signed
+        // by the current key.
+        let signed = self.signer.sign_desired(&self.fleet, device, state);
+        let payload =
+            encode_as(&signed, version).map_err(|source| PublishDesiredError::Encode {
+                device: device.clone(),
+                source,
+            })?;
         let topic = Topic::new(self.fleet.clone(), device.clone(), TopicKind::StateDesired);
         let publish = self
             .egress

@@ -327,6 +327,7 @@ impl Hub {
             client,
             egress,
             metrics: Arc::new(metrics::Metrics::default()),
+            signer: signer.clone(),
         };
         let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut tasks = control::spawn(ctx.clone(), eventloop, egress_loop, shutdown_rx.clone());

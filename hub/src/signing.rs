@@ -1,13 +1,19 @@
-//! The hub's Ed25519 artifact-signing key: created on first start, kept in
-//! the data dir with mode 0600, its public half exported as hex for devices
-//! to pin.
+//! The hub's Ed25519 signing key: created on first start, kept in the data
+//! dir with mode 0600, its public half exported as hex for devices to pin.
+//! It signs artifact references ([`ArtifactRef::signing_payload`]) and every
+//! desired state as a whole ([`SignedDesiredState::signing_payload`]); the
+//! two payloads start with different context strings, so neither signature
+//! can pass as the other.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
-use outpost_protocol::{ArtifactRef, ArtifactSignature};
+use outpost_protocol::{
+    ArtifactRef, ArtifactSignature, DesiredState, DeviceId, FleetId, SignedDesiredState,
+    StateSignature,
+};
 
 /// File name of the secret key (32 raw bytes) inside the data dir.
 pub const KEY_FILE: &str = "signing.key";
@@ -47,7 +53,7 @@ pub enum SigningError {
     Random(String),
 }
 
-/// Signs artifact references with the hub's key.
+/// Signs artifact references and desired states with the hub's key.
 #[derive(Clone)]
 pub struct ArtifactSigner {
     key: SigningKey,
@@ -116,6 +122,23 @@ impl ArtifactSigner {
     /// is not part of the payload, so any placeholder may be in it).
     pub fn sign(&self, artifact: &ArtifactRef) -> ArtifactSignature {
         ArtifactSignature::from_bytes(self.key.sign(&artifact.signing_payload()).to_bytes())
+    }
+
+    /// `state` addressed to `device` of `fleet`, signed as a whole: what the
+    /// hub publishes on that device's `state/desired`.
+    pub fn sign_desired(
+        &self,
+        fleet: &FleetId,
+        device: &DeviceId,
+        state: &DesiredState,
+    ) -> SignedDesiredState {
+        let payload = SignedDesiredState::signing_payload(fleet, device, state);
+        SignedDesiredState {
+            fleet: fleet.clone(),
+            device: device.clone(),
+            state: state.clone(),
+            signature: StateSignature::from_bytes(self.key.sign(&payload).to_bytes()),
+        }
     }
 }
 
@@ -234,5 +257,27 @@ mod tests {
             .verifying_key()
             .verify(&artifact.signing_payload(), &sig)
             .is_err());
+    }
+
+    #[test]
+    fn a_desired_state_signature_verifies_only_for_its_device() {
+        let signer = ArtifactSigner::from_key(SigningKey::from_bytes(&[7; 32]));
+        let fleet: FleetId = "acme".parse().expect("fleet");
+        let device: DeviceId = "kiosk-a".parse().expect("device");
+        let state = DesiredState {
+            generation: outpost_protocol::Generation(3),
+            rollout: None,
+            artifacts: outpost_protocol::ArtifactSet::new(),
+            releases: Default::default(),
+            rollback_floor: Default::default(),
+            issued_at_unix_ms: 1,
+        };
+        let signed = signer.sign_desired(&fleet, &device, &state);
+        let sig = ed25519_dalek::Signature::from_bytes(signed.signature.as_bytes());
+        let key = signer.verifying_key();
+        key.verify(&signed.payload(), &sig).expect("verifies");
+        let other: DeviceId = "kiosk-b".parse().expect("device");
+        let replayed = SignedDesiredState::signing_payload(&fleet, &other, &state);
+        assert!(key.verify(&replayed, &sig).is_err());
     }
 }

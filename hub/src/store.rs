@@ -803,6 +803,33 @@ impl Store {
             .transpose()
     }
 
+    /// One artifact by kind, name and version, with its release number: the
+    /// row's SQLite rowid, given at publish and larger for every later
+    /// publish (artifact rows are never deleted, so a rowid is never
+    /// reused), hence increasing per kind as anti-rollback needs.
+    pub fn artifact_with_release(
+        &self,
+        kind: ArtifactKind,
+        name: &ArtifactName,
+        version: &ArtifactVersion,
+    ) -> Result<Option<(ArtifactRecord, outpost_protocol::Release)>, StoreError> {
+        let Some(record) = self.artifact(kind, name, version)? else {
+            return Ok(None);
+        };
+        let rowid: i64 = self
+            .conn
+            .query_row(
+                "SELECT rowid FROM artifacts WHERE kind = ?1 AND name = ?2 AND version = ?3",
+                params![kind.as_str(), name.as_str(), version.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(sql("read artifact release"))?;
+        Ok(Some((
+            record,
+            outpost_protocol::Release(rowid.max(0).unsigned_abs()),
+        )))
+    }
+
     /// Whether any artifact has these bytes (for the download route).
     pub fn artifact_by_digest(
         &self,
@@ -991,6 +1018,8 @@ mod tests {
             generation: Generation(g),
             rollout: Some(RolloutId::parse("r1").expect("id")),
             artifacts: outpost_protocol::ArtifactSet::new(),
+            releases: Default::default(),
+            rollback_floor: Default::default(),
             issued_at_unix_ms: 1,
         };
         let done = store

@@ -10,10 +10,10 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use outpost_hub::config::{BrokerConfig, HttpConfig};
 use outpost_hub::{Hub, HubConfig, DB_FILE};
 use outpost_protocol::{
-    decode, encode, encode_as, redact, ActiveVersions, AgentVersion, ArtifactKind, DesiredState,
-    DeviceId, DeviceMetrics, Feedback, FeedbackAck, FeedbackId, OutboxEpoch, Presence,
-    ProtocolVersion, Rating, Seq, Status, TelemetryAck, TelemetryBatch, TelemetryEvent,
-    TelemetryPayload,
+    decode, decode_versioned, encode, encode_as, redact, ActiveVersions, AgentVersion,
+    ArtifactKind, DecodeError, DeviceId, DeviceMetrics, Feedback, FeedbackAck, FeedbackId,
+    OutboxEpoch, Presence, ProtocolVersion, Rating, Release, Seq, SignedDesiredState, Status,
+    TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
@@ -275,12 +275,20 @@ impl Device {
 }
 
 fn status() -> Vec<u8> {
-    encode(&Status {
-        presence: Presence::Online,
-        agent_version: AgentVersion::parse("0.1.0").expect("version"),
-        protocol_version: 2,
-        at_unix_ms: 1,
-    })
+    status_of(ProtocolVersion::CURRENT)
+}
+
+/// The online status of an agent speaking up to `version`, in that version.
+fn status_of(version: ProtocolVersion) -> Vec<u8> {
+    encode_as(
+        &Status {
+            presence: Presence::Online,
+            agent_version: AgentVersion::parse("0.1.0").expect("version"),
+            protocol_version: version.as_byte(),
+            at_unix_ms: 1,
+        },
+        version,
+    )
     .expect("encode status")
 }
 
@@ -354,11 +362,19 @@ async fn start_embedded() -> (tempfile::TempDir, Hub, String, u16) {
     (data, hub, base, port)
 }
 
-fn verify(desired: &DesiredState, public_key_hex: &str) {
+/// Checks the whole-state signature, its target, and every artifact's.
+fn verify(desired: &SignedDesiredState, public_key_hex: &str) {
     let mut key = [0u8; 32];
     hex::decode_to_slice(public_key_hex, &mut key).expect("hex key");
     let key = VerifyingKey::from_bytes(&key).expect("ed25519 key");
-    for artifact in desired.artifacts.iter() {
+    assert_eq!(desired.fleet.as_str(), "acme");
+    assert_eq!(desired.device.as_str(), "kiosk-1");
+    key.verify(
+        &desired.payload(),
+        &Signature::from_bytes(desired.signature.as_bytes()),
+    )
+    .expect("the desired state is signed by the hub key as a whole");
+    for artifact in desired.state.artifacts.iter() {
         key.verify(
             &artifact.signing_payload(),
             &Signature::from_bytes(artifact.signature.as_bytes()),
@@ -473,15 +489,16 @@ async fn round_trip(hub: &Hub, port: u16) {
         String::from_utf8_lossy(&reply.body)
     );
     assert_eq!(reply.json()["assigned"][0]["published"], true);
-    let desired: DesiredState =
+    let desired: SignedDesiredState =
         decode(&device.next("state/desired").await).expect("desired decodes");
-    assert_eq!(desired.generation.0, 1);
+    assert_eq!(desired.state.generation.0, 1);
     let key = http("GET", format!("{base}/signing-key"), vec![], vec![])
         .await
         .json();
     assert_eq!(key["public_key"], hub.public_key_hex());
     verify(&desired, hub.public_key_hex());
     let artifact = desired
+        .state
         .artifacts
         .get(ArtifactKind::PromptSet)
         .expect("prompt set in desired state")
@@ -546,8 +563,8 @@ async fn round_trip(hub: &Hub, port: u16) {
             break payload;
         }
     };
-    let retained: DesiredState = decode(&retained).expect("retained decodes");
-    assert_eq!(retained.generation.0, 1);
+    let retained: SignedDesiredState = decode(&retained).expect("retained decodes");
+    assert_eq!(retained.state.generation.0, 1);
 
     // Assign by tag: a new version reaches the tagged device as generation 2.
     let v2: Vec<u8> = b"second prompt set".to_vec();
@@ -582,11 +599,87 @@ async fn round_trip(hub: &Hub, port: u16) {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let desired: DesiredState =
+    let desired: SignedDesiredState =
         decode(&device.next("state/desired").await).expect("desired decodes");
-    assert_eq!(desired.generation.0, 2);
-    assert_eq!(desired.rollout.as_ref().map(|r| r.as_str()), Some("r1"));
+    assert_eq!(desired.state.generation.0, 2);
+    assert_eq!(
+        desired.state.rollout.as_ref().map(|r| r.as_str()),
+        Some("r1")
+    );
     verify(&desired, hub.public_key_hex());
+    let newer = desired.state.release(ArtifactKind::PromptSet);
+    let older = retained.state.release(ArtifactKind::PromptSet);
+    assert!(newer > older, "{newer} after {older}");
+
+    // Going back to 1.0.0 is a rollback: refused unless asked for, then
+    // signed into the state's rollback floor.
+    let back = |rollback: bool| {
+        serde_json::to_vec(&serde_json::json!({
+            "device": "kiosk-1",
+            "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1.0.0"}],
+            "rollback": rollback,
+        }))
+        .expect("json")
+    };
+    let reply = http("POST", format!("{base}/admin/assign"), vec![], back(false)).await;
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["error"]["kind"], "invalid_assignment");
+    let reply = http("POST", format!("{base}/admin/assign"), vec![], back(true)).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let desired: SignedDesiredState =
+        decode(&device.next("state/desired").await).expect("desired decodes");
+    assert_eq!(desired.state.generation.0, 3);
+    assert_eq!(desired.state.release(ArtifactKind::PromptSet), older);
+    assert_eq!(
+        desired.state.rollback_floor.get(&ArtifactKind::PromptSet),
+        Some(&older)
+    );
+    assert!(older > Release(0));
+    verify(&desired, hub.public_key_hex());
+
+    // A v2 agent cannot verify a signature: it gets the v2 shape.
+    device
+        .client
+        .publish(
+            "outpost/v1/acme/kiosk-1/status",
+            QoS::AtLeastOnce,
+            true,
+            status_of(ProtocolVersion::V2),
+        )
+        .await
+        .expect("publish v2 status");
+    let old = device.next("state/desired").await;
+    assert_eq!(old.first(), Some(&2), "written in v2 for a v2 agent");
+    assert!(
+        matches!(
+            decode_versioned::<SignedDesiredState>(&old),
+            Err(DecodeError::UpgradeRefused { version: 2, .. })
+        ),
+        "and a v3 reader refuses it: it is unsigned"
+    );
+    device
+        .client
+        .publish(
+            "outpost/v1/acme/kiosk-1/status",
+            QoS::AtLeastOnce,
+            true,
+            status(),
+        )
+        .await
+        .expect("publish v3 status");
+    let again: SignedDesiredState =
+        decode(&device.next("state/desired").await).expect("signed again for a v3 agent");
+    assert_eq!(again.state.generation.0, 3);
 
     // The admin views agree.
     let devices = http("GET", format!("{base}/admin/devices"), vec![], vec![])
@@ -600,7 +693,7 @@ async fn round_trip(hub: &Hub, port: u16) {
         .expect("kiosk-1 listed")
         .clone();
     assert_eq!(kiosk["presence"], "online");
-    assert_eq!(kiosk["desired_generation"], 2);
+    assert_eq!(kiosk["desired_generation"], 3);
     assert_eq!(kiosk["max_seq"], 5);
     assert_eq!(kiosk["tags"], serde_json::json!(["berlin", "canary"]));
     let events = http(

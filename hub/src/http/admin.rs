@@ -18,7 +18,7 @@ use tokio_util::io::StreamReader;
 
 use super::{secret_matches, ApiError, App, AppState};
 use crate::artifacts::{parse_kind, PublishError, PublishRequest};
-use crate::assign::{next_desired, AssignError, Tag, Target};
+use crate::assign::{next_desired, AssignError, Assignment, Change, Tag, Target};
 fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &app.admin_token else {
         return Ok(());
@@ -169,6 +169,10 @@ struct AssignBody {
     tag: Option<String>,
     artifacts: Vec<ArtifactKey>,
     rollout: Option<String>,
+    /// Allows older releases than the assigned ones (a deliberate rollback,
+    /// signed into the desired state); without it they are refused.
+    #[serde(default)]
+    rollback: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,14 +225,22 @@ pub(super) async fn assign(
         let version = ArtifactVersion::parse(&key.version)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let label = format!("{kind} {name} {version}");
-        let record = app
+        let (record, release) = app
             .ctx
             .store
-            .call(move |s| s.artifact(kind, &name, &version))
+            .call(move |s| s.artifact_with_release(kind, &name, &version))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no artifact {label}")))?;
-        refs.push(app.artifacts.artifact_ref(&record)?);
+        refs.push(Change {
+            artifact: app.artifacts.artifact_ref(&record)?,
+            release,
+        });
     }
+    let assignment = Assignment {
+        changes: refs,
+        rollout,
+        rollback: body.rollback,
+    };
     let devices = match &target {
         Target::Device(d) => vec![d.clone()],
         Target::Tag(t) => {
@@ -251,7 +263,7 @@ pub(super) async fn assign(
         .store
         .call(move |s| {
             s.assign(&devices, &audit, now, |_, previous| {
-                next_desired(previous, &refs, rollout.clone(), now)
+                next_desired(previous, &assignment, now)
             })
         })
         .await?

@@ -19,7 +19,8 @@
 //! POST /admin/artifacts                publish (raw body + ?kind&name&version[&base_model],
 //!                                      or multipart: those as text fields, then `file`)
 //! GET  /admin/artifacts                list published artifacts
-//! POST /admin/assign                   {"device"|"tag", "artifacts":[{kind,name,version}], "rollout"?}
+//! POST /admin/assign                   {"device"|"tag", "artifacts":[{kind,name,version}], "rollout"?,
+//!                                       "rollback"?: an explicit, signed rollback to older releases}
 //! PUT  /admin/devices/{device}/tags    {"tags": [...]}
 //! GET  /admin/devices                  status, versions, last seen
 //! GET  /admin/telemetry?device&limit   newest telemetry events
