@@ -3,6 +3,9 @@
 //! - [`Reconciler`] (I/O-free) turns a [`DesiredState`](outpost_protocol::DesiredState),
 //!   the active pointers and what is on disk into [`Action`]s, one step at
 //!   a time, and takes each step's [`Outcome`].
+//! - [`StateVerifier`] trusts a signed desired state (hub signature over
+//!   the whole state, this fleet and device, a sane generation) before the
+//!   apply thread sees it.
 //! - [`verify()`] checks a file against its [`ArtifactRef`](outpost_protocol::ArtifactRef)
 //!   (hub signature, size, SHA-256, GGUF header) and is the only source of
 //!   a [`VerifiedArtifact`].
@@ -29,10 +32,12 @@ mod files;
 pub mod gc;
 mod pointers;
 mod reconciler;
+mod trust;
 mod verify;
 
 pub use executor::{Applier, ApplierConfig, ApplyError, HealthCheck};
 pub use files::{ArtifactFiles, FilesError};
 pub use pointers::{PointerError, PointerState, PointerStore, Slot, SqlitePointers};
 pub use reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
+pub use trust::{StateVerifier, Untrusted, DEFAULT_MAX_GENERATION_JUMP};
 pub use verify::{verify, HubKey, HubKeyError, Rejection, VerifiedArtifact};

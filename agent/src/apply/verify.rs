@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use outpost_models::gguf;
-use outpost_protocol::{ArtifactDigest, ArtifactKind, ArtifactRef, FailureReason};
+use outpost_protocol::{
+    ArtifactDigest, ArtifactKind, ArtifactRef, FailureReason, SignedDesiredState,
+};
 use sha2::{Digest, Sha256};
 
 /// The hub's artifact-signing public key, pinned in the device config.
@@ -33,6 +35,12 @@ impl HubKey {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| HubKeyError)?;
         Self::from_bytes(&bytes)
+    }
+
+    /// Whether the hub signed exactly this desired state for its target.
+    pub fn signed_state(&self, signed: &SignedDesiredState) -> bool {
+        let signature = Signature::from_bytes(signed.signature.as_bytes());
+        self.0.verify_strict(&signed.payload(), &signature).is_ok()
     }
 
     /// Whether the hub signed exactly this artifact reference.

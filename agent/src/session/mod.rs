@@ -40,7 +40,7 @@ pub use backoff::Backoff;
 pub use endpoint::{BrokerUrl, EndpointError, SessionOptions, TlsFiles};
 pub use outbox_owner::{OutboxClient, OutboxStats, RecordError};
 
-use crate::apply::{Applier, ApplierConfig, ApplyError, HubKey, SqlitePointers};
+use crate::apply::{Applier, ApplierConfig, ApplyError, HubKey, SqlitePointers, StateVerifier};
 use crate::outbox::{Outbox, OutboxBounds, OutboxConfig, OutboxError, SqliteOutboxStore};
 use crate::MetricsSampler;
 
@@ -57,6 +57,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The hub's pinned Ed25519 key.
     pub hub_key: HubKey,
+    /// Largest step past the last processed generation a desired state may
+    /// take (see [`crate::apply::DEFAULT_MAX_GENERATION_JUMP`]).
+    pub max_generation_jump: u64,
     /// How often the session checks for telemetry to send.
     pub flush_interval: Duration,
     /// Resend a batch the hub has not acknowledged after this long.
@@ -251,6 +254,12 @@ impl Agent {
             client,
             outbox: outbox.clone(),
             desired: desired_tx,
+            verifier: StateVerifier::new(
+                config.hub_key,
+                config.fleet.clone(),
+                config.device.clone(),
+                config.max_generation_jump,
+            ),
             reported: outputs.reported.clone(),
             connected: connected_tx,
             backoff: Backoff::new(config.backoff_min, config.backoff_max, seed),

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::outbox_owner::OutboxClient;
+use crate::apply::StateVerifier;
 
 /// What the session needs besides the event loop.
 pub(super) struct Session {
@@ -34,6 +35,8 @@ pub(super) struct Session {
     pub client: AsyncClient,
     pub outbox: OutboxClient,
     pub desired: watch::Sender<Option<DesiredState>>,
+    /// Checks every desired state before it reaches `desired`.
+    pub verifier: StateVerifier,
     pub reported: watch::Receiver<ReportedState>,
     pub connected: watch::Sender<bool>,
     pub backoff: Backoff,
@@ -157,12 +160,19 @@ impl Session {
         let message = match AnyMessage::decode(kind, payload) {
             Ok(decoded) => decoded.message,
             Err(error) => {
+                if kind == TopicKind::StateDesired {
+                    self.verifier.count_undecodable();
+                }
                 tracing::warn!(%kind, %error, "an undecodable message from the hub was dropped");
                 return;
             }
         };
         match message {
-            AnyMessage::DesiredState(state) => {
+            AnyMessage::DesiredState(signed) => {
+                let last = self.reported.borrow().generation;
+                let Ok(state) = self.verifier.verify(signed, last) else {
+                    return; // logged and counted by the verifier
+                };
                 tracing::info!(generation = %state.generation, "desired state received");
                 self.desired.send_if_modified(|current| {
                     let newer = current

@@ -25,6 +25,8 @@ fn desired(generation: u64, artifacts: Vec<ArtifactRef>) -> DesiredState {
         generation: Generation(generation),
         rollout: None,
         artifacts: ArtifactSet::try_from(artifacts).expect("valid set"),
+        releases: Default::default(),
+        rollback_floor: Default::default(),
         issued_at_unix_ms: 0,
     }
 }
