@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_agent::apply::ArtifactBase;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
@@ -41,7 +42,15 @@ pub fn agent_config(s: &AgentSettings) -> Result<AgentConfig, BadConfig> {
     let hub_key = read_hub_key(&s.hub_key)
         .map_err(|e| problems.push(format!("agent.hub_key: {e}")))
         .ok();
-    let (Some(url), Some(hub_key)) = (url, hub_key) else {
+    let artifact_base = match &s.artifact_base_url {
+        Some(base) => ArtifactBase::parse(base)
+            .map_err(|e| problems.push(format!("agent.artifact_base_url: {e}")))
+            .ok(),
+        None => url
+            .as_ref()
+            .map(|u: &BrokerUrl| ArtifactBase::hub_host(&u.host)),
+    };
+    let (Some(url), Some(hub_key), Some(artifact_base)) = (url, hub_key, artifact_base) else {
         return Err(BadConfig(format!(
             "invalid configuration:\n{}",
             problems
@@ -83,6 +92,7 @@ pub fn agent_config(s: &AgentSettings) -> Result<AgentConfig, BadConfig> {
             ..OutboxBounds::default()
         },
         download: Default::default(),
+        artifact_base,
     })
 }
 

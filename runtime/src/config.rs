@@ -138,6 +138,7 @@ pub struct RawAgent {
     pub apply_retry_s: Option<i64>,
     pub outbox_max_mb: Option<i64>,
     pub outbox_max_age_h: Option<i64>,
+    pub artifact_base_url: Option<String>,
 }
 
 /// The fleet agent's settings, checked for shape; the binary turns them
@@ -165,6 +166,9 @@ pub struct AgentSettings {
     pub apply_retry: Duration,
     pub outbox_max_bytes: u64,
     pub outbox_max_age: Duration,
+    /// Where artifact downloads may come from, e.g. `https://hub.lan:8443/`;
+    /// `None`: the broker's host, any port.
+    pub artifact_base_url: Option<String>,
 }
 
 /// Log output style.
@@ -317,7 +321,7 @@ impl RawDeviceConfig {
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
-              outbox_max_mb, outbox_max_age_h);
+              outbox_max_mb, outbox_max_age_h, artifact_base_url);
         merged
     }
 
@@ -626,6 +630,7 @@ fn validate_agent(a: &RawAgent, problems: &mut Vec<String>) -> Option<AgentSetti
         apply_retry: Duration::from_secs(apply_retry_s),
         outbox_max_bytes: outbox_max_mb << 20,
         outbox_max_age: Duration::from_secs(outbox_max_age_h * 3600),
+        artifact_base_url: nonempty(&a.artifact_base_url),
     })
 }
 

@@ -11,6 +11,7 @@ use super::files::{ArtifactFiles, FilesError};
 use super::gc;
 use super::pointers::{PointerError, PointerStore};
 use super::reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
+use super::urls::ArtifactBase;
 use super::verify::{verify, HubKey, Rejection};
 
 /// The runtime's answer to "does this artifact work": it loads it and runs
@@ -51,6 +52,8 @@ pub struct ApplierConfig {
     pub hub_key: HubKey,
     /// Download timeouts.
     pub download: DownloadOptions,
+    /// Where downloads may come from; any other URL is refused.
+    pub artifact_base: ArtifactBase,
 }
 
 /// Drives a [`Reconciler`] against real files and a [`PointerStore`].
@@ -60,6 +63,7 @@ pub struct Applier<P, H> {
     health: H,
     hub_key: HubKey,
     download: DownloadOptions,
+    artifact_base: ArtifactBase,
     reconciler: Reconciler,
 }
 
@@ -79,6 +83,7 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
             health,
             hub_key: config.hub_key,
             download: config.download,
+            artifact_base: config.artifact_base,
             reconciler: Reconciler::new(inventory),
         };
         applier.drive(Event::Resume);
@@ -236,6 +241,12 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
     }
 
     fn download(&mut self, artifact: &ArtifactRef) -> Outcome {
+        if let Err(why) = self.artifact_base.allows(artifact.url.as_str()) {
+            return Outcome::Failed(Rejection::permanent(
+                FailureReason::UrlNotAllowed,
+                format!("{}: {why}", artifact.url),
+            ));
+        }
         if let Err(refusal) = self.health.admit(artifact) {
             tracing::warn!(detail = %refusal.detail, "the runtime cannot take this artifact");
             return Outcome::Failed(refusal);

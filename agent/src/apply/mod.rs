@@ -33,6 +33,7 @@ pub mod gc;
 mod pointers;
 mod reconciler;
 mod trust;
+mod urls;
 mod verify;
 
 pub use executor::{Applier, ApplierConfig, ApplyError, HealthCheck};
@@ -40,4 +41,5 @@ pub use files::{ArtifactFiles, FilesError};
 pub use pointers::{PointerError, PointerState, PointerStore, Slot, SqlitePointers};
 pub use reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
 pub use trust::{StateVerifier, Untrusted, DEFAULT_MAX_GENERATION_JUMP};
+pub use urls::{ArtifactBase, BaseError};
 pub use verify::{verify, HubKey, HubKeyError, Rejection, VerifiedArtifact};

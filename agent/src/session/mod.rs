@@ -76,6 +76,8 @@ pub struct AgentConfig {
     pub telemetry_bounds: OutboxBounds,
     /// Artifact download timeouts.
     pub download: DownloadOptions,
+    /// Where artifact downloads may come from.
+    pub artifact_base: crate::apply::ArtifactBase,
 }
 
 /// The download options with the device's credentials: the hub asks for
@@ -214,6 +216,7 @@ impl Agent {
                 root: config.data_dir.join("artifacts"),
                 hub_key: config.hub_key,
                 download: download_options(&config),
+                artifact_base: config.artifact_base.clone(),
             },
             pointers,
             runtime,

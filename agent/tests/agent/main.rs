@@ -669,3 +669,29 @@ fn a_model_the_runtime_cannot_admit_is_reported_and_never_downloaded() {
         .iter()
         .any(|(path, _)| path == "/too-big-for-ram"));
 }
+
+#[test]
+fn a_signed_artifact_outside_the_artifact_base_is_never_downloaded() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(3);
+    // Same server, named by another host than the configured base's.
+    let url = server
+        .serve_bytes("/model-v3", &bytes)
+        .replace("127.0.0.1", "localhost");
+    let elsewhere = artifact(ArtifactKind::Model, "3", &bytes, &url, None);
+    let before = server.requests().len();
+
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(desired(2, vec![elsewhere]));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::UrlNotAllowed)
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    assert_eq!(server.requests().len(), before, "no request was made");
+}

@@ -291,6 +291,7 @@ pub fn config(root: &Path) -> ApplierConfig {
             read_timeout: Duration::from_secs(5),
             ..DownloadOptions::default()
         },
+        artifact_base: outpost_agent::apply::ArtifactBase::hub_host("127.0.0.1"),
     }
 }
 
