@@ -269,6 +269,10 @@ pub enum FleetCommand {
         /// Every device with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Go back to older releases on purpose: the hub signs a rollback
+        /// floor into the state; without it, devices refuse older releases.
+        #[arg(long)]
+        rollback: bool,
         #[arg(required = true)]
         artifacts: Vec<String>,
     },

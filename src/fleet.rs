@@ -79,7 +79,7 @@ pub fn agent_config(s: &AgentSettings) -> Result<AgentConfig, BadConfig> {
             .clone()
             .unwrap_or_else(|| crate::settings::data_dir("agent")),
         hub_key,
-        max_generation_jump: outpost_agent::apply::DEFAULT_MAX_GENERATION_JUMP,
+        max_generation_jump: s.max_generation_jump,
         flush_interval: s.flush_interval,
         ack_timeout: s.ack_timeout,
         metrics_interval: s.metrics_interval,

@@ -277,12 +277,16 @@ fn a_full_queue_is_refused_at_once_with_503() {
     let url = server.url("/v1/chat/completions");
     let mut long = chat(None, "Count from one to five hundred in words.", 400);
     long["stream"] = serde_json::json!(true);
-    // The first request holds the only slot (its first chunk proves it is admitted)...
+    // The first request holds the only slot...
     let first = ureq::post(&url).send_json(long.clone()).unwrap();
     let mut first = BufReader::new(first.into_reader());
     let mut line = String::new();
     first.read_line(&mut line).unwrap();
     assert!(line.starts_with("data:"), "{line}");
+    // The first chunk (the role) is written when the request is queued, so
+    // only an empty queue proves the engine took it into the slot; on a
+    // loaded machine the engine thread may not have run yet.
+    wait_for_metric(&server, "outpost_queue_depth", 0.0);
     // ...the second waits in the one queue place...
     let queued_url = url.clone();
     let queued_body = long.clone();

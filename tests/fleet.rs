@@ -610,6 +610,7 @@ fn two_devices_sync_through_the_embedded_broker_isolated_and_no_pii_crosses_the_
             (adapter && h["prompt_set"]["version"] == "1").then_some(())
         },
     );
+    forged_desired_states_change_nothing(&hub, dir.path(), &a, &b);
 }
 
 #[test]
@@ -1000,7 +1001,14 @@ fn intruder_cannot_touch_kiosk_b(hub: &Hub, port: u16, b: &Server) {
         })
     });
     std::thread::sleep(Duration::from_secs(1));
-    hub.fleet(&["assign", "--device", "kiosk-b", "prompt-set:kiosk:1"]);
+    // Prompt set v1 is older than the v2 kiosk-b runs: a rollback, signed.
+    hub.fleet(&[
+        "assign",
+        "--device",
+        "kiosk-b",
+        "--rollback",
+        "prompt-set:kiosk:1",
+    ]);
     wait_for(WAIT, "kiosk-b to switch back to prompt set v1", || {
         (health(b)["prompt_set"]["version"] == "1").then_some(())
     });
@@ -1022,4 +1030,154 @@ fn intruder_cannot_touch_kiosk_b(hub: &Hub, port: u16, b: &Server) {
         json!(424_242),
         "a forged state/reported on kiosk-b's topic was taken"
     );
+}
+
+/// Connects with the hub's own broker credentials (what a leaked hub.toml,
+/// or a tool left logged in as the hub, gives anyone on the LAN: the right
+/// to write every device's `state/desired`), runs `act`, and returns the
+/// publishes received within `watch`.
+fn as_hub_thief(
+    port: u16,
+    watch: Duration,
+    act: impl FnOnce(&rumqttc::Client),
+) -> Vec<(String, Vec<u8>)> {
+    let mut options = rumqttc::MqttOptions::new("thief-with-hub-password", "127.0.0.1", port);
+    options.set_credentials("hub", HUB_PASSWORD);
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut connection) = rumqttc::Client::new(options, 16);
+    act(&client);
+    let mut received = Vec::new();
+    let until = Instant::now() + watch;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match connection.recv_timeout(left) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                received.push((p.topic, p.payload.to_vec()));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("the hub's credentials were refused: {e}"),
+            Err(_) => break,
+        }
+    }
+    let _ = client.disconnect();
+    received
+}
+
+/// `device`'s retained desired state, as the hub signed it.
+fn retained_desired(port: u16, device: &str) -> outpost_protocol::SignedDesiredState {
+    let topic = format!("outpost/v1/{FLEET}/{device}/state/desired");
+    let received = as_hub_thief(port, Duration::from_secs(2), |c| {
+        c.subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
+            .unwrap();
+    });
+    let (_, payload) = received
+        .iter()
+        .find(|(t, _)| *t == topic)
+        .unwrap_or_else(|| panic!("no retained state on {topic}"));
+    outpost_protocol::decode(payload).expect("the hub's state decodes")
+}
+
+/// Whoever can write kiosk-a's `state/desired` (here: with the hub's own
+/// broker password) tries the attacks a signed desired state stops: an
+/// older signed artifact under a new generation (the rollback attack), a
+/// generation pinned at u64::MAX (the device would ignore the real hub for
+/// good), the same state unsigned in protocol v2 (the downgrade attack),
+/// and kiosk-b's genuine signed state replayed on kiosk-a's topic. kiosk-a
+/// must act on none of them; the hub then refuses an unsigned-off rollback
+/// at the API, and a signed one (`--rollback`) applies.
+fn forged_desired_states_change_nothing(hub: &Hub, dir: &Path, a: &Server, b: &Server) {
+    use outpost_protocol::{encode, encode_as, ArtifactKind, Generation, ProtocolVersion};
+    let port = hub.mqtt_port;
+    // kiosk-b was rolled back to prompt set v1: its state names v1's
+    // signed artifact. Then kiosk-b alone moves on to v4.
+    let old_prompt_set = retained_desired(port, "kiosk-b")
+        .state
+        .artifacts
+        .get(ArtifactKind::PromptSet)
+        .cloned()
+        .expect("kiosk-b's state names a prompt set");
+    hub.fleet(&[
+        "publish",
+        "--kind",
+        "prompt-set",
+        "--name",
+        "kiosk",
+        "--version",
+        "4",
+        prompt_set(dir, "4").to_str().unwrap(),
+    ]);
+    hub.fleet(&["assign", "--device", "kiosk-b", "prompt-set:kiosk:4"]);
+    wait_for(WAIT, "kiosk-b to serve prompt set v4", || {
+        (health(b)["prompt_set"]["version"] == "4").then_some(())
+    });
+    let b_state = retained_desired(port, "kiosk-b");
+
+    let genuine = retained_desired(port, "kiosk-a");
+    let generation = genuine.state.generation;
+    assert_eq!(health(a)["prompt_set"]["version"], "2");
+    let reported_before = hub.device("kiosk-a").expect("kiosk-a")["reported_generation"].clone();
+    assert_eq!(reported_before, json!(generation.0));
+
+    let mut rolled_back = genuine.clone();
+    rolled_back.state.generation = Generation(generation.0 + 10);
+    rolled_back
+        .state
+        .artifacts
+        .insert(old_prompt_set)
+        .expect("one prompt set");
+    let mut pinned = rolled_back.clone();
+    pinned.state.generation = Generation(u64::MAX);
+    let forgeries = [
+        ("an older artifact, re-generationed", encode(&rolled_back)),
+        ("a generation pinned at u64::MAX", encode(&pinned)),
+        (
+            "the rollback in unsigned v2",
+            encode_as(&rolled_back, ProtocolVersion::V2),
+        ),
+        ("kiosk-b's signed state", encode(&b_state)),
+    ];
+    let a_topic = format!("outpost/v1/{FLEET}/kiosk-a/state/desired");
+    as_hub_thief(port, Duration::from_secs(2), |c| {
+        for (what, payload) in forgeries {
+            let payload = payload.unwrap_or_else(|e| panic!("{what}: {e}"));
+            c.publish(a_topic.clone(), rumqttc::QoS::AtLeastOnce, true, payload)
+                .unwrap();
+        }
+    });
+    // Each forgery would show within a second: a prompt-set switch (v1 or
+    // v4) or a new reported generation.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        health(a)["prompt_set"]["version"],
+        "2",
+        "kiosk-a acted on a forged desired state"
+    );
+    assert_eq!(
+        hub.device("kiosk-a").expect("kiosk-a")["reported_generation"],
+        reported_before,
+        "kiosk-a processed a forged desired state"
+    );
+
+    // Going back to v1 is a rollback: the hub refuses it unless asked.
+    let out = outpost()
+        .args(["fleet", "--hub", &hub.http])
+        .args(["assign", "--device", "kiosk-a", "prompt-set:kiosk:1"])
+        .output()
+        .expect("run outpost fleet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("rollback"),
+        "an unasked rollback was accepted: {stderr}"
+    );
+    // Asked for, it is signed into the state, and kiosk-a (not pinned by
+    // any forgery) applies it.
+    hub.fleet(&[
+        "assign",
+        "--device",
+        "kiosk-a",
+        "--rollback",
+        "prompt-set:kiosk:1",
+    ]);
+    wait_for(WAIT, "kiosk-a to roll back to prompt set v1", || {
+        (health(a)["prompt_set"]["version"] == "1").then_some(())
+    });
 }

@@ -109,7 +109,8 @@ pub enum AssignError {
     /// rollback; devices would refuse it.
     #[error(
         "{kind} {assigned} is older than the assigned {current}; \
-         assign it with `rollback: true` to roll back deliberately"
+         to roll back deliberately, assign it with `outpost fleet assign --rollback` \
+         (API: `\"rollback\": true`)"
     )]
     Rollback {
         /// The kind.

@@ -139,6 +139,7 @@ pub struct RawAgent {
     pub outbox_max_mb: Option<i64>,
     pub outbox_max_age_h: Option<i64>,
     pub artifact_base_url: Option<String>,
+    pub max_generation_jump: Option<i64>,
 }
 
 /// The fleet agent's settings, checked for shape; the binary turns them
@@ -169,6 +170,9 @@ pub struct AgentSettings {
     /// Where artifact downloads may come from, e.g. `https://hub.lan:8443/`;
     /// `None`: the broker's host, any port.
     pub artifact_base_url: Option<String>,
+    /// The furthest a signed desired state's generation may jump past the
+    /// last one processed.
+    pub max_generation_jump: u64,
 }
 
 /// Log output style.
@@ -321,7 +325,7 @@ impl RawDeviceConfig {
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
-              outbox_max_mb, outbox_max_age_h, artifact_base_url);
+              outbox_max_mb, outbox_max_age_h, artifact_base_url, max_generation_jump);
         merged
     }
 
@@ -570,6 +574,13 @@ fn validate_agent(a: &RawAgent, problems: &mut Vec<String>) -> Option<AgentSetti
     let apply_retry_s = int("apply_retry_s", a.apply_retry_s, 30, 1, 86_400);
     let outbox_max_mb = int("outbox_max_mb", a.outbox_max_mb, 16, 1, 64 * 1024);
     let outbox_max_age_h = int("outbox_max_age_h", a.outbox_max_age_h, 14 * 24, 1, 24 * 365);
+    let max_generation_jump = int(
+        "max_generation_jump",
+        a.max_generation_jump,
+        1_000_000,
+        1,
+        1 << 40,
+    );
 
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
     let fleet_text = nonempty(&a.fleet).unwrap_or_else(|| "default".into());
@@ -631,6 +642,7 @@ fn validate_agent(a: &RawAgent, problems: &mut Vec<String>) -> Option<AgentSetti
         outbox_max_bytes: outbox_max_mb << 20,
         outbox_max_age: Duration::from_secs(outbox_max_age_h * 3600),
         artifact_base_url: nonempty(&a.artifact_base_url),
+        max_generation_jump,
     })
 }
 

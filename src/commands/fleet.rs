@@ -37,6 +37,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         FleetCommand::Assign {
             device,
             tag,
+            rollback,
             artifacts,
         } => {
             let artifacts = artifacts
@@ -50,7 +51,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
                     ))),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut body = json!({ "artifacts": artifacts });
+            let mut body = json!({ "artifacts": artifacts, "rollback": rollback });
             match (device, tag) {
                 (Some(d), _) => body["device"] = json!(d),
                 (None, Some(t)) => body["tag"] = json!(t),

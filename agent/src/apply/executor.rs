@@ -211,7 +211,11 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
                     }
                 }
             }
-            Action::Commit { kind, report } => match self.pointers.commit(kind, &report) {
+            Action::Commit {
+                kind,
+                report,
+                release,
+            } => match self.pointers.commit(kind, &report, release) {
                 Ok(()) => {
                     // The pointer moved: the artifact before the previous
                     // one is no longer a rollback target.

@@ -1,6 +1,11 @@
-//! The active pointer per artifact kind, the apply reports and the last
-//! processed generation: the storage seam ([`PointerStore`]) and its SQLite
-//! implementation. Every method is one transaction.
+//! The active pointer per artifact kind, the apply reports, the last
+//! processed generation and the anti-rollback floor per kind: the storage
+//! seam ([`PointerStore`]) and its SQLite implementation. Every method is
+//! one transaction.
+//!
+//! The floor of a kind is the [`Release`] of the artifact last committed
+//! for it, written in the same transaction as the commit, so a power cut
+//! can never leave a committed artifact with an older floor.
 //!
 //! A slot in *trial* has been switched to but not yet passed its health
 //! check; finding one at start means the agent stopped mid-check, and the
@@ -10,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outpost_protocol::{ApplyReport, ArtifactKind, ArtifactRef, Generation};
+use outpost_protocol::{ApplyReport, ArtifactKind, ArtifactRef, Generation, Release};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// One kind's pointer.
@@ -35,6 +40,9 @@ pub struct PointerState {
     pub last_generation: Option<Generation>,
     /// The last apply attempt per kind.
     pub reports: BTreeMap<ArtifactKind, ApplyReport>,
+    /// The release of the artifact last committed per kind: the device
+    /// refuses lower releases unless a signed rollback lowers it.
+    pub floors: BTreeMap<ArtifactKind, Release>,
 }
 
 /// Why the pointer store failed.
@@ -75,8 +83,14 @@ pub trait PointerStore {
         artifact: &ArtifactRef,
         generation: Generation,
     ) -> Result<(), PointerError>;
-    /// Ends the trial of `kind` and stores its report.
-    fn commit(&mut self, kind: ArtifactKind, report: &ApplyReport) -> Result<(), PointerError>;
+    /// Ends the trial of `kind`, stores its report and sets the kind's
+    /// anti-rollback floor to `release` (the committed artifact's).
+    fn commit(
+        &mut self,
+        kind: ArtifactKind,
+        report: &ApplyReport,
+        release: Release,
+    ) -> Result<(), PointerError>;
     /// Makes the previous artifact of `kind` current again (or none, if there
     /// was none) and stores the report.
     fn rollback(&mut self, kind: ArtifactKind, report: &ApplyReport) -> Result<(), PointerError>;
@@ -101,6 +115,10 @@ CREATE TABLE IF NOT EXISTS apply_report (
 CREATE TABLE IF NOT EXISTS apply_meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS release_floor (
+    kind    TEXT PRIMARY KEY,
+    release INTEGER NOT NULL
 );
 ";
 
@@ -251,6 +269,27 @@ impl PointerStore for SqlitePointers {
         state.last_generation = generation
             .and_then(|g| u64::try_from(g).ok())
             .map(Generation);
+        let mut floors: Vec<(String, i64)> = Vec::new();
+        {
+            let mut statement = self
+                .conn
+                .prepare("SELECT kind, release FROM release_floor")
+                .map_err(self.sqlite())?;
+            let mapped = statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(self.sqlite())?;
+            for row in mapped {
+                floors.push(row.map_err(self.sqlite())?);
+            }
+        }
+        for (kind, release) in floors {
+            if let Some(kind) = kind_from(&kind) {
+                // Stored from a u64 clamped to i64::MAX; never negative.
+                state
+                    .floors
+                    .insert(kind, Release(release.max(0).unsigned_abs()));
+            }
+        }
         Ok(state)
     }
 
@@ -281,7 +320,12 @@ impl PointerStore for SqlitePointers {
         tx.commit().map_err(sqlite)
     }
 
-    fn commit(&mut self, kind: ArtifactKind, report: &ApplyReport) -> Result<(), PointerError> {
+    fn commit(
+        &mut self,
+        kind: ArtifactKind,
+        report: &ApplyReport,
+        release: Release,
+    ) -> Result<(), PointerError> {
         let path = self.path.clone();
         let sqlite = |source| PointerError::Sqlite {
             path: path.clone(),
@@ -294,6 +338,12 @@ impl PointerStore for SqlitePointers {
         )
         .map_err(sqlite)?;
         upsert_report(&tx, kind, report).map_err(sqlite)?;
+        tx.execute(
+            "INSERT INTO release_floor (kind, release) VALUES (?1, ?2)
+             ON CONFLICT (kind) DO UPDATE SET release = excluded.release",
+            params![kind.as_str(), i64::try_from(release.0).unwrap_or(i64::MAX)],
+        )
+        .map_err(sqlite)?;
         tx.commit().map_err(sqlite)
     }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use outpost_protocol::{
     redact, ApplyOutcome, ApplyReport, ArtifactDigest, ArtifactKind, ArtifactRef, ArtifactSet,
-    DesiredState, FailureReason, Generation, ReportedState,
+    DesiredState, FailureReason, Generation, Release, ReportedState,
 };
 
 use super::pointers::PointerState;
@@ -66,12 +66,15 @@ pub enum Action {
     },
     /// Ask the runtime whether the newly switched artifact works.
     HealthCheck(ArtifactRef),
-    /// End the trial and store the report.
+    /// End the trial, store the report and raise (or, after a signed
+    /// rollback, set) the kind's anti-rollback floor.
     Commit {
         /// The kind.
         kind: ArtifactKind,
         /// Its `Applied` report.
         report: ApplyReport,
+        /// The committed artifact's release: the kind's new floor.
+        release: Release,
     },
     /// Switch back to the previous artifact and store the report.
     Rollback {
@@ -147,6 +150,7 @@ enum Step {
 #[derive(Debug, Clone)]
 struct Job {
     artifact: ArtifactRef,
+    release: Release,
     generation: Generation,
     step: Step,
     verified: Option<VerifiedArtifact>,
@@ -166,6 +170,8 @@ pub struct Reconciler {
     staged: BTreeSet<ArtifactDigest>,
     last_processed: Option<Generation>,
     reports: BTreeMap<ArtifactKind, ApplyReport>,
+    /// The release last committed per kind (anti-rollback).
+    floors: BTreeMap<ArtifactKind, Release>,
     target: Option<DesiredState>,
     pending: Option<DesiredState>,
     remaining: VecDeque<ArtifactKind>,
@@ -197,6 +203,7 @@ impl Reconciler {
             staged: inventory.staged,
             last_processed: inventory.pointers.last_generation,
             reports: inventory.pointers.reports,
+            floors: inventory.pointers.floors,
             target: None,
             pending: None,
             remaining: VecDeque::new(),
@@ -344,6 +351,8 @@ impl Reconciler {
             if let Some(artifact) = self.active.get(&kind).cloned() {
                 self.job = Some(Job {
                     artifact,
+                    // A switch back: nothing is committed, no floor moves.
+                    release: Release::default(),
                     generation: report.generation,
                     step: Step::Rollback,
                     verified: None,
@@ -392,6 +401,13 @@ impl Reconciler {
                 // generation.
                 continue;
             }
+            let release = target.release(kind);
+            if let Some(rejection) = self.below_floor(target, kind, release) {
+                let report = self.failure_report(kind, Some(&artifact), &rejection, now);
+                self.reports.insert(kind, report.clone());
+                out.push(Action::Record { kind, report });
+                continue;
+            }
             let base_model = self.active.get(&ArtifactKind::Model).cloned();
             if kind == ArtifactKind::Adapter
                 && artifact.base_model != base_model.as_ref().map(|m| m.sha256)
@@ -424,6 +440,7 @@ impl Reconciler {
             };
             self.job = Some(Job {
                 artifact,
+                release,
                 generation,
                 step,
                 verified: None,
@@ -523,8 +540,13 @@ impl Reconciler {
                 };
                 job.step = Step::Commit;
                 job.report = Some(report.clone());
+                let release = job.release;
                 self.job = Some(job);
-                vec![Action::Commit { kind, report }]
+                vec![Action::Commit {
+                    kind,
+                    report,
+                    release,
+                }]
             }
             (Step::HealthCheck | Step::Commit, Some(rejection)) => {
                 // A failed commit leaves the slot in trial on disk; switching
@@ -542,6 +564,7 @@ impl Reconciler {
             }
             (Step::Commit, None) => {
                 self.trials.remove(&kind);
+                self.floors.insert(kind, job.release);
                 if let Some(report) = job.report {
                     self.reports.insert(kind, report);
                 }
@@ -576,6 +599,31 @@ impl Reconciler {
 
     /// Reports a failure that left the pointer untouched; a transient one
     /// stops work with the kind first in line for `Resume`.
+    /// Anti-rollback, as TUF and Uptane do it: a release below what this
+    /// device last committed for the kind is refused, unless the (signed)
+    /// state lowers the floor for that kind on purpose.
+    fn below_floor(
+        &self,
+        target: &DesiredState,
+        kind: ArtifactKind,
+        release: Release,
+    ) -> Option<Rejection> {
+        let floor = self.floors.get(&kind).copied().unwrap_or_default();
+        let allowed = match target.rollback_floor.get(&kind) {
+            Some(&lowered) => floor.min(lowered),
+            None => floor,
+        };
+        (release < allowed).then(|| {
+            Rejection::permanent(
+                FailureReason::Rollback,
+                format!(
+                    "{kind} {release} is older than {floor} last committed here; \
+                     a rollback needs the hub's signed rollback floor (assign with rollback)"
+                ),
+            )
+        })
+    }
+
     fn fail_before_switch(&mut self, job: Job, rejection: Rejection, now: u64) -> Vec<Action> {
         let kind = job.artifact.kind;
         let report = self.failure_report(kind, Some(&job.artifact), &rejection, now);

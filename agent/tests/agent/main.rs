@@ -695,3 +695,70 @@ fn a_signed_artifact_outside_the_artifact_base_is_never_downloaded() {
     );
     assert_eq!(server.requests().len(), before, "no request was made");
 }
+
+/// `desired(generation, [artifact])` with the artifact's release and,
+/// optionally, a signed rollback floor for its kind.
+fn released(
+    generation: u64,
+    artifact: &ArtifactRef,
+    release: u64,
+    rollback_to: Option<u64>,
+) -> DesiredState {
+    let mut state = desired(generation, vec![artifact.clone()]);
+    state
+        .releases
+        .insert(artifact.kind, outpost_protocol::Release(release));
+    if let Some(floor) = rollback_to {
+        state
+            .rollback_floor
+            .insert(artifact.kind, outpost_protocol::Release(floor));
+    }
+    state
+}
+
+/// Anti-rollback across a restart: once release 2 is committed, the older
+/// release 1 (validly signed, still on disk) is refused by a freshly opened
+/// agent, until a state lowers the floor on purpose.
+#[test]
+fn an_older_release_is_refused_after_a_restart_unless_the_state_rolls_back() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = with_model_v1(&server, dir.path());
+    let bytes = model_bytes(2);
+    let url = server.serve_bytes("/model-v2", &bytes);
+    let v2 = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    {
+        let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+        let reported = applier.apply(released(2, &v2, 2, None));
+        assert_eq!(
+            active_digest(&reported, ArtifactKind::Model),
+            Some(v2.sha256)
+        );
+    }
+
+    let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
+    let reported = applier.apply(released(3, &v1, 1, None));
+    assert_eq!(
+        failure(&reported, ArtifactKind::Model),
+        Some(FailureReason::Rollback),
+        "{reported:?}"
+    );
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v2.sha256)
+    );
+    assert_eq!(reported.generation, Some(Generation(3)));
+
+    // The hub's deliberate rollback: the signed floor lets release 1 in,
+    // and release 1 becomes the floor, so release 2 may follow again.
+    let reported = applier.apply(released(4, &v1, 1, Some(1)));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v1.sha256)
+    );
+    let reported = applier.apply(released(5, &v2, 2, None));
+    assert_eq!(
+        active_digest(&reported, ArtifactKind::Model),
+        Some(v2.sha256)
+    );
+}
