@@ -868,6 +868,8 @@ struct Attempt {
     subacks: Vec<Vec<rumqttc::SubscribeReasonCode>>,
     /// Topics of messages delivered to it.
     received: Vec<String>,
+    /// The same messages' payloads, in order.
+    payloads: Vec<Vec<u8>>,
 }
 
 /// kiosk-c, a registered device with its own credentials and its own
@@ -876,8 +878,19 @@ struct Attempt {
 /// connection at its first violation, Mosquitto drops the publish or
 /// refuses the subscription and keeps it open).
 fn as_kiosk_c(port: u16, watch: Duration, act: impl FnOnce(&rumqttc::Client)) -> Attempt {
-    let mut options = rumqttc::MqttOptions::new("outpost-kiosk-c", "127.0.0.1", port);
-    options.set_credentials("kiosk-c", "secret-c");
+    connect_as("outpost-kiosk-c", ("kiosk-c", "secret-c"), port, watch, act)
+}
+
+/// One connection as `user`, running `act` and watching it for `watch`.
+fn connect_as(
+    client_id: &str,
+    (user, password): (&str, &str),
+    port: u16,
+    watch: Duration,
+    act: impl FnOnce(&rumqttc::Client),
+) -> Attempt {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_credentials(user, password);
     options.set_max_packet_size(4 << 20, 4 << 20);
     let (client, mut connection) = rumqttc::Client::new(options, 16);
     act(&client);
@@ -893,6 +906,7 @@ fn as_kiosk_c(port: u16, watch: Duration, act: impl FnOnce(&rumqttc::Client)) ->
             }
             Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
                 seen.received.push(p.topic);
+                seen.payloads.push(p.payload.to_vec());
             }
             Ok(Ok(_)) => {}
             // Closed (or refused): rumqttc would reconnect; one try is enough.
@@ -1034,32 +1048,18 @@ fn intruder_cannot_touch_kiosk_b(hub: &Hub, port: u16, b: &Server) {
 
 /// Connects with the hub's own broker credentials (what a leaked hub.toml,
 /// or a tool left logged in as the hub, gives anyone on the LAN: the right
-/// to write every device's `state/desired`), runs `act`, and returns the
-/// publishes received within `watch`.
-fn as_hub_thief(
-    port: u16,
-    watch: Duration,
-    act: impl FnOnce(&rumqttc::Client),
-) -> Vec<(String, Vec<u8>)> {
-    let mut options = rumqttc::MqttOptions::new("thief-with-hub-password", "127.0.0.1", port);
-    options.set_credentials("hub", HUB_PASSWORD);
-    options.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut connection) = rumqttc::Client::new(options, 16);
-    act(&client);
-    let mut received = Vec::new();
-    let until = Instant::now() + watch;
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        match connection.recv_timeout(left) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
-                received.push((p.topic, p.payload.to_vec()));
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("the hub's credentials were refused: {e}"),
-            Err(_) => break,
-        }
-    }
-    let _ = client.disconnect();
-    received
+/// to write every device's `state/desired`), runs `act`, and returns what
+/// it saw within `watch`.
+fn as_hub_thief(port: u16, watch: Duration, act: impl FnOnce(&rumqttc::Client)) -> Attempt {
+    let attempt = connect_as(
+        "thief-with-hub-password",
+        ("hub", HUB_PASSWORD),
+        port,
+        watch,
+        act,
+    );
+    assert!(attempt.connected, "the hub's credentials were refused");
+    attempt
 }
 
 /// `device`'s retained desired state, as the hub signed it.
@@ -1069,11 +1069,12 @@ fn retained_desired(port: u16, device: &str) -> outpost_protocol::SignedDesiredS
         c.subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
             .unwrap();
     });
-    let (_, payload) = received
+    let at = received
+        .received
         .iter()
-        .find(|(t, _)| *t == topic)
+        .position(|t| *t == topic)
         .unwrap_or_else(|| panic!("no retained state on {topic}"));
-    outpost_protocol::decode(payload).expect("the hub's state decodes")
+    outpost_protocol::decode(&received.payloads[at]).expect("the hub's state decodes")
 }
 
 /// Whoever can write kiosk-a's `state/desired` (here: with the hub's own

@@ -159,6 +159,18 @@ impl SqlitePointers {
         }
     }
 
+    /// Every row of a two-column query.
+    fn pairs<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<(A, B)>, PointerError> {
+        let mut statement = self.conn.prepare(sql).map_err(self.sqlite())?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(self.sqlite())?;
+        rows.collect::<Result<_, _>>().map_err(self.sqlite())
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         text: &str,
@@ -237,19 +249,7 @@ impl PointerStore for SqlitePointers {
                 },
             );
         }
-        let mut reports: Vec<(String, String)> = Vec::new();
-        {
-            let mut statement = self
-                .conn
-                .prepare("SELECT kind, report FROM apply_report")
-                .map_err(self.sqlite())?;
-            let mapped = statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(self.sqlite())?;
-            for row in mapped {
-                reports.push(row.map_err(self.sqlite())?);
-            }
-        }
+        let reports: Vec<(String, String)> = self.pairs("SELECT kind, report FROM apply_report")?;
         for (kind, report) in reports {
             if let Some(kind) = kind_from(&kind) {
                 state
@@ -269,19 +269,7 @@ impl PointerStore for SqlitePointers {
         state.last_generation = generation
             .and_then(|g| u64::try_from(g).ok())
             .map(Generation);
-        let mut floors: Vec<(String, i64)> = Vec::new();
-        {
-            let mut statement = self
-                .conn
-                .prepare("SELECT kind, release FROM release_floor")
-                .map_err(self.sqlite())?;
-            let mapped = statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(self.sqlite())?;
-            for row in mapped {
-                floors.push(row.map_err(self.sqlite())?);
-            }
-        }
+        let floors: Vec<(String, i64)> = self.pairs("SELECT kind, release FROM release_floor")?;
         for (kind, release) in floors {
             if let Some(kind) = kind_from(&kind) {
                 // Stored from a u64 clamped to i64::MAX; never negative.
