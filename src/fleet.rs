@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_agent::apply::boot::BootWatch;
+use outpost_agent::apply::Rejection;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
 use outpost_kb::{EmbedderIdentity, Store};
-use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef};
+use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, FailureReason};
 use outpost_runtime::answers::AnswerSink;
 use outpost_runtime::config::AgentSettings;
 use outpost_runtime::engine::{
@@ -19,6 +21,7 @@ use outpost_runtime::engine::{
 };
 use outpost_runtime::knowledge::KnowledgeHandle;
 use outpost_runtime::prompt_set::PromptSet;
+use outpost_runtime::trial;
 use tokio::sync::watch;
 
 use crate::settings::BadConfig;
@@ -134,6 +137,10 @@ pub struct EngineRuntime {
     model_digest: Option<ArtifactDigest>,
     /// `None` when the device cannot answer from a KB (no embedder).
     knowledge: Option<KnowledgeSlot>,
+    /// Marks a restart onto a new model pending-confirm.
+    boot_watch: Option<BootWatch>,
+    /// Where `MemAvailable` is read before a candidate model loads.
+    meminfo: PathBuf,
 }
 
 impl EngineRuntime {
@@ -152,6 +159,29 @@ impl EngineRuntime {
             lora: engine_config.lora.clone(),
             engine_config,
             model_digest: None,
+            boot_watch: None,
+            meminfo: PathBuf::from(trial::PROC_MEMINFO),
+        }
+    }
+
+    /// Arms `watch` before every restart onto a new model.
+    pub fn with_boot_watch(mut self, watch: BootWatch) -> Self {
+        self.boot_watch = Some(watch);
+        self
+    }
+
+    /// Reads `MemAvailable` from `meminfo` instead of `/proc/meminfo`.
+    #[cfg(test)]
+    pub fn with_meminfo(mut self, meminfo: PathBuf) -> Self {
+        self.meminfo = meminfo;
+        self
+    }
+
+    /// Refuses a candidate model that cannot load beside the running one.
+    fn room_for_model(&self, model_bytes: u64) -> Result<(), trial::NoRoom> {
+        match trial::available_memory(&self.meminfo) {
+            Some(available) => trial::check_room_for_model(model_bytes, available),
+            None => Ok(()),
         }
     }
 
@@ -165,45 +195,7 @@ impl EngineRuntime {
 
     /// One short greedy answer through `engine`, with `set` in front.
     fn smoke(&self, engine: &EngineHandle, set: Option<&PromptSet>) -> Result<(), String> {
-        let question = vec![ChatMessage {
-            role: "user".into(),
-            content: SMOKE_QUESTION.into(),
-        }];
-        let messages = match set {
-            Some(set) => outpost_runtime::prompt_set::apply(set, question),
-            None => question,
-        };
-        let request = GenerateRequest {
-            prompt: Prompt::Chat(messages),
-            max_tokens: SMOKE_TOKENS,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            stop: Vec::new(),
-            ignore_eos: false,
-        };
-        let answer = self.tokio.block_on(async {
-            tokio::time::timeout(SMOKE_LIMIT, async {
-                engine.ready().await.map_err(|e| e.to_string())?;
-                let mut events = engine.submit(request).map_err(|e| e.to_string())?;
-                let mut text = String::new();
-                while let Some(event) = events.recv().await {
-                    match event {
-                        Event::Text(t) => text.push_str(&t),
-                        Event::Done(_) => return Ok(text),
-                        Event::Failed(e) => return Err(e.to_string()),
-                    }
-                }
-                Err("the engine stopped mid-answer".to_string())
-            })
-            .await
-            .map_err(|_| format!("no smoke answer within {SMOKE_LIMIT:?}"))?
-        })?;
-        if answer.trim().is_empty() {
-            return Err("the smoke answer was empty".into());
-        }
-        Ok(())
+        self.tokio.block_on(smoke_answer(engine, set))
     }
 
     /// A knowledge base must be one (`outpost kb ingest`), pass SQLite's
@@ -235,19 +227,16 @@ impl HealthCheck for EngineRuntime {
                 self.smoke(&self.engine, Some(&set))
             }
             ArtifactKind::Adapter => {
-                let previous = self.lora.clone();
-                self.set_lora(Some(LoraSpec {
+                // Its own context on the running model: customers keep the
+                // committed adapter while the trial answers.
+                let spec = LoraSpec {
                     path: path.to_owned(),
                     scale: 1.0,
-                }))?;
+                };
+                let trial =
+                    EngineHandle::spawn(trial::adapter_trial_config(&self.engine_config, spec));
                 let current = self.prompt_set.borrow().clone();
-                let result = self.smoke(&self.engine, current.as_deref());
-                if result.is_err() {
-                    if let Err(e) = self.set_lora(previous) {
-                        tracing::error!(error = %e, "cannot switch back to the previous adapter");
-                    }
-                }
-                result
+                self.smoke(&trial, current.as_deref())
             }
             ArtifactKind::KnowledgeBase => self.check_knowledge(path),
             ArtifactKind::Model => {
@@ -255,18 +244,27 @@ impl HealthCheck for EngineRuntime {
                     return Ok(()); // already loaded and answering
                 }
                 // Load the candidate beside the running model: it must load
-                // and answer before the device restarts onto it.
-                let candidate = EngineHandle::spawn(EngineConfig {
-                    model: path.to_owned(),
-                    lora: None,
-                    parallel: 1,
-                    queue_capacity: 1,
-                    ..self.engine_config.clone()
-                });
+                // and answer before the device restarts onto it, and there
+                // must be room for it (admission checked before download;
+                // memory may have shrunk since).
+                self.room_for_model(artifact.size_bytes)
+                    .map_err(|e| e.to_string())?;
+                let candidate =
+                    EngineHandle::spawn(trial::model_trial_config(&self.engine_config, path));
                 self.smoke(&candidate, None)
             }
             other => Err(format!("this device cannot run {other} artifacts yet")),
         }
+    }
+
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), Rejection> {
+        if artifact.kind != ArtifactKind::Model
+            || self.running_model_digest() == Some(artifact.sha256)
+        {
+            return Ok(());
+        }
+        self.room_for_model(artifact.size_bytes)
+            .map_err(|e| Rejection::permanent(FailureReason::Unsupported, e.to_string()))
     }
 }
 
@@ -304,6 +302,13 @@ impl DeviceRuntime for EngineRuntime {
             ArtifactKind::Model => {
                 let Some((artifact, _)) = active else { return };
                 if self.running_model_digest() != Some(artifact.sha256) {
+                    // The next start counts itself and falls back if the
+                    // new model never becomes healthy.
+                    if let Some(watch) = &self.boot_watch {
+                        if let Err(error) = watch.arm(artifact) {
+                            tracing::error!(%error, "cannot arm the boot watchdog");
+                        }
+                    }
                     restart_onto_new_model(artifact.name.as_ref());
                 }
             }
@@ -328,6 +333,81 @@ impl DeviceRuntime for EngineRuntime {
     }
 }
 
+/// One short greedy answer through `engine` (waiting for it to load), with
+/// `set` in front, within [`SMOKE_LIMIT`].
+async fn smoke_answer(engine: &EngineHandle, set: Option<&PromptSet>) -> Result<(), String> {
+    let question = vec![ChatMessage {
+        role: "user".into(),
+        content: SMOKE_QUESTION.into(),
+    }];
+    let messages = match set {
+        Some(set) => outpost_runtime::prompt_set::apply(set, question),
+        None => question,
+    };
+    let request = GenerateRequest {
+        prompt: Prompt::Chat(messages),
+        max_tokens: SMOKE_TOKENS,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let answer = tokio::time::timeout(SMOKE_LIMIT, async {
+        engine.ready().await.map_err(|e| e.to_string())?;
+        let mut events = engine.submit(request).map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(_) => return Ok(text),
+                Event::Failed(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the engine stopped mid-answer".to_string())
+    })
+    .await
+    .map_err(|_| format!("no smoke answer within {SMOKE_LIMIT:?}"))??;
+    if answer.trim().is_empty() {
+        return Err("the smoke answer was empty".into());
+    }
+    Ok(())
+}
+
+/// Longest a model on trial may take to load and give its smoke answer
+/// after a restart before the start counts as failed: a large model on a
+/// slow disk loads in well under this.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The boot watchdog's running half: confirms `model`, on trial since the
+/// restart onto it, once `engine` has loaded it and given a smoke answer;
+/// restarts the process (the next start counts, and the one after the
+/// last falls back) when it fails to load or answer, or takes longer than
+/// `deadline`.
+pub fn confirm_when_healthy(
+    engine: EngineHandle,
+    watch: BootWatch,
+    model: ArtifactDigest,
+    deadline: Duration,
+) {
+    tokio::spawn(async move {
+        let failure = match tokio::time::timeout(deadline, smoke_answer(&engine, None)).await {
+            Ok(Ok(())) => {
+                match watch.confirm(&model) {
+                    Ok(()) => tracing::info!(%model, "the new model is healthy; confirmed"),
+                    Err(error) => tracing::error!(%error, "cannot confirm the new model"),
+                }
+                return;
+            }
+            Ok(Err(error)) => error,
+            Err(_) => format!("not healthy within {deadline:?}"),
+        };
+        tracing::error!(%model, %failure, "the new model did not become healthy; restarting");
+        restart_process();
+    });
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
     use sha2::Digest;
     use std::io::Read;
@@ -346,11 +426,17 @@ fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
 /// A new base model needs a new llama.cpp model and context: the process
 /// replaces itself with the same command line, and at start the device
 /// loads the agent's committed model.
-fn restart_onto_new_model(name: &str) -> ! {
+pub(crate) fn restart_onto_new_model(name: &str) -> ! {
     tracing::warn!(
         model = name,
         "a new model is committed; restarting the device onto it"
     );
+    restart_process()
+}
+
+/// Replaces the process with the same command line (or exits 75 for the
+/// supervisor when that fails).
+pub(crate) fn restart_process() -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     #[cfg(unix)]
     {
@@ -361,4 +447,161 @@ fn restart_onto_new_model(name: &str) -> ! {
         tracing::error!(%error, "cannot restart; exiting so the supervisor restarts the device");
     }
     std::process::exit(75)
+}
+
+#[cfg(test)]
+#[path = "../tests/support/gguf_writer.rs"]
+#[allow(dead_code)]
+mod gguf_writer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_models::{resolve_model, Catalog, ModelStore};
+    use outpost_protocol::{ArtifactName, ArtifactSignature, ArtifactUrl, ArtifactVersion};
+
+    fn default_model() -> PathBuf {
+        let catalog = Catalog::builtin();
+        let store = ModelStore::new(crate::settings::models_dir(None));
+        let name = catalog.default_generator().name().as_str().to_string();
+        resolve_model(&name, &catalog, &store)
+            .expect("the default model; run `outpost models fetch`")
+    }
+
+    fn greedy(runtime: &tokio::runtime::Runtime, engine: &EngineHandle) -> String {
+        let request = GenerateRequest {
+            prompt: Prompt::Chat(vec![ChatMessage {
+                role: "user".into(),
+                content: "How do I buy a ticket?".into(),
+            }]),
+            max_tokens: 12,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        runtime.block_on(async {
+            let mut events = engine.submit(request).expect("admitted");
+            let mut text = String::new();
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Text(t) => text.push_str(&t),
+                    Event::Done(_) => break,
+                    Event::Failed(e) => panic!("generation failed: {e}"),
+                }
+            }
+            text
+        })
+    }
+
+    fn candidate(kind: ArtifactKind, size_bytes: u64) -> ArtifactRef {
+        ArtifactRef {
+            kind,
+            name: ArtifactName::parse("candidate").expect("name"),
+            version: ArtifactVersion::parse("2").expect("version"),
+            sha256: ArtifactDigest::from_bytes([1; 32]),
+            size_bytes,
+            url: ArtifactUrl::parse("http://hub.local/candidate").expect("url"),
+            signature: ArtifactSignature::from_bytes([0; 64]),
+            base_model: (kind == ArtifactKind::Adapter)
+                .then(|| ArtifactDigest::from_bytes([2; 32])),
+        }
+    }
+
+    #[test]
+    fn a_model_without_room_beside_the_running_one_is_refused_before_it_loads() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio");
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meminfo = dir.path().join("meminfo");
+        // 1 GiB available on a 4 GiB box.
+        std::fs::write(
+            &meminfo,
+            "MemTotal:        4194304 kB\nMemFree:          262144 kB\n\
+             MemAvailable:    1048576 kB\nBuffers:           1024 kB\n",
+        )
+        .expect("write meminfo");
+        // The running model never loads here: admission needs no engine.
+        let running = dir.path().join("running.gguf");
+        std::fs::write(&running, b"not a model").expect("write");
+        let config = EngineConfig::new(running);
+        let (prompt_tx, _prompt_rx) = watch::channel(None);
+        let mut device =
+            EngineRuntime::new(EngineHandle::spawn(config.clone()), config, prompt_tx, None)
+                .with_meminfo(meminfo);
+
+        let big = candidate(ArtifactKind::Model, 2 << 30);
+        let refusal = device.admit(&big).expect_err("a 2 GiB model has no room");
+        assert_eq!(refusal.reason, FailureReason::Unsupported);
+        assert!(!refusal.transient, "refused until the hub sends another");
+        assert!(
+            refusal.detail.contains("not enough memory")
+                && refusal.detail.contains(&(1u64 << 30).to_string()),
+            "{}",
+            refusal.detail
+        );
+        // Memory shrank during the download: the check before the trial
+        // load refuses too, without loading anything.
+        let detail = device
+            .check(&big, &dir.path().join("absent.gguf"))
+            .expect_err("no room at the trial either");
+        assert!(detail.contains("not enough memory"), "{detail}");
+        // What fits beside the running model is admitted; adapters share
+        // the running model's weights and are not asked.
+        device
+            .admit(&candidate(ArtifactKind::Model, 512 << 20))
+            .expect("a 512 MiB model fits");
+        device
+            .admit(&candidate(ArtifactKind::Adapter, 2 << 30))
+            .expect("adapters are not refused for memory");
+    }
+
+    #[test]
+    fn customers_are_answered_by_the_committed_adapter_while_a_trial_runs() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio");
+        let _guard = runtime.enter();
+        let mut config = EngineConfig::new(default_model());
+        config.parallel = 1;
+        config.ctx_per_slot = 512;
+        let live = EngineHandle::spawn(config.clone());
+        runtime.block_on(live.ready()).expect("the model loads");
+        let committed = greedy(&runtime, &live);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let adapter = dir.path().join("strong.gguf");
+        std::fs::write(&adapter, gguf_writer::smollm2_lora(4.0, "llama")).expect("write");
+        let artifact = candidate(ArtifactKind::Adapter, 1);
+        let (prompt_tx, _prompt_rx) = watch::channel(None);
+        let mut device = EngineRuntime::new(live.clone(), config.clone(), prompt_tx, None);
+        let trial = std::thread::spawn(move || {
+            let result = device.check(&artifact, &adapter);
+            (device, result, (artifact, adapter))
+        });
+        let mut during = Vec::new();
+        while !trial.is_finished() {
+            during.push(greedy(&runtime, &live));
+        }
+        let (mut device, result, checked) = trial.join().expect("no panic");
+        result.expect("the trial passes");
+        assert!(!during.is_empty());
+        for answer in &during {
+            assert_eq!(answer, &committed, "answered during the trial");
+        }
+        // Checked, not yet committed: the live engine still serves the
+        // committed (no) adapter.
+        assert_eq!(greedy(&runtime, &live), committed);
+        let info = runtime.block_on(live.ready()).expect("ready");
+        assert_eq!(info.lora, None);
+        // Committed, the adapter serves and changes the answer (so the
+        // answers above would have shown a trial on the live engine)...
+        let (artifact, adapter) = checked;
+        device.activate(ArtifactKind::Adapter, Some((&artifact, &adapter)));
+        assert_ne!(greedy(&runtime, &live), committed, "the adapter is live");
+        // ...and the live engine swaps (and frees) adapters on its own
+        // model, untouched by the trial engine that has gone.
+        device.activate(ArtifactKind::Adapter, None);
+        assert_eq!(greedy(&runtime, &live), committed);
+    }
 }
