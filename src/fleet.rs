@@ -195,7 +195,7 @@ impl EngineRuntime {
 
     /// One short greedy answer through `engine`, with `set` in front.
     fn smoke(&self, engine: &EngineHandle, set: Option<&PromptSet>) -> Result<(), String> {
-        self.tokio.block_on(smoke_answer(engine, set))
+        self.tokio.block_on(smoke_answer(engine, set, None))
     }
 
     /// A knowledge base must be one (`outpost kb ingest`), pass SQLite's
@@ -227,16 +227,15 @@ impl HealthCheck for EngineRuntime {
                 self.smoke(&self.engine, Some(&set))
             }
             ArtifactKind::Adapter => {
-                // Its own context on the running model: customers keep the
-                // committed adapter while the trial answers.
+                // In a context of its own on the running model: customers
+                // keep the committed adapter while the trial answers.
                 let spec = LoraSpec {
                     path: path.to_owned(),
                     scale: 1.0,
                 };
-                let trial =
-                    EngineHandle::spawn(trial::adapter_trial_config(&self.engine_config, spec));
                 let current = self.prompt_set.borrow().clone();
-                self.smoke(&trial, current.as_deref())
+                self.tokio
+                    .block_on(smoke_answer(&self.engine, current.as_deref(), Some(spec)))
             }
             ArtifactKind::KnowledgeBase => self.check_knowledge(path),
             ArtifactKind::Model => {
@@ -334,8 +333,13 @@ impl DeviceRuntime for EngineRuntime {
 }
 
 /// One short greedy answer through `engine` (waiting for it to load), with
-/// `set` in front, within [`SMOKE_LIMIT`].
-async fn smoke_answer(engine: &EngineHandle, set: Option<&PromptSet>) -> Result<(), String> {
+/// `set` in front, within [`SMOKE_LIMIT`]; with `trial_adapter`, in the
+/// engine's trial context with that adapter ([`EngineHandle::trial`]).
+async fn smoke_answer(
+    engine: &EngineHandle,
+    set: Option<&PromptSet>,
+    trial_adapter: Option<LoraSpec>,
+) -> Result<(), String> {
     let question = vec![ChatMessage {
         role: "user".into(),
         content: SMOKE_QUESTION.into(),
@@ -356,7 +360,11 @@ async fn smoke_answer(engine: &EngineHandle, set: Option<&PromptSet>) -> Result<
     };
     let answer = tokio::time::timeout(SMOKE_LIMIT, async {
         engine.ready().await.map_err(|e| e.to_string())?;
-        let mut events = engine.submit(request).map_err(|e| e.to_string())?;
+        let mut events = match trial_adapter {
+            Some(adapter) => engine.trial(adapter, request).await,
+            None => engine.submit(request),
+        }
+        .map_err(|e| e.to_string())?;
         let mut text = String::new();
         while let Some(event) = events.recv().await {
             match event {
@@ -392,7 +400,8 @@ pub fn confirm_when_healthy(
     deadline: Duration,
 ) {
     tokio::spawn(async move {
-        let failure = match tokio::time::timeout(deadline, smoke_answer(&engine, None)).await {
+        let failure = match tokio::time::timeout(deadline, smoke_answer(&engine, None, None)).await
+        {
             Ok(Ok(())) => {
                 match watch.confirm(&model) {
                     Ok(()) => tracing::info!(%model, "the new model is healthy; confirmed"),
@@ -459,6 +468,8 @@ mod tests {
     use super::*;
     use outpost_models::{resolve_model, Catalog, ModelStore};
     use outpost_protocol::{ArtifactName, ArtifactSignature, ArtifactUrl, ArtifactVersion};
+    use outpost_runtime::engine::EngineStats;
+    use tokio::sync::mpsc;
 
     fn default_model() -> PathBuf {
         let catalog = Catalog::builtin();
@@ -468,8 +479,8 @@ mod tests {
             .expect("the default model; run `outpost models fetch`")
     }
 
-    fn greedy(runtime: &tokio::runtime::Runtime, engine: &EngineHandle) -> String {
-        let request = GenerateRequest {
+    fn ticket_question() -> GenerateRequest {
+        GenerateRequest {
             prompt: Prompt::Chat(vec![ChatMessage {
                 role: "user".into(),
                 content: "How do I buy a ticket?".into(),
@@ -481,9 +492,11 @@ mod tests {
             },
             stop: Vec::new(),
             ignore_eos: true,
-        };
+        }
+    }
+
+    fn text_of(runtime: &tokio::runtime::Runtime, mut events: mpsc::Receiver<Event>) -> String {
         runtime.block_on(async {
-            let mut events = engine.submit(request).expect("admitted");
             let mut text = String::new();
             while let Some(event) = events.recv().await {
                 match event {
@@ -494,6 +507,27 @@ mod tests {
             }
             text
         })
+    }
+
+    /// A customer's greedy answer.
+    fn greedy(runtime: &tokio::runtime::Runtime, engine: &EngineHandle) -> String {
+        text_of(runtime, engine.submit(ticket_question()).expect("admitted"))
+    }
+
+    /// The same question in an adapter trial.
+    fn trial_greedy(
+        runtime: &tokio::runtime::Runtime,
+        engine: &EngineHandle,
+        adapter: &Path,
+    ) -> String {
+        let spec = LoraSpec {
+            path: adapter.to_owned(),
+            scale: 1.0,
+        };
+        let events = runtime
+            .block_on(engine.trial(spec, ticket_question()))
+            .expect("admitted");
+        text_of(runtime, events)
     }
 
     fn candidate(kind: ArtifactKind, size_bytes: u64) -> ArtifactRef {
@@ -603,5 +637,52 @@ mod tests {
         // model, untouched by the trial engine that has gone.
         device.activate(ArtifactKind::Adapter, None);
         assert_eq!(greedy(&runtime, &live), committed);
+    }
+
+    #[test]
+    fn an_adapter_trial_never_evicts_or_frees_the_adapter_customers_are_served_with() {
+        let runtime = tokio::runtime::Runtime::new().expect("tokio");
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let served = dir.path().join("served.gguf");
+        let candidate = dir.path().join("candidate.gguf");
+        std::fs::write(&served, gguf_writer::smollm2_lora(4.0, "llama")).expect("write");
+        std::fs::write(&candidate, gguf_writer::smollm2_lora(-4.0, "llama")).expect("write");
+        let mut config = EngineConfig::new(default_model());
+        config.parallel = 1;
+        config.ctx_per_slot = 512;
+        // One adapter loaded: loading another would free the served one.
+        config.max_loaded_adapters = 1;
+        let live = EngineHandle::spawn(config);
+        runtime.block_on(live.ready()).expect("the model loads");
+        let without = greedy(&runtime, &live);
+        let spec = LoraSpec {
+            path: served.clone(),
+            scale: 1.0,
+        };
+        runtime
+            .block_on(live.set_lora(Some(spec.clone())))
+            .expect("swap");
+        let with_served = greedy(&runtime, &live);
+        assert_ne!(with_served, without, "the served adapter changes answers");
+
+        // Trials of another adapter and of the served file itself: each
+        // loads its own copy, used by its own context and freed with it.
+        for adapter in [&candidate, &served, &candidate] {
+            let tried = trial_greedy(&runtime, &live, adapter);
+            if adapter == &candidate {
+                assert_ne!(tried, with_served, "the trial runs the candidate");
+                assert_ne!(tried, without, "the trial runs the candidate");
+            }
+            assert_eq!(
+                greedy(&runtime, &live),
+                with_served,
+                "customers after a trial of {}",
+                adapter.display()
+            );
+        }
+        assert_eq!(EngineStats::get(&live.stats().loaded_adapters), 1);
+        let info = runtime.block_on(live.ready()).expect("ready");
+        assert_eq!(info.lora, Some(spec));
     }
 }

@@ -1,17 +1,21 @@
 //! Trial engines: where a candidate artifact is checked without touching
-//! the engine that answers customers.
+//! the context that answers customers.
 //!
-//! - An adapter is tried in its own llama.cpp context on the running model
-//!   ([`adapter_trial_config`]). llama.cpp applies adapters per context
-//!   (`llama_set_adapter_lora`), not per sequence, so a trial sequence in
-//!   the live context would answer customers with the trial adapter too.
-//!   The model's weights are memory-mapped, so the second load shares their
-//!   pages; the trial costs one slot's KV cache and compute buffers.
-//! - A new base model is loaded beside the running one, which needs room
-//!   for a second set of weights: [`check_room_for_model`] refuses the
-//!   check (rather than let the kernel's OOM killer take the kiosk) when
-//!   `MemAvailable` cannot hold it. Such a device keeps its model and
-//!   reports `unsupported`.
+//! - An adapter is tried in a llama.cpp context of its own on the running
+//!   model ([`EngineHandle::trial`](crate::engine::EngineHandle::trial),
+//!   sized by [`adapter_trial_config`]). llama.cpp applies adapters per
+//!   context (`llama_set_adapter_lora`), not per sequence, so a trial
+//!   sequence in the live context would answer customers with the trial
+//!   adapter too. The trial shares the model's weights (one load) and
+//!   costs one short slot's KV cache and compute buffers, plus its own copy
+//!   of the adapter, which is freed with the trial context before the live
+//!   context is recreated: the engine's adapter cache, whose eviction frees
+//!   adapters assuming no other context holds them, never sees it.
+//! - A new base model is loaded beside the running one
+//!   ([`model_trial_config`]), which needs room for a second set of
+//!   weights: [`check_room_for_model`] refuses the check (rather than let
+//!   the kernel's OOM killer take the kiosk) when `MemAvailable` cannot
+//!   hold it. Such a device keeps its model and reports `unsupported`.
 
 use std::path::Path;
 
@@ -26,8 +30,8 @@ pub const MODEL_TRIAL_HEADROOM_BYTES: u64 = 256 << 20;
 /// prompt set in front, far less than a serving slot.
 const TRIAL_CTX_TOKENS: u32 = 2048;
 
-/// The config of a one-slot engine on the running model with `adapter`
-/// applied: the adapter's trial context.
+/// The config of the adapter's trial context: one short slot on the
+/// running model with `adapter` applied and no prefix cache.
 pub fn adapter_trial_config(live: &EngineConfig, adapter: LoraSpec) -> EngineConfig {
     EngineConfig {
         lora: Some(adapter),
