@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_agent::apply::boot::BootWatch;
 use outpost_agent::apply::ArtifactBase;
+use outpost_agent::apply::Rejection;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
 use outpost_kb::{EmbedderIdentity, Store};
-use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef};
+use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, FailureReason};
 use outpost_runtime::answers::AnswerSink;
 use outpost_runtime::config::AgentSettings;
 use outpost_runtime::engine::{
@@ -20,6 +22,7 @@ use outpost_runtime::engine::{
 };
 use outpost_runtime::knowledge::KnowledgeHandle;
 use outpost_runtime::prompt_set::PromptSet;
+use outpost_runtime::trial;
 use tokio::sync::watch;
 
 use crate::settings::BadConfig;
@@ -145,6 +148,13 @@ pub struct EngineRuntime {
     model_digest: Option<ArtifactDigest>,
     /// `None` when the device cannot answer from a KB (no embedder).
     knowledge: Option<KnowledgeSlot>,
+    /// Marks a restart onto a new model pending-confirm.
+    boot_watch: Option<BootWatch>,
+    /// Where `MemAvailable` is read before a candidate model loads.
+    meminfo: PathBuf,
+    /// Replaces the process to serve a newly committed model (a test
+    /// records the call instead).
+    restart: fn(&str),
 }
 
 impl EngineRuntime {
@@ -163,6 +173,37 @@ impl EngineRuntime {
             lora: engine_config.lora.clone(),
             engine_config,
             model_digest: None,
+            boot_watch: None,
+            meminfo: PathBuf::from(trial::PROC_MEMINFO),
+            restart: |model| restart_onto_new_model(model),
+        }
+    }
+
+    /// Arms `watch` before every restart onto a new model.
+    pub fn with_boot_watch(mut self, watch: BootWatch) -> Self {
+        self.boot_watch = Some(watch);
+        self
+    }
+
+    /// Calls `restart` instead of replacing the process.
+    #[cfg(test)]
+    pub fn with_restart(mut self, restart: fn(&str)) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Reads `MemAvailable` from `meminfo` instead of `/proc/meminfo`.
+    #[cfg(test)]
+    pub fn with_meminfo(mut self, meminfo: PathBuf) -> Self {
+        self.meminfo = meminfo;
+        self
+    }
+
+    /// Refuses a candidate model that cannot load beside the running one.
+    fn room_for_model(&self, model_bytes: u64) -> Result<(), trial::NoRoom> {
+        match trial::available_memory(&self.meminfo) {
+            Some(available) => trial::check_room_for_model(model_bytes, available),
+            None => Ok(()),
         }
     }
 
@@ -176,45 +217,7 @@ impl EngineRuntime {
 
     /// One short greedy answer through `engine`, with `set` in front.
     fn smoke(&self, engine: &EngineHandle, set: Option<&PromptSet>) -> Result<(), String> {
-        let question = vec![ChatMessage {
-            role: "user".into(),
-            content: SMOKE_QUESTION.into(),
-        }];
-        let messages = match set {
-            Some(set) => outpost_runtime::prompt_set::apply(set, question),
-            None => question,
-        };
-        let request = GenerateRequest {
-            prompt: Prompt::Chat(messages),
-            max_tokens: SMOKE_TOKENS,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..SamplingParams::default()
-            },
-            stop: Vec::new(),
-            ignore_eos: false,
-        };
-        let answer = self.tokio.block_on(async {
-            tokio::time::timeout(SMOKE_LIMIT, async {
-                engine.ready().await.map_err(|e| e.to_string())?;
-                let mut events = engine.submit(request).map_err(|e| e.to_string())?;
-                let mut text = String::new();
-                while let Some(event) = events.recv().await {
-                    match event {
-                        Event::Text(t) => text.push_str(&t),
-                        Event::Done(_) => return Ok(text),
-                        Event::Failed(e) => return Err(e.to_string()),
-                    }
-                }
-                Err("the engine stopped mid-answer".to_string())
-            })
-            .await
-            .map_err(|_| format!("no smoke answer within {SMOKE_LIMIT:?}"))?
-        })?;
-        if answer.trim().is_empty() {
-            return Err("the smoke answer was empty".into());
-        }
-        Ok(())
+        self.tokio.block_on(smoke_answer(engine, set, None))
     }
 
     /// A knowledge base must be one (`outpost kb ingest`), pass SQLite's
@@ -246,19 +249,15 @@ impl HealthCheck for EngineRuntime {
                 self.smoke(&self.engine, Some(&set))
             }
             ArtifactKind::Adapter => {
-                let previous = self.lora.clone();
-                self.set_lora(Some(LoraSpec {
+                // In a context of its own on the running model: customers
+                // keep the committed adapter while the trial answers.
+                let spec = LoraSpec {
                     path: path.to_owned(),
                     scale: 1.0,
-                }))?;
+                };
                 let current = self.prompt_set.borrow().clone();
-                let result = self.smoke(&self.engine, current.as_deref());
-                if result.is_err() {
-                    if let Err(e) = self.set_lora(previous) {
-                        tracing::error!(error = %e, "cannot switch back to the previous adapter");
-                    }
-                }
-                result
+                self.tokio
+                    .block_on(smoke_answer(&self.engine, current.as_deref(), Some(spec)))
             }
             ArtifactKind::KnowledgeBase => self.check_knowledge(path),
             ArtifactKind::Model => {
@@ -266,18 +265,27 @@ impl HealthCheck for EngineRuntime {
                     return Ok(()); // already loaded and answering
                 }
                 // Load the candidate beside the running model: it must load
-                // and answer before the device restarts onto it.
-                let candidate = EngineHandle::spawn(EngineConfig {
-                    model: path.to_owned(),
-                    lora: None,
-                    parallel: 1,
-                    queue_capacity: 1,
-                    ..self.engine_config.clone()
-                });
+                // and answer before the device restarts onto it, and there
+                // must be room for it (admission checked before download;
+                // memory may have shrunk since).
+                self.room_for_model(artifact.size_bytes)
+                    .map_err(|e| e.to_string())?;
+                let candidate =
+                    EngineHandle::spawn(trial::model_trial_config(&self.engine_config, path));
                 self.smoke(&candidate, None)
             }
             other => Err(format!("this device cannot run {other} artifacts yet")),
         }
+    }
+
+    fn admit(&mut self, artifact: &ArtifactRef) -> Result<(), Rejection> {
+        if artifact.kind != ArtifactKind::Model
+            || self.running_model_digest() == Some(artifact.sha256)
+        {
+            return Ok(());
+        }
+        self.room_for_model(artifact.size_bytes)
+            .map_err(|e| Rejection::permanent(FailureReason::Unsupported, e.to_string()))
     }
 }
 
@@ -315,7 +323,14 @@ impl DeviceRuntime for EngineRuntime {
             ArtifactKind::Model => {
                 let Some((artifact, _)) = active else { return };
                 if self.running_model_digest() != Some(artifact.sha256) {
-                    restart_onto_new_model(artifact.name.as_ref());
+                    // The next start counts itself and falls back if the
+                    // new model never becomes healthy.
+                    if let Some(watch) = &self.boot_watch {
+                        if let Err(error) = watch.arm(artifact) {
+                            tracing::error!(%error, "cannot arm the boot watchdog");
+                        }
+                    }
+                    (self.restart)(artifact.name.as_ref());
                 }
             }
             ArtifactKind::KnowledgeBase => {
@@ -339,6 +354,91 @@ impl DeviceRuntime for EngineRuntime {
     }
 }
 
+/// One short greedy answer through `engine` (waiting for it to load), with
+/// `set` in front, within [`SMOKE_LIMIT`]; with `trial_adapter`, in the
+/// engine's trial context with that adapter ([`EngineHandle::trial`]).
+async fn smoke_answer(
+    engine: &EngineHandle,
+    set: Option<&PromptSet>,
+    trial_adapter: Option<LoraSpec>,
+) -> Result<(), String> {
+    let question = vec![ChatMessage {
+        role: "user".into(),
+        content: SMOKE_QUESTION.into(),
+    }];
+    let messages = match set {
+        Some(set) => outpost_runtime::prompt_set::apply(set, question),
+        None => question,
+    };
+    let request = GenerateRequest {
+        prompt: Prompt::Chat(messages),
+        max_tokens: SMOKE_TOKENS,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        stop: Vec::new(),
+        ignore_eos: false,
+    };
+    let answer = tokio::time::timeout(SMOKE_LIMIT, async {
+        engine.ready().await.map_err(|e| e.to_string())?;
+        let mut events = match trial_adapter {
+            Some(adapter) => engine.trial(adapter, request).await,
+            None => engine.submit(request),
+        }
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(_) => return Ok(text),
+                Event::Failed(e) => return Err(e.to_string()),
+            }
+        }
+        Err("the engine stopped mid-answer".to_string())
+    })
+    .await
+    .map_err(|_| format!("no smoke answer within {SMOKE_LIMIT:?}"))??;
+    if answer.trim().is_empty() {
+        return Err("the smoke answer was empty".into());
+    }
+    Ok(())
+}
+
+/// Longest a model on trial may take to load and give its smoke answer
+/// after a restart before the start counts as failed: a large model on a
+/// slow disk loads in well under this.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The boot watchdog's running half: confirms `model`, on trial since the
+/// restart onto it, once `engine` has loaded it and given a smoke answer;
+/// restarts the process (the next start counts, and the one after the
+/// last falls back) when it fails to load or answer, or takes longer than
+/// `deadline`.
+pub fn confirm_when_healthy(
+    engine: EngineHandle,
+    watch: BootWatch,
+    model: ArtifactDigest,
+    deadline: Duration,
+) {
+    tokio::spawn(async move {
+        let failure = match tokio::time::timeout(deadline, smoke_answer(&engine, None, None)).await
+        {
+            Ok(Ok(())) => {
+                match watch.confirm(&model) {
+                    Ok(()) => tracing::info!(%model, "the new model is healthy; confirmed"),
+                    Err(error) => tracing::error!(%error, "cannot confirm the new model"),
+                }
+                return;
+            }
+            Ok(Err(error)) => error,
+            Err(_) => format!("not healthy within {deadline:?}"),
+        };
+        tracing::error!(%model, %failure, "the new model did not become healthy; restarting");
+        restart_process();
+    });
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
     use sha2::Digest;
     use std::io::Read;
@@ -357,11 +457,17 @@ fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
 /// A new base model needs a new llama.cpp model and context: the process
 /// replaces itself with the same command line, and at start the device
 /// loads the agent's committed model.
-fn restart_onto_new_model(name: &str) -> ! {
+pub(crate) fn restart_onto_new_model(name: &str) -> ! {
     tracing::warn!(
         model = name,
         "a new model is committed; restarting the device onto it"
     );
+    restart_process()
+}
+
+/// Replaces the process with the same command line (or exits 75 for the
+/// supervisor when that fails).
+pub(crate) fn restart_process() -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     #[cfg(unix)]
     {
@@ -373,3 +479,6 @@ fn restart_onto_new_model(name: &str) -> ! {
     }
     std::process::exit(75)
 }
+
+#[cfg(test)]
+mod tests;

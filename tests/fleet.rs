@@ -193,6 +193,22 @@ fn start_device_on(
     broker: &str,
     extra: &str,
 ) -> Server {
+    let config = device_config(dir, hub, name, password, broker, extra);
+    Server::launch(
+        &["--config", config.to_str().unwrap(), "--parallel", "2"],
+        None,
+    )
+}
+
+/// The `[agent]` config of device `name` (data folder `dir/name`).
+fn device_config(
+    dir: &Path,
+    hub: &Hub,
+    name: &str,
+    password: &str,
+    broker: &str,
+    extra: &str,
+) -> PathBuf {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
@@ -206,10 +222,7 @@ fn start_device_on(
         ),
     )
     .expect("write device config");
-    Server::launch(
-        &["--config", config.to_str().unwrap(), "--parallel", "2"],
-        None,
-    )
+    config
 }
 
 fn free_port() -> u16 {
@@ -1180,5 +1193,140 @@ fn forged_desired_states_change_nothing(hub: &Hub, dir: &Path, a: &Server, b: &S
     ]);
     wait_for(WAIT, "kiosk-a to roll back to prompt set v1", || {
         (health(a)["prompt_set"]["version"] == "1").then_some(())
+    });
+}
+
+/// `outpost serve` that may replace itself (exec) with a fresh start on a
+/// new port: every start's listening line is collected.
+struct RestartingServer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl RestartingServer {
+    fn launch(args: &[&str]) -> RestartingServer {
+        let mut child = outpost()
+            .args(["serve", "--port", "0", "--threads", "2", "--model"])
+            .arg(model_path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn outpost serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        RestartingServer { child, lines }
+    }
+
+    /// The base URL of the start that answers `/health` with 200.
+    fn wait_healthy(&self, limit: Duration) -> String {
+        wait_for(limit, "a healthy start", || {
+            let line = self.lines.lock().unwrap().last().cloned()?;
+            let base = line.strip_prefix("outpost listening on ")?.to_owned();
+            let ok = ureq::get(&format!("{base}/health")).call().ok()?.status() == 200;
+            ok.then_some(base)
+        })
+    }
+}
+
+impl Drop for RestartingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts `file` into the agent's content-addressed store under `root` and
+/// returns the model artifact naming it (fields the device never checks
+/// after the commit are placeholders).
+fn installed_model(root: &Path, version: &str, file: &Path) -> outpost_protocol::ArtifactRef {
+    use outpost_protocol::{
+        ArtifactDigest, ArtifactKind, ArtifactName, ArtifactSignature, ArtifactUrl, ArtifactVersion,
+    };
+    let sha256: ArtifactDigest = sha256_hex(file).parse().expect("digest");
+    let stored = outpost_agent::apply::ArtifactFiles::store_path_in(root, &sha256);
+    std::fs::create_dir_all(stored.parent().expect("store folder")).expect("store folder");
+    if std::fs::hard_link(file, &stored).is_err() {
+        std::fs::copy(file, &stored).expect("copy into the store");
+    }
+    outpost_protocol::ArtifactRef {
+        kind: ArtifactKind::Model,
+        name: ArtifactName::parse("smollm2").expect("name"),
+        version: ArtifactVersion::parse(version).expect("version"),
+        sha256,
+        size_bytes: std::fs::metadata(file).expect("size").len(),
+        url: ArtifactUrl::parse("http://127.0.0.1:1/model").expect("url"),
+        signature: ArtifactSignature::from_bytes([0; 64]),
+        base_model: None,
+    }
+}
+
+/// The state the agent leaves right before it restarts onto a new model
+/// (v2 committed after its check beside v1, the boot watchdog armed), but
+/// v2 cannot load in the new process (its file broke after the check, a
+/// driver or a memory limit the check did not meet): every start fails,
+/// and the one after the third must serve v1 again and tell the hub.
+#[test]
+fn a_new_model_that_never_becomes_healthy_after_the_restart_is_rolled_back_and_reported() {
+    use outpost_agent::apply::boot::BootWatch;
+    use outpost_agent::apply::{PointerStore, SqlitePointers};
+    use outpost_protocol::{ApplyOutcome, ApplyReport, ArtifactKind, Generation};
+
+    let _serial = serial();
+    let dir = temp_dir();
+    embedder_folder();
+    let hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());
+    let data = dir.path().join("kiosk-a");
+    let store = data.join("artifacts");
+    let v1 = installed_model(&store, "1", &model_path());
+    let broken = dir.path().join("broken.gguf");
+    write(&broken, b"GGUF\x03\0\0\0 cut off before its tensors");
+    let v2 = installed_model(&store, "2", &broken);
+    let mut pointers = SqlitePointers::open(&data.join("pointers.sqlite")).expect("pointers");
+    for (generation, model) in [(1, &v1), (2, &v2)] {
+        pointers
+            .switch(model, Generation(generation))
+            .expect("switch");
+        let applied = ApplyReport {
+            generation: Generation(generation),
+            sha256: model.sha256,
+            outcome: ApplyOutcome::Applied,
+            at_unix_ms: 0,
+        };
+        pointers
+            .commit(
+                ArtifactKind::Model,
+                &applied,
+                outpost_protocol::Release(generation),
+            )
+            .expect("commit");
+        pointers.finish(Generation(generation)).expect("finish");
+    }
+    drop(pointers);
+    let watch = BootWatch::in_data_dir(&data);
+    watch.arm(&v2).expect("arm the watchdog");
+
+    let broker = format!("mqtt://127.0.0.1:{}", hub.mqtt_port);
+    let config = device_config(dir.path(), &hub, "kiosk-a", "secret-a", &broker, "");
+    let device = RestartingServer::launch(&["--config", config.to_str().unwrap()]);
+    let base = device.wait_healthy(Duration::from_secs(60));
+    let h: Value = ureq::get(&format!("{base}/health"))
+        .call()
+        .expect("health")
+        .into_json()
+        .expect("health JSON");
+    assert_eq!(h["model"], v1.sha256.to_string(), "v1 serves again: {h}");
+    assert_eq!(watch.pending().expect("read the mark"), None);
+    // The fallback reaches the hub as v2's failed health check.
+    wait_for(WAIT, "the fallback to be reported", || {
+        let d = hub.device("kiosk-a")?;
+        let failed = d["failures"] == json!([["model", "health_check"]]);
+        (failed && active_version(&hub, "kiosk-a", "model")? == "1").then_some(())
     });
 }

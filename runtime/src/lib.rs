@@ -14,6 +14,9 @@
 //! - [`knowledge`] owns the knowledge base (retrieval) on one thread;
 //!   [`answer`] turns a question into a grounded, cited answer or a
 //!   hand-over, for `POST /v1/answer`, `outpost ask` and `outpost eval`.
+//! - [`trial`] sets up the engines a candidate adapter or model is
+//!   checked in, apart from the live one, and the memory check before a
+//!   candidate model loads.
 //! - [`feedback`] is the kiosk's local SQLite of grounded answers and the
 //!   ratings and hand-overs customers gave them, behind one owning thread.
 
@@ -30,3 +33,4 @@ pub mod http;
 pub mod knowledge;
 pub mod metrics;
 pub mod prompt_set;
+pub mod trial;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use outpost_agent::apply::boot::{BootDecision, BootWatch, DEFAULT_MAX_BOOTS};
 use outpost_agent::Agent;
 use outpost_protocol::ArtifactKind;
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
@@ -47,6 +48,29 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
 
 pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     let agent_config = config.agent.as_ref().map(fleet::agent_config).transpose()?;
+    // Before the model pointer is read: count this start of a model on
+    // trial, or fall back from one that never became healthy.
+    let boot = match &agent_config {
+        Some(a) => Some(
+            BootWatch::in_data_dir(&a.data_dir)
+                .start(DEFAULT_MAX_BOOTS, now_unix_ms())
+                .context("reading the boot watchdog")?,
+        ),
+        None => None,
+    };
+    match &boot {
+        Some(BootDecision::OnTrial {
+            artifact,
+            boot,
+            max_boots,
+        }) => {
+            tracing::warn!(model = %artifact.name, version = %artifact.version, boot, max_boots, "starting on a new model, not yet confirmed healthy")
+        }
+        Some(BootDecision::FellBack { failed, boots }) => {
+            tracing::error!(model = %failed.name, version = %failed.version, boots, "the new model never became healthy; back on the previous one")
+        }
+        _ => {}
+    }
     // A model the fleet committed wins over the configured one.
     let fleet_model = match &agent_config {
         Some(a) => outpost_agent::session::committed_path(&a.data_dir, ArtifactKind::Model)
@@ -74,6 +98,14 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         .engine
         .engine_config(model.clone(), config.lora.clone());
     let engine = EngineHandle::spawn(engine_config.clone());
+    if let (Some(BootDecision::OnTrial { artifact, .. }), Some(a)) = (&boot, &agent_config) {
+        fleet::confirm_when_healthy(
+            engine.clone(),
+            BootWatch::in_data_dir(&a.data_dir),
+            artifact.sha256,
+            fleet::BOOT_DEADLINE,
+        );
+    }
     // POST /admin/lora loads adapters only from the agent's artifact store.
     let artifact_store = config
         .server
@@ -169,7 +201,8 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     let mut agent_session = None;
     if let Some(agent_config) = agent_config {
         let runtime =
-            fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx, knowledge_slot);
+            fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx, knowledge_slot)
+                .with_boot_watch(BootWatch::in_data_dir(&agent_config.data_dir));
         let device = agent_config.device.clone();
         let agent = Agent::start(agent_config, runtime, stopped(stop.clone()))
             .context("starting the fleet agent")?;
@@ -196,6 +229,13 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Resolves once `stop` turns true.

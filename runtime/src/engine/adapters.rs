@@ -51,6 +51,13 @@ impl<A> AdapterCache<A> {
             .map(|(_, a)| a)
     }
 
+    /// Every adapter held, for the caller to free once no context uses
+    /// them.
+    #[must_use = "adapters must be freed"]
+    pub(crate) fn into_entries(self) -> Vec<A> {
+        self.entries.into_iter().map(|(_, a)| a).collect()
+    }
+
     /// Adds `adapter` as the most recently used and returns the adapters
     /// that no longer fit, for the caller to free. The caller must not hold
     /// a llama.cpp context that uses any of them.

@@ -317,6 +317,11 @@ pub(crate) enum Command {
         spec: Option<LoraSpec>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Answer `job` with `adapter` in a trial context of its own.
+    Trial {
+        adapter: LoraSpec,
+        job: Job,
+    },
 }
 
 /// Cloneable access to the engine thread. The engine stops when the last
@@ -400,6 +405,34 @@ impl EngineHandle {
             }),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Stopped),
         }
+    }
+
+    /// Answers `request` once with `adapter` applied, for a health check:
+    /// in a one-slot llama.cpp context of its own on this engine's model
+    /// ([`crate::trial`]), never in the context that answers customers.
+    /// Like a swap, requests in flight finish first and queued ones wait
+    /// for the trial; they are answered with the current adapter. The
+    /// trial's copy of the adapter is freed with its context, before any
+    /// other request runs; the engine's loaded adapters are not touched.
+    /// Waits for room in the queue (a busy kiosk delays a trial, it does
+    /// not fail it).
+    pub async fn trial(
+        &self,
+        adapter: LoraSpec,
+        request: GenerateRequest,
+    ) -> Result<mpsc::Receiver<Event>, SubmitError> {
+        let capacity = (request.max_tokens as usize).saturating_add(2).min(1 << 16);
+        let (events, rx) = mpsc::channel(capacity);
+        let job = Job {
+            request,
+            events,
+            submitted: std::time::Instant::now(),
+        };
+        self.commands
+            .send(Command::Trial { adapter, job })
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
+        Ok(rx)
     }
 
     /// Swaps the LoRA adapter (or removes it with `None`) without reloading

@@ -101,6 +101,12 @@ pub(super) fn run(
         }
         match scheduler.run(&mut commands) {
             Outcome::Shutdown => break,
+            Outcome::Trial { adapter, job } => {
+                // No live context exists now: the trial's adapter is
+                // loaded and freed while nothing else can hold it.
+                drop(scheduler);
+                run_trial(&mut model, &summary, &config, &adapter, job);
+            }
             Outcome::SwapLora { spec, reply } => {
                 drop(scheduler);
                 // No context exists now: evicted adapters can be freed.
@@ -146,6 +152,20 @@ fn load_adapter(
     if adapters.touch(&spec.path) {
         return Ok(());
     }
+    let adapter = open_adapter(model, base, spec)?;
+    for evicted in adapters.insert(spec.path.clone(), adapter) {
+        adapters::free(evicted);
+    }
+    Ok(())
+}
+
+/// Checks `spec`'s file and loads it as a new adapter of `model`, outside
+/// any cache: the caller frees it. Must run while no context exists.
+fn open_adapter(
+    model: &mut LlamaModel,
+    base: &GgufSummary,
+    spec: &LoraSpec,
+) -> Result<LlamaLoraAdapter, EngineError> {
     let lora_err = |reason: String| EngineError::Lora {
         path: spec.path.clone(),
         reason,
@@ -161,15 +181,74 @@ fn load_adapter(
     summary
         .check_adapter_for(&spec.path, base)
         .map_err(|e| lora_err(e.to_string()))?;
-    let adapter = model.lora_adapter_init(&spec.path).map_err(|e| {
+    model.lora_adapter_init(&spec.path).map_err(|e| {
         lora_err(format!(
             "llama.cpp refused it ({e}); is it made for this base model?"
         ))
-    })?;
-    for evicted in adapters.insert(spec.path.clone(), adapter) {
-        adapters::free(evicted);
+    })
+}
+
+/// Answers `job` with `adapter` in a one-slot context of its own
+/// ([`crate::trial::adapter_trial_config`]), then drops the context and
+/// frees the trial's own copy of the adapter. Runs between two live
+/// schedulers, so no customer is answered meanwhile and no context is left
+/// holding the adapter when it is freed; the live adapter cache is not
+/// touched (a trial never evicts the adapter customers are served with).
+fn run_trial(
+    model: &mut LlamaModel,
+    base: &GgufSummary,
+    config: &EngineConfig,
+    adapter: &LoraSpec,
+    job: Job,
+) {
+    let events = job.events.clone();
+    let fail = |e: EngineError| {
+        let _ = events.try_send(Event::Failed(e));
+    };
+    let loaded = match open_adapter(model, base, adapter) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(e),
+    };
+    let mut trial_adapters = AdapterCache::new(1);
+    let none_evicted = trial_adapters.insert(adapter.path.clone(), loaded);
+    debug_assert!(none_evicted.is_empty());
+    let trial_config = crate::trial::adapter_trial_config(config, adapter.clone());
+    // The trial's counters stay out of the engine's metrics.
+    let stats = EngineStats::default();
+    match Scheduler::new(
+        model,
+        &trial_config,
+        &stats,
+        Some(adapter),
+        &mut trial_adapters,
+    ) {
+        Ok(mut scheduler) => {
+            scheduler.admit(job);
+            // Every step decodes at least one token of the one slot; the
+            // bound only guards the engine thread against a bug.
+            let max_steps = trial_config.ctx_per_slot as usize * 2 + 16;
+            for _ in 0..max_steps {
+                if scheduler.slots.iter().all(Option::is_none) {
+                    break;
+                }
+                scheduler.step();
+            }
+            if scheduler.slots.iter().any(Option::is_some) {
+                scheduler.finish_with(
+                    0,
+                    Err(EngineError::Decode {
+                        reason: "the adapter trial made no progress".into(),
+                    }),
+                );
+            }
+        }
+        Err(e) => fail(e),
     }
-    Ok(())
+    // The trial context is gone: its adapter can be freed.
+    for loaded in trial_adapters.into_entries() {
+        adapters::free(loaded);
+    }
+    tracing::info!(adapter = %adapter.path.display(), "adapter trial done");
 }
 
 fn publish_adapters(stats: &EngineStats, adapters: &AdapterCache<LlamaLoraAdapter>) {
@@ -205,6 +284,10 @@ fn model_info(
 
 enum Outcome {
     Shutdown,
+    Trial {
+        adapter: LoraSpec,
+        job: Job,
+    },
     SwapLora {
         spec: Option<LoraSpec>,
         reply: oneshot::Sender<Result<(), EngineError>>,
@@ -261,7 +344,8 @@ struct Scheduler<'m> {
     ctx_per_slot: u32,
     template: LlamaChatTemplate,
     stats: &'m EngineStats,
-    /// A LoRA swap waits until the slots drain; no admissions meanwhile.
+    /// A LoRA swap or an adapter trial waits until the slots drain; no
+    /// admissions meanwhile.
     pending_swap: Option<Outcome>,
 }
 
@@ -350,6 +434,10 @@ impl<'m> Scheduler<'m> {
                         Command::Generate(job) => self.admit(job),
                         Command::SetLora { spec, reply } => {
                             self.pending_swap = Some(Outcome::SwapLora { spec, reply });
+                            break;
+                        }
+                        Command::Trial { adapter, job } => {
+                            self.pending_swap = Some(Outcome::Trial { adapter, job });
                             break;
                         }
                     }
