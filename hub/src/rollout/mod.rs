@@ -6,4 +6,8 @@
 //! performs the returned [`controller::Action`]s (assignments through
 //! [`crate::assign::next_desired`], audit rows, timers).
 
+pub mod plan;
 pub mod stats;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
