@@ -86,3 +86,21 @@ pub(crate) fn plan() -> Plan {
         on_stage_timeout: TimeoutPolicy::Pause,
     }
 }
+
+pub(crate) fn valid_plan() -> super::plan::ValidPlan {
+    plan().validate().expect("valid plan")
+}
+
+/// `n` devices on prompt set v1; the first 3/4 at site A, the rest at B.
+pub(crate) fn cohort(n: usize) -> Vec<super::controller::CohortDevice> {
+    (0..n)
+        .map(|i| super::controller::CohortDevice {
+            id: device(i),
+            tags: vec![
+                tag("store"),
+                tag(if i * 4 < n * 3 { "site-a" } else { "site-b" }),
+            ],
+            baseline: vec![prompt_set("1", 1)],
+        })
+        .collect()
+}

@@ -9,5 +9,6 @@
 pub mod plan;
 pub mod stats;
 
+pub mod controller;
 #[cfg(test)]
 pub(crate) mod fixtures;
