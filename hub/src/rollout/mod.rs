@@ -6,9 +6,9 @@
 //! performs the returned [`controller::Action`]s (assignments through
 //! [`crate::assign::next_desired`], audit rows, timers).
 
+pub mod controller;
 pub mod plan;
 pub mod stats;
 
-pub mod controller;
 #[cfg(test)]
 pub(crate) mod fixtures;
