@@ -329,6 +329,8 @@ pub enum AuditNote {
         /// The devices.
         devices: Vec<DeviceId>,
     },
+    /// The offline evaluation passed.
+    OfflineEvalPassed,
     /// Waiting for approval of a stage.
     ApprovalRequested {
         /// The stage.
@@ -599,8 +601,7 @@ impl Controller {
             Verdict::Pass => {
                 let from = self.phase.clone();
                 self.phase = Phase::AwaitingApproval { stage: 0 };
-                let note = AuditNote::StagePassed { stage: 0 };
-                actions.push(self.audit(&from, note, report, now_ms));
+                actions.push(self.audit(&from, AuditNote::OfflineEvalPassed, report, now_ms));
                 self.next_stage(0, now_ms, actions);
             }
             Verdict::Fail => self.halt(HaltReason::OfflineEval, report, now_ms, actions),
@@ -613,14 +614,21 @@ impl Controller {
     /// Moves to stage `stage`: asks for approval if the plan says so
     /// (staying in `AwaitingApproval`), else enters it.
     fn next_stage(&mut self, stage: usize, now_ms: u64, actions: &mut Vec<Action>) {
-        if stage >= self.sizes.len() {
+        // Stage indices come from the plan, but a persisted controller is
+        // read back from disk: index with `get`, never panic on it.
+        let Some(next) = self
+            .plan
+            .stages
+            .get(stage)
+            .filter(|_| stage < self.sizes.len())
+        else {
             let from = self.phase.clone();
             self.phase = Phase::Completed;
             actions.push(self.audit(&from, AuditNote::Completed, Vec::new(), now_ms));
             actions.push(Action::Done(Outcome::Completed));
             return;
-        }
-        if self.plan.stages[stage].approval {
+        };
+        if next.approval {
             let from = self.phase.clone();
             self.phase = Phase::AwaitingApproval { stage };
             let note = AuditNote::ApprovalRequested { stage };
@@ -632,7 +640,7 @@ impl Controller {
 
     fn enter_stage(&mut self, stage: usize, now_ms: u64, actions: &mut Vec<Action>) {
         let from = self.phase.clone();
-        let timeout_ms = self.plan.stages[stage].timeout_ms;
+        let timeout_ms = self.plan.stages.get(stage).map_or(0, |s| s.timeout_ms);
         self.phase = Phase::Stage {
             index: stage,
             started_ms: now_ms,
@@ -764,7 +772,8 @@ impl Controller {
             } => Phase::Stage {
                 index: *index,
                 started_ms: *started_ms,
-                deadline_ms: now_ms.saturating_add(self.plan.stages[*index].timeout_ms),
+                deadline_ms: now_ms
+                    .saturating_add(self.plan.stages.get(*index).map_or(0, |s| s.timeout_ms)),
                 without_pending: false,
             },
             other => other.clone(),
@@ -807,6 +816,21 @@ impl Controller {
         actions.push(Action::Done(Outcome::Halted(reason)));
     }
 
+    /// The next moment a pending apply times out, when timeouts count.
+    fn next_apply_timeout(&self, now_ms: u64) -> Option<u64> {
+        let install = &self.plan.gates.install;
+        if !install.count_timed_out {
+            return None;
+        }
+        self.devices
+            .values()
+            .filter(|r| r.outcome.is_none())
+            .filter_map(|r| r.candidate_sent_ms)
+            .map(|sent| sent.saturating_add(install.apply_timeout_ms))
+            .filter(|&at| at > now_ms)
+            .min()
+    }
+
     /// Judges the gates after every event.
     fn evaluate(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         let Some(reached) = self.reached else {
@@ -838,7 +862,9 @@ impl Controller {
         else {
             return;
         };
-        let stage = &self.plan.stages[index];
+        let Some(stage) = self.plan.stages.get(index) else {
+            return;
+        };
         let soak_end = started_ms.saturating_add(stage.min_soak_ms);
         let stage_devices = self.stage_devices(index);
         let applied = stage_devices
@@ -875,6 +901,7 @@ impl Controller {
             } else {
                 deadline_ms
             };
+            let next = next.min(self.next_apply_timeout(now_ms).unwrap_or(u64::MAX));
             actions.push(Action::WaitUntil { at_ms: next });
             return;
         }

@@ -139,6 +139,7 @@ fn a_passing_eval_sends_the_candidate_to_stage_zero_only() {
     let stage0: Vec<&DeviceId> = run.controller.stage_devices(0).iter().collect();
     assert_eq!(devices, stage0);
     let entry = notes(&actions)[0];
+    assert_eq!(entry.note, AuditNote::OfflineEvalPassed);
     assert!(matches!(entry.gates[0], GateReport::OfflineEval(ref d) if d.verdict == Verdict::Pass));
 }
 
@@ -607,6 +608,19 @@ fn a_restored_controller_continues_exactly_like_the_original() {
     assert_eq!(original_actions, restored_actions);
     assert_eq!(assignments(&restored_actions).len(), 2);
     assert_eq!(run.controller, copy.controller);
+}
+
+#[test]
+fn a_corrupt_persisted_stage_index_does_not_panic() {
+    let (run, _) = Run::in_stage_zero(plan());
+    let mut json = serde_json::to_value(&run.controller).expect("serialize");
+    json["phase"]["stage"]["index"] = serde_json::json!(99);
+    let mut corrupt: Controller = serde_json::from_value(json).expect("deserialize");
+    assert!(matches!(corrupt.phase(), Phase::Stage { index: 99, .. }));
+    let actions = corrupt.handle(Event::Tick, run.now + 1_000_000);
+    assert!(assignments(&actions).is_empty());
+    corrupt.handle(Event::Pause { reason: "x".into() }, run.now);
+    corrupt.handle(Event::Resume, run.now);
 }
 
 #[test]
