@@ -7,6 +7,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::assign::Tag;
 use crate::rollout::plan::{canary_order, stage_sizes};
 
 const DEVICES: usize = 8;
