@@ -2,6 +2,7 @@
 //! (pooled z, Wilson, Newcombe, binomial tails) with Python's `math.erfc`
 //! and `math.comb`; each test comment shows the arithmetic.
 
+use super::paired::binomial_half_upper_tail;
 use super::*;
 
 /// Defaults used by most rate tests: 30 per arm, 5-point margin, 95%
