@@ -11,11 +11,10 @@
 //!   concurrent control devices over the same window, lower is better:
 //!   - *Fail* by a one-sided **pooled two-proportion z-test** of
 //!     `p_cand > p_ctrl` at `fail_alpha`. Chosen over a beta-binomial
-//!     posterior because it needs no prior, its false-halt rate is the stated
-//!     alpha, and under H0 (equal rates) the pooled variance is right and
-//!     stays defined with zero events in one arm (0/50 vs 10/50 gives
-//!     z = 3.33, where an unpooled Wald test is still fine but a Wald *bound*
-//!     is not, see below).
+//!     posterior because it needs no prior to defend in a review, its
+//!     false-halt rate is the stated alpha, and under H0 (equal rates) the
+//!     pooled variance is the right one and stays defined when one arm has
+//!     zero events (0/50 vs 10/50 gives z = 3.33, p = 0.0004).
 //!   - *Pass* when the one-sided upper bound of `p_cand − p_ctrl` at
 //!     `pass_alpha` is below `margin` (non-inferiority). The bound is
 //!     **Newcombe's hybrid score interval** (method 10, built from two Wilson
@@ -33,8 +32,8 @@
 //!     `alpha` is above `−margin`; *Fail* if the upper bound is below
 //!     `−margin`. The RNG is SplitMix64 seeded by the caller, so a report is
 //!     reproducible; 10,000 resamples is the recommended count
-//!     ([`DEFAULT_BOOTSTRAP_RESAMPLES`]) — the Monte-Carlo error of a 5%
-//!     quantile is then about ±0.2 percentile points.
+//!     ([`DEFAULT_BOOTSTRAP_RESAMPLES`]): the 5% quantile then sits at
+//!     5 ± 0.22% of the resampling distribution (sqrt(.05 × .95 / 10,000)).
 //!   - for binary outcomes additionally an **exact McNemar** (sign) test on
 //!     the discordant pairs: with few discordant items the bootstrap
 //!     underestimates the spread, while the binomial tail is exact at any
@@ -43,6 +42,9 @@
 //! - **p95 latency**: the ratio candidate p95 / control p95 against a
 //!   threshold, each arm with at least `min_samples` answers; a control p95
 //!   of 0 ms is inconclusive (no ratio).
+//!
+//! One private module per gate (`rates`, `paired`, `latency`; `normal` holds
+//! the normal tail), re-exported here.
 
 use serde::{Deserialize, Serialize};
 

@@ -87,13 +87,20 @@ pub fn compare_paired(
             candidate: candidate.len(),
         });
     }
-    for (index, &value) in current.iter().chain(candidate).enumerate() {
-        if !(0.0..=1.0).contains(&value) {
-            return Err(StatsError::ScoreOutOfRange {
-                index: index % current.len().max(1),
-                value,
+    // Both lists are checked item by item; NaN fails `contains` too.
+    let out_of_range =
+        current
+            .iter()
+            .zip(candidate)
+            .enumerate()
+            .find_map(|(index, (&cur, &cand))| {
+                [cur, cand]
+                    .into_iter()
+                    .find(|v| !(0.0..=1.0).contains(v))
+                    .map(|value| StatsError::ScoreOutOfRange { index, value })
             });
-        }
+    if let Some(error) = out_of_range {
+        return Err(error);
     }
     let items = current.len();
     let differences: Vec<f64> = candidate.iter().zip(current).map(|(c, b)| c - b).collect();
@@ -108,7 +115,7 @@ pub fn compare_paired(
     let too_few = items < gate.min_items;
     let mcnemar_fails = mcnemar.is_some_and(|m| {
         m.p_value < gate.alpha
-            && (m.losses - m.wins.min(m.losses)) as f64 > gate.margin * items as f64
+            && m.losses.saturating_sub(m.wins) as f64 > gate.margin * items as f64
     });
     let verdict = if too_few {
         Verdict::Inconclusive
