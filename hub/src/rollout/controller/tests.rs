@@ -316,7 +316,17 @@ fn timed_out_applies_count_only_when_the_plan_says_so() {
     counted.gates.install.min_reported = 1;
     counted.stages[0].timeout_ms = 100_000;
     let (mut run, _) = Run::in_stage_zero(counted);
-    let actions = run.advance(5_000);
+    let sent_at = run.now;
+    // After the soak the next wake-up is the apply timeout, not the
+    // stage deadline.
+    let actions = run.advance(1_000);
+    assert!(
+        actions.contains(&Action::WaitUntil {
+            at_ms: sent_at + 5_000
+        }),
+        "{actions:?}"
+    );
+    let actions = run.advance(4_000);
     assert_eq!(halted(&actions), Some(&HaltReason::InstallGate));
 
     let mut uncounted = plan();
