@@ -136,6 +136,8 @@ pub mod control;
 pub mod gate;
 pub mod http;
 pub mod metrics;
+/// Staged rollouts: gate statistics, plans and the I/O-free controller.
+pub mod rollout;
 pub mod signing;
 pub mod store;
 
