@@ -263,7 +263,7 @@ if [[ "$cache_matched" == true ]]; then
     measured serve outpost-serve-cache-off "$outpost_bin" --config "$results_dir/cache-off.toml" "${outpost_args[@]}"
     PEER_EXTRA_BODY=$extra_off measured serve llama-server-cache-off "$llama_server" "${llama_args[@]}" --cache-ram 0
     header="Outpost vs llama-server with matched prompt caches, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads; \
-load average at the start $load_at_start (a shared machine: other engineers' builds ran throughout). \
+load average at the start $load_at_start. \
 Model: $(basename "$model"). Both: $PARALLEL slots, $CTX_TOTAL-token total context, -b $BATCH -ub $UBATCH -fa $FLASH_ATTN, \
 $rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0. \
 Caches on: llama-server --cache-ram $cache_mb (and its per-slot prompt reuse), Outpost engine.prefix_cache_mb = $cache_mb (and its resident-slot reuse). \

@@ -56,7 +56,8 @@ if [[ "${REAL_SKIP_INGEST:-0}" != 1 ]]; then
     "$bin" kb ingest "$corpus" --kb "$kb" --threads "$threads" --json >"$work/ingest-$chunks.json"
     echo "ingested in $(($(date +%s) - start)) s" >&2
 fi
-stored=$("$bin" kb info --kb "$kb" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks"])')
+read -r stored stored_docs < <("$bin" kb info --kb "$kb" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["chunks"], d["documents"])')
 
 # --- cold: a fresh process, the KB file (and the embedder) not in the page cache.
 first_question=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["question"])' "$questions")
@@ -86,7 +87,7 @@ warm=$(cd "$repo_root" && RETRIEVAL_KB="$kb" RETRIEVAL_QUESTIONS="$questions" \
 docs=$(($(wc -l <"$corpus/MANIFEST.tsv") - 1))
 packages=$(($(wc -l <"$corpus/PACKAGES.tsv") - 1))
 {
-    echo "Real corpus: $docs documents from $packages Debian packages (manual pages and /usr/share/doc; list in $corpus/PACKAGES.tsv), $stored chunks stored; corpus sha256 $corpus_sha. $(date -u +%Y-%m-%d), $(nproc) cores, $threads threads; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Real corpus: $docs documents from $packages Debian packages (manual pages and /usr/share/doc; list in $corpus/PACKAGES.tsv), of which $stored_docs documents ($stored chunks) are in the knowledge base; corpus sha256 $corpus_sha. $(date -u +%Y-%m-%d), $(nproc) cores, $threads threads; load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)."
     echo
     echo "Cold first query ($cold_kind): \`outpost kb search -k 10\`, spawn to exit, embedder load included, and the search time it reports."
     echo
