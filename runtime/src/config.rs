@@ -703,6 +703,15 @@ mod tests {
         let agent = raw.validate().unwrap().agent.unwrap();
         assert_eq!(agent.device.as_str(), "kiosk-1");
         assert_eq!(agent.max_packet_bytes, 2 << 20);
+        assert_eq!(agent.max_generation_jump, 1_000_000);
+        let raw = RawDeviceConfig::from_toml(
+            "[agent]\nenabled = true\ndevice = \"kiosk-1\"\nhub_key = \"ab\"\n\
+             max_generation_jump = 0\n",
+            "t",
+        )
+        .unwrap();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("agent.max_generation_jump = 0"), "{err}");
     }
 
     #[test]

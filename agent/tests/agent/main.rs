@@ -31,11 +31,16 @@ fn active_digest(reported: &ReportedState, kind: ArtifactKind) -> Option<Artifac
     reported.active.get(kind).map(|a| a.sha256)
 }
 
+/// Model `n` (a small GGUF image), served at `/model-v{n}` and signed.
+fn served_model(server: &Server, n: u8) -> ArtifactRef {
+    let bytes = model_bytes(n);
+    let url = server.serve_bytes(&format!("/model-v{n}"), &bytes);
+    artifact(ArtifactKind::Model, &n.to_string(), &bytes, &url, None)
+}
+
 /// A root with model v1 active (generation 1).
 fn with_model_v1(server: &Server, root: &Path) -> ArtifactRef {
-    let v1 = model_bytes(1);
-    let url = server.serve_bytes("/model-v1", &v1);
-    let v1_ref = artifact(ArtifactKind::Model, "1", &v1, &url, None);
+    let v1_ref = served_model(&server, 1);
     let mut applier = open_applier(root, Healthy(Duration::ZERO));
     let reported = applier.apply(desired(1, vec![v1_ref.clone()]));
     assert_eq!(
@@ -50,9 +55,7 @@ fn a_signed_model_is_downloaded_verified_installed_and_committed() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let v1 = with_model_v1(&server, dir.path());
-    let v2_bytes = model_bytes(2);
-    let url = server.serve_bytes("/model-v2", &v2_bytes);
-    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    let v2 = served_model(&server, 2);
 
     let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
     let reported = applier.apply(desired(2, vec![v2.clone()]));
@@ -67,7 +70,7 @@ fn a_signed_model_is_downloaded_verified_installed_and_committed() {
     ));
     let path = applier.active_path(ArtifactKind::Model).expect("active");
     assert_eq!(path, dir.path().join("sha256").join(v2.sha256.to_string()));
-    assert_eq!(std::fs::read(&path).expect("installed"), v2_bytes);
+    assert_eq!(std::fs::read(&path).expect("installed"), model_bytes(2));
 
     let state = SqlitePointers::open(&pointers_path(dir.path()))
         .expect("open")
@@ -178,9 +181,7 @@ fn a_failed_health_check_switches_back_to_the_previous_version() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let v1 = with_model_v1(&server, dir.path());
-    let v2_bytes = model_bytes(2);
-    let url = server.serve_bytes("/model-v2", &v2_bytes);
-    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    let v2 = served_model(&server, 2);
     let mut applier = open_applier(dir.path(), FailsFor(vec![v2.sha256]));
     let reported = applier.apply(desired(2, vec![v2.clone()]));
     assert_eq!(
@@ -201,9 +202,7 @@ fn a_stale_desired_state_is_ignored() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let v1 = with_model_v1(&server, dir.path());
-    let v0_bytes = model_bytes(0);
-    let url = server.serve_bytes("/model-v0", &v0_bytes);
-    let v0 = artifact(ArtifactKind::Model, "0", &v0_bytes, &url, None);
+    let v0 = served_model(&server, 0);
     // Reopened: the processed generation survives a restart.
     let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
     let before = server.requests().len();
@@ -269,14 +268,12 @@ fn a_slot_left_in_trial_is_switched_back_at_start_and_not_retried() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let v1 = with_model_v1(&server, dir.path());
-    let v2_bytes = model_bytes(2);
-    let url = server.serve_bytes("/model-v2", &v2_bytes);
-    let v2 = artifact(ArtifactKind::Model, "2", &v2_bytes, &url, None);
+    let v2 = served_model(&server, 2);
     {
         // What a crash mid health check leaves: v2 installed, switched, not
         // committed.
         let store = dir.path().join("sha256").join(v2.sha256.to_string());
-        std::fs::write(&store, &v2_bytes).expect("install");
+        std::fs::write(&store, &model_bytes(2)).expect("install");
         let mut pointers = SqlitePointers::open(&pointers_path(dir.path())).expect("open");
         pointers.switch(&v2, Generation(2)).expect("switch");
     }
@@ -724,9 +721,7 @@ fn an_older_release_is_refused_after_a_restart_unless_the_state_rolls_back() {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let v1 = with_model_v1(&server, dir.path());
-    let bytes = model_bytes(2);
-    let url = server.serve_bytes("/model-v2", &bytes);
-    let v2 = artifact(ArtifactKind::Model, "2", &bytes, &url, None);
+    let v2 = served_model(&server, 2);
     {
         let mut applier = open_applier(dir.path(), Healthy(Duration::ZERO));
         let reported = applier.apply(released(2, &v2, 2, None));

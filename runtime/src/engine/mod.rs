@@ -311,6 +311,22 @@ pub(crate) struct Job {
     pub(crate) submitted: std::time::Instant,
 }
 
+impl Job {
+    /// A job for `request` and the receiver of its events.
+    fn new(request: GenerateRequest) -> (Self, mpsc::Receiver<Event>) {
+        // One event per generated token plus the final one: the worker never
+        // blocks on a slow reader, and the bound is the request's own size.
+        let capacity = (request.max_tokens as usize).saturating_add(2).min(1 << 16);
+        let (events, rx) = mpsc::channel(capacity);
+        let job = Job {
+            request,
+            events,
+            submitted: std::time::Instant::now(),
+        };
+        (job, rx)
+    }
+}
+
 pub(crate) enum Command {
     Generate(Job),
     SetLora {
@@ -389,15 +405,7 @@ impl EngineHandle {
     /// Queues a request. Never waits: a full queue is an error at once.
     /// Dropping the returned receiver cancels the request.
     pub fn submit(&self, request: GenerateRequest) -> Result<mpsc::Receiver<Event>, SubmitError> {
-        // One event per generated token plus the final one: the worker never
-        // blocks on a slow reader, and the bound is the request's own size.
-        let capacity = (request.max_tokens as usize).saturating_add(2).min(1 << 16);
-        let (events, rx) = mpsc::channel(capacity);
-        let job = Job {
-            request,
-            events,
-            submitted: std::time::Instant::now(),
-        };
+        let (job, rx) = Job::new(request);
         match self.commands.try_send(Command::Generate(job)) {
             Ok(()) => Ok(rx),
             Err(mpsc::error::TrySendError::Full(_)) => Err(SubmitError::QueueFull {
@@ -421,13 +429,7 @@ impl EngineHandle {
         adapter: LoraSpec,
         request: GenerateRequest,
     ) -> Result<mpsc::Receiver<Event>, SubmitError> {
-        let capacity = (request.max_tokens as usize).saturating_add(2).min(1 << 16);
-        let (events, rx) = mpsc::channel(capacity);
-        let job = Job {
-            request,
-            events,
-            submitted: std::time::Instant::now(),
-        };
+        let (job, rx) = Job::new(request);
         self.commands
             .send(Command::Trial { adapter, job })
             .await
