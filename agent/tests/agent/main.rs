@@ -40,7 +40,7 @@ fn served_model(server: &Server, n: u8) -> ArtifactRef {
 
 /// A root with model v1 active (generation 1).
 fn with_model_v1(server: &Server, root: &Path) -> ArtifactRef {
-    let v1_ref = served_model(&server, 1);
+    let v1_ref = served_model(server, 1);
     let mut applier = open_applier(root, Healthy(Duration::ZERO));
     let reported = applier.apply(desired(1, vec![v1_ref.clone()]));
     assert_eq!(
@@ -273,7 +273,7 @@ fn a_slot_left_in_trial_is_switched_back_at_start_and_not_retried() {
         // What a crash mid health check leaves: v2 installed, switched, not
         // committed.
         let store = dir.path().join("sha256").join(v2.sha256.to_string());
-        std::fs::write(&store, &model_bytes(2)).expect("install");
+        std::fs::write(&store, model_bytes(2)).expect("install");
         let mut pointers = SqlitePointers::open(&pointers_path(dir.path())).expect("open");
         pointers.switch(&v2, Generation(2)).expect("switch");
     }
