@@ -79,6 +79,7 @@ pub fn parse_kind(text: &str) -> Option<ArtifactKind> {
         "prompt-set" | "prompt_set" | "prompts" => Some(ArtifactKind::PromptSet),
         "kb" | "knowledge-base" | "knowledge_base" => Some(ArtifactKind::KnowledgeBase),
         "config" => Some(ArtifactKind::Config),
+        "eval_set" | "eval-set" => Some(ArtifactKind::EvalSet),
         _ => None,
     }
 }

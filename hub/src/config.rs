@@ -10,6 +10,9 @@ use std::time::Duration;
 use outpost_protocol::{ArtifactUrl, DeviceId, FleetId};
 use serde::{Deserialize, Serialize};
 
+mod rollout;
+
+pub use self::rollout::{EvaluationConfig, EvaluationSettings, RolloutConfig};
 pub use crate::store::retention::RetentionPolicy;
 
 /// The commented default configuration (`outpost config print-default`).
@@ -73,6 +76,12 @@ pub struct HubConfig {
     /// The MQTT broker.
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// The rollout service.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    /// The offline evaluation gate.
+    #[serde(default)]
+    pub evaluation: EvaluationConfig,
 }
 
 /// `[http]` as written: the device-facing and the operator listener.
@@ -181,6 +190,10 @@ pub struct ValidConfig {
     pub gate: crate::gate::GateSettings,
     /// The hub's MQTT session.
     pub mqtt: MqttSettings,
+    /// The rollout service.
+    pub rollout: crate::rollout::service::RolloutSettings,
+    /// The offline evaluation gate.
+    pub evaluation: EvaluationSettings,
 }
 
 /// Which broker the hub uses.
@@ -451,6 +464,8 @@ impl HubConfig {
         let gate = gate_settings(b, &mut problems);
         let download_credentials = download_credentials(self, &mut problems);
         let retention = retention_policy(&self.retention, &mut problems);
+        let rollout = rollout::rollout_settings(&self.rollout, &mut problems);
+        let evaluation = rollout::evaluation_settings(&self.evaluation, &mut problems);
         if let (Some(device_bind), Some(operator_bind), Some(broker)) =
             (device_bind, operator_bind, &broker)
         {
@@ -484,6 +499,8 @@ impl HubConfig {
                         credentials,
                         max_packet_bytes,
                     },
+                    rollout,
+                    evaluation,
                 })
             }
             _ => Err(ConfigError { problems }),

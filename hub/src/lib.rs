@@ -133,6 +133,7 @@ pub mod assign;
 pub mod broker;
 pub mod config;
 pub mod control;
+pub mod evaluation;
 pub mod gate;
 pub mod http;
 pub mod metrics;
@@ -235,6 +236,17 @@ impl Hub {
     /// server. Returns once everything listens; the MQTT session connects
     /// in the background (see `/health`).
     pub async fn start(config: ValidConfig) -> Result<Hub, HubError> {
+        Self::start_with(config, None).await
+    }
+
+    /// [`Hub::start`] with the evaluator the offline gate runs (the binary
+    /// provides one; the hub crate has no model runtime). Without one, or
+    /// with `[evaluation] enabled = false`, plans with an offline gate are
+    /// refused.
+    pub async fn start_with(
+        config: ValidConfig,
+        evaluator: Option<Arc<dyn evaluation::Evaluator>>,
+    ) -> Result<Hub, HubError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -341,6 +353,26 @@ impl Hub {
         if let Some((listener, gate)) = gate {
             tasks.push(tokio::spawn(gate.serve(listener, shutdown_rx.clone())));
         }
+        let evaluations = match evaluator.filter(|_| config.evaluation.enabled) {
+            Some(evaluator) => {
+                let (jobs, task) = evaluation::EvalJobs::spawn(
+                    evaluator,
+                    store.clone(),
+                    config.data_dir.join("evals"),
+                    shutdown_rx.clone(),
+                );
+                tasks.push(task);
+                jobs
+            }
+            None => evaluation::EvalJobs::disabled(),
+        };
+        let (rollouts, rollout_task) = rollout::service::spawn(
+            ctx.clone(),
+            evaluations.clone(),
+            config.rollout.clone(),
+            shutdown_rx.clone(),
+        );
+        tasks.push(rollout_task);
 
         let (device_listener, device_addr) = bind_http("device", config.device_bind).await?;
         let (operator_listener, operator_addr) =
@@ -361,6 +393,8 @@ impl Hub {
             artifacts,
             admin_token: config.admin_token.clone(),
             download_credentials: config.download_credentials.clone(),
+            rollouts,
+            evaluations,
         });
         let serve = |listener: tokio::net::TcpListener, app: axum::Router| {
             let mut stop = shutdown_rx.clone();

@@ -28,9 +28,15 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+mod evals;
 mod ingest;
+mod rollouts;
 
+pub use evals::{EvalJobRow, EvalJobUpdate};
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
+pub use rollouts::{
+    AuditRow, CohortFacts, LabelMove, LabelRow, RolloutStep, StepOutcome, StoredRollout,
+};
 pub mod retention;
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
@@ -118,6 +124,61 @@ fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
 /// must not cost the event.
 fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Computes the next desired state of `device` with `plan` and writes it in
+/// `tx`; `Ok(Err(_))` when `plan` refuses (nothing written for the device).
+/// Shared by [`Store::assign`] and the rollout controller's steps, so a
+/// rollout's desired states obey the same generation rule.
+fn write_desired<E, F>(
+    tx: &rusqlite::Transaction<'_>,
+    device: &DeviceId,
+    now_ms: u64,
+    plan: &mut F,
+) -> Result<Result<DesiredState, E>, StoreError>
+where
+    F: FnMut(&DeviceId, Option<&DesiredState>) -> Result<DesiredState, E>,
+{
+    let previous: Option<DesiredState> = tx
+        .query_row(
+            "SELECT state_json FROM desired WHERE device = ?1",
+            [device.as_str()],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(sql("read desired"))?
+        .map(|j| serde_json::from_str(&j).map_err(|e| corrupt("desired")(e.to_string())))
+        .transpose()?;
+    let next = match plan(device, previous.as_ref()) {
+        Ok(next) => next,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(prev) = &previous {
+        if next.generation <= prev.generation {
+            return Err(StoreError::StaleGeneration {
+                device: device.clone(),
+                stored: prev.generation,
+                offered: next.generation,
+            });
+        }
+    }
+    let json = serde_json::to_string(&next).map_err(|e| corrupt("desired")(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO desired (device, generation, rollout, state_json, assigned_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device) DO UPDATE SET generation = excluded.generation,
+            rollout = excluded.rollout, state_json = excluded.state_json,
+            assigned_at_ms = excluded.assigned_at_ms",
+        params![
+            device.as_str(),
+            to_i64("generation", next.generation.0)?,
+            next.rollout.as_ref().map(|r| r.as_str().to_owned()),
+            json,
+            clamp_i64(now_ms)
+        ],
+    )
+    .map_err(sql("write desired"))?;
+    Ok(Ok(next))
 }
 
 /// Makes sure a device row exists and marks it seen now. `wire` is the
@@ -373,6 +434,8 @@ impl Store {
         ingest::copy_pre_epoch_rows(&tx, pre_epoch)?;
         tx.commit().map_err(sql("commit schema"))?;
         Self::init_retention(&conn)?;
+        Self::init_rollouts(&conn)?;
+        Self::init_evals(&conn)?;
         Ok(Self { conn })
     }
 
@@ -567,47 +630,10 @@ impl Store {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let mut out = Vec::with_capacity(devices.len());
         for device in devices {
-            let previous: Option<DesiredState> = tx
-                .query_row(
-                    "SELECT state_json FROM desired WHERE device = ?1",
-                    [device.as_str()],
-                    |r| r.get::<_, String>(0),
-                )
-                .optional()
-                .map_err(sql("read desired"))?
-                .map(|j| serde_json::from_str(&j).map_err(|e| corrupt("desired")(e.to_string())))
-                .transpose()?;
-            let next = match plan(device, previous.as_ref()) {
-                Ok(next) => next,
+            match write_desired(&tx, device, now_ms, &mut plan)? {
+                Ok(next) => out.push((device.clone(), next)),
                 Err(e) => return Ok(Err(e)),
-            };
-            if let Some(prev) = &previous {
-                if next.generation <= prev.generation {
-                    return Err(StoreError::StaleGeneration {
-                        device: device.clone(),
-                        stored: prev.generation,
-                        offered: next.generation,
-                    });
-                }
             }
-            let json =
-                serde_json::to_string(&next).map_err(|e| corrupt("desired")(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO desired (device, generation, rollout, state_json, assigned_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (device) DO UPDATE SET generation = excluded.generation,
-                    rollout = excluded.rollout, state_json = excluded.state_json,
-                    assigned_at_ms = excluded.assigned_at_ms",
-                params![
-                    device.as_str(),
-                    to_i64("generation", next.generation.0)?,
-                    next.rollout.as_ref().map(|r| r.as_str().to_owned()),
-                    json,
-                    clamp_i64(now_ms)
-                ],
-            )
-            .map_err(sql("write desired"))?;
-            out.push((device.clone(), next));
         }
         let artifacts = out
             .first()

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::TryStreamExt;
 use outpost_protocol::{
-    ArtifactDigest, ArtifactName, ArtifactRef, ArtifactVersion, DeviceId, RolloutId,
+    ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, ArtifactVersion, DeviceId, RolloutId,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -19,7 +19,7 @@ use tokio_util::io::StreamReader;
 use super::{secret_matches, ApiError, App, AppState};
 use crate::artifacts::{parse_kind, PublishError, PublishRequest};
 use crate::assign::{next_desired, AssignError, Assignment, Change, Tag, Target};
-fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &app.admin_token else {
         return Ok(());
     };
@@ -175,15 +175,39 @@ struct AssignBody {
     rollback: bool,
 }
 
+/// An artifact as an operator names it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ArtifactKey {
+pub(super) struct ArtifactKey {
     kind: String,
     name: String,
     version: String,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// The published artifact `key` names, as a ref, with its release.
+pub(super) async fn resolve_artifact(
+    app: &AppState,
+    key: &ArtifactKey,
+) -> Result<Change, ApiError> {
+    let kind = parse_kind(&key.kind)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown kind {:?}", key.kind)))?;
+    let name = ArtifactName::parse(&key.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let version =
+        ArtifactVersion::parse(&key.version).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let label = format!("{kind} {name} {version}");
+    let (record, release) = app
+        .ctx
+        .store
+        .call(move |s| s.artifact_with_release(kind, &name, &version))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no artifact {label}")))?;
+    Ok(Change {
+        artifact: app.artifacts.artifact_ref(&record)?,
+        release,
+    })
+}
+
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("JSON body: {e}")))
 }
 
@@ -218,23 +242,14 @@ pub(super) async fn assign(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut refs = Vec::with_capacity(body.artifacts.len());
     for key in &body.artifacts {
-        let kind = parse_kind(&key.kind)
-            .ok_or_else(|| ApiError::BadRequest(format!("unknown kind {:?}", key.kind)))?;
-        let name =
-            ArtifactName::parse(&key.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let version = ArtifactVersion::parse(&key.version)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let label = format!("{kind} {name} {version}");
-        let (record, release) = app
-            .ctx
-            .store
-            .call(move |s| s.artifact_with_release(kind, &name, &version))
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no artifact {label}")))?;
-        refs.push(Change {
-            artifact: app.artifacts.artifact_ref(&record)?,
-            release,
-        });
+        let change = resolve_artifact(&app, key).await?;
+        if change.artifact.kind == ArtifactKind::EvalSet {
+            return Err(ApiError::BadRequest(
+                "eval sets are not assigned to devices; name one in a rollout plan's eval_set"
+                    .into(),
+            ));
+        }
+        refs.push(change);
     }
     let assignment = Assignment {
         changes: refs,

@@ -34,6 +34,7 @@
 
 mod admin;
 mod device;
+mod rollouts;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub struct AppState {
     /// Username → password allowed to download artifacts (HTTP Basic);
     /// empty: downloads are open (a loopback-only device listener).
     pub download_credentials: BTreeMap<String, Secret>,
+    /// The rollout service.
+    pub rollouts: crate::rollout::service::RolloutHandle,
+    /// The evaluation job queue.
+    pub evaluations: crate::evaluation::EvalJobs,
 }
 
 type App = Arc<AppState>;
@@ -233,6 +238,17 @@ pub fn operator_router(state: App) -> Router {
         .route("/admin/devices", get(admin::devices))
         .route("/admin/devices/{device}/tags", put(admin::set_tags))
         .route("/admin/telemetry", get(admin::telemetry))
+        // Staged rollouts and offline evaluations (rollouts.rs).
+        .route("/admin/rollouts", post(rollouts::start).get(rollouts::list))
+        .route("/admin/rollouts/{id}", get(rollouts::show))
+        .route("/admin/rollouts/{id}/{command}", post(rollouts::command))
+        .route("/admin/labels", get(rollouts::labels))
+        .route(
+            "/admin/evals",
+            post(rollouts::submit_eval).get(rollouts::list_evals),
+        )
+        .route("/admin/evals/{id}", get(rollouts::show_eval))
+        .route("/admin/evals/{id}/cancel", post(rollouts::cancel_eval))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -129,6 +129,26 @@ pub(crate) struct DeviceRecord {
     control_window: Option<StageWindow>,
 }
 
+/// One cohort device as [`Controller::devices`] shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceView<'a> {
+    /// The device.
+    pub id: &'a DeviceId,
+    /// Its pre-rollout artifacts (its rollback).
+    pub baseline: &'a [ArtifactRef],
+    /// Whether the hub last saw it online.
+    pub online: bool,
+    /// When the candidate was sent, if it was.
+    pub candidate_sent_ms: Option<u64>,
+    /// Its apply outcome for the candidate.
+    pub outcome: Option<ApplyOutcome>,
+    /// What it reports running.
+    pub running: Option<Running>,
+    /// Whether it belongs to the stage whose window is open (candidate
+    /// arm); the others are the control arm.
+    pub in_stage: bool,
+}
+
 /// The rollout controller. See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Controller {
@@ -160,6 +180,11 @@ impl Controller {
         &self.phase
     }
 
+    /// The phase's name, as the audit log and the store spell it.
+    pub fn phase_name(&self) -> &'static str {
+        self.phase.name()
+    }
+
     /// The plan.
     pub fn plan(&self) -> &ValidPlan {
         &self.plan
@@ -180,6 +205,42 @@ impl Controller {
     pub fn stage_devices(&self, stage: usize) -> &[DeviceId] {
         let size = self.sizes.get(stage).copied().unwrap_or(0);
         &self.order[..size.min(self.order.len())]
+    }
+
+    /// When the open telemetry window started: the start of the stage
+    /// soaking now (or paused mid-soak).
+    pub fn window_since_ms(&self) -> Option<u64> {
+        let mut phase = &self.phase;
+        loop {
+            match phase {
+                Phase::Stage { started_ms, .. } => return Some(*started_ms),
+                Phase::Paused { resume_to, .. } => phase = resume_to,
+                _ => return None,
+            }
+        }
+    }
+
+    /// What the controller knows about each cohort device, in canary order.
+    pub fn devices(&self) -> Vec<DeviceView<'_>> {
+        let in_window = self
+            .reached
+            .map_or(0, |stage| self.stage_devices(stage).len());
+        self.order
+            .iter()
+            .enumerate()
+            .filter_map(|(place, id)| {
+                let record = self.devices.get(id)?;
+                Some(DeviceView {
+                    id,
+                    baseline: &record.baseline,
+                    online: record.online,
+                    candidate_sent_ms: record.candidate_sent_ms,
+                    outcome: record.outcome,
+                    running: record.running,
+                    in_stage: place < in_window,
+                })
+            })
+            .collect()
     }
 
     /// Handles one event at `now_ms` and returns what to do.

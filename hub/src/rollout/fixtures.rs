@@ -21,6 +21,13 @@ pub(crate) fn prompt_set(version: &str, byte: u8) -> ArtifactRef {
     }
 }
 
+pub(crate) fn eval_set() -> ArtifactRef {
+    ArtifactRef {
+        kind: ArtifactKind::EvalSet,
+        ..prompt_set("1", 9)
+    }
+}
+
 pub(crate) fn tag(s: &str) -> Tag {
     Tag::parse(s).expect("tag")
 }
@@ -84,6 +91,7 @@ pub(crate) fn plan() -> Plan {
             }),
         },
         on_stage_timeout: TimeoutPolicy::Pause,
+        eval_set: Some(eval_set()),
     }
 }
 

@@ -18,7 +18,9 @@
 //! [`Action`]: crate::rollout::controller::Action
 
 pub mod controller;
+pub mod observe;
 pub mod plan;
+pub mod service;
 pub mod stats;
 
 #[cfg(test)]

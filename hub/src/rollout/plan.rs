@@ -52,6 +52,10 @@ pub struct Plan {
     pub gates: Gates,
     /// What happens when a stage is still undecided at its timeout.
     pub on_stage_timeout: TimeoutPolicy,
+    /// The evaluation set the offline gate runs (kind `eval_set`);
+    /// required when `gates.offline_eval` is on.
+    #[serde(default)]
+    pub eval_set: Option<ArtifactRef>,
 }
 
 /// One stage.
@@ -187,6 +191,12 @@ pub enum PlanError {
     /// An install gate setting out of range.
     #[error("install gate: {0}")]
     Install(&'static str),
+    /// The offline gate is on but the plan names no evaluation set.
+    #[error("gates.offline_eval is on but the plan has no eval_set; publish one (kind eval_set) and name it")]
+    NoEvalSet,
+    /// `eval_set` names an artifact of another kind.
+    #[error("eval_set is a {0} artifact, not an eval_set")]
+    EvalSetKind(ArtifactKind),
 }
 
 /// Every problem found in a plan.
@@ -241,6 +251,13 @@ impl Plan {
         }
         self.check_stages(&mut problems);
         self.check_gates(&mut problems);
+        match &self.eval_set {
+            None if self.gates.offline_eval.is_some() => problems.push(PlanError::NoEvalSet),
+            Some(set) if set.kind != ArtifactKind::EvalSet => {
+                problems.push(PlanError::EvalSetKind(set.kind))
+            }
+            _ => {}
+        }
         if problems.is_empty() {
             Ok(ValidPlan(self))
         } else {

@@ -22,16 +22,20 @@ pub enum ArtifactKind {
     KnowledgeBase,
     /// Device configuration.
     Config,
+    /// An evaluation set (JSON Lines questions with expected facts): the
+    /// hub's offline gate runs it, a rollout's smoke check carries it.
+    EvalSet,
 }
 
 impl ArtifactKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ArtifactKind; 5] = [
+    pub const ALL: [ArtifactKind; 6] = [
         ArtifactKind::Model,
         ArtifactKind::Adapter,
         ArtifactKind::PromptSet,
         ArtifactKind::KnowledgeBase,
         ArtifactKind::Config,
+        ArtifactKind::EvalSet,
     ];
 
     /// A stable lowercase name, also used as a metrics label.
@@ -42,6 +46,7 @@ impl ArtifactKind {
             ArtifactKind::PromptSet => "prompt_set",
             ArtifactKind::KnowledgeBase => "knowledge_base",
             ArtifactKind::Config => "config",
+            ArtifactKind::EvalSet => "eval_set",
         }
     }
 
@@ -54,6 +59,7 @@ impl ArtifactKind {
             ArtifactKind::PromptSet => 3,
             ArtifactKind::KnowledgeBase => 4,
             ArtifactKind::Config => 5,
+            ArtifactKind::EvalSet => 6,
         }
     }
 }
