@@ -55,7 +55,13 @@ fn a_failed_candidate_is_counted_by_the_install_gate_only_once_sent() {
     let d = device(1);
     let state = failed(reported(3, &v1, 10), &v2, FailureReason::HealthCheck);
     assert_eq!(
-        apply_event(&d, &[v2.clone()], &[v1.clone()], &state, true),
+        apply_event(
+            &d,
+            std::slice::from_ref(&v2),
+            std::slice::from_ref(&v1),
+            &state,
+            true
+        ),
         Some(Event::ApplyFailed {
             device: d.clone(),
             outcome: ApplyOutcome::Failed
@@ -63,7 +69,13 @@ fn a_failed_candidate_is_counted_by_the_install_gate_only_once_sent() {
     );
     // Not sent yet: the failure is of some earlier attempt.
     assert_eq!(
-        apply_event(&d, &[v2.clone()], &[v1.clone()], &state, false),
+        apply_event(
+            &d,
+            std::slice::from_ref(&v2),
+            std::slice::from_ref(&v1),
+            &state,
+            false
+        ),
         Some(Event::Applied {
             device: d.clone(),
             running: Running::Baseline

@@ -1,0 +1,402 @@
+//! Staged rollouts against a real hub (embedded broker, real SQLite, the
+//! admin API) with simulated devices that apply what they are sent, report
+//! it, and answer questions on it: a good prompt set goes 25% → 50% → 100%,
+//! a bad one (it hands every question over) is halted by the canary gate and
+//! its canary rolled back, with the numbers in the audit log.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use outpost_hub::config::{BrokerConfig, HttpConfig, RolloutConfig};
+use outpost_hub::{Hub, HubConfig};
+use outpost_protocol::{
+    decode, encode, ActiveVersions, AgentVersion, AnswerEvent, ApplyOutcome, ApplyReport,
+    ArtifactDigest, ArtifactKind, ArtifactSet, DeviceId, PiiCounts, Presence, ReportedState,
+    RetrievalScores, Seq, SignedDesiredState, Status, TelemetryBatch, TelemetryEvent,
+    TelemetryPayload,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(data: &std::path::Path) -> HubConfig {
+    HubConfig {
+        data_dir: Some(data.to_path_buf()),
+        fleet: Some("acme".into()),
+        http: HttpConfig {
+            device_bind: Some("127.0.0.1:0".into()),
+            operator_bind: Some("127.0.0.1:0".into()),
+            ..HttpConfig::default()
+        },
+        broker: BrokerConfig {
+            listen: Some("127.0.0.1:0".into()),
+            ..BrokerConfig::default()
+        },
+        rollout: RolloutConfig { tick_ms: Some(200) },
+        ..HubConfig::default()
+    }
+}
+
+async fn http(method: &str, url: String, body: Vec<u8>) -> (u16, Value) {
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let request = ureq::request(&method, &url).timeout(Duration::from_secs(30));
+        let response = match request.send_bytes(&body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url}: {e}"),
+        };
+        let status = response.status();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).expect("body");
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body)
+    })
+    .await
+    .expect("http thread")
+}
+
+/// A simulated device: applies every desired state at once (or refuses
+/// the artifact `refuse`), reports it, and answers `answers_per_tick`
+/// questions every 100 ms on what it runs, handing over every answer when
+/// it runs the digest in `escalating`.
+struct SimulatedDevice {
+    active_prompt: watch::Receiver<Option<ArtifactDigest>>,
+}
+
+impl SimulatedDevice {
+    fn spawn(id: &str, port: u16, escalating: watch::Receiver<Option<ArtifactDigest>>) -> Self {
+        let device = DeviceId::parse(id).expect("id");
+        let mut options = MqttOptions::new(format!("outpost-{id}"), "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let (desired_tx, mut desired_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        let root = format!("outpost/v1/acme/{id}");
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p)))
+                        if p.topic.ends_with("state/desired") =>
+                    {
+                        let _ = desired_tx.send(p.payload.to_vec()).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let (active_tx, active_prompt) = watch::channel(None);
+        tokio::spawn(async move {
+            client
+                .subscribe(format!("{root}/state/desired"), QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            let status = Status {
+                presence: Presence::Online,
+                agent_version: AgentVersion::parse("0.1.0").expect("version"),
+                protocol_version: 3,
+                at_unix_ms: 1,
+            };
+            let publish = |suffix: &str, payload: Vec<u8>, retain: bool| {
+                let client = client.clone();
+                let topic = format!("{root}/{suffix}");
+                async move {
+                    client
+                        .publish(topic, QoS::AtLeastOnce, retain, payload)
+                        .await
+                        .expect("publish")
+                }
+            };
+            publish("status", encode(&status).expect("status"), true).await;
+            let mut active = ArtifactSet::new();
+            let first = ReportedState {
+                generation: None,
+                active: active.clone(),
+                last_apply: BTreeMap::new(),
+                at_unix_ms: now_ms(),
+            };
+            publish("state/reported", encode(&first).expect("report"), true).await;
+            let mut seq = 0u64;
+            let mut answers = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    payload = desired_rx.recv() => {
+                        let Some(payload) = payload else { return };
+                        let signed: SignedDesiredState = decode(&payload).expect("desired state");
+                        let state = signed.state;
+                        let mut last_apply = BTreeMap::new();
+                        for kind in ArtifactKind::ALL {
+                            if let Some(artifact) = state.artifacts.get(kind) {
+                                last_apply.insert(kind, ApplyReport {
+                                    generation: state.generation,
+                                    sha256: artifact.sha256,
+                                    outcome: ApplyOutcome::Applied,
+                                    at_unix_ms: now_ms(),
+                                });
+                                active = active.clone().with(artifact.clone()).expect("set");
+                            }
+                        }
+                        let _ = active_tx.send(active.get(ArtifactKind::PromptSet).map(|a| a.sha256));
+                        let state = ReportedState {
+                            generation: Some(state.generation),
+                            active: active.clone(),
+                            last_apply,
+                            at_unix_ms: now_ms(),
+                        };
+                        publish("state/reported", encode(&state).expect("report"), true).await;
+                    }
+                    _ = answers.tick() => {
+                        let prompt = active.get(ArtifactKind::PromptSet).map(|a| a.sha256);
+                        let escalated = prompt.is_some() && prompt == *escalating.borrow();
+                        let events = (0..10).map(|_| {
+                            seq += 1;
+                            TelemetryEvent {
+                                seq: Seq(seq),
+                                at_unix_ms: now_ms(),
+                                payload: TelemetryPayload::Answer(AnswerEvent {
+                                    latency_ms: 800,
+                                    time_to_first_token_ms: Some(200),
+                                    prompt_tokens: 300,
+                                    completion_tokens: 40,
+                                    versions: ActiveVersions { prompt_set: prompt, ..ActiveVersions::default() },
+                                    retrieval: RetrievalScores::default(),
+                                    escalated,
+                                    rating: None,
+                                    pii_found: PiiCounts::default(),
+                                }),
+                            }
+                        }).collect();
+                        let batch = TelemetryBatch::new(device.clone(), events).expect("batch");
+                        publish("telemetry", encode(&batch).expect("batch"), false).await;
+                    }
+                }
+            }
+        });
+        Self { active_prompt }
+    }
+
+    fn prompt(&self) -> Option<ArtifactDigest> {
+        *self.active_prompt.borrow()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+async fn publish_prompt_set(base: &str, version: &str) -> Value {
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=prompt-set&name=support&version={version}"),
+        format!("prompt set {version}").into_bytes(),
+    )
+    .await;
+    assert!(status < 300, "publish {version}: {status} {body}");
+    body
+}
+
+fn plan(id: &str, version: &str) -> Vec<u8> {
+    let stage = |percent: u8| json!({"size": {"percent": percent}, "min_soak_ms": 1000, "timeout_ms": 60000, "min_applied": 1});
+    serde_json::to_vec(&json!({
+        "id": id,
+        "candidate": [{"kind": "prompt-set", "name": "support", "version": version}],
+        "cohort": ["store"],
+        "stages": [stage(25), stage(50), stage(100)],
+        "gates": {
+            "offline_eval": null,
+            "install": {"min_reported": 1, "max_failure_pct": 50.0, "apply_timeout_ms": 30000},
+            "escalation": {"min_per_arm": 50, "margin": 0.05, "pass_alpha": 0.05, "fail_alpha": 0.01},
+            "thumbs_down": null,
+            "errors": null,
+            "latency": null
+        },
+        "on_stage_timeout": "pause"
+    }))
+    .expect("plan")
+}
+
+async fn wait_phase(base: &str, id: &str, phase: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, detail) = http("GET", format!("{base}/admin/rollouts/{id}"), vec![]).await;
+        if detail["phase"] == phase {
+            return detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} never reached {phase}: {detail:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_all_on(devices: &[SimulatedDevice], prompt_set: ArtifactDigest) {
+    let deadline = Instant::now() + WAIT;
+    while devices.iter().any(|d| d.prompt() != Some(prompt_set)) {
+        let on: Vec<_> = devices.iter().map(SimulatedDevice::prompt).collect();
+        assert!(
+            Instant::now() < deadline,
+            "not every device runs {prompt_set}: {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn digest(artifact: &Value) -> ArtifactDigest {
+    artifact["sha256"]
+        .as_str()
+        .expect("sha256")
+        .parse()
+        .expect("digest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_rolled_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start(config(dir.path()).validate().expect("config"))
+        .await
+        .expect("hub");
+    let base = format!("http://{}", hub.operator_addr());
+    let port = hub.broker_addr().expect("embedded broker").port();
+    let v1 = publish_prompt_set(&base, "1").await;
+    let v2 = publish_prompt_set(&base, "2").await;
+    let v3 = publish_prompt_set(&base, "3").await;
+    let (escalate_tx, escalating) = watch::channel(Some(digest(&v3)));
+    let _keep = escalate_tx;
+
+    let ids = ["kiosk-a", "kiosk-b", "kiosk-c", "kiosk-d"];
+    let mut devices = Vec::new();
+    for id in ids {
+        devices.push(SimulatedDevice::spawn(id, port, escalating.clone()));
+    }
+    // Registered (their status arrived), then tagged into the cohort.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, list) = http("GET", format!("{base}/admin/devices"), vec![]).await;
+        let registered = list["devices"].as_array().map_or(0, Vec::len);
+        if registered == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "devices never reported: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in ids {
+        let (status, body) = http(
+            "PUT",
+            format!("{base}/admin/devices/{id}/tags"),
+            serde_json::to_vec(&json!({"tags": ["store"]})).expect("tags"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Every device on v1 first: the rollouts' baseline.
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/assign"),
+        serde_json::to_vec(&json!({
+            "tag": "store",
+            "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1"}]
+        }))
+        .expect("assign"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_all_on(&devices, digest(&v1)).await;
+
+    // The good one: every stage passes and every device ends on v2.
+    let (status, started) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        plan("prompts-v2", "2"),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["stage_sizes"], json!([1, 2, 4]));
+    let done = wait_phase(&base, "prompts-v2", "completed").await;
+    let v2_digest = digest(&v2);
+    wait_all_on(&devices, v2_digest).await;
+    let notes: Vec<String> = done["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .map(|row| row["entry"]["note"].to_string())
+        .collect();
+    let passed = notes.iter().filter(|n| n.contains("stage_passed")).count();
+    assert_eq!(passed, 3, "every stage passed: {notes:#?}");
+    let first_pass = done["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .find(|row| row["entry"]["note"].to_string().contains("stage_passed"))
+        .expect("a pass");
+    assert!(
+        first_pass["entry"]["gates"]
+            .to_string()
+            .contains("escalation"),
+        "the pass records the escalation gate's numbers: {first_pass}"
+    );
+    assert!(notes.iter().any(|n| n.contains("completed")), "{notes:#?}");
+    let labels = &done["labels"];
+    assert!(
+        labels
+            .as_array()
+            .expect("labels")
+            .iter()
+            .any(|l| l["label"] == "production" && l["artifact"]["version"] == "2"),
+        "production names v2: {labels}"
+    );
+
+    // The bad one: its canary hands everything over; the gate halts it and
+    // the canary is sent back to v2.
+    let (status, started) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        plan("prompts-v3", "3"),
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    let halted = wait_phase(&base, "prompts-v3", "halted").await;
+    assert_eq!(halted["state"]["halted"], "canary_gate", "{halted:#}");
+    let halt = halted["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .find(|row| row["entry"]["to"] == "halted")
+        .expect("a halt entry");
+    let gates = halt["entry"]["gates"].to_string();
+    assert!(
+        gates.contains("escalation"),
+        "the halt names its gate: {gates}"
+    );
+    wait_all_on(&devices, v2_digest).await;
+    let labels = halted["labels"].as_array().expect("labels");
+    assert!(
+        !labels.iter().any(|l| l["label"] == "canary"),
+        "the canary label is gone: {labels:?}"
+    );
+
+    // Finished rollouts take no more commands; ids are never reused.
+    let (status, _) = http(
+        "POST",
+        format!("{base}/admin/rollouts/prompts-v3/resume"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        plan("prompts-v3", "3"),
+    )
+    .await;
+    assert_eq!(status, 409);
+    hub.shutdown().await.expect("shutdown");
+}
