@@ -287,6 +287,64 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Staged rollouts: start a plan, watch it, steer it.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Offline evaluation jobs on the hub: a candidate against the current
+    /// configuration on an evaluation set.
+    #[command(subcommand)]
+    Eval(FleetEvalCommand),
+    /// What the `production` and `canary` labels name, per kind.
+    Labels,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start the plan in a TOML or JSON file (configs/rollout/ has examples).
+    Start { plan: PathBuf },
+    /// Every rollout, or one with its devices and audit log.
+    Status {
+        id: Option<String>,
+        /// The hub's full JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop advancing (nothing is rolled back).
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Continue a paused rollout.
+    Resume { id: String },
+    /// Start the stage that waits for approval.
+    Approve { id: String },
+    /// Halt and roll every device back to what it ran before.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetEvalCommand {
+    /// Queue a comparison: artifacts as KIND:NAME:VERSION.
+    Start {
+        /// The evaluation set, NAME:VERSION (kind eval_set).
+        #[arg(long)]
+        set: String,
+        /// The current configuration (repeatable).
+        #[arg(long)]
+        current: Vec<String>,
+        /// The candidate configuration (repeatable).
+        #[arg(long)]
+        candidate: Vec<String>,
+    },
+    /// Every job, or one with its report.
+    Status { id: Option<u64> },
+    /// Stop a queued or running job.
+    Cancel { id: u64 },
 }
 
 #[derive(Debug, Args)]

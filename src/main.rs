@@ -5,6 +5,7 @@
 mod answering;
 mod cli;
 mod commands;
+mod evaluator;
 mod fleet;
 mod settings;
 

@@ -9,6 +9,18 @@ use serde_json::{json, Value};
 use crate::cli::{FleetArgs, FleetCommand};
 use crate::settings::BadConfig;
 
+mod rollout;
+
+/// `KIND:NAME:VERSION` as the admin API's artifact key.
+fn artifact_key(text: &str) -> Result<Value, BadConfig> {
+    match text.splitn(3, ':').collect::<Vec<_>>()[..] {
+        [kind, name, version] => Ok(json!({"kind": kind, "name": name, "version": version})),
+        _ => Err(BadConfig(format!(
+            "{text:?}: write artifacts as KIND:NAME:VERSION, e.g. prompt-set:kiosk:3"
+        ))),
+    }
+}
+
 pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     let hub = Hub {
         base: args.hub.trim_end_matches('/').to_owned(),
@@ -42,14 +54,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         } => {
             let artifacts = artifacts
                 .iter()
-                .map(|a| match a.splitn(3, ':').collect::<Vec<_>>()[..] {
-                    [kind, name, version] => {
-                        Ok(json!({"kind": kind, "name": name, "version": version}))
-                    }
-                    _ => Err(BadConfig(format!(
-                        "{a:?}: write artifacts as KIND:NAME:VERSION, e.g. prompt-set:kiosk:3"
-                    ))),
-                })
+                .map(|a| artifact_key(a))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut body = json!({ "artifacts": artifacts, "rollback": rollback });
             match (device, tag) {
@@ -73,6 +78,9 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
             }
             hub.send(request.call())?
         }
+        FleetCommand::Rollout(command) => return rollout::rollout(&hub, command),
+        FleetCommand::Eval(command) => return rollout::eval(&hub, command),
+        FleetCommand::Labels => hub.send(hub.request("GET", "/admin/labels").call())?,
     };
     println!("{}", serde_json::to_string_pretty(&reply)?);
     Ok(())

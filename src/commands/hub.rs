@@ -50,7 +50,9 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
         .map_err(|e| BadConfig(format!("invalid hub configuration: {e}")))?;
     crate::init_tracing("info", log_json);
     crate::runtime()?.block_on(async {
-        let hub = outpost_hub::Hub::start(valid)
+        let evaluator = crate::evaluator::ChildEvaluator::new(valid.evaluation.clone())
+            .context("finding this binary for the hub's evaluator")?;
+        let hub = outpost_hub::Hub::start_with(valid, Some(std::sync::Arc::new(evaluator)))
             .await
             .context("starting the hub")?;
         println!(
