@@ -200,3 +200,31 @@ pub fn detail_text(r: &Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped example is a valid plan once the hub has put the
+    /// published refs in place of the artifact names.
+    #[test]
+    fn the_example_plan_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/rollout/prompts-v2.toml");
+        let mut plan = load_plan(&path).expect("plan file");
+        let artifact = |kind: &str| {
+            json!({
+                "kind": kind, "name": "brewstation", "version": "2",
+                "sha256": "ab".repeat(32), "size_bytes": 1,
+                "url": "http://hub/artifacts/sha256/ab", "signature": "00".repeat(64),
+                "base_model": null
+            })
+        };
+        plan["candidate"] = json!([artifact("PromptSet")]);
+        plan["eval_set"] = artifact("EvalSet");
+        let plan: outpost_hub::rollout::plan::Plan =
+            serde_json::from_value(plan).expect("the plan's fields");
+        let plan = plan.validate().expect("valid");
+        assert_eq!(plan.stages.len(), 3);
+        assert!(plan.gates.offline_eval.is_some());
+    }
+}
