@@ -5,9 +5,12 @@
 //! its canary rolled back, with the numbers in the audit log.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outpost_hub::config::{BrokerConfig, HttpConfig, RolloutConfig};
+use outpost_hub::evaluation::{EvalRun, Evaluator};
 use outpost_hub::{Hub, HubConfig};
 use outpost_protocol::{
     decode, encode, ActiveVersions, AgentVersion, AnswerEvent, ApplyOutcome, ApplyReport,
@@ -257,10 +260,20 @@ fn digest(artifact: &Value) -> ArtifactDigest {
         .expect("digest")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_rolled_back() {
+struct Fleet {
+    _dir: tempfile::TempDir,
+    hub: Hub,
+    base: String,
+    devices: Vec<SimulatedDevice>,
+    v1: Value,
+    v2: Value,
+}
+
+/// A hub, prompt sets v1 (what runs), v2 (good) and v3 (hands every
+/// question over), and four simulated kiosks tagged `store` on v1.
+async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>) -> Fleet {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::start(config(dir.path()).validate().expect("config"))
+    let hub = Hub::start_with(config(dir.path()).validate().expect("config"), evaluator)
         .await
         .expect("hub");
     let base = format!("http://{}", hub.operator_addr());
@@ -268,8 +281,8 @@ async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_r
     let v1 = publish_prompt_set(&base, "1").await;
     let v2 = publish_prompt_set(&base, "2").await;
     let v3 = publish_prompt_set(&base, "3").await;
-    let (escalate_tx, escalating) = watch::channel(Some(digest(&v3)));
-    let _keep = escalate_tx;
+    // The sender may go: receivers keep the last value.
+    let (_, escalating) = watch::channel(Some(digest(&v3)));
 
     let ids = ["kiosk-a", "kiosk-b", "kiosk-c", "kiosk-d"];
     let mut devices = Vec::new();
@@ -311,6 +324,26 @@ async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_r
     assert_eq!(status, 200, "{body}");
     wait_all_on(&devices, digest(&v1)).await;
 
+    Fleet {
+        _dir: dir,
+        hub,
+        base,
+        devices,
+        v1,
+        v2,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_rolled_back() {
+    let Fleet {
+        _dir,
+        hub,
+        base,
+        devices,
+        v2,
+        ..
+    } = fleet_on_v1(None).await;
     // The good one: every stage passes and every device ends on v2.
     let (status, started) = http(
         "POST",
@@ -398,5 +431,154 @@ async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_r
     )
     .await;
     assert_eq!(status, 409);
+    hub.shutdown().await.expect("shutdown");
+}
+
+/// Answers an evaluation set the way the simulated kiosks do: a prompt set
+/// whose file says "v3" hands every question over, any other answers every
+/// one with all its facts. (The real evaluator, `outpost eval run` with the
+/// model, is tested in the workspace's `tests/evaluation.rs`; this one lets
+/// the rollout's offline gate be tested without a model.)
+struct PromptFileEvaluator;
+
+impl Evaluator for PromptFileEvaluator {
+    fn evaluate(
+        &self,
+        run: &EvalRun,
+        _cancel: &AtomicBool,
+    ) -> Result<outpost_eval::Report, String> {
+        let prompts = std::fs::read_to_string(run.prompt_set.as_ref().ok_or("no prompt set")?)
+            .map_err(|e| e.to_string())?;
+        let set = std::fs::read_to_string(&run.set).map_err(|e| e.to_string())?;
+        let hands_over = prompts.ends_with("3");
+        let items = set
+            .lines()
+            .map(|id| outpost_eval::ItemResult {
+                id: outpost_eval::ItemId::new(id),
+                question: id.into(),
+                tags: Vec::new(),
+                expected_escalate: false,
+                escalated: hands_over,
+                answer: String::new(),
+                latency_ms: 1.0,
+                retrieval: None,
+                answer_scores: (!hands_over).then(|| outpost_eval::run::AnswerResult {
+                    fact_recall: Some(1.0),
+                    missing_facts: Vec::new(),
+                    token_f1: None,
+                    rouge_l: None,
+                }),
+                citations: None,
+            })
+            .collect();
+        Ok(outpost_eval::Report {
+            format: 1,
+            label: run.label.clone(),
+            created: String::new(),
+            versions: BTreeMap::new(),
+            k: Vec::new(),
+            counts: Default::default(),
+            metrics: BTreeMap::new(),
+            items,
+        })
+    }
+}
+
+fn with_offline_gate(plan: Vec<u8>) -> Vec<u8> {
+    let mut plan: Value = serde_json::from_slice(&plan).expect("plan");
+    plan["gates"]["offline_eval"] =
+        json!({"min_items": 20, "margin": 0.02, "alpha": 0.05, "resamples": 500, "seed": 7});
+    plan["eval_set"] = json!({"kind": "eval_set", "name": "smoke", "version": "1"});
+    serde_json::to_vec(&plan).expect("plan")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offline_gate_stops_a_worse_prompt_set_before_any_device_gets_it() {
+    let Fleet {
+        _dir,
+        hub,
+        base,
+        devices,
+        v1,
+        ..
+    } = fleet_on_v1(Some(Arc::new(PromptFileEvaluator))).await;
+    let items: String = (1..=30).map(|i| format!("item-{i}\n")).collect();
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=eval_set&name=smoke&version=1"),
+        items.into_bytes(),
+    )
+    .await;
+    assert!(status < 300, "{body}");
+
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        with_offline_gate(plan("bad", "3")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let halted = wait_phase(&base, "bad", "halted").await;
+    assert_eq!(halted["state"]["halted"], "offline_eval", "{halted:#}");
+    let audit = halted["audit"].to_string();
+    assert!(
+        !audit.contains("stage_entered"),
+        "no stage started: {audit}"
+    );
+    assert!(
+        audit.contains("mean_difference"),
+        "the numbers are logged: {audit}"
+    );
+    assert!(
+        devices.iter().all(|d| d.prompt() == Some(digest(&v1))),
+        "no device was sent the candidate"
+    );
+    let (_, jobs) = http("GET", format!("{base}/admin/evals"), vec![]).await;
+    assert_eq!(jobs["jobs"][0]["status"], "done", "{jobs}");
+    assert_eq!(jobs["jobs"][0]["rollout"], "bad");
+
+    // The good one passes the same gate and rolls out.
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        with_offline_gate(plan("good", "2")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_phase(&base, "good", "completed").await;
+    assert!(
+        done["audit"].to_string().contains("offline_eval_passed"),
+        "{done:#}"
+    );
+    hub.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_with_an_offline_gate_is_refused_by_a_hub_that_cannot_evaluate() {
+    let Fleet {
+        _dir, hub, base, ..
+    } = fleet_on_v1(None).await;
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        with_offline_gate(plan("no-evaluator", "2")),
+    )
+    .await;
+    assert_eq!(status, 404, "the eval set is not published: {body}");
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/artifacts?kind=eval_set&name=smoke&version=1"),
+        b"item-1\n".to_vec(),
+    )
+    .await;
+    assert!(status < 300, "{body}");
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        with_offline_gate(plan("no-evaluator", "2")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("runs no evaluations"), "{body}");
     hub.shutdown().await.expect("shutdown");
 }
