@@ -22,9 +22,24 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+mod support;
+
 const WAIT: Duration = Duration::from_secs(60);
 
-fn config(data: &std::path::Path) -> HubConfig {
+/// The hub's configuration: the embedded broker, or the external one on
+/// `external` (which outlives a hub restart).
+fn config(data: &std::path::Path, external: Option<u16>) -> HubConfig {
+    let broker = match external {
+        Some(port) => BrokerConfig {
+            mode: Some("external".into()),
+            url: Some(format!("mqtt://127.0.0.1:{port}")),
+            ..BrokerConfig::default()
+        },
+        None => BrokerConfig {
+            listen: Some("127.0.0.1:0".into()),
+            ..BrokerConfig::default()
+        },
+    };
     HubConfig {
         data_dir: Some(data.to_path_buf()),
         fleet: Some("acme".into()),
@@ -33,10 +48,7 @@ fn config(data: &std::path::Path) -> HubConfig {
             operator_bind: Some("127.0.0.1:0".into()),
             ..HttpConfig::default()
         },
-        broker: BrokerConfig {
-            listen: Some("127.0.0.1:0".into()),
-            ..BrokerConfig::default()
-        },
+        broker,
         rollout: RolloutConfig { tick_ms: Some(200) },
         ..HubConfig::default()
     }
@@ -271,13 +283,16 @@ struct Fleet {
 
 /// A hub, prompt sets v1 (what runs), v2 (good) and v3 (hands every
 /// question over), and four simulated kiosks tagged `store` on v1.
-async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>) -> Fleet {
+async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>, external: Option<u16>) -> Fleet {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::start_with(config(dir.path()).validate().expect("config"), evaluator)
-        .await
-        .expect("hub");
+    let hub = Hub::start_with(
+        config(dir.path(), external).validate().expect("config"),
+        evaluator,
+    )
+    .await
+    .expect("hub");
     let base = format!("http://{}", hub.operator_addr());
-    let port = hub.broker_addr().expect("embedded broker").port();
+    let port = external.unwrap_or_else(|| hub.broker_addr().expect("embedded broker").port());
     let v1 = publish_prompt_set(&base, "1").await;
     let v2 = publish_prompt_set(&base, "2").await;
     let v3 = publish_prompt_set(&base, "3").await;
@@ -343,7 +358,7 @@ async fn a_good_prompt_set_advances_stage_by_stage_and_a_bad_one_is_halted_and_r
         devices,
         v2,
         ..
-    } = fleet_on_v1(None).await;
+    } = fleet_on_v1(None, None).await;
     // The good one: every stage passes and every device ends on v2.
     let (status, started) = http(
         "POST",
@@ -501,7 +516,7 @@ async fn the_offline_gate_stops_a_worse_prompt_set_before_any_device_gets_it() {
         devices,
         v1,
         ..
-    } = fleet_on_v1(Some(Arc::new(PromptFileEvaluator))).await;
+    } = fleet_on_v1(Some(Arc::new(PromptFileEvaluator)), None).await;
     let items: String = (1..=30).map(|i| format!("item-{i}\n")).collect();
     let (status, body) = http(
         "POST",
@@ -557,7 +572,7 @@ async fn the_offline_gate_stops_a_worse_prompt_set_before_any_device_gets_it() {
 async fn a_plan_with_an_offline_gate_is_refused_by_a_hub_that_cannot_evaluate() {
     let Fleet {
         _dir, hub, base, ..
-    } = fleet_on_v1(None).await;
+    } = fleet_on_v1(None, None).await;
     let (status, body) = http(
         "POST",
         format!("{base}/admin/rollouts"),
@@ -580,5 +595,79 @@ async fn a_plan_with_an_offline_gate_is_refused_by_a_hub_that_cannot_evaluate() 
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("runs no evaluations"), "{body}");
+    hub.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_hub_resumes_the_rollout_where_it_was() {
+    let mosquitto = support::Mosquitto::start();
+    let Fleet {
+        _dir,
+        hub,
+        base,
+        devices,
+        v1,
+        v2,
+        ..
+    } = fleet_on_v1(None, Some(mosquitto.port)).await;
+    // Stage 1 waits for an operator: the rollout parks there.
+    let mut gated: Value = serde_json::from_slice(&plan("parked", "2")).expect("plan");
+    gated["stages"][1]["approval"] = json!(true);
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        serde_json::to_vec(&gated).expect("plan"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let parked = wait_phase(&base, "parked", "awaiting_approval").await;
+    let canary = parked["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["in_stage"] == true)
+        .count();
+    assert_eq!(canary, 1);
+
+    hub.shutdown().await.expect("shutdown");
+    let (on_v1, on_v2) = (digest(&v1), digest(&v2));
+    let count = |digest| {
+        devices
+            .iter()
+            .filter(|d| d.prompt() == Some(digest))
+            .count()
+    };
+    assert_eq!(
+        (count(on_v2), count(on_v1)),
+        (1, 3),
+        "only the canary moved"
+    );
+
+    // The same data folder, a new process's worth of hub.
+    let hub = Hub::start(
+        config(_dir.path(), Some(mosquitto.port))
+            .validate()
+            .expect("config"),
+    )
+    .await
+    .expect("hub restarts");
+    let base = format!("http://{}", hub.operator_addr());
+    let resumed = wait_phase(&base, "parked", "awaiting_approval").await;
+    assert_eq!(resumed["stage"], parked["stage"], "{resumed:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (count(on_v2), count(on_v1)),
+        (1, 3),
+        "no device was sent a stage it should not get"
+    );
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts/parked/approve"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_phase(&base, "parked", "completed").await;
+    wait_all_on(&devices, on_v2).await;
     hub.shutdown().await.expect("shutdown");
 }
