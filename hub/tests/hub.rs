@@ -2,8 +2,6 @@
 //! broker or a Mosquitto started here, a rumqttc client acting as a device,
 //! real SQLite files, and a real HTTP client.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -19,14 +17,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-const WAIT: Duration = Duration::from_secs(15);
+mod support;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use support::Mosquitto;
+
+const WAIT: Duration = Duration::from_secs(15);
 
 fn config(data: &std::path::Path, broker: BrokerConfig) -> HubConfig {
     HubConfig {
@@ -46,61 +41,6 @@ fn embedded() -> BrokerConfig {
     BrokerConfig {
         listen: Some("127.0.0.1:0".into()),
         ..BrokerConfig::default()
-    }
-}
-
-/// A Mosquitto broker on a free port, killed on drop.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Self {
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect(
-                "mosquitto is not installed (looked in /usr/sbin and /usr/bin); \
-                 the external-broker test needs it: apt-get install mosquitto",
-            );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
