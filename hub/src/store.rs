@@ -36,6 +36,7 @@ pub use evals::{EvalJobRow, EvalJobUpdate};
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
 pub use rollouts::{
     AuditRow, CohortFacts, LabelMove, LabelRow, RolloutStep, StepOutcome, StoredRollout,
+    WindowSlice,
 };
 pub mod retention;
 

@@ -33,7 +33,7 @@ use super::plan::ValidPlan;
 use crate::assign::{self, Tag};
 use crate::control::Context;
 use crate::evaluation::{EvalJobs, EvalOutcome, EvalRequest};
-use crate::store::{CohortFacts, LabelMove, RolloutStep, StoreError};
+use crate::store::{CohortFacts, LabelMove, RolloutStep, StoreError, WindowSlice};
 
 /// Requests queued for the service at most.
 const REQUEST_QUEUE: usize = 64;
@@ -154,6 +154,17 @@ struct Live {
     observer: Observer,
     /// Events for the next step (refused assignments, eval reports).
     pending: Vec<Event>,
+    /// Each device's window so far, read slice by slice.
+    windows: HashMap<DeviceId, Accumulated>,
+}
+
+/// One device's window for one stage and arm, and how far it was read.
+#[derive(Debug, Default)]
+struct Accumulated {
+    stage: usize,
+    arm: Option<Arm>,
+    read_until_ms: u64,
+    slice: WindowSlice,
 }
 
 struct Service {
@@ -231,6 +242,7 @@ impl Service {
                             committed: rollout.controller_json,
                             observer: Observer::default(),
                             pending: Vec::new(),
+                            windows: HashMap::new(),
                         },
                     );
                     if rerun_eval {
@@ -342,6 +354,7 @@ impl Service {
                 committed: String::new(),
                 observer: Observer::default(),
                 pending: vec![Event::Started { devices }],
+                windows: HashMap::new(),
             },
         );
         self.step_with_labels(&id, labels).await
@@ -391,15 +404,19 @@ impl Service {
     }
 
     /// Each cohort device's telemetry over the open window, for its arm:
-    /// stage devices on the candidate, the others on their baseline.
+    /// stage devices on the candidate, the others on their baseline. Each
+    /// tick reads only what arrived since the last one (a window of hours
+    /// on a thousand kiosks is not re-read every second).
     async fn windows(
-        &self,
+        &mut self,
         id: &RolloutId,
     ) -> Result<BTreeMap<DeviceId, (Arm, Window)>, StoreError> {
         let Some(live) = self.live.get(id) else {
             return Ok(BTreeMap::new());
         };
-        let Some(since) = live.controller.window_since_ms() else {
+        let (Some(since), Some(stage)) =
+            (live.controller.window_since_ms(), live.controller.window())
+        else {
             return Ok(BTreeMap::new());
         };
         let candidate = &live.controller.plan().candidate;
@@ -410,20 +427,47 @@ impl Service {
                 (false, Some(Running::Baseline)) => (Arm::Control, view.baseline),
                 _ => continue,
             };
+            let (fresh, from) = match live.windows.get(view.id) {
+                Some(acc) if acc.stage == stage && acc.arm == Some(arm) => {
+                    (false, acc.read_until_ms)
+                }
+                _ => (true, since),
+            };
             let versions: Vec<_> = refs.iter().map(|r| (r.kind, r.sha256)).collect();
-            queries.push((view.id.clone(), arm, versions));
+            queries.push((view.id.clone(), arm, fresh, from, versions));
         }
-        self.ctx
+        let slices = self
+            .ctx
             .store
             .call(move |s| {
-                let mut out = BTreeMap::new();
-                for (device, arm, versions) in queries {
-                    let window = s.rollout_window(&device, since, &versions)?;
-                    out.insert(device, (arm, window));
+                let until = now_ms();
+                let mut out = Vec::with_capacity(queries.len());
+                for (device, arm, fresh, from, versions) in queries {
+                    let slice = s.rollout_window(&device, from, until, &versions)?;
+                    out.push((device, arm, fresh, until, slice));
                 }
-                Ok(out)
+                Ok::<_, StoreError>(out)
             })
-            .await
+            .await?;
+        let Some(live) = self.live.get_mut(id) else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for (device, arm, fresh, until, slice) in slices {
+            let acc = live.windows.entry(device.clone()).or_default();
+            if fresh {
+                *acc = Accumulated {
+                    stage,
+                    arm: Some(arm),
+                    read_until_ms: since,
+                    slice: WindowSlice::default(),
+                };
+            }
+            acc.slice.add(slice);
+            acc.read_until_ms = until;
+            out.insert(device, (arm, acc.slice.window()));
+        }
+        Ok(out)
     }
 
     async fn step(&mut self, id: &RolloutId) -> Result<(), RolloutError> {

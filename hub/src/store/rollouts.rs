@@ -119,6 +119,50 @@ pub struct StoredRollout {
     pub updated_ms: u64,
 }
 
+/// A slice of one device's canary-gate window ([`Store::rollout_window`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowSlice {
+    /// Answers on the versions asked for.
+    pub answers: u64,
+    /// Of those, handed over.
+    pub escalations: u64,
+    /// Ratings of answers on those versions.
+    pub rated: u64,
+    /// Of those, thumbs down.
+    pub thumbs_down: u64,
+    /// Answers that ended in an error.
+    pub errors: u64,
+    /// Each answer's latency.
+    pub latencies_ms: Vec<u64>,
+}
+
+impl WindowSlice {
+    /// Adds `other` to this slice.
+    pub fn add(&mut self, other: WindowSlice) {
+        self.answers += other.answers;
+        self.escalations += other.escalations;
+        self.rated += other.rated;
+        self.thumbs_down += other.thumbs_down;
+        self.errors += other.errors;
+        self.latencies_ms.extend(other.latencies_ms);
+    }
+
+    /// The window the controller judges. A rating can arrive for an answer
+    /// received before the window opened; the counts are clamped so the
+    /// window stays consistent rather than refused.
+    pub fn window(&self) -> Window {
+        let rated = self.rated.min(self.answers);
+        Window {
+            answers: self.answers,
+            escalations: self.escalations,
+            rated,
+            thumbs_down: self.thumbs_down.min(rated),
+            errors: self.errors.min(self.answers),
+            latency: P95::of(&self.latencies_ms),
+        }
+    }
+}
+
 /// What a rollout needs to know of one device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CohortFacts {
@@ -432,17 +476,22 @@ impl Store {
         Ok(out)
     }
 
-    /// One device's answers and ratings received since `since_ms` (hub
-    /// clock) on exactly `versions` (each kind named must match the
-    /// answer's active version), as a canary-gate window. Received time,
-    /// not the device's clock: kiosk clocks drift, and an answer on the
-    /// candidate cannot predate its assignment anyway.
+    /// One device's answers and ratings received in `[from_ms, until_ms)`
+    /// (hub clock) on exactly `versions` (each kind named must match the
+    /// answer's active version): a slice of a canary-gate window, which the
+    /// rollout service adds up tick by tick. Received time, not the
+    /// device's clock: kiosk clocks drift, and an answer on the candidate
+    /// cannot predate its assignment anyway. Store jobs run one at a time,
+    /// so with `until_ms` taken inside the job every row below it is
+    /// committed and every later row is at or above it: consecutive slices
+    /// neither miss nor repeat a row.
     pub fn rollout_window(
         &self,
         device: &DeviceId,
-        since_ms: u64,
+        from_ms: u64,
+        until_ms: u64,
         versions: &[(ArtifactKind, ArtifactDigest)],
-    ) -> Result<Window, StoreError> {
+    ) -> Result<WindowSlice, StoreError> {
         let matches = |active: &ActiveVersions| {
             versions.iter().all(|(kind, digest)| {
                 let got = match kind {
@@ -456,19 +505,17 @@ impl Store {
                 got == Some(*digest)
             })
         };
-        let mut window = Window::default();
-        let mut latencies = Vec::new();
+        let mut slice = WindowSlice::default();
+        let range = params![device.as_str(), clamp_i64(from_ms), clamp_i64(until_ms)];
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT event_json FROM telemetry
-                  WHERE device = ?1 AND kind = 'answer' AND received_ms >= ?2",
+                "SELECT event_json FROM telemetry WHERE device = ?1 AND kind = 'answer'
+                    AND received_ms >= ?2 AND received_ms < ?3",
             )
             .map_err(sql("prepare window"))?;
         let rows = stmt
-            .query_map(params![device.as_str(), clamp_i64(since_ms)], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_map(range, |r| r.get::<_, String>(0))
             .map_err(sql("query window"))?;
         for row in rows {
             let json = row.map_err(sql("read window row"))?;
@@ -480,19 +527,19 @@ impl Store {
             if !matches(&answer.versions) {
                 continue;
             }
-            window.answers += 1;
-            window.escalations += u64::from(answer.escalated);
-            latencies.push(u64::from(answer.latency_ms));
+            slice.answers += 1;
+            slice.escalations += u64::from(answer.escalated);
+            slice.latencies_ms.push(u64::from(answer.latency_ms));
         }
-        window.latency = P95::of(&latencies);
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT rating, versions_json FROM feedback WHERE device = ?1 AND received_ms >= ?2",
+                "SELECT rating, versions_json FROM feedback
+                  WHERE device = ?1 AND received_ms >= ?2 AND received_ms < ?3",
             )
             .map_err(sql("prepare window feedback"))?;
         let rows = stmt
-            .query_map(params![device.as_str(), clamp_i64(since_ms)], |r| {
+            .query_map(range, |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
             .map_err(sql("query window feedback"))?;
@@ -503,15 +550,11 @@ impl Store {
             if !matches(&active) {
                 continue;
             }
-            window.rated += 1;
+            slice.rated += 1;
             // Stored as the variant's name (see `record_feedback`).
-            window.thumbs_down += u64::from(rating == format!("{:?}", Rating::ThumbsDown));
+            slice.thumbs_down += u64::from(rating == format!("{:?}", Rating::ThumbsDown));
         }
-        // A rating can arrive for an answer received before the window
-        // opened; keep the window consistent rather than refused.
-        window.rated = window.rated.min(window.answers);
-        window.thumbs_down = window.thumbs_down.min(window.rated);
-        Ok(window)
+        Ok(slice)
     }
 
     /// The release of the artifact `artifact` names (by kind, name and
@@ -554,4 +597,75 @@ fn parse_rollout(raw: RawRollout) -> Result<StoredRollout, StoreError> {
         created_ms: created.max(0).unsigned_abs(),
         updated_ms: updated.max(0).unsigned_abs(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_protocol::{
+        AnswerEvent, FleetId, PiiCounts, ProtocolVersion, RetrievalScores, Seq, TelemetryBatch,
+    };
+
+    use super::*;
+
+    fn answers(
+        device: &DeviceId,
+        seqs: std::ops::RangeInclusive<u64>,
+        prompt: u8,
+    ) -> TelemetryBatch {
+        let events = seqs
+            .map(|seq| TelemetryEvent {
+                seq: Seq(seq),
+                at_unix_ms: seq,
+                payload: TelemetryPayload::Answer(AnswerEvent {
+                    latency_ms: u32::try_from(seq * 10).expect("small"),
+                    time_to_first_token_ms: None,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    versions: ActiveVersions {
+                        prompt_set: Some(ArtifactDigest::from_bytes([prompt; 32])),
+                        ..ActiveVersions::default()
+                    },
+                    retrieval: RetrievalScores::default(),
+                    escalated: seq % 2 == 0,
+                    rating: None,
+                    pii_found: PiiCounts::default(),
+                }),
+            })
+            .collect();
+        TelemetryBatch::new(device.clone(), events).expect("batch")
+    }
+
+    #[test]
+    fn consecutive_window_slices_add_up_to_the_whole_window_on_the_asked_versions() {
+        let mut store = Store::open_in_memory().expect("store");
+        let fleet = FleetId::parse("acme").expect("fleet");
+        let device = DeviceId::parse("kiosk-1").expect("device");
+        let v = ProtocolVersion::CURRENT;
+        store
+            .ingest_telemetry(&fleet, &device, &answers(&device, 1..=4, 2), v, 100)
+            .expect("ingest");
+        store
+            .ingest_telemetry(&fleet, &device, &answers(&device, 5..=6, 1), v, 150)
+            .expect("ingest");
+        store
+            .ingest_telemetry(&fleet, &device, &answers(&device, 7..=10, 2), v, 200)
+            .expect("ingest");
+        let on = [(ArtifactKind::PromptSet, ArtifactDigest::from_bytes([2; 32]))];
+        let whole = store.rollout_window(&device, 0, 300, &on).expect("window");
+        let mut sliced = store.rollout_window(&device, 0, 200, &on).expect("first");
+        sliced.add(
+            store
+                .rollout_window(&device, 200, 300, &on)
+                .expect("second"),
+        );
+        assert_eq!(whole, sliced);
+        assert_eq!(
+            whole.answers, 8,
+            "the two answers on another version are not counted"
+        );
+        assert_eq!(whole.escalations, 4);
+        assert_eq!(whole.window().latency.samples, 8);
+        let before = store.rollout_window(&device, 0, 100, &on).expect("empty");
+        assert_eq!(before.answers, 0, "the bound is exclusive");
+    }
 }
