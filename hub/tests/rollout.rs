@@ -671,3 +671,154 @@ async fn a_restarted_hub_resumes_the_rollout_where_it_was() {
     wait_all_on(&devices, on_v2).await;
     hub.shutdown().await.expect("shutdown");
 }
+
+/// Set in the child process of the kill -9 test: it runs only the hub.
+const HUB_CHILD_ENV: &str = "OUTPOST_ROLLOUT_TEST_HUB";
+
+/// Not a test of its own: in the child process of
+/// [`a_hub_killed_mid_stage_resumes_from_the_store`] it runs the hub on
+/// the data folder and broker port in `HUB_CHILD_ENV`, prints its operator
+/// address and runs until its stdin closes (or it is killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_child_process() {
+    let Ok(spec) = std::env::var(HUB_CHILD_ENV) else {
+        return;
+    };
+    let (data, port) = spec.rsplit_once(',').expect("DIR,PORT");
+    let port: u16 = port.parse().expect("port");
+    let hub = Hub::start(
+        config(std::path::Path::new(data), Some(port))
+            .validate()
+            .expect("config"),
+    )
+    .await
+    .expect("hub");
+    println!("OPERATOR {}", hub.operator_addr());
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await
+    .expect("stdin");
+}
+
+fn spawn_hub_child(data: &std::path::Path, port: u16) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "hub_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(HUB_CHILD_ENV, format!("{},{port}", data.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the hub child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines.next().expect("the child's output").expect("a line");
+        // libtest prints "test NAME ... " before the test's own output.
+        if let Some(addr) = line.split("OPERATOR ").nth(1) {
+            break format!("http://{}", addr.trim());
+        }
+    };
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hub_killed_mid_stage_resumes_from_the_store() {
+    let mosquitto = support::Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("hub");
+    let (mut child, base) = spawn_hub_child(&data, mosquitto.port);
+    let v1 = publish_prompt_set(&base, "1").await;
+    let v2 = publish_prompt_set(&base, "2").await;
+    let (_, escalating) = watch::channel(None);
+    let ids = ["kiosk-a", "kiosk-b", "kiosk-c", "kiosk-d"];
+    let devices: Vec<_> = ids
+        .iter()
+        .map(|id| SimulatedDevice::spawn(id, mosquitto.port, escalating.clone()))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, list) = http("GET", format!("{base}/admin/devices"), vec![]).await;
+        if list["devices"].as_array().map_or(0, Vec::len) == ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devices never registered: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in ids {
+        let tags = serde_json::to_vec(&json!({"tags": ["store"]})).expect("tags");
+        let (status, _) = http("PUT", format!("{base}/admin/devices/{id}/tags"), tags).await;
+        assert_eq!(status, 200);
+    }
+    let assign = json!({"tag": "store", "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1"}]});
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/assign"),
+        serde_json::to_vec(&assign).expect("assign"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_all_on(&devices, digest(&v1)).await;
+
+    // Stage 0 soaks for 6 s; the hub is killed 1 s into it.
+    let mut long: Value = serde_json::from_slice(&plan("killed", "2")).expect("plan");
+    long["stages"][0]["min_soak_ms"] = json!(6000);
+    let (status, body) = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        serde_json::to_vec(&long).expect("plan"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let on_v2 = digest(&v2);
+    let count = |digest| {
+        devices
+            .iter()
+            .filter(|d| d.prompt() == Some(digest))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while count(on_v2) < 1 {
+        assert!(Instant::now() < deadline, "the canary never got v2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert_eq!(count(on_v2), 1, "only the canary, before the kill");
+
+    let (mut child, base) = spawn_hub_child(&data, mosquitto.port);
+    let (_, detail) = http("GET", format!("{base}/admin/rollouts/killed"), vec![]).await;
+    assert_eq!(detail["phase"], "stage", "{detail:#}");
+    assert_eq!(detail["stage"], 0, "{detail:#}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(on_v2), 1, "stage 0 is still soaking: no one else yet");
+    wait_phase(&base, "killed", "completed").await;
+    wait_all_on(&devices, on_v2).await;
+    let (_, detail) = http("GET", format!("{base}/admin/rollouts/killed"), vec![]).await;
+    let entered: Vec<_> = detail["audit"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|row| row["entry"]["note"].to_string().contains("stage_entered"))
+        .map(|row| row["entry"]["note"]["stage_entered"]["stage"].clone())
+        .collect();
+    assert_eq!(
+        entered,
+        vec![json!(0), json!(1), json!(2)],
+        "each stage entered once"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
