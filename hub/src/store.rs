@@ -28,6 +28,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod aggregates;
 mod ingest;
 
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
@@ -373,6 +374,9 @@ impl Store {
         ingest::copy_pre_epoch_rows(&tx, pre_epoch)?;
         tx.commit().map_err(sql("commit schema"))?;
         Self::init_retention(&conn)?;
+        conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
+            .map_err(sql("aggregates schema"))?;
+        aggregates::backfill(&mut conn)?;
         Ok(Self { conn })
     }
 
