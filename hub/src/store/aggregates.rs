@@ -259,14 +259,13 @@ impl BatchAggregates {
                     .saturating_add(u64::from(answer.latency_ms));
                 q.latency_buckets[bucket_of(answer.latency_ms)] += 1;
             }
-            TelemetryPayload::Metrics(m) => {
+            TelemetryPayload::Metrics(m)
                 if self
                     .health
                     .as_ref()
-                    .is_none_or(|(at, _)| event.at_unix_ms >= *at)
-                {
-                    self.health = Some((event.at_unix_ms, m.clone()));
-                }
+                    .is_none_or(|(at, _)| event.at_unix_ms >= *at) =>
+            {
+                self.health = Some((event.at_unix_ms, m.clone()));
             }
             _ => {}
         }
