@@ -47,6 +47,9 @@ pub enum Command {
     Hub(HubArgs),
     /// Operate a fleet through a hub's admin API: publish, assign, list.
     Fleet(FleetArgs),
+    /// The dashboard's ROI view from a hub: measured deflection, monthly
+    /// savings, payback and first-year ROI.
+    Roi(RoiArgs),
     /// Convert models: a Hugging Face BERT folder to a GGUF embedding model.
     #[command(subcommand)]
     Quant(QuantCommand),
@@ -243,6 +246,31 @@ pub struct FleetArgs {
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: FleetCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct RoiArgs {
+    /// The hub's operator URL (`[http] operator_bind`).
+    #[arg(long, env = "OUTPOST_HUB_URL", default_value = "http://127.0.0.1:8091")]
+    pub hub: String,
+    /// The hub's admin token.
+    #[arg(long, env = "OUTPOST_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Support tickets a month (default: the hub's saved or `[roi]` value).
+    #[arg(long)]
+    pub tickets_per_month: Option<f64>,
+    /// Minutes a person spends on one ticket.
+    #[arg(long)]
+    pub handle_time_minutes: Option<f64>,
+    /// Cost of an hour of a support agent.
+    #[arg(long)]
+    pub agent_cost_per_hour: Option<f64>,
+    /// One-off implementation cost.
+    #[arg(long)]
+    pub implementation_cost: Option<f64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -57,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Models(_)
         | Command::Hub(_)
         | Command::Fleet(_)
+        | Command::Roi(_)
         | Command::Quant(_) => RawDeviceConfig::default(),
     };
     if let Command::Quant(command) = cli.command {
@@ -66,6 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::Fleet(args) = cli.command {
         return commands::fleet::run(args);
+    }
+    if let Command::Roi(args) = cli.command {
+        return commands::roi::run(args);
     }
     if let Command::Hub(args) = cli.command {
         return commands::hub::run(cli.config.as_deref(), cli.log_json, args);
@@ -96,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::PrintDefault)
         | Command::Hub(_)
         | Command::Fleet(_)
+        | Command::Roi(_)
         | Command::Quant(_) => Ok(()),
     }
 }

@@ -663,6 +663,32 @@ fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
     assert_eq!(seqs.len(), 8, "every answer exactly once: {seqs:?}");
     seqs.dedup();
     assert_eq!(seqs.len(), 8, "no duplicates: {seqs:?}");
+
+    // `outpost roi` reads the dashboard's aggregates, kept at ingest: the
+    // same 8 answers, counted once across the restart, and the seed's
+    // formula over the deflection they measure.
+    let out = outpost()
+        .args([
+            "roi",
+            "--hub",
+            &hub.http,
+            "--json",
+            "--tickets-per-month",
+            "1000",
+        ])
+        .output()
+        .expect("run outpost roi");
+    assert!(
+        out.status.success(),
+        "outpost roi: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let roi: Value = serde_json::from_slice(&out.stdout).expect("outpost roi --json prints JSON");
+    assert_eq!(roi["deflection"]["answers"], 8, "{roi}");
+    let rate = roi["deflection"]["rate"].as_f64().expect("rate");
+    let expected = 1000.0 * rate * (6.0 / 60.0) * 30.0;
+    let savings = roi["figures"]["monthly_savings"].as_f64().expect("savings");
+    assert!((savings - expected).abs() < 1e-6, "{roi}");
 }
 
 /// Mosquitto with per-device passwords and an ACL confining each device to

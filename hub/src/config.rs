@@ -49,7 +49,7 @@ pub const DEFAULT_CLIENT_ID: &str = "outpost-hub";
 
 /// The configuration as written: every key optional, nothing checked yet.
 /// [`HubConfig::validate`] turns it into a [`ValidConfig`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubConfig {
     /// Where the hub keeps its database, signing key and artifacts. Required.
@@ -82,6 +82,71 @@ pub struct HubConfig {
     /// The offline evaluation gate.
     #[serde(default)]
     pub evaluation: EvaluationConfig,
+    /// The dashboard's ROI view.
+    #[serde(default)]
+    pub roi: RoiConfig,
+}
+
+/// `[roi]` as written: the ROI view's default inputs (the dashboard can
+/// save others) and the window its deflection is measured over. See
+/// [`crate::roi::RoiInputs`] for the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoiConfig {
+    /// Support tickets a month the kiosks could take.
+    pub tickets_per_month: Option<f64>,
+    /// Minutes a person spends on one ticket.
+    pub handle_time_minutes: Option<f64>,
+    /// Cost of an hour of a support agent.
+    pub agent_cost_per_hour: Option<f64>,
+    /// One-off implementation cost.
+    pub implementation_cost: Option<f64>,
+    /// Days of telemetry the deflection rate is measured over. Default
+    /// [`DEFAULT_ROI_WINDOW_DAYS`].
+    pub window_days: Option<u64>,
+}
+
+/// Default `[roi] window_days`: a month, the period the savings are quoted
+/// for.
+pub const DEFAULT_ROI_WINDOW_DAYS: u64 = 30;
+
+/// `[roi]` checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoiSettings {
+    /// Inputs shown until the operator saves others.
+    pub defaults: crate::roi::RoiInputs,
+    /// Window of the measured deflection.
+    pub window: Duration,
+}
+
+impl Default for RoiSettings {
+    fn default() -> Self {
+        Self {
+            defaults: crate::roi::RoiInputs::default(),
+            window: Duration::from_secs(DEFAULT_ROI_WINDOW_DAYS * 86_400),
+        }
+    }
+}
+
+fn roi_settings(r: &RoiConfig, problems: &mut Vec<String>) -> RoiSettings {
+    let d = crate::roi::RoiInputs::default();
+    let defaults = crate::roi::RoiInputs {
+        tickets_per_month: r.tickets_per_month.unwrap_or(d.tickets_per_month),
+        handle_time_minutes: r.handle_time_minutes.unwrap_or(d.handle_time_minutes),
+        agent_cost_per_hour: r.agent_cost_per_hour.unwrap_or(d.agent_cost_per_hour),
+        implementation_cost: r.implementation_cost.unwrap_or(d.implementation_cost),
+    };
+    if let Err(e) = defaults.validate() {
+        problems.push(format!("roi.{e}"));
+    }
+    let days = r.window_days.unwrap_or(DEFAULT_ROI_WINDOW_DAYS);
+    if !(1..=3650).contains(&days) {
+        problems.push(format!("roi.window_days: {days} is not 1 to 3650"));
+    }
+    RoiSettings {
+        defaults,
+        window: Duration::from_secs(days.clamp(1, 3650) * 86_400),
+    }
 }
 
 /// `[http]` as written: the device-facing and the operator listener.
@@ -194,6 +259,8 @@ pub struct ValidConfig {
     pub rollout: crate::rollout::service::RolloutSettings,
     /// The offline evaluation gate.
     pub evaluation: EvaluationSettings,
+    /// The dashboard's ROI view.
+    pub roi: RoiSettings,
 }
 
 /// Which broker the hub uses.
@@ -466,6 +533,7 @@ impl HubConfig {
         let retention = retention_policy(&self.retention, &mut problems);
         let rollout = rollout::rollout_settings(&self.rollout, &mut problems);
         let evaluation = rollout::evaluation_settings(&self.evaluation, &mut problems);
+        let roi = roi_settings(&self.roi, &mut problems);
         if let (Some(device_bind), Some(operator_bind), Some(broker)) =
             (device_bind, operator_bind, &broker)
         {
@@ -501,6 +569,7 @@ impl HubConfig {
                     },
                     rollout,
                     evaluation,
+                    roi,
                 })
             }
             _ => Err(ConfigError { problems }),
@@ -587,11 +656,7 @@ impl Exposure<'_> {
     fn check(&self, problems: &mut Vec<String>) {
         let (device, operator) = (self.device_bind, self.operator_bind);
         if !operator.ip().is_loopback() && !self.admin_token {
-            problems.push(format!(
-                "http.operator_bind: {operator} is reachable from other machines, so \
-                 admin_token is required (whoever reaches /admin can publish an artifact \
-                 the hub signs and assigns); set admin_token or bind to 127.0.0.1"
-            ));
+            problems.push(exposed_operator_problem(operator));
         }
         if !device.ip().is_loopback() && !self.download_credentials {
             problems.push(format!(
@@ -615,6 +680,26 @@ impl Exposure<'_> {
                 ));
             }
         }
+    }
+}
+
+/// The refusal of an operator listener (admin API, dashboard) that other
+/// machines can reach without `admin_token`.
+pub(crate) fn exposed_operator_problem(operator: SocketAddr) -> String {
+    format!(
+        "http.operator_bind: {operator} is reachable from other machines, so \
+         admin_token is required (the admin API and the dashboard are served there, and \
+         whoever reaches /admin can publish an artifact the hub signs and assigns); set \
+         admin_token or bind to 127.0.0.1"
+    )
+}
+
+impl ConfigError {
+    /// The refusal of an operator listener other machines can reach
+    /// without a token (also checked by [`crate::Hub::start`] on the
+    /// address actually bound).
+    pub(crate) fn exposed_operator(operator: SocketAddr) -> Self {
+        Self::one(exposed_operator_problem(operator))
     }
 }
 
@@ -851,12 +936,31 @@ mod tests {
     }
 
     #[test]
+    fn roi_defaults_are_read_and_bad_ones_named() {
+        let valid = default_config().validate().expect("valid");
+        assert_eq!(valid.roi, RoiSettings::default());
+        let mut config = default_config();
+        config.roi.tickets_per_month = Some(5_000.0);
+        config.roi.window_days = Some(7);
+        let valid = config.validate().expect("valid");
+        assert_eq!(valid.roi.defaults.tickets_per_month, 5_000.0);
+        assert_eq!(valid.roi.window, Duration::from_secs(7 * 86_400));
+        config.roi.agent_cost_per_hour = Some(-3.0);
+        config.roi.window_days = Some(0);
+        let text = problems(&config);
+        assert!(text.contains("roi.agent_cost_per_hour"), "{text}");
+        assert!(text.contains("roi.window_days"), "{text}");
+    }
+
+    #[test]
     fn a_reachable_operator_listener_needs_an_admin_token() {
         let mut config = default_config();
         config.http.operator_bind = Some("0.0.0.0:8091".into());
         let text = problems(&config);
         assert!(
-            text.contains("http.operator_bind") && text.contains("admin_token"),
+            text.contains("http.operator_bind")
+                && text.contains("admin_token")
+                && text.contains("dashboard"),
             "{text}"
         );
         config.admin_token = Some("s3cret".into());

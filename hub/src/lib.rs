@@ -13,7 +13,7 @@
 //!     ▲                 ▲                                          │ TelemetryAck after commit
 //!     │                 └──────────── rumqttc AsyncClient ◀────────┘ desired states (retained)
 //!     └──HTTP(S)── /artifacts/sha256/<hex> ◀── http::device_router ──▶ ArtifactStore ──▶ ArtifactSigner
-//!   operator ──HTTP── /admin/*, /metrics ──▶ http::operator_router (own listener)
+//!   operator ──HTTP── /admin/*, /metrics, /dashboard ──▶ http::operator_router (own listener)
 //! ```
 //!
 //! - [`HubConfig`] (as written) → [`ValidConfig`] ([`config`]).
@@ -32,6 +32,10 @@
 //!   signing key, health) and the operator (admin API, metrics).
 //! - [`store::retention`]: raw telemetry and feedback folded into daily
 //!   rollups and deleted past their age or row cap.
+//! - [`store::aggregates`]: hourly quality and latency per version and each
+//!   device's newest health sample, kept at ingest, so the dashboard
+//!   ([`http`]'s `dashboard` module, behind the admin token or a login
+//!   cookie) never scans raw telemetry; [`roi`] is the ROI view's formula.
 //!
 //! # Sync guarantees
 //!
@@ -120,7 +124,7 @@
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
 //! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
-//! - The dashboard, `cmd` publishing.
+//! - `cmd` publishing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -137,6 +141,7 @@ pub mod evaluation;
 pub mod gate;
 pub mod http;
 pub mod metrics;
+pub mod roi;
 /// Staged rollouts: gate statistics, plans and the I/O-free controller.
 pub mod rollout;
 pub mod signing;
@@ -247,6 +252,11 @@ impl Hub {
         config: ValidConfig,
         evaluator: Option<Arc<dyn evaluation::Evaluator>>,
     ) -> Result<Hub, HubError> {
+        // Validation refuses this too; checked again here for a
+        // `ValidConfig` built by hand, before anything listens.
+        if !config.operator_bind.ip().is_loopback() && config.admin_token.is_none() {
+            return Err(ConfigError::exposed_operator(config.operator_bind).into());
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| HubError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -395,6 +405,8 @@ impl Hub {
             download_credentials: config.download_credentials.clone(),
             rollouts,
             evaluations,
+            sessions: http::Sessions::default(),
+            roi: config.roi.clone(),
         });
         let serve = |listener: tokio::net::TcpListener, app: axum::Router| {
             let mut stop = shutdown_rx.clone();

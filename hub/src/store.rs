@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 mod evals;
+pub mod aggregates;
 mod ingest;
 mod rollouts;
 
@@ -437,6 +438,9 @@ impl Store {
         Self::init_retention(&conn)?;
         Self::init_rollouts(&conn)?;
         Self::init_evals(&conn)?;
+        conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
+            .map_err(sql("aggregates schema"))?;
+        aggregates::backfill(&mut conn)?;
         Ok(Self { conn })
     }
 
@@ -745,13 +749,18 @@ impl Store {
         device: Option<&DeviceId>,
         limit: u32,
     ) -> Result<Vec<TelemetryRow>, StoreError> {
+        // Two statements, so each can walk its own index (`?1 IS NULL OR
+        // device = ?1` would make SQLite pick one plan for both).
+        let sql_text = if device.is_some() {
+            "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
+             WHERE device = ?1 ORDER BY received_ms DESC, seq DESC LIMIT ?2"
+        } else {
+            "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
+             WHERE ?1 IS NULL ORDER BY received_ms DESC, seq DESC LIMIT ?2"
+        };
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
-                 WHERE ?1 IS NULL OR device = ?1
-                 ORDER BY received_ms DESC, seq DESC LIMIT ?2",
-            )
+            .prepare_cached(sql_text)
             .map_err(sql("prepare telemetry"))?;
         let rows = stmt
             .query_map(params![device.map(DeviceId::as_str), limit], |r| {

@@ -86,13 +86,14 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Hub {
-    base: String,
-    token: Option<String>,
+/// A hub's operator API, with the bearer token when one is given.
+pub(crate) struct Hub {
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
 }
 
 impl Hub {
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
+    pub(crate) fn request(&self, method: &str, path: &str) -> ureq::Request {
         let request = ureq::request(method, &format!("{}{path}", self.base));
         match &self.token {
             Some(t) => request.set("Authorization", &format!("Bearer {t}")),
@@ -101,7 +102,10 @@ impl Hub {
     }
 
     /// The JSON reply, or the hub's error message.
-    fn send(&self, result: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
+    pub(crate) fn send(
+        &self,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> anyhow::Result<Value> {
         match result {
             Ok(response) => Ok(response.into_json()?),
             Err(ureq::Error::Status(code, response)) => {

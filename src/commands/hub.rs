@@ -47,7 +47,8 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
     config.fleet.get_or_insert_with(|| "default".into());
     let valid = config
         .validate()
-        .map_err(|e| BadConfig(format!("invalid hub configuration: {e}")))?;
+        // ConfigError's text already says "invalid hub configuration".
+        .map_err(|e| BadConfig(e.to_string()))?;
     crate::init_tracing("info", log_json);
     crate::runtime()?.block_on(async {
         let evaluator = crate::evaluator::ChildEvaluator::new(valid.evaluation.clone())

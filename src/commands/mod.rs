@@ -10,4 +10,5 @@ pub mod kb;
 pub mod models;
 pub mod prompts;
 pub mod quant;
+pub mod roi;
 pub mod serve;

@@ -16,21 +16,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::io::StreamReader;
 
-use super::{secret_matches, ApiError, App, AppState};
+use super::{ApiError, App, AppState};
 use crate::artifacts::{parse_kind, PublishError, PublishRequest};
 use crate::assign::{next_desired, AssignError, Assignment, Change, Tag, Target};
+/// The bearer token or a login session (see `auth`; its middleware has
+/// already applied the CSRF defence to state changes).
 pub(super) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &app.admin_token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if secret_matches(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
-    }
+    super::auth::authorize(app, headers).map(|_| ())
 }
 
 pub(super) async fn metrics(State(app): State<App>) -> Response {

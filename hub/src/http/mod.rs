@@ -24,7 +24,14 @@
 //! PUT  /admin/devices/{device}/tags    {"tags": [...]}
 //! GET  /admin/devices                  status, versions, last seen
 //! GET  /admin/telemetry?device&limit   newest telemetry events
+//! GET  /dashboard, /login, /admin/dashboard/...
+//!                                      the fleet dashboard (see `dashboard`)
 //! ```
+//!
+//! Who may use `/admin/*` and the dashboard (bearer token, login cookie
+//! with a CSRF token for state changes, or open on loopback without a
+//! token) is decided in one place, `auth`, whose middleware guards every
+//! `/admin/*` route.
 //!
 //! `/admin/*` is not routed on the device listener at all, so no token
 //! mistake can expose it there. Every error is JSON
@@ -33,8 +40,12 @@
 //! [`ApiError::into_response`].
 
 mod admin;
+mod auth;
+mod dashboard;
 mod device;
 mod rollouts;
+
+pub use auth::{Access, Sessions, CSRF_HEADER, SESSION_COOKIE};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +79,10 @@ pub struct AppState {
     pub rollouts: crate::rollout::service::RolloutHandle,
     /// The evaluation job queue.
     pub evaluations: crate::evaluation::EvalJobs,
+    /// Logged-in dashboard sessions.
+    pub sessions: Sessions,
+    /// The ROI view's defaults and window.
+    pub roi: crate::config::RoiSettings,
 }
 
 type App = Arc<AppState>;
@@ -79,9 +94,12 @@ pub enum ApiError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
-    /// Missing or wrong bearer token.
+    /// Missing or wrong bearer token (or no live login session).
     #[error("missing or wrong admin token")]
     Unauthorized,
+    /// Authenticated, but the request fails the CSRF defence.
+    #[error("{0}")]
+    Forbidden(String),
     /// A download without a known device's credentials.
     #[error("downloads need a device's credentials (HTTP Basic: device id and its password)")]
     DownloadUnauthorized,
@@ -117,6 +135,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized | ApiError::DownloadUnauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidAssignment(_) => "invalid_assignment",
@@ -131,6 +150,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::DownloadUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidAssignment(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -249,7 +269,24 @@ pub fn operator_router(state: App) -> Router {
         )
         .route("/admin/evals/{id}", get(rollouts::show_eval))
         .route("/admin/evals/{id}/cancel", post(rollouts::cancel_eval))
+        // The dashboard and operator login (see `dashboard`, `auth`).
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/assets/{file}", get(dashboard::asset))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/admin/dashboard/devices", get(dashboard::devices))
+        .route("/admin/dashboard/versions", get(dashboard::versions))
+        .route("/admin/dashboard/quality", get(dashboard::quality))
+        .route(
+            "/admin/dashboard/roi",
+            get(dashboard::roi).post(dashboard::save_roi),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // Every /admin/* request, routed or not, is authorized first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             count_errors,

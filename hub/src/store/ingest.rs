@@ -240,6 +240,7 @@ impl Store {
             .optional()
             .map_err(sql("read max_seq"))?;
         let gap = max_seq.is_some_and(|max| first > max.saturating_add(1));
+        let mut aggregates = super::aggregates::BatchAggregates::default();
         let mut outcome = IngestOutcome {
             inserted: 0,
             duplicates: 0,
@@ -275,12 +276,14 @@ impl Store {
                     ])
                     .map_err(sql("insert telemetry"))?;
                 if changed == 1 {
+                    aggregates.add(event, now_ms);
                     outcome.inserted += 1;
                 } else {
                     outcome.duplicates += 1;
                 }
             }
         }
+        aggregates.write(&tx, device.as_str())?;
         tx.execute(
             "INSERT INTO telemetry_epochs (device, epoch, max_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (device, epoch) DO UPDATE SET max_seq = MAX(max_seq, excluded.max_seq)",
@@ -340,6 +343,24 @@ impl Store {
                 ],
             )
             .map_err(sql("insert feedback"))?;
+        if changed == 1 {
+            let answer: Option<String> = tx
+                .query_row(
+                    "SELECT event_json FROM telemetry WHERE device = ?1 AND epoch = ?2 AND seq = ?3",
+                    params![device.as_str(), epoch_i64(epoch), answer_seq],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql("read rated answer"))?;
+            super::aggregates::add_feedback(
+                &tx,
+                feedback.rating,
+                &feedback.versions,
+                feedback.at_unix_ms,
+                now_ms,
+                answer.as_deref(),
+            )?;
+        }
         tx.commit().map_err(sql("commit feedback"))?;
         Ok(changed == 1)
     }

@@ -78,6 +78,9 @@ pub(super) const RETENTION_SCHEMA: &str = r#"
 -- The admin telemetry query orders by (received_ms, seq) and stops at its
 -- LIMIT; retention walks the same order from the oldest end.
 CREATE INDEX IF NOT EXISTS telemetry_by_received ON telemetry (received_ms, seq);
+-- The same query for one device (`?device=`): without it, finding one
+-- device's newest rows walks every device's (300 ms at 1M rows).
+CREATE INDEX IF NOT EXISTS telemetry_by_device_received ON telemetry (device, received_ms, seq);
 CREATE INDEX IF NOT EXISTS feedback_by_received ON feedback (received_ms, answer_seq);
 CREATE TABLE IF NOT EXISTS daily_rollups (
     day             INTEGER NOT NULL, -- days since 1970-01-01 UTC, hub clock (received)
@@ -882,5 +885,25 @@ mod tests {
         );
         assert!(!after_plan.contains("TEMP B-TREE"), "after: {after_plan}");
         println!("before: {before_plan}\nafter:  {after_plan}");
+    }
+
+    #[test]
+    fn one_devices_telemetry_walks_its_own_index() {
+        let store = Store::open_in_memory().expect("store");
+        let mut stmt = store
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT device, seq, at_ms, received_ms, kind, event_json \
+                 FROM telemetry WHERE device = ?1 ORDER BY received_ms DESC, seq DESC LIMIT ?2",
+            )
+            .expect("explain");
+        let plan = stmt
+            .query_map(params!["kiosk-1", 100], |r| r.get::<_, String>(3))
+            .expect("plan rows")
+            .map(|r| r.expect("plan row"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(plan.contains("telemetry_by_device_received"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 }
