@@ -28,8 +28,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-mod evals;
 pub mod aggregates;
+mod evals;
 mod ingest;
 mod rollouts;
 

@@ -545,6 +545,55 @@ async fn browse(
         return Err(format!("the page reloaded: {mark}"));
     }
 
+    // A rollout started now appears with its phase, still without a reload.
+    // kiosk-1 has reported no state, so it has no baseline to roll back to:
+    // the rollout leaves it out and halts on an empty cohort.
+    let bearer = || vec![("authorization", format!("Bearer {TOKEN}"))];
+    let tagged = http(
+        "PUT",
+        format!("{base}/admin/devices/kiosk-1/tags"),
+        bearer(),
+        r#"{"tags": ["store"]}"#,
+    )
+    .await;
+    if tagged.status != 200 {
+        return Err(format!("tagging: {}", tagged.body));
+    }
+    let plan = serde_json::json!({
+        "id": "support-3",
+        "candidate": [{"kind": "prompt-set", "name": "support", "version": "3"}],
+        "cohort": ["store"],
+        "stages": [{"size": {"percent": 100}, "min_soak_ms": 0, "timeout_ms": 1000, "min_applied": 1}],
+        "gates": {"offline_eval": null,
+                  "install": {"min_reported": 1, "max_failure_pct": 50.0, "apply_timeout_ms": 1000},
+                  "escalation": null, "thumbs_down": null, "errors": null, "latency": null},
+        "on_stage_timeout": "halt"
+    });
+    let started = http(
+        "POST",
+        format!("{base}/admin/rollouts"),
+        bearer(),
+        &plan.to_string(),
+    )
+    .await;
+    if started.status != 200 {
+        return Err(format!("starting the rollout: {}", started.body));
+    }
+    wait_text(
+        client,
+        "[data-rollout='support-3'] [data-testid='rollout-phase']",
+        "halted",
+    )
+    .await?;
+    wait_text(client, "[data-rollout='support-3']", "empty_cohort").await?;
+    let mark = client
+        .execute("return window.__noReload || null;", vec![])
+        .await
+        .map_err(e)?;
+    if mark != "still here" {
+        return Err(format!("the page reloaded: {mark}"));
+    }
+
     // ROI inputs recompute at once: 1000 tickets × 80 % (12 of 15) × 0.1 h
     // × 30 = 2,400.00 a month; 10,000 / 2,400 = 4.2 months.
     wait_text(client, "[data-testid='roi-deflection']", "80.0 %").await?;

@@ -128,13 +128,16 @@ async function renderRollouts() {
     const sizes = detail.stage_sizes || ro.stage_sizes || [];
     const stage = detail.stage != null ? detail.stage : ro.stage;
     const stages = el("div", { class: "stages" }, ...sizes.map((size, i) =>
-      el("span", { class: "stage" + (i < stage ? " done" : i === stage ? " current" : ""), "data-testid": "stage" }, `${size}${typeof size === "number" && size <= 100 ? " %" : ""}`)));
-    const audit = (detail.audit || []).slice(-10).reverse().map((a) => el("tr", {},
+      el("span", { class: "stage" + (i < stage ? " done" : i === stage ? " current" : ""), "data-testid": "stage" }, `${size} device${size === 1 ? "" : "s"}`)));
+    // Audit rows are {id, entry}; the entry holds the transition and its numbers.
+    const audit = (detail.audit || []).map((row) => row.entry || row).slice(-10).reverse().map((a) => el("tr", {},
       el("td", {}, a.at_ms ? new Date(a.at_ms).toLocaleString() : "–"),
       el("td", {}, `${a.from ?? ""} → ${a.to ?? ""}`),
-      el("td", {}, a.note || ""),
+      el("td", {}, typeof a.note === "object" ? JSON.stringify(a.note) : (a.note || "")),
       el("td", {}, (a.gates || []).map(gateText).join("; "))));
-    const candidate = typeof detail.candidate === "object" ? JSON.stringify(detail.candidate) : (detail.candidate ?? "");
+    const candidate = Array.isArray(detail.candidate)
+      ? detail.candidate.map((c) => `${c.kind} ${c.name} ${c.version}`).join(", ")
+      : (detail.candidate ?? "");
     cards.push(el("div", { class: "rollout", "data-testid": "rollout", "data-rollout": ro.id },
       el("strong", {}, ro.id), " ", el("span", { class: "badge unknown", "data-testid": "rollout-phase" }, detail.phase ?? ro.phase ?? "?"),
       el("div", { class: "small muted" }, candidate),
