@@ -1,7 +1,8 @@
 //! The hub's SQLite store: devices, desired states, telemetry, feedback,
 //! artifacts. Device-message tables (telemetry, feedback, dead letters)
 //! live in `store/ingest.rs` ([`Store::ingest_telemetry`], [`Store::record_feedback`],
-//! [`Store::record_dead_letter`]).
+//! [`Store::record_dead_letter`]); the rollout gates' per-device canary
+//! counts in `store/windows.rs` ([`Store::answer_window`]).
 //!
 //! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
 //! methods are the store's typed commands, each one transaction. Async code
@@ -29,9 +30,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 mod ingest;
+mod windows;
 
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
 pub mod retention;
+pub use windows::{Pin, VersionsFilter};
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
 pub const STORE_QUEUE: usize = 256;
@@ -373,6 +376,7 @@ impl Store {
         ingest::copy_pre_epoch_rows(&tx, pre_epoch)?;
         tx.commit().map_err(sql("commit schema"))?;
         Self::init_retention(&conn)?;
+        windows::init_window_indexes(&conn)?;
         Ok(Self { conn })
     }
 
