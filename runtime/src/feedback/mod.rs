@@ -43,7 +43,9 @@ const QUEUE_CAPACITY: usize = 64;
 
 /// `raw = 1` marks customer text not yet redacted. Databases made before
 /// the column existed get it with the default 1: their rows are redacted by
-/// the first sweep.
+/// the first sweep. The `fleet_*` columns say where the fleet's telemetry
+/// put the answer ([`FleetAnswer`]); older databases get them `NULL`
+/// ([`add_fleet_columns`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS answers (
     id         TEXT PRIMARY KEY,
@@ -55,7 +57,10 @@ CREATE TABLE IF NOT EXISTS answers (
     route      TEXT NOT NULL,
     citations  TEXT NOT NULL,
     versions   TEXT NOT NULL,
-    raw        INTEGER NOT NULL DEFAULT 1
+    raw        INTEGER NOT NULL DEFAULT 1,
+    fleet_epoch    INTEGER,
+    fleet_seq      INTEGER,
+    fleet_versions TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY,
@@ -68,9 +73,9 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 ";
 
-/// Where the fleet's telemetry put each answer (see [`FleetAnswer`]):
-/// columns added to databases made before them, `NULL` for answers given
-/// without a fleet agent and for every answer recorded before.
+/// The answers columns saying where the fleet's telemetry put each answer,
+/// added to databases made before them: `NULL` for answers given without
+/// a fleet agent and for every answer recorded before.
 const FLEET_COLUMNS: [(&str, &str); 3] = [
     ("fleet_epoch", "INTEGER"),
     ("fleet_seq", "INTEGER"),
