@@ -59,7 +59,7 @@ pub const MAX_FEEDBACK_TEXT_BYTES: usize = 8 * 1024;
 /// telemetry), and an answer recorded without a fleet agent has no event.
 /// The question and answer text go only when `share_text` is set (the
 /// operator's opt-in, `[answer] feedback_share_text`), and always through
-/// [`redact`]; without it they are empty. The id is the outbox's to assign.
+/// [`redact()`]; without it they are empty. The id is the outbox's to assign.
 pub fn fleet_feedback(
     rating: Rating,
     answer: &RatedAnswer,
@@ -96,7 +96,7 @@ pub fn fleet_feedback(
 /// `text` redacted, then cut to [`MAX_FEEDBACK_TEXT_BYTES`]. Redacting
 /// first means a cut cannot split a card number into pieces the scanner no
 /// longer recognises; the cut text is scanned again (a half placeholder is
-/// harmless) because only [`redact`] makes a [`RedactedText`].
+/// harmless) because only [`redact()`] makes a [`RedactedText`].
 fn bounded_redacted(text: &str) -> RedactedText {
     let redacted = redact(text).text;
     if redacted.len() <= MAX_FEEDBACK_TEXT_BYTES {

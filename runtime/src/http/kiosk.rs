@@ -269,13 +269,11 @@ pub(super) async fn handover(
     let answer_id = answer_id(&body).map_err(|e| app.fail(e))?;
     let stored = match app.feedback() {
         None => false,
-        Some(store) => match store.record_handover(answer_id.clone()).await {
-            Ok(_) => {
-                if let Some(id) = &answer_id {
-                    to_fleet(&app, store, id, Rating::Handover).await;
-                }
-                true
-            }
+        // Stored on the device only: protocol v3 has no hand-over rating
+        // (see `fleet_feedback`), and the answer's own escalation already
+        // travels in its telemetry.
+        Some(store) => match store.record_handover(answer_id).await {
+            Ok(_) => true,
             Err(e) => {
                 app.fail(ApiError::from(e));
                 false
