@@ -665,18 +665,27 @@ fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
     assert_eq!(seqs.len(), 8, "no duplicates: {seqs:?}");
 }
 
-/// The hub's stored feedback of `device`: (answer_seq, rating, question,
-/// answer, versions), read from its database as an operator's tools would.
-fn hub_feedback(dir: &Path, device: &str) -> Vec<(u64, String, String, String, Value)> {
-    let db = rusqlite::Connection::open_with_flags(
+/// The hub's database, read-only, as an operator's tools would read it.
+fn hub_db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
         dir.join("hub").join("hub.sqlite"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
-    .expect("open the hub database");
+    .expect("open the hub database")
+}
+
+/// The hub's stored feedback of `device`: (answer_seq, rating, question,
+/// answer, versions), those whose epoch is the one of the device's answer
+/// telemetry (a rating must name an event of its own outbox epoch).
+fn hub_feedback(dir: &Path, device: &str) -> Vec<(u64, String, String, String, Value)> {
+    let db = hub_db(dir);
     let mut stmt = db
         .prepare(
-            "SELECT answer_seq, rating, question, answer, versions_json FROM feedback
-             WHERE device = ?1 ORDER BY feedback_seq",
+            "SELECT answer_seq, rating, question, answer, versions_json FROM feedback f
+             WHERE device = ?1
+               AND epoch IN (SELECT epoch FROM telemetry t
+                             WHERE t.device = f.device AND t.seq = f.answer_seq)
+             ORDER BY feedback_seq",
         )
         .expect("prepare");
     stmt.query_map([device], |r| {
@@ -769,6 +778,14 @@ fn a_kiosk_thumbs_down_reaches_the_hub_with_its_answer_and_versions_and_text_onl
         let rows = wait_for(WAIT, "the thumbs-down at the hub", || {
             Some(hub_feedback(dir.path(), name)).filter(|rows| !rows.is_empty())
         });
+        let stored: i64 = hub_db(dir.path())
+            .query_row(
+                "SELECT COUNT(*) FROM feedback WHERE device = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(stored, 1, "{name}: one rating, of the answer's epoch");
         assert_eq!(rows.len(), 1, "{name}: {rows:?}");
         let (answer_seq, rating, q, text, versions) = &rows[0];
         assert_eq!(rating, "ThumbsDown");
