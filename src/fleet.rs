@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use outpost_agent::apply::boot::BootWatch;
 use outpost_agent::apply::ArtifactBase;
 use outpost_agent::apply::Rejection;
@@ -13,8 +14,10 @@ use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
 use outpost_kb::{EmbedderIdentity, Store};
-use outpost_protocol::{AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, FailureReason};
-use outpost_runtime::answers::AnswerSink;
+use outpost_protocol::{
+    AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, EventId, FailureReason, Feedback,
+};
+use outpost_runtime::answers::{AnswerSink, FleetAnswer};
 use outpost_runtime::config::AgentSettings;
 use outpost_runtime::engine::{
     ChatMessage, EngineConfig, EngineHandle, Event, GenerateRequest, LoraSpec, Prompt,
@@ -111,14 +114,33 @@ fn read_hub_key(value: &str) -> Result<HubKey, String> {
         .map_err(|_| format!("{value} does not hold a 64-hex-digit Ed25519 public key"))
 }
 
-/// Hands every answer event to the agent's outbox.
+/// Hands every answer event and every rating to the agent's outbox.
 pub struct AgentAnswers(pub AgentHandle);
 
 impl AnswerSink for AgentAnswers {
-    fn answered(&self, event: AnswerEvent) {
-        if let Err(error) = self.0.record_answer(event) {
-            tracing::warn!(%error, "an answer was not recorded for the fleet");
-        }
+    fn answered(&self, event: AnswerEvent) -> BoxFuture<'static, Option<FleetAnswer>> {
+        let agent = self.0.clone();
+        Box::pin(async move {
+            match agent.record_answer(event).await {
+                Ok(recorded) => Some(FleetAnswer {
+                    id: recorded.id,
+                    versions: recorded.versions,
+                }),
+                Err(error) => {
+                    tracing::warn!(%error, "an answer was not recorded for the fleet");
+                    None
+                }
+            }
+        })
+    }
+
+    fn rated(&self, answer: EventId, feedback: Feedback) -> BoxFuture<'static, ()> {
+        let agent = self.0.clone();
+        Box::pin(async move {
+            if let Err(error) = agent.record_rating(answer, feedback).await {
+                tracing::warn!(%error, "a rating was not recorded for the fleet");
+            }
+        })
     }
 }
 

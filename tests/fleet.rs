@@ -691,6 +691,167 @@ fn telemetry_queued_while_the_hub_and_its_broker_are_down_arrives_once() {
     assert!((savings - expected).abs() < 1e-6, "{roi}");
 }
 
+/// The hub's database, read-only, as an operator's tools would read it.
+fn hub_db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        dir.join("hub").join("hub.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the hub database")
+}
+
+/// The hub's stored feedback of `device`: (answer_seq, rating, question,
+/// answer, versions), those whose epoch is the one of the device's answer
+/// telemetry (a rating must name an event of its own outbox epoch).
+fn hub_feedback(dir: &Path, device: &str) -> Vec<(u64, String, String, String, Value)> {
+    let db = hub_db(dir);
+    let mut stmt = db
+        .prepare(
+            "SELECT answer_seq, rating, question, answer, versions_json FROM feedback f
+             WHERE device = ?1
+               AND epoch IN (SELECT epoch FROM telemetry t
+                             WHERE t.device = f.device AND t.seq = f.answer_seq)
+             ORDER BY feedback_seq",
+        )
+        .expect("prepare");
+    stmt.query_map([device], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as u64,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            serde_json::from_str(&r.get::<_, String>(4)?).expect("versions JSON"),
+        ))
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("read")
+}
+
+#[test]
+fn a_kiosk_thumbs_down_reaches_the_hub_with_its_answer_and_versions_and_text_only_when_opted_in() {
+    let _serial = serial();
+    let dir = temp_dir();
+    let hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());
+    let kb = knowledge_base(dir.path(), "manual", None);
+    // kiosk-a keeps customer text on the device (the default); kiosk-b's
+    // operator opted in to sharing it, redacted.
+    let answer_section = |name: &str, share: bool| {
+        format!(
+            "[answer]\nkb = \"{}\"\nfeedback_db = \"{}\"\nfeedback_share_text = {share}\n",
+            kb.display(),
+            dir.path().join(format!("{name}-feedback.sqlite")).display()
+        )
+    };
+    let broker = format!("mqtt://127.0.0.1:{}", hub.mqtt_port);
+    let a = start_device_on(
+        dir.path(),
+        &hub,
+        "kiosk-a",
+        "secret-a",
+        &broker,
+        &answer_section("kiosk-a", false),
+    );
+    let b = start_device_on(
+        dir.path(),
+        &hub,
+        "kiosk-b",
+        "secret-b",
+        &broker,
+        &answer_section("kiosk-b", true),
+    );
+    for name in ["kiosk-a", "kiosk-b"] {
+        wait_for(WAIT, "the device to come online", || {
+            (hub.device(name)?["presence"] == "online").then_some(())
+        });
+        hub.fleet(&["tag", name, "lobby"]);
+    }
+    // A prompt set from the fleet, so the answers carry a version to
+    // attribute the ratings to.
+    let prompts = prompt_set(dir.path(), "1");
+    hub.fleet(&[
+        "publish",
+        "--kind",
+        "prompt-set",
+        "--name",
+        "kiosk",
+        "--version",
+        "1",
+        prompts.to_str().unwrap(),
+    ]);
+    hub.fleet(&["assign", "--tag", "lobby", "prompt-set:kiosk:1"]);
+    for name in ["kiosk-a", "kiosk-b"] {
+        wait_for(WAIT, "the prompt set to be reported", || {
+            (active_version(&hub, name, "prompt_set")? == "1").then_some(())
+        });
+    }
+    let question = format!("{CANARY_QUESTION} How often should I clean the filter?");
+    for (name, device) in [("kiosk-a", &a), ("kiosk-b", &b)] {
+        wait_for(WAIT, "the prompt set to serve", || {
+            (health(device)["prompt_set"]["version"] == "1").then_some(())
+        });
+        let (status, answered) = post(
+            &device.url("/v1/answer"),
+            &json!({"question": question, "max_tokens": 24}),
+        );
+        assert_eq!(status, 200, "{answered}");
+        let (status, stored) = post(
+            &device.url("/v1/feedback"),
+            &json!({"answer_id": answered["id"], "rating": "down"}),
+        );
+        assert_eq!(status, 200, "{stored}");
+
+        let rows = wait_for(WAIT, "the thumbs-down at the hub", || {
+            Some(hub_feedback(dir.path(), name)).filter(|rows| !rows.is_empty())
+        });
+        let stored: i64 = hub_db(dir.path())
+            .query_row(
+                "SELECT COUNT(*) FROM feedback WHERE device = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(stored, 1, "{name}: one rating, of the answer's epoch");
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        let (answer_seq, rating, q, text, versions) = &rows[0];
+        assert_eq!(rating, "ThumbsDown");
+        // The rating names the answer's own telemetry event, and the
+        // versions that event was stamped with.
+        let event = wait_for(WAIT, "the answer's telemetry at the hub", || {
+            let mut events = answers(&hub, name);
+            (events.len() == 1).then(|| events.remove(0))
+        });
+        assert_eq!(event["seq"].as_u64(), Some(*answer_seq), "{name}: {event}");
+        assert_eq!(
+            &event["event"]["payload"]["Answer"]["versions"], versions,
+            "{name}: {event}"
+        );
+        assert!(
+            versions.to_string().contains(&sha256_hex(&prompts)),
+            "{name}: attributed to the fleet's prompt set: {versions}"
+        );
+        if name == "kiosk-a" {
+            assert_eq!(
+                (q.as_str(), text.as_str()),
+                ("", ""),
+                "no text without the opt-in"
+            );
+        } else {
+            assert!(
+                q.contains("clean the filter"),
+                "the opted-in question: {q:?}"
+            );
+            assert!(!text.is_empty(), "the opted-in answer");
+            for canary in CANARIES.iter().filter(|c| **c != "warranty") {
+                assert!(
+                    !q.contains(canary) && !text.contains(canary),
+                    "{canary:?} reached the hub: {q:?} / {text:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Mosquitto with per-device passwords and an ACL confining each device to
 /// its own topics; a plain listener (the hub) and a TLS one (devices).
 struct Mosquitto {

@@ -101,9 +101,9 @@ pub use message::state::{
     ReportedState, SignedDesiredState, StateSignature, Status,
 };
 pub use message::telemetry::{
-    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, OutboxEpoch, Rating, RetrievalScores,
-    ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload,
-    MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
+    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, EventId, OutboxEpoch, Rating,
+    RetrievalScores, ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent,
+    TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };
 pub use redact::{find_pii, redact, Finding, PiiCounts, PiiKind, RedactedText, Redaction};
 pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

@@ -52,6 +52,7 @@ pub struct RawAnswer {
     pub feedback_db: Option<PathBuf>,
     pub feedback_keep_raw_h: Option<i64>,
     pub feedback_max_rows: Option<i64>,
+    pub feedback_share_text: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -222,6 +223,9 @@ pub struct AnswerSettings {
     pub feedback_keep_raw: Duration,
     /// Rows kept in each table of the feedback database.
     pub feedback_max_rows: usize,
+    /// Whether ratings sent to the fleet carry the question and answer,
+    /// redacted (off by default: customer text stays on the device).
+    pub feedback_share_text: bool,
 }
 
 /// Told to a customer when the device hands over to a person.
@@ -321,7 +325,7 @@ impl RawDeviceConfig {
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
         take!(log: format, level);
         take!(answer: kb, prompts, retrieval, top_k, min_score, handover_message, feedback_db,
-              feedback_keep_raw_h, feedback_max_rows);
+              feedback_keep_raw_h, feedback_max_rows, feedback_share_text);
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
@@ -514,6 +518,9 @@ impl RawDeviceConfig {
                 feedback_db: nonempty_path(self.answer.feedback_db),
                 feedback_keep_raw: Duration::from_secs(feedback_keep_raw_h as u64 * 3600),
                 feedback_max_rows: feedback_max_rows as usize,
+                // Off unless the operator opts in: nothing a customer typed
+                // leaves the device by default, even redacted.
+                feedback_share_text: self.answer.feedback_share_text.unwrap_or(false),
             },
         })
     }
@@ -723,11 +730,33 @@ mod tests {
         assert!(config.server.admin_key.is_none());
         assert!(config.server.allowed_hosts.is_empty());
         assert!(config.answer.feedback_keep_raw.is_zero());
+        assert!(!config.answer.feedback_share_text);
         assert_eq!(
             config.answer.feedback_max_rows,
             crate::feedback::DEFAULT_MAX_ROWS
         );
         assert_eq!(config.engine.max_loaded_adapters, 2);
+    }
+
+    #[test]
+    fn sharing_feedback_text_is_an_opt_in_that_an_overlay_can_give() {
+        let base = RawDeviceConfig::from_toml(DEFAULT_TOML, "default").unwrap();
+        let opt_in =
+            RawDeviceConfig::from_toml("[answer]\nfeedback_share_text = true\n", "t").unwrap();
+        let config = base.clone().overlay(opt_in).validate().unwrap();
+        assert!(config.answer.feedback_share_text);
+        let silent = RawDeviceConfig::from_toml("[answer]\n", "t").unwrap();
+        assert!(
+            !base
+                .overlay(silent)
+                .validate()
+                .unwrap()
+                .answer
+                .feedback_share_text
+        );
+        let err = RawDeviceConfig::from_toml("[answer]\nfeedback_share_text = \"yes\"\n", "t")
+            .unwrap_err();
+        assert!(err.to_string().contains("feedback_share_text"), "{err}");
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
                 sampling: config.sampling.clone(),
             },
             handover_message: config.answer.handover_message.clone(),
+            share_feedback_text: config.answer.feedback_share_text,
         },
     );
     // The fleet's prompt set, when an agent runs, wins over the configured one.

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use outpost_models::download::{BasicAuth, DownloadOptions};
 use outpost_protocol::{
-    ActiveVersions, AgentVersion, AnswerEvent, DesiredState, DeviceId, Feedback, FleetId, Presence,
-    ProtocolVersion, ReportedState, Status, TelemetryPayload,
+    ActiveVersions, AgentVersion, AnswerEvent, DesiredState, DeviceId, EventId, Feedback,
+    FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, Status, TelemetryPayload,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -138,17 +138,42 @@ pub struct AgentHandle {
 
 impl AgentHandle {
     /// Records an answer; its `versions` are filled in here, from what the
-    /// agent has active. Never blocks: a full queue drops the event (and
-    /// says so) rather than delay a customer.
-    pub fn record_answer(&self, mut event: AnswerEvent) -> Result<(), RecordError> {
-        event.versions = *self.active.borrow();
-        self.outbox
-            .record(crate::now_unix_ms(), TelemetryPayload::Answer(event))
+    /// agent has active. Resolves once the event is stored, to its id and
+    /// those versions, so feedback on the answer can name both later. Never
+    /// waits for queue room: a full queue drops the event (and says so)
+    /// rather than delay a customer; the wait is for one append.
+    pub async fn record_answer(
+        &self,
+        mut event: AnswerEvent,
+    ) -> Result<AnswerRecorded, RecordError> {
+        let versions = *self.active.borrow();
+        event.versions = versions;
+        let id = self
+            .outbox
+            .record_numbered(crate::now_unix_ms(), TelemetryPayload::Answer(event))
+            .await?;
+        Ok(AnswerRecorded { id, versions })
     }
 
     /// Records rated feedback (its text is redacted by construction).
     pub async fn record_feedback(&self, feedback: Feedback) -> Result<(), RecordError> {
         self.outbox.feedback(feedback).await
+    }
+
+    /// Records feedback about the answer `answer` (as [`record_answer`]
+    /// returned it; `feedback.answer_seq` is set from it here) and resolves
+    /// to the feedback's id once it is stored.
+    /// [`RecordError::OtherEpoch`] when the outbox was reset since the
+    /// answer: its number would name another event.
+    ///
+    /// [`record_answer`]: Self::record_answer
+    pub async fn record_rating(
+        &self,
+        answer: EventId,
+        mut feedback: Feedback,
+    ) -> Result<FeedbackId, RecordError> {
+        feedback.answer_seq = answer.seq;
+        self.outbox.feedback_on(answer, feedback).await
     }
 
     /// The versions answering now.
@@ -175,6 +200,15 @@ impl AgentHandle {
     pub async fn outbox_stats(&self) -> Option<OutboxStats> {
         self.outbox.stats().await
     }
+}
+
+/// Where [`AgentHandle::record_answer`] put an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerRecorded {
+    /// The telemetry event's epoch and sequence number.
+    pub id: EventId,
+    /// The versions the event was stamped with.
+    pub versions: ActiveVersions,
 }
 
 /// A started agent.
@@ -331,9 +365,11 @@ fn spawn_metrics(outbox: OutboxClient, data_dir: PathBuf, every: Duration) {
             loop {
                 std::thread::sleep(every);
                 let sample = sampler.sample();
-                match outbox.record(crate::now_unix_ms(), TelemetryPayload::Metrics(sample)) {
-                    Ok(()) | Err(RecordError::Full) => {}
-                    Err(RecordError::Stopped) => return,
+                let recorded =
+                    outbox.record(crate::now_unix_ms(), TelemetryPayload::Metrics(sample));
+                // A sample lost to a full queue is replaced by the next one.
+                if recorded == Err(RecordError::Stopped) {
+                    return;
                 }
             }
         })

@@ -5,7 +5,9 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use outpost_protocol::{Feedback, FeedbackAck, TelemetryAck, TelemetryBatch, TelemetryPayload};
+use outpost_protocol::{
+    EventId, Feedback, FeedbackAck, FeedbackId, TelemetryAck, TelemetryBatch, TelemetryPayload,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::outbox::Stream;
@@ -17,8 +19,16 @@ enum Request {
     Event {
         at_unix_ms: u64,
         payload: TelemetryPayload,
+        /// Told where the event went, for a caller that names it later.
+        reply: Option<oneshot::Sender<Result<EventId, RecordError>>>,
     },
-    Feedback(Box<Feedback>),
+    Feedback {
+        feedback: Box<Feedback>,
+        /// The rated answer; feedback about an answer of another epoch is
+        /// refused, since its `answer_seq` would name another event.
+        answer: Option<EventId>,
+        reply: Option<oneshot::Sender<Result<FeedbackId, RecordError>>>,
+    },
     NextBatch {
         max_events: usize,
         max_bytes: usize,
@@ -54,6 +64,14 @@ pub enum RecordError {
     /// The agent has stopped.
     #[error("the agent has stopped")]
     Stopped,
+    /// The outbox could not store the record (its log says why).
+    #[error("the outbox could not store the record")]
+    NotStored,
+    /// Feedback about an answer numbered in an outbox epoch that is no
+    /// longer this outbox's (the outbox was reset since): its sequence
+    /// number would name another event.
+    #[error("the rated answer was recorded in another outbox epoch")]
+    OtherEpoch,
 }
 
 /// Cheap to clone; every method is non-blocking or async.
@@ -83,19 +101,59 @@ impl OutboxClient {
             .try_send(Request::Event {
                 at_unix_ms,
                 payload,
+                reply: None,
             })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => RecordError::Full,
-                mpsc::error::TrySendError::Closed(_) => RecordError::Stopped,
+            .map_err(full_or_stopped)
+    }
+
+    /// Queues a telemetry event without waiting for room (a full queue
+    /// drops it), then waits until it is stored and says where.
+    pub async fn record_numbered(
+        &self,
+        at_unix_ms: u64,
+        payload: TelemetryPayload,
+    ) -> Result<EventId, RecordError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Request::Event {
+                at_unix_ms,
+                payload,
+                reply: Some(reply),
             })
+            .map_err(full_or_stopped)?;
+        rx.await.map_err(|_| RecordError::Stopped)?
     }
 
     /// Queues rated feedback (already redacted by construction).
     pub async fn feedback(&self, feedback: Feedback) -> Result<(), RecordError> {
         self.tx
-            .send(Request::Feedback(Box::new(feedback)))
+            .send(Request::Feedback {
+                feedback: Box::new(feedback),
+                answer: None,
+                reply: None,
+            })
             .await
             .map_err(|_| RecordError::Stopped)
+    }
+
+    /// Stores feedback about the answer `answer` and returns its id, once
+    /// it is on disk; [`RecordError::OtherEpoch`] when the answer was
+    /// numbered before the outbox was reset.
+    pub async fn feedback_on(
+        &self,
+        answer: EventId,
+        feedback: Feedback,
+    ) -> Result<FeedbackId, RecordError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Feedback {
+                feedback: Box::new(feedback),
+                answer: Some(answer),
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| RecordError::Stopped)?;
+        rx.await.map_err(|_| RecordError::Stopped)?
     }
 
     /// The oldest unacknowledged events as one batch.
@@ -144,6 +202,13 @@ impl OutboxClient {
     }
 }
 
+fn full_or_stopped<T>(e: mpsc::error::TrySendError<T>) -> RecordError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => RecordError::Full,
+        mpsc::error::TrySendError::Closed(_) => RecordError::Stopped,
+    }
+}
+
 fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>) {
     let mut last_expire = Instant::now();
     while let Some(request) = rx.blocking_recv() {
@@ -159,14 +224,32 @@ fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>)
             Request::Event {
                 at_unix_ms,
                 payload,
+                reply,
             } => {
-                if let Err(error) = outbox.push_event(at_unix_ms, payload) {
+                let stored = outbox.push_event(at_unix_ms, payload).map_err(|error| {
                     tracing::warn!(%error, "a telemetry event was not stored");
+                    RecordError::NotStored
+                });
+                if let Some(reply) = reply {
+                    let epoch = outbox.epoch();
+                    let _ = reply.send(stored.map(|seq| EventId { epoch, seq }));
                 }
             }
-            Request::Feedback(feedback) => {
-                if let Err(error) = outbox.push_feedback(&feedback) {
-                    tracing::warn!(%error, "feedback was not stored");
+            Request::Feedback {
+                feedback,
+                answer,
+                reply,
+            } => {
+                let stored = if answer.is_some_and(|a| a.epoch != outbox.epoch()) {
+                    Err(RecordError::OtherEpoch)
+                } else {
+                    outbox.push_feedback(&feedback).map_err(|error| {
+                        tracing::warn!(%error, "feedback was not stored");
+                        RecordError::NotStored
+                    })
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(stored);
                 }
             }
             Request::NextBatch {
@@ -215,5 +298,77 @@ fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>)
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_protocol::{
+        redact, ActiveVersions, DeviceId, DeviceMetrics, OutboxEpoch, Rating, Seq,
+    };
+
+    use super::*;
+    use crate::outbox::{MemStore, OutboxConfig};
+
+    fn client() -> (OutboxClient, OutboxEpoch) {
+        let device = DeviceId::parse("kiosk-7").expect("valid id");
+        let outbox = Outbox::open(MemStore::new(), OutboxConfig::new(device)).expect("open");
+        let epoch = outbox.epoch();
+        (OutboxClient::spawn(outbox, 8), epoch)
+    }
+
+    fn sample() -> TelemetryPayload {
+        TelemetryPayload::Metrics(DeviceMetrics {
+            cpu_percent: 1.0,
+            mem_used_bytes: 1,
+            mem_total_bytes: 2,
+            disk_used_bytes: 0,
+            disk_total_bytes: 0,
+            temperature_c: None,
+        })
+    }
+
+    fn feedback() -> Feedback {
+        Feedback {
+            id: FeedbackId::default(),
+            answer_seq: Seq(0),
+            rating: Rating::ThumbsDown,
+            question: redact("").text,
+            answer: redact("").text,
+            versions: ActiveVersions::default(),
+            at_unix_ms: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_numbered_record_says_its_epoch_and_sequence_number() {
+        let (client, epoch) = client();
+        client.record(1, sample()).expect("queued");
+        let second = client.record_numbered(2, sample()).await.expect("stored");
+        assert_eq!(second, EventId { epoch, seq: Seq(2) });
+        let batch = client.next_batch(10, 1 << 20).await.expect("a batch");
+        assert_eq!(batch.epoch(), epoch);
+        assert_eq!(batch.events()[1].seq, second.seq);
+    }
+
+    #[tokio::test]
+    async fn feedback_on_an_answer_of_another_epoch_is_refused_and_not_stored() {
+        let (client, epoch) = client();
+        let answer = client.record_numbered(1, sample()).await.expect("stored");
+        let stale = EventId {
+            epoch: OutboxEpoch(epoch.0.wrapping_add(1)),
+            seq: answer.seq,
+        };
+        assert_eq!(
+            client.feedback_on(stale, feedback()).await,
+            Err(RecordError::OtherEpoch)
+        );
+        assert!(client.next_feedback().await.is_none());
+        let id = client
+            .feedback_on(answer, feedback())
+            .await
+            .expect("stored");
+        assert_eq!(id.epoch, epoch);
+        assert_eq!(client.next_feedback().await.map(|f| f.id), Some(id));
     }
 }

@@ -73,6 +73,23 @@ impl fmt::Display for Seq {
     }
 }
 
+/// Which telemetry event: the outbox epoch and the event's sequence number
+/// in it. Not a wire message itself (batches carry the epoch once); it is
+/// what a device keeps to name an answer later, as [`Feedback`] does with
+/// [`answer_seq`](crate::Feedback::answer_seq), which means something only
+/// in the epoch the feedback is sent in.
+///
+/// [`Feedback`]: crate::Feedback
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct EventId {
+    /// The outbox epoch the event was numbered in.
+    pub epoch: OutboxEpoch,
+    /// Its sequence number.
+    pub seq: Seq,
+}
+
 /// A customer's rating of one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -315,3 +315,51 @@ fn small_signed_desired() -> SignedDesiredState {
         signature: StateSignature::from_bytes([0x77; 64]),
     }
 }
+
+/// An answer event and a feedback record in v3, pinned like the others:
+/// these are the shapes a new field (an answer's error flag, a hand-over
+/// rating) would change. bincode is positional and carries no field names
+/// or lengths, so `#[serde(default)]` cannot make an added field
+/// compatible: a v3 peer would read the new bytes as the start of the next
+/// field. Such a change is a protocol version bump (see the `v2` module).
+#[test]
+fn wire_bytes_of_an_answer_event_and_of_feedback_are_pinned() {
+    let answers = TelemetryBatch::new(device(), vec![answer_event(100)])
+        .expect("valid")
+        .with_epoch(OutboxEpoch(0x1234));
+    let hex = |bytes: Vec<u8>| hex::encode(bytes);
+    assert_eq!(
+        hex(encode(&answers).expect("encodes")),
+        GOLDEN_ANSWER_BATCH_V3
+    );
+    assert_eq!(
+        hex(encode(&feedback()).expect("encodes")),
+        GOLDEN_FEEDBACK_V3
+    );
+}
+
+#[test]
+fn a_v3_reader_refuses_an_answer_event_with_a_field_appended() {
+    let answers = TelemetryBatch::new(device(), vec![answer_event(100)])
+        .expect("valid")
+        .with_epoch(OutboxEpoch(0x1234));
+    let mut bytes = encode(&answers).expect("encodes");
+    // What `error: bool` (true) after `pii_found` would add.
+    bytes.push(1);
+    assert!(matches!(
+        decode::<TelemetryBatch>(&bytes),
+        Err(DecodeError::Malformed {
+            reason: Malformed::TrailingBytes(1),
+            ..
+        })
+    ));
+}
+
+// version 03 | device "kiosk-7" | epoch 0x1234 | first_seq 100 | 1 event:
+// seq 100, at_unix_ms, Answer (00): latency, Some(ttft), tokens, versions
+// (four Some digests of 1s, 2s, 3s and None), 3 f32 scores, escalated
+// false, rating Some(ThumbsUp), PII counts.
+const GOLDEN_ANSWER_BATCH_V3: &str = "03076b696f736b2d37fb3412640164fdd4e666348f01000000fb260701f0fb900376012001010101010101010101010101010101010101010101010101010101010101010120020202020202020202020202020202020202020202020202020202020202020201200303030303030303030303030303030303030303030303030303030303030303000385eb513f0ad7233f52b89e3e000100010101";
+// version 03 | id: epoch, seq 3 | answer_seq 100 | ThumbsDown (01) |
+// redacted question, answer | versions | at_unix_ms.
+const GOLDEN_FEEDBACK_V3: &str = "03fdab8967452301ed5e036401204d792063617264203c434152443e2077617320636861726765642074776963652549206861766520657363616c61746564207468697320746f206120636f6c6c65616775652e01200101010101010101010101010101010101010101010101010101010101010101012002020202020202020202020202020202020202020202020202020202020202020120030303030303030303030303030303030303030303030303030303030303030300fda0cc69348f010000";

@@ -27,12 +27,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_protocol::{EventId, OutboxEpoch, Seq};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 mod retention;
 
+use crate::answers::FleetAnswer;
 use retention::{prune, spawn_sweep_timer, storable};
 pub use retention::{FeedbackPolicy, DEFAULT_MAX_ROWS};
 
@@ -41,7 +43,9 @@ const QUEUE_CAPACITY: usize = 64;
 
 /// `raw = 1` marks customer text not yet redacted. Databases made before
 /// the column existed get it with the default 1: their rows are redacted by
-/// the first sweep.
+/// the first sweep. The `fleet_*` columns say where the fleet's telemetry
+/// put the answer ([`FleetAnswer`]); older databases get them `NULL`
+/// ([`add_fleet_columns`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS answers (
     id         TEXT PRIMARY KEY,
@@ -53,7 +57,10 @@ CREATE TABLE IF NOT EXISTS answers (
     route      TEXT NOT NULL,
     citations  TEXT NOT NULL,
     versions   TEXT NOT NULL,
-    raw        INTEGER NOT NULL DEFAULT 1
+    raw        INTEGER NOT NULL DEFAULT 1,
+    fleet_epoch    INTEGER,
+    fleet_seq      INTEGER,
+    fleet_versions TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     id         INTEGER PRIMARY KEY,
@@ -65,6 +72,15 @@ CREATE TABLE IF NOT EXISTS feedback (
     raw        INTEGER NOT NULL DEFAULT 1
 );
 ";
+
+/// The answers columns saying where the fleet's telemetry put each answer,
+/// added to databases made before them: `NULL` for answers given without
+/// a fleet agent and for every answer recorded before.
+const FLEET_COLUMNS: [(&str, &str); 3] = [
+    ("fleet_epoch", "INTEGER"),
+    ("fleet_seq", "INTEGER"),
+    ("fleet_versions", "TEXT"),
+];
 
 /// Indexes, created once the `raw` columns exist.
 const INDEXES: &str = "
@@ -155,6 +171,20 @@ pub struct AnswerRecord {
     pub citations: serde_json::Value,
     /// Model, adapter, prompt set and knowledge base that answered (a JSON object).
     pub versions: serde_json::Value,
+    /// Where the fleet's telemetry put the answer, when a fleet agent
+    /// recorded it.
+    pub fleet: Option<FleetAnswer>,
+}
+
+/// What the fleet is told about a rated answer: its text as stored (raw
+/// or already redacted, by the policy; the caller redacts again before it
+/// leaves the device) and where the telemetry put it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatedAnswer {
+    pub question: String,
+    pub answer: String,
+    /// `None` for an answer given without a fleet agent.
+    pub fleet: Option<FleetAnswer>,
 }
 
 /// One stored rating or hand-over.
@@ -184,6 +214,7 @@ enum Command {
         reply: Reply<FeedbackRow>,
     },
     Recent(usize, Reply<Vec<FeedbackRow>>),
+    RatedAnswer(String, Reply<Option<RatedAnswer>>),
     /// Redact raw text past its age (sent by the sweep timer).
     Sweep,
 }
@@ -283,6 +314,16 @@ impl FeedbackStore {
         .await
     }
 
+    /// The answer `answer_id` as the fleet's feedback needs it; `None` when
+    /// no such answer is stored (never recorded, or pruned).
+    pub async fn rated_answer(
+        &self,
+        answer_id: &str,
+    ) -> Result<Option<RatedAnswer>, FeedbackError> {
+        let id = answer_id.to_string();
+        self.call(|reply| Command::RatedAnswer(id, reply)).await
+    }
+
     /// The newest `limit` feedback rows, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<FeedbackRow>, FeedbackError> {
         self.call(|reply| Command::Recent(limit, reply)).await
@@ -326,6 +367,7 @@ impl Db {
             .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
         retention::add_raw_columns(&conn).map_err(sqlite)?;
+        add_fleet_columns(&conn).map_err(sqlite)?;
         conn.execute_batch(INDEXES).map_err(sqlite)?;
         Ok(Self {
             conn,
@@ -368,6 +410,9 @@ impl Db {
                 Command::Recent(limit, reply) => {
                     let _ = reply.send(self.recent(limit));
                 }
+                Command::RatedAnswer(id, reply) => {
+                    let _ = reply.send(self.rated_answer(&id));
+                }
                 Command::Sweep => {
                     if let Err(e) = self.sweep() {
                         tracing::warn!(error = %e, "feedback database: sweep failed");
@@ -400,11 +445,29 @@ impl Db {
             path: path.clone(),
             source,
         };
+        let fleet_versions =
+            match &r.fleet {
+                Some(f) => Some(serde_json::to_string(&f.versions).map_err(|e| {
+                    FeedbackError::Corrupt {
+                        path: path.clone(),
+                        what: format!("fleet versions do not serialize: {e}"),
+                    }
+                })?),
+                None => None,
+            };
+        // SQLite integers are signed: the epoch keeps its bits as an i64.
+        let fleet_epoch = r
+            .fleet
+            .map(|f| i64::from_ne_bytes(f.id.epoch.0.to_ne_bytes()));
+        let fleet_seq = r
+            .fleet
+            .map(|f| i64::try_from(f.id.seq.0).unwrap_or(i64::MAX));
         let tx = self.conn.transaction().map_err(sqlite)?;
         tx.execute(
             "INSERT INTO answers
-             (id, question, answer, escalated, reason, route, citations, versions, raw)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (id, question, answer, escalated, reason, route, citations, versions, raw,
+              fleet_epoch, fleet_seq, fleet_versions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 r.id,
                 question,
@@ -415,6 +478,9 @@ impl Db {
                 r.citations.to_string(),
                 r.versions.to_string(),
                 raw,
+                fleet_epoch,
+                fleet_seq,
+                fleet_versions,
             ],
         )
         .map_err(sqlite)?;
@@ -523,9 +589,61 @@ impl Db {
             .collect()
     }
 
+    fn rated_answer(&self, id: &str) -> Result<Option<RatedAnswer>, FeedbackError> {
+        type Row = (String, String, Option<i64>, Option<i64>, Option<String>);
+        let row: Option<Row> = self
+            .conn
+            .query_row(
+                "SELECT question, answer, fleet_epoch, fleet_seq, fleet_versions
+                 FROM answers WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(|e| self.sqlite(e))?;
+        let Some((question, answer, epoch, seq, versions)) = row else {
+            return Ok(None);
+        };
+        let fleet = match (epoch, seq, versions) {
+            (Some(epoch), Some(seq), Some(versions)) => Some(FleetAnswer {
+                id: EventId {
+                    epoch: OutboxEpoch(u64::from_ne_bytes(epoch.to_ne_bytes())),
+                    seq: Seq(u64::try_from(seq).map_err(|_| {
+                        self.corrupt(format!("answer {id}: fleet_seq {seq} is negative"))
+                    })?),
+                },
+                versions: serde_json::from_str(&versions).map_err(|e| {
+                    self.corrupt(format!("answer {id}: fleet_versions do not parse: {e}"))
+                })?,
+            }),
+            _ => None,
+        };
+        Ok(Some(RatedAnswer {
+            question,
+            answer,
+            fleet,
+        }))
+    }
+
     fn json(&self, text: &str) -> Result<serde_json::Value, FeedbackError> {
         serde_json::from_str(text).map_err(|e| self.corrupt(format!("versions are not JSON: {e}")))
     }
+}
+
+/// Adds the [`FLEET_COLUMNS`] a database made before them lacks; its
+/// answers keep `NULL` there (no fleet record to name).
+fn add_fleet_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (column, ty) in FLEET_COLUMNS {
+        let present: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('answers') WHERE name = ?1",
+            [column],
+            |row| row.get::<_, i64>(0),
+        )? > 0;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE answers ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -543,6 +661,7 @@ mod tests {
             route: "technical".into(),
             citations: json!([{"marker": 1, "source": "manual/descaling.md"}]),
             versions: json!({"model": "smollm2", "adapter": null, "prompts": "p1", "kb": "kb-7"}),
+            fleet: None,
         }
     }
 
@@ -678,6 +797,86 @@ mod tests {
             err.to_string().contains(&*dir.path().to_string_lossy()),
             "{err}"
         );
+    }
+
+    fn fleet_answer() -> FleetAnswer {
+        FleetAnswer {
+            // An epoch above i64::MAX: stored as the i64 with the same bits.
+            id: EventId {
+                epoch: OutboxEpoch(u64::MAX - 4),
+                seq: Seq(41),
+            },
+            versions: outpost_protocol::ActiveVersions {
+                prompt_set: Some(outpost_protocol::ArtifactDigest::from_bytes([3; 32])),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_keeps_where_the_fleet_telemetry_put_it_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feedback.sqlite");
+        let store = FeedbackStore::open(&path).unwrap();
+        store
+            .record_answer(AnswerRecord {
+                fleet: Some(fleet_answer()),
+                ..answer("ans-1")
+            })
+            .await
+            .unwrap();
+        store.record_answer(answer("ans-2")).await.unwrap();
+        drop(store);
+        let store = FeedbackStore::open(&path).unwrap();
+        let rated = store.rated_answer("ans-1").await.unwrap().expect("stored");
+        assert_eq!(rated.fleet, Some(fleet_answer()));
+        assert_eq!(rated.question, answer("ans-1").question);
+        let local_only = store.rated_answer("ans-2").await.unwrap().expect("stored");
+        assert_eq!(local_only.fleet, None);
+        assert_eq!(store.rated_answer("ans-3").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_fleet_columns_opens_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("feedback.sqlite");
+        {
+            // The schema as it was before the fleet columns (and `raw`).
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE answers (
+                    id TEXT PRIMARY KEY,
+                    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                    question TEXT NOT NULL, answer TEXT NOT NULL, escalated INTEGER NOT NULL,
+                    reason TEXT, route TEXT NOT NULL, citations TEXT NOT NULL,
+                    versions TEXT NOT NULL);
+                 CREATE TABLE feedback (
+                    id INTEGER PRIMARY KEY, answer_id TEXT,
+                    rating TEXT NOT NULL CHECK (rating IN ('up', 'down', 'handover')),
+                    comment TEXT, versions TEXT NOT NULL,
+                    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+                 INSERT INTO answers (id, question, answer, escalated, route, citations, versions)
+                 VALUES ('old', 'q', 'a', 0, 'general', '[]', '{\"kb\":\"kb-1\"}');",
+            )
+            .unwrap();
+        }
+        let store = FeedbackStore::open(&path).unwrap();
+        let old = store.rated_answer("old").await.unwrap().expect("kept");
+        assert_eq!((old.question.as_str(), old.fleet), ("q", None));
+        let row = store
+            .record_feedback("old", Rating::Down, None)
+            .await
+            .unwrap();
+        assert_eq!(row.versions["kb"], "kb-1");
+        store
+            .record_answer(AnswerRecord {
+                fleet: Some(fleet_answer()),
+                ..answer("new")
+            })
+            .await
+            .unwrap();
+        let new = store.rated_answer("new").await.unwrap().expect("stored");
+        assert_eq!(new.fleet, Some(fleet_answer()));
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl Api {
                 sampling: SamplingParams::default(),
             },
             handover_message: String::new(),
+            share_feedback_text: false,
         };
         adjust(&mut config);
         let engine = EngineHandle::spawn(EngineConfig::new(dir.path().join("missing.gguf")));

@@ -224,26 +224,13 @@ fn done_json(a: &Answered) -> serde_json::Value {
     })
 }
 
-/// Records the answer locally and for the fleet.
+/// Records the answer for the fleet, then locally with where the fleet's
+/// telemetry put it (so a later rating can name the event).
 async fn finish(app: &AppState, request: &AnswerRequest, a: &Answered) {
     if a.escalated {
         app.metrics.request("answer_escalated");
     }
-    if let Some(store) = app.feedback() {
-        let record = AnswerRecord {
-            id: a.id.clone(),
-            question: request.question.clone(),
-            answer: a.answer.clone(),
-            escalated: a.escalated,
-            reason: a.reason.clone(),
-            route: a.route.clone(),
-            citations: serde_json::to_value(&a.citations).unwrap_or_default(),
-            versions: serde_json::to_value(&a.versions).unwrap_or_default(),
-        };
-        if let Err(e) = store.record_answer(record).await {
-            tracing::warn!(error = %e, "could not record the answer for feedback");
-        }
-    }
+    let mut fleet = None;
     if let Some(sink) = &app.answers {
         let usage = a.usage.clone().unwrap_or(Usage {
             prompt_tokens: 0,
@@ -257,6 +244,22 @@ async fn finish(app: &AppState, request: &AnswerRequest, a: &Answered) {
         ) {
             event.retrieval = scores;
         }
-        sink.answered(event);
+        fleet = sink.answered(event).await;
+    }
+    if let Some(store) = app.feedback() {
+        let record = AnswerRecord {
+            id: a.id.clone(),
+            question: request.question.clone(),
+            answer: a.answer.clone(),
+            escalated: a.escalated,
+            reason: a.reason.clone(),
+            route: a.route.clone(),
+            citations: serde_json::to_value(&a.citations).unwrap_or_default(),
+            versions: serde_json::to_value(&a.versions).unwrap_or_default(),
+            fleet,
+        };
+        if let Err(e) = store.record_answer(record).await {
+            tracing::warn!(error = %e, "could not record the answer for feedback");
+        }
     }
 }

@@ -101,12 +101,14 @@ impl Reply {
         m.request_duration
             .observe(self.arrived.elapsed().as_secs_f64());
         if let Some(sink) = &app.answers {
-            sink.answered(answer_event(
+            // A chat has no answer id to rate, so where the event went is
+            // not needed; the append finishes on its own task.
+            tokio::spawn(sink.answered(answer_event(
                 &self.question,
                 self.arrived.elapsed(),
                 self.first_token.map(|t| t - self.arrived),
                 &done.usage,
-            ));
+            )));
         }
     }
 

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
+use crate::answers::fleet_feedback;
 use crate::feedback::{FeedbackError, FeedbackStore, Rating};
 
 const PAGE: &str = include_str!("kiosk.html");
@@ -227,7 +228,31 @@ pub(super) async fn feedback(
         .record_feedback(&valid.answer_id, valid.rating, valid.comment)
         .await
         .map_err(|e| app.fail(e.into()))?;
+    to_fleet(&app, store, &valid.answer_id, valid.rating).await;
     Ok(Json(json!({"stored": true, "id": row.id})).into_response())
+}
+
+/// Hands a stored rating of `answer_id` to the fleet's sink, when there is
+/// one and the rating has a protocol form ([`fleet_feedback`]). Never
+/// fails the request: the rating is already stored on the device.
+async fn to_fleet(app: &AppState, store: &FeedbackStore, answer_id: &str, rating: Rating) {
+    let Some(sink) = &app.answers else { return };
+    let answer = match store.rated_answer(answer_id).await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "the rated answer could not be read for the fleet");
+            return;
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if let Some((event, feedback)) =
+        fleet_feedback(rating, &answer, app.config.share_feedback_text, now_ms)
+    {
+        sink.rated(event, feedback).await;
+    }
 }
 
 /// `POST /v1/handover`: `{"answer_id"?}`. The customer always gets the
@@ -244,6 +269,9 @@ pub(super) async fn handover(
     let answer_id = answer_id(&body).map_err(|e| app.fail(e))?;
     let stored = match app.feedback() {
         None => false,
+        // Stored on the device only: protocol v3 has no hand-over rating
+        // (see `fleet_feedback`), and the answer's own escalation already
+        // travels in its telemetry.
         Some(store) => match store.record_handover(answer_id).await {
             Ok(_) => true,
             Err(e) => {

@@ -77,6 +77,9 @@ pub struct ApiConfig {
     pub defaults: RequestDefaults,
     /// What a customer is told when the device hands over to a person.
     pub handover_message: String,
+    /// Whether feedback sent to the fleet carries the (redacted) question
+    /// and answer; counts and ratings go regardless.
+    pub share_feedback_text: bool,
 }
 
 /// The active prompt set, switched at run time by the fleet agent.
@@ -349,6 +352,7 @@ mod tests {
                     sampling: SamplingParams::default(),
                 },
                 handover_message: String::new(),
+                share_feedback_text: false,
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
