@@ -1,8 +1,9 @@
 //! The hub's SQLite store: devices, desired states, telemetry, feedback,
 //! artifacts. Device-message tables (telemetry, feedback, dead letters)
 //! live in `store/ingest.rs` ([`Store::ingest_telemetry`], [`Store::record_feedback`],
-//! [`Store::record_dead_letter`]); the rollout gates' per-device canary
-//! counts in `store/windows.rs` ([`Store::answer_window`]).
+//! [`Store::record_dead_letter`]); rollouts, their audit log, labels and the
+//! canary gates' per-device windows in `store/rollouts.rs`
+//! ([`Store::rollout_step`], [`Store::rollout_window`]).
 //!
 //! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
 //! methods are the store's typed commands, each one transaction. Async code
@@ -33,7 +34,6 @@ pub mod aggregates;
 mod evals;
 mod ingest;
 mod rollouts;
-mod windows;
 
 pub use evals::{EvalJobRow, EvalJobUpdate};
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
@@ -42,7 +42,6 @@ pub use rollouts::{
     WindowSlice,
 };
 pub mod retention;
-pub use windows::{Pin, VersionsFilter};
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
 pub const STORE_QUEUE: usize = 256;
@@ -444,7 +443,6 @@ impl Store {
         conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
             .map_err(sql("aggregates schema"))?;
         aggregates::backfill(&mut conn)?;
-        windows::init_window_indexes(&conn)?;
         Ok(Self { conn })
     }
 
