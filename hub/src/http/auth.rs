@@ -42,6 +42,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; the oldest goes when a new one would pass it.
 pub const MAX_SESSIONS: usize = 256;
+/// How long a wrong token waits for its answer: slows guessing through the
+/// form (the token is compared in constant time either way).
+pub const WRONG_TOKEN_DELAY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -262,6 +265,7 @@ pub(super) async fn login(
     }
     if !secret_matches(form.token.as_bytes(), token.expose().as_bytes()) {
         tracing::warn!("dashboard login with a wrong token");
+        tokio::time::sleep(WRONG_TOKEN_DELAY).await;
         return Ok(super::dashboard::login_html(StatusCode::UNAUTHORIZED, true));
     }
     let (cookie, _csrf) = app.sessions.create(crate::now_unix_ms())?;

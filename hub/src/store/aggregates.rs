@@ -8,7 +8,7 @@
 //! stores the raw rows, so the aggregates count exactly the rows stored
 //! (redeliveries are dropped before they get here). Retention deleting raw
 //! rows leaves the aggregates alone. A database from before the aggregates
-//! is folded once when it is opened ([`backfill`]).
+//! is folded once when it is opened (`backfill`).
 //!
 //! Thumbs-down counts distinct answers: a feedback item about an answer
 //! whose event already carried that rating is not counted again. An answer
