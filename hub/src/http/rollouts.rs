@@ -35,6 +35,7 @@ impl From<RolloutError> for ApiError {
             }
             RolloutError::Store(s) => s.into(),
             RolloutError::Stopped => ApiError::Unavailable(e.to_string()),
+            RolloutError::NotResumed(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

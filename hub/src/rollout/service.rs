@@ -51,6 +51,9 @@ pub enum RolloutError {
     /// It ended.
     #[error("rollout {0} has finished; start a new one")]
     Finished(RolloutId),
+    /// It is stored unfinished but the hub could not load it.
+    #[error("rollout {0} is stored but could not be resumed; the hub log says why")]
+    NotResumed(RolloutId),
     /// No device carries a cohort tag.
     #[error(
         "no device carries any of the cohort tags {0}; tag devices first (`outpost fleet tag`)"
@@ -274,13 +277,14 @@ impl Service {
                         self.step(&id).await
                     }
                     None => {
-                        let known = {
+                        let stored = {
                             let id = id.clone();
-                            self.ctx.store.call(move |s| s.rollout_exists(&id)).await
+                            self.ctx.store.call(move |s| s.rollout(&id)).await
                         };
-                        Err(match known {
-                            Ok(true) => RolloutError::Finished(id),
-                            Ok(false) => RolloutError::NotFound(id),
+                        Err(match stored {
+                            Ok(Some(r)) if r.finished => RolloutError::Finished(id),
+                            Ok(Some(_)) => RolloutError::NotResumed(id),
+                            Ok(None) => RolloutError::NotFound(id),
                             Err(e) => e.into(),
                         })
                     }
