@@ -130,6 +130,32 @@ fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Appends one row to the `assignments` log for the states `assigned`
+/// (their first state's artifacts and rollout stand for all of them).
+fn audit_assignment(
+    tx: &rusqlite::Transaction<'_>,
+    target: &str,
+    assigned: &[(DeviceId, DesiredState)],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let first = assigned.first().map(|(_, s)| s);
+    tx.execute(
+        "INSERT INTO assignments (target, rollout, artifacts, devices, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            target,
+            first.and_then(|s| s.rollout.as_ref().map(|r| r.as_str().to_owned())),
+            first
+                .map(|s| serde_json::to_string(&s.artifacts).unwrap_or_default())
+                .unwrap_or_default(),
+            i64::try_from(assigned.len()).unwrap_or(i64::MAX),
+            clamp_i64(now_ms)
+        ],
+    )
+    .map_err(sql("audit assignment"))?;
+    Ok(())
+}
+
 /// Computes the next desired state of `device` with `plan` and writes it in
 /// `tx`; `Ok(Err(_))` when `plan` refuses (nothing written for the device).
 /// Shared by [`Store::assign`] and the rollout controller's steps, so a
@@ -642,23 +668,7 @@ impl Store {
                 Err(e) => return Ok(Err(e)),
             }
         }
-        let artifacts = out
-            .first()
-            .map(|(_, s)| serde_json::to_string(&s.artifacts).unwrap_or_default())
-            .unwrap_or_default();
-        tx.execute(
-            "INSERT INTO assignments (target, rollout, artifacts, devices, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                audit_target,
-                out.first()
-                    .and_then(|(_, s)| s.rollout.as_ref().map(|r| r.as_str().to_owned())),
-                artifacts,
-                i64::try_from(out.len()).unwrap_or(i64::MAX),
-                clamp_i64(now_ms)
-            ],
-        )
-        .map_err(sql("audit assignment"))?;
+        audit_assignment(&tx, audit_target, &out, now_ms)?;
         tx.commit().map_err(sql("commit assignment"))?;
         Ok(Ok(out))
     }

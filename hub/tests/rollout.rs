@@ -281,24 +281,14 @@ struct Fleet {
     v2: Value,
 }
 
-/// A hub, prompt sets v1 (what runs), v2 (good) and v3 (hands every
-/// question over), and four simulated kiosks tagged `store` on v1.
-async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>, external: Option<u16>) -> Fleet {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hub = Hub::start_with(
-        config(dir.path(), external).validate().expect("config"),
-        evaluator,
-    )
-    .await
-    .expect("hub");
-    let base = format!("http://{}", hub.operator_addr());
-    let port = external.unwrap_or_else(|| hub.broker_addr().expect("embedded broker").port());
-    let v1 = publish_prompt_set(&base, "1").await;
-    let v2 = publish_prompt_set(&base, "2").await;
-    let v3 = publish_prompt_set(&base, "3").await;
-    // The sender may go: receivers keep the last value.
-    let (_, escalating) = watch::channel(Some(digest(&v3)));
-
+/// Four simulated kiosks on the broker at `port`, registered, tagged
+/// `store` and running prompt set `v1` (the rollouts' baseline).
+async fn join_cohort_on_v1(
+    base: &str,
+    port: u16,
+    escalating: watch::Receiver<Option<ArtifactDigest>>,
+    v1: &Value,
+) -> Vec<SimulatedDevice> {
     let ids = ["kiosk-a", "kiosk-b", "kiosk-c", "kiosk-d"];
     let mut devices = Vec::new();
     for id in ids {
@@ -337,7 +327,29 @@ async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>, external: Option<u16
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    wait_all_on(&devices, digest(&v1)).await;
+    wait_all_on(&devices, digest(v1)).await;
+    devices
+}
+
+/// A hub, prompt sets v1 (what runs), v2 (good) and v3 (hands every
+/// question over), and four simulated kiosks tagged `store` on v1.
+async fn fleet_on_v1(evaluator: Option<Arc<dyn Evaluator>>, external: Option<u16>) -> Fleet {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::start_with(
+        config(dir.path(), external).validate().expect("config"),
+        evaluator,
+    )
+    .await
+    .expect("hub");
+    let base = format!("http://{}", hub.operator_addr());
+    let port = external.unwrap_or_else(|| hub.broker_addr().expect("embedded broker").port());
+    let v1 = publish_prompt_set(&base, "1").await;
+    let v2 = publish_prompt_set(&base, "2").await;
+    let v3 = publish_prompt_set(&base, "3").await;
+    // The sender may go: receivers keep the last value.
+    let (_, escalating) = watch::channel(Some(digest(&v3)));
+
+    let devices = join_cohort_on_v1(&base, port, escalating, &v1).await;
 
     Fleet {
         _dir: dir,
@@ -738,38 +750,7 @@ async fn a_hub_killed_mid_stage_resumes_from_the_store() {
     let (mut child, base) = spawn_hub_child(&data, mosquitto.port);
     let v1 = publish_prompt_set(&base, "1").await;
     let v2 = publish_prompt_set(&base, "2").await;
-    let (_, escalating) = watch::channel(None);
-    let ids = ["kiosk-a", "kiosk-b", "kiosk-c", "kiosk-d"];
-    let devices: Vec<_> = ids
-        .iter()
-        .map(|id| SimulatedDevice::spawn(id, mosquitto.port, escalating.clone()))
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, list) = http("GET", format!("{base}/admin/devices"), vec![]).await;
-        if list["devices"].as_array().map_or(0, Vec::len) == ids.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "devices never registered: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for id in ids {
-        let tags = serde_json::to_vec(&json!({"tags": ["store"]})).expect("tags");
-        let (status, _) = http("PUT", format!("{base}/admin/devices/{id}/tags"), tags).await;
-        assert_eq!(status, 200);
-    }
-    let assign = json!({"tag": "store", "artifacts": [{"kind": "prompt-set", "name": "support", "version": "1"}]});
-    let (status, body) = http(
-        "POST",
-        format!("{base}/admin/assign"),
-        serde_json::to_vec(&assign).expect("assign"),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    wait_all_on(&devices, digest(&v1)).await;
+    let devices = join_cohort_on_v1(&base, mosquitto.port, watch::channel(None).1, &v1).await;
 
     // Stage 0 soaks for 6 s; the hub is killed 1 s into it.
     let mut long: Value = serde_json::from_slice(&plan("killed", "2")).expect("plan");

@@ -20,7 +20,7 @@ use outpost_protocol::{
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{clamp_i64, corrupt, sql, write_desired, Store, StoreError};
+use super::{audit_assignment, clamp_i64, corrupt, sql, write_desired, Store, StoreError};
 use crate::assign::{next_desired, Assignment, Change};
 use crate::rollout::controller::{AuditEntry, Window};
 use crate::rollout::stats::P95;
@@ -224,7 +224,8 @@ impl Store {
 
     /// Commits one controller step atomically (see the module docs).
     /// Assignments use [`next_desired`] (their releases come from
-    /// [`Store::change_for`]); a device whose assignment is refused is returned in [`StepOutcome::refused`] and the rest commits.
+    /// [`Store::change_for`]); a device whose assignment is refused is
+    /// returned in [`StepOutcome::refused`] and the rest commits.
     pub fn rollout_step(&mut self, step: &RolloutStep<'_>) -> Result<StepOutcome, StoreError> {
         let mut outcome = StepOutcome::default();
         let tx = self.conn.transaction().map_err(sql("begin rollout step"))?;
@@ -238,19 +239,8 @@ impl Store {
             }
         }
         if !outcome.assigned.is_empty() {
-            let first = &outcome.assigned[0].1;
-            tx.execute(
-                "INSERT INTO assignments (target, rollout, artifacts, devices, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    format!("rollout {}", step.id),
-                    step.id.as_str(),
-                    serde_json::to_string(&first.artifacts).unwrap_or_default(),
-                    i64::try_from(outcome.assigned.len()).unwrap_or(i64::MAX),
-                    clamp_i64(step.now_ms)
-                ],
-            )
-            .map_err(sql("audit rollout assignment"))?;
+            let target = format!("rollout {}", step.id);
+            audit_assignment(&tx, &target, &outcome.assigned, step.now_ms)?;
         }
         for entry in step.audit {
             let json = serde_json::to_string(entry)
