@@ -658,4 +658,37 @@ mod tests {
         let before = store.rollout_window(&device, 0, 100, &on).expect("empty");
         assert_eq!(before.answers, 0, "the bound is exclusive");
     }
+
+    #[test]
+    fn the_audit_log_refuses_to_be_rewritten_or_deleted() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = RolloutId::parse("r1").expect("id");
+        let entry = AuditEntry {
+            at_ms: 5,
+            from: "not_started".into(),
+            to: "stage".into(),
+            note: crate::rollout::controller::AuditNote::Approved,
+            gates: Vec::new(),
+        };
+        store
+            .rollout_step(&RolloutStep {
+                id: &id,
+                phase: "stage",
+                controller_json: "{}",
+                finished: false,
+                audit: std::slice::from_ref(&entry),
+                assignments: &[],
+                labels: &[],
+                now_ms: 5,
+            })
+            .expect("step");
+        for attack in [
+            "UPDATE rollout_audit SET entry_json = '{}'",
+            "DELETE FROM rollout_audit",
+        ] {
+            let refused = store.conn.execute(attack, []);
+            assert!(refused.is_err(), "{attack} was allowed");
+        }
+        assert_eq!(store.rollout_audit(&id, 0, 10).expect("audit").len(), 1);
+    }
 }
