@@ -13,10 +13,12 @@ use outpost_agent::apply::Rejection;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
 use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
+use outpost_eval::{EvalItem, ItemResult, RunOptions, SmokeGate};
 use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{
     AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, EventId, FailureReason, Feedback,
 };
+use outpost_runtime::answer::Answerer;
 use outpost_runtime::answers::{AnswerSink, FleetAnswer};
 use outpost_runtime::config::AgentSettings;
 use outpost_runtime::engine::{
@@ -28,6 +30,7 @@ use outpost_runtime::prompt_set::PromptSet;
 use outpost_runtime::trial;
 use tokio::sync::watch;
 
+use crate::responder::PipelineResponder;
 use crate::settings::BadConfig;
 
 /// The smoke question every candidate must answer.
@@ -177,6 +180,11 @@ pub struct EngineRuntime {
     /// Replaces the process to serve a newly committed model (a test
     /// records the call instead).
     restart: fn(&str),
+    /// The device's grounded-answer pipeline, which a smoke gate runs with
+    /// the candidate in place; `None` on a device without an embedder.
+    answerer: Option<Answerer>,
+    /// The smoke gate in force: the last one checked or committed.
+    smoke_gate: Option<Arc<SmokeGate>>,
 }
 
 impl EngineRuntime {
@@ -198,7 +206,15 @@ impl EngineRuntime {
             boot_watch: None,
             meminfo: PathBuf::from(trial::PROC_MEMINFO),
             restart: |model| restart_onto_new_model(model),
+            answerer: None,
+            smoke_gate: None,
         }
+    }
+
+    /// Runs smoke gates (and `cmd RunEval`) through `answerer`.
+    pub fn with_answerer(mut self, answerer: Answerer) -> Self {
+        self.answerer = Some(answerer);
+        self
     }
 
     /// Arms `watch` before every restart onto a new model.
@@ -244,15 +260,17 @@ impl EngineRuntime {
 
     /// A knowledge base must be one (`outpost kb ingest`), pass SQLite's
     /// consistency check, and have been built with this device's embedder.
-    fn check_knowledge(&self, path: &Path) -> Result<(), String> {
+    fn check_knowledge(&self, path: &Path) -> Result<Candidate, String> {
         let embedder = self.knowledge.as_ref().map(|slot| &slot.embedder);
         let store = Store::open(path, embedder).map_err(|e| e.to_string())?;
         store.check().map_err(|e| e.to_string())?;
-        if embedder.is_some() {
-            // It must also serve a search through its own thread.
-            KnowledgeHandle::open(path, embedder).map_err(|e| e.to_string())?;
+        if embedder.is_none() {
+            return Ok(Candidate::Inert);
         }
-        Ok(())
+        // It must also serve a search through its own thread.
+        KnowledgeHandle::open(path, embedder)
+            .map(Candidate::KnowledgeBase)
+            .map_err(|e| e.to_string())
     }
 
     fn running_model_digest(&mut self) -> Option<ArtifactDigest> {
@@ -265,38 +283,13 @@ impl EngineRuntime {
 
 impl HealthCheck for EngineRuntime {
     fn check(&mut self, artifact: &ArtifactRef, path: &Path) -> Result<(), String> {
-        match artifact.kind {
-            ArtifactKind::PromptSet => {
-                let set = PromptSet::load(path).map_err(|e| e.to_string())?;
-                self.smoke(&self.engine, Some(&set))
+        let candidate = self.load_and_answer(artifact, path)?;
+        let gate = self.smoke_gate.clone();
+        match gate {
+            Some(gate) if gate.gates(artifact.kind.as_str(), &artifact.sha256.to_string()) => {
+                self.run_smoke_gate(&gate, candidate)
             }
-            ArtifactKind::Adapter => {
-                // In a context of its own on the running model: customers
-                // keep the committed adapter while the trial answers.
-                let spec = LoraSpec {
-                    path: path.to_owned(),
-                    scale: 1.0,
-                };
-                let current = self.prompt_set.borrow().clone();
-                self.tokio
-                    .block_on(smoke_answer(&self.engine, current.as_deref(), Some(spec)))
-            }
-            ArtifactKind::KnowledgeBase => self.check_knowledge(path),
-            ArtifactKind::Model => {
-                if self.running_model_digest() == Some(artifact.sha256) {
-                    return Ok(()); // already loaded and answering
-                }
-                // Load the candidate beside the running model: it must load
-                // and answer before the device restarts onto it, and there
-                // must be room for it (admission checked before download;
-                // memory may have shrunk since).
-                self.room_for_model(artifact.size_bytes)
-                    .map_err(|e| e.to_string())?;
-                let candidate =
-                    EngineHandle::spawn(trial::model_trial_config(&self.engine_config, path));
-                self.smoke(&candidate, None)
-            }
-            other => Err(format!("this device cannot run {other} artifacts yet")),
+            _ => Ok(()),
         }
     }
 
@@ -309,6 +302,129 @@ impl HealthCheck for EngineRuntime {
         self.room_for_model(artifact.size_bytes)
             .map_err(|e| Rejection::permanent(FailureReason::Unsupported, e.to_string()))
     }
+}
+
+/// How a candidate that loaded and answered differs from what serves, for
+/// the smoke gate's pipeline.
+enum Candidate {
+    PromptSet(Arc<PromptSet>),
+    Adapter(LoraSpec),
+    KnowledgeBase(KnowledgeHandle),
+    Model(EngineHandle),
+    /// Nothing to answer with: a smoke gate itself, or a knowledge base
+    /// on a device without an embedder (which has no pipeline to gate).
+    Inert,
+}
+
+impl EngineRuntime {
+    /// The basic health check of each kind: it loads and gives a smoke
+    /// answer (a knowledge base: passes its checks).
+    fn load_and_answer(
+        &mut self,
+        artifact: &ArtifactRef,
+        path: &Path,
+    ) -> Result<Candidate, String> {
+        match artifact.kind {
+            ArtifactKind::PromptSet => {
+                let set = PromptSet::load(path).map_err(|e| e.to_string())?;
+                self.smoke(&self.engine, Some(&set))?;
+                Ok(Candidate::PromptSet(Arc::new(set)))
+            }
+            ArtifactKind::Adapter => {
+                // In a context of its own on the running model: customers
+                // keep the committed adapter while the trial answers.
+                let spec = LoraSpec {
+                    path: path.to_owned(),
+                    scale: 1.0,
+                };
+                let current = self.prompt_set.borrow().clone();
+                self.tokio.block_on(smoke_answer(
+                    &self.engine,
+                    current.as_deref(),
+                    Some(spec.clone()),
+                ))?;
+                Ok(Candidate::Adapter(spec))
+            }
+            ArtifactKind::KnowledgeBase => self.check_knowledge(path),
+            ArtifactKind::Model => {
+                if self.running_model_digest() == Some(artifact.sha256) {
+                    return Ok(Candidate::Model(self.engine.clone())); // already loaded and answering
+                }
+                // Load the candidate beside the running model: it must load
+                // and answer before the device restarts onto it, and there
+                // must be room for it (admission checked before download;
+                // memory may have shrunk since).
+                self.room_for_model(artifact.size_bytes)
+                    .map_err(|e| e.to_string())?;
+                let candidate =
+                    EngineHandle::spawn(trial::model_trial_config(&self.engine_config, path));
+                self.smoke(&candidate, None)?;
+                Ok(Candidate::Model(candidate))
+            }
+            ArtifactKind::EvalSet => {
+                let gate = load_smoke_gate(path)?;
+                tracing::info!(set = %gate.set, min_score = gate.min_score, items = gate.items.len(), "smoke gate received");
+                self.smoke_gate = Some(Arc::new(gate));
+                Ok(Candidate::Inert)
+            }
+            other => Err(format!("this device cannot run {other} artifacts yet")),
+        }
+    }
+
+    /// Answers the gate's questions through the pipeline with `candidate`
+    /// in place; below the pass mark the candidate is refused.
+    fn run_smoke_gate(&self, gate: &SmokeGate, candidate: Candidate) -> Result<(), String> {
+        let Some(answerer) = self.answerer.clone() else {
+            return Err("a smoke gate needs the grounded-answer pipeline, and this device has no embedder; configure [model] embedder".into());
+        };
+        let answerer = match candidate {
+            Candidate::PromptSet(set) => answerer.with_prompt_set(set),
+            Candidate::Adapter(spec) => answerer.with_trial_adapter(spec),
+            Candidate::KnowledgeBase(kb) => answerer.with_knowledge(kb),
+            Candidate::Model(engine) => answerer.with_engine(engine),
+            Candidate::Inert => return Ok(()),
+        };
+        let verdict = self
+            .score(&gate.items, answerer)
+            .map(|results| gate.judge(&results))?;
+        tracing::info!(set = %gate.set, score = verdict.score, min_score = verdict.min_score, passed = verdict.passed(), "smoke gate");
+        if verdict.passed() {
+            Ok(())
+        } else {
+            Err(verdict.to_string())
+        }
+    }
+
+    /// Every item of `items` through `answerer`, scored.
+    fn score(&self, items: &[EvalItem], answerer: Answerer) -> Result<Vec<ItemResult>, String> {
+        let depth = answerer.config().top_k;
+        let mut responder = PipelineResponder {
+            runtime: self.tokio.clone(),
+            answerer,
+            depth,
+            retrieval_only: false,
+        };
+        outpost_eval::run(items, &mut responder, &RunOptions::new("smoke"), |_, _| {})
+            .map(|report| report.items)
+            .map_err(|e| format!("the smoke gate could not be answered: {e}"))
+    }
+}
+
+/// Largest smoke gate document read (its items are capped far below).
+const MAX_SMOKE_GATE_BYTES: u64 = 4 << 20;
+
+fn load_smoke_gate(path: &Path) -> Result<SmokeGate, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SMOKE_GATE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("reading the smoke gate: {e}"))?;
+    if bytes.len() as u64 > MAX_SMOKE_GATE_BYTES {
+        return Err(format!(
+            "the smoke gate is larger than {MAX_SMOKE_GATE_BYTES} bytes"
+        ));
+    }
+    SmokeGate::parse(&bytes).map_err(|e| e.to_string())
 }
 
 impl DeviceRuntime for EngineRuntime {
@@ -370,6 +486,15 @@ impl DeviceRuntime for EngineRuntime {
                         .ok()
                 });
                 slot.sender.send_replace(handle);
+            }
+            ArtifactKind::EvalSet => {
+                self.smoke_gate = active.and_then(|(artifact, path)| match load_smoke_gate(path) {
+                    Ok(gate) => Some(Arc::new(gate)),
+                    Err(error) => {
+                        tracing::error!(%error, name = %artifact.name, "cannot load the committed smoke gate");
+                        None
+                    }
+                });
             }
             _ => {}
         }

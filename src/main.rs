@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod evaluator;
 mod fleet;
+mod responder;
 mod settings;
 
 use std::process::ExitCode;

@@ -88,6 +88,7 @@ pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod set;
+pub mod smoke;
 pub mod text;
 pub mod thresholds;
 
@@ -96,6 +97,9 @@ pub use metrics::{Counts, Direction};
 pub use report::{Report, ReportError};
 pub use run::{run, ItemResult, Responder, Response, RetrievedChunk, RunOptions, DEFAULT_K};
 pub use set::{load_set, parse_set, EvalItem, Evidence, ItemId, SetError};
+pub use smoke::{
+    mean_score, GatedArtifact, SmokeGate, SmokeGateDocument, SmokeGateError, SmokeScore,
+};
 pub use thresholds::{Bound, Threshold, ThresholdError, ThresholdFailure, Thresholds};
 
 #[cfg(test)]

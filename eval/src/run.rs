@@ -200,6 +200,24 @@ impl ItemResult {
     pub fn wrongly_escalated(&self) -> bool {
         !self.expected_escalate && self.escalated
     }
+
+    /// The item's score in [0, 1], what the hub's paired gate and the
+    /// device's smoke gate average: an item that must be handed over scores
+    /// 1 when it was and 0 when it was not; an item to be answered scores 0
+    /// when it was handed over, else its fact recall (1 when it lists no
+    /// facts).
+    pub fn score(&self) -> f64 {
+        if self.expected_escalate {
+            return f64::from(u8::from(self.escalated));
+        }
+        if self.escalated {
+            return 0.0;
+        }
+        self.answer_scores
+            .as_ref()
+            .and_then(|a| a.fact_recall)
+            .unwrap_or(1.0)
+    }
 }
 
 /// Whether `chunk` matches `evidence`: same source (or the chunk's source

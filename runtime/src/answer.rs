@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::embeddings::{EmbeddingsError, EmbeddingsHandle};
 use crate::engine::{
-    ChatMessage, EngineHandle, EngineState, Event, GenerateRequest, Prompt, SamplingParams,
-    SubmitError, Usage,
+    ChatMessage, EngineHandle, EngineState, Event, GenerateRequest, LoraSpec, Prompt,
+    SamplingParams, SubmitError, Usage,
 };
 use crate::knowledge::{KnowledgeError, KnowledgeHandle, SearchRequest};
 
@@ -183,6 +183,9 @@ pub struct Answerer {
     knowledge: KnowledgeWatch,
     prompts: PromptSource,
     config: Arc<AnswerConfig>,
+    /// Generate in the engine's trial context with this adapter (a health
+    /// check of a candidate adapter; customers keep the committed one).
+    trial_adapter: Option<LoraSpec>,
 }
 
 impl Answerer {
@@ -199,7 +202,37 @@ impl Answerer {
             knowledge,
             prompts,
             config: Arc::new(config),
+            trial_adapter: None,
         }
+    }
+
+    /// This answerer on another engine (a candidate model loaded beside
+    /// the running one).
+    pub fn with_engine(mut self, engine: EngineHandle) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// This answerer with `set` instead of the active prompt set.
+    pub fn with_prompt_set(mut self, set: Arc<PromptSet>) -> Self {
+        self.prompts = PromptSource {
+            fleet: watch::channel(None).1,
+            fallback: set,
+        };
+        self
+    }
+
+    /// This answerer over `knowledge` instead of the active knowledge base.
+    pub fn with_knowledge(mut self, knowledge: KnowledgeHandle) -> Self {
+        self.knowledge = watch::channel(Some(knowledge)).1;
+        self
+    }
+
+    /// This answerer generating with `adapter` in the engine's trial
+    /// context ([`EngineHandle::trial`]), one answer at a time.
+    pub fn with_trial_adapter(mut self, adapter: LoraSpec) -> Self {
+        self.trial_adapter = Some(adapter);
+        self
     }
 
     pub fn config(&self) -> &AnswerConfig {
@@ -340,7 +373,7 @@ impl Answerer {
                 content: m.content,
             })
             .collect();
-        let mut events = self.engine.submit(GenerateRequest {
+        let generate = GenerateRequest {
             prompt: Prompt::Chat(messages),
             max_tokens: request.max_tokens.unwrap_or(self.config.max_tokens),
             sampling: request
@@ -349,7 +382,11 @@ impl Answerer {
                 .unwrap_or_else(|| self.config.sampling.clone()),
             stop: ANSWER_STOPS.iter().map(|s| s.to_string()).collect(),
             ignore_eos: false,
-        })?;
+        };
+        let mut events = match &self.trial_adapter {
+            Some(adapter) => self.engine.trial(adapter.clone(), generate).await?,
+            None => self.engine.submit(generate)?,
+        };
         let mut text = String::new();
         while let Some(event) = events.recv().await {
             match event {

@@ -6,19 +6,17 @@
 //! writes `report.json` and `report.md`, and fails (exit 2) when a
 //! threshold is not met. `compare` prints what changed between two reports.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use outpost_eval::{EvalItem, Report, Responder, Response, RetrievedChunk, RunOptions, Thresholds};
-use outpost_kb::{Filters, Hit};
-use outpost_runtime::answer::{AnswerError, AnswerRequest, Answerer};
+use outpost_eval::{Report, RunOptions, Thresholds};
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 
 use crate::answering;
 use crate::cli::{EvalCommand, EvalRunArgs};
+use crate::responder::PipelineResponder;
 use crate::settings;
 
 /// A run whose report failed a threshold: the binary exits with 2.
@@ -89,8 +87,8 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
         options.k = args.k.clone();
     }
     let depth = options.k.iter().copied().max().unwrap_or(10);
-    let mut responder = DeviceResponder {
-        runtime: &runtime,
+    let mut responder = PipelineResponder {
+        runtime: runtime.handle().clone(),
         answerer,
         depth,
         retrieval_only: args.retrieval_only,
@@ -134,92 +132,4 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// The device pipeline as the harness's [`Responder`].
-struct DeviceResponder<'a> {
-    runtime: &'a tokio::runtime::Runtime,
-    answerer: Answerer,
-    /// Chunks retrieved for the retrieval metrics (the largest cut-off).
-    depth: usize,
-    /// Score retrieval and escalation only, without generating.
-    retrieval_only: bool,
-}
-
-impl Responder for DeviceResponder<'_> {
-    type Error = AnswerError;
-
-    fn respond(&mut self, item: &EvalItem) -> Result<Response, AnswerError> {
-        self.runtime.block_on(async {
-            let started = Instant::now();
-            let filters = Filters::default();
-            let ranked = self
-                .answerer
-                .retrieve(&item.question, &filters, self.depth)
-                .await?;
-            let retrieved = ranked.iter().map(chunk).collect();
-            if self.retrieval_only {
-                let escalated = self.answerer.routed_hand_over(&item.question).is_some()
-                    || !self
-                        .answerer
-                        .confident(&ranked[..ranked.len().min(self.answerer.config().top_k)]);
-                return Ok(Response {
-                    answer: String::new(),
-                    retrieved,
-                    citations: Vec::new(),
-                    escalated,
-                    latency: started.elapsed(),
-                    versions: BTreeMap::from([(
-                        "mode".to_owned(),
-                        self.answerer.config().mode.to_string(),
-                    )]),
-                });
-            }
-            let answered = self
-                .answerer
-                .answer(
-                    AnswerRequest {
-                        question: item.question.clone(),
-                        ..AnswerRequest::default()
-                    },
-                    None,
-                )
-                .await?;
-            let by_id: BTreeMap<i64, &Hit> =
-                answered.retrieved.iter().map(|h| (h.chunk_id, h)).collect();
-            let citations = answered
-                .citations
-                .iter()
-                .filter_map(|c| by_id.get(&c.chunk_id).map(|h| chunk(h)))
-                .collect();
-            let v = &answered.versions;
-            let mut versions = BTreeMap::from([
-                ("model".to_owned(), v.model.clone()),
-                ("prompts".to_owned(), v.prompts.clone()),
-                ("kb".to_owned(), v.kb.clone()),
-                ("mode".to_owned(), self.answerer.config().mode.to_string()),
-            ]);
-            if let Some(adapter) = &v.adapter {
-                versions.insert("adapter".to_owned(), adapter.clone());
-            }
-            Ok(Response {
-                answer: answered.answer,
-                retrieved,
-                citations,
-                escalated: answered.escalated,
-                latency: answered.latency,
-                versions,
-            })
-        })
-    }
-}
-
-fn chunk(hit: &Hit) -> RetrievedChunk {
-    RetrievedChunk {
-        chunk_id: hit.chunk_id,
-        source: hit.source.clone(),
-        section: hit.section.clone(),
-        text: hit.text.clone(),
-        score: hit.score as f32,
-    }
 }

@@ -133,6 +133,8 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     // The fleet's prompt set, when an agent runs, wins over the configured one.
     let (prompt_tx, prompt_rx) = watch::channel(None);
     let mut knowledge_slot = None;
+    // Smoke gates and `cmd RunEval` answer through the same pipeline.
+    let mut gate_answerer = None;
     // A device in a fleet answers from the knowledge base the fleet ships,
     // even when it starts without one.
     let stack = if kb.is_some() || agent_config.is_some() {
@@ -174,6 +176,7 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             embedder: stack.identity,
             configured: config.answer.kb.clone(),
         });
+        gate_answerer = Some(stack.answerer.clone());
         state = state
             .with_answerer(stack.answerer)
             .with_embeddings(stack.embeddings)
@@ -201,9 +204,12 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
     });
     let mut agent_session = None;
     if let Some(agent_config) = agent_config {
-        let runtime =
+        let mut runtime =
             fleet::EngineRuntime::new(engine.clone(), engine_config, prompt_tx, knowledge_slot)
                 .with_boot_watch(BootWatch::in_data_dir(&agent_config.data_dir));
+        if let Some(answerer) = gate_answerer {
+            runtime = runtime.with_answerer(answerer);
+        }
         let device = agent_config.device.clone();
         let agent = Agent::start(agent_config, runtime, stopped(stop.clone()))
             .context("starting the fleet agent")?;

@@ -1,8 +1,9 @@
 //! The I/O-free apply state machine: given the desired state, what is
 //! active and what is on disk, it says what to do next, one step at a time.
 //!
-//! Per kind, in [`ArtifactKind::ALL`] order (the model before the adapter
-//! that needs it):
+//! Per kind, in [`APPLY_ORDER`] (a rollout's smoke gate, an `eval_set`,
+//! first: the health checks of the kinds after it run it; then the model
+//! before the adapter that needs it):
 //!
 //! ```text
 //! Download → Verify → Install → Switch → HealthCheck → Commit
@@ -24,6 +25,19 @@ use outpost_protocol::{
 
 use super::pointers::PointerState;
 use super::verify::{Rejection, VerifiedArtifact};
+
+/// The order kinds are applied in. The smoke gate comes first so that it
+/// is in place when the artifacts it gates are health-checked; a state
+/// whose gate could not be applied does not apply the rest (a gate that
+/// fails to arrive must not let its candidate through unchecked).
+pub const APPLY_ORDER: [ArtifactKind; 6] = [
+    ArtifactKind::EvalSet,
+    ArtifactKind::Model,
+    ArtifactKind::Adapter,
+    ArtifactKind::PromptSet,
+    ArtifactKind::KnowledgeBase,
+    ArtifactKind::Config,
+];
 
 /// Longest failure detail kept, in bytes, before redaction; reports are
 /// retained messages and must stay small.
@@ -326,7 +340,7 @@ impl Reconciler {
     }
 
     fn start(&mut self, desired: DesiredState) {
-        self.remaining = ArtifactKind::ALL
+        self.remaining = APPLY_ORDER
             .into_iter()
             .filter(|k| desired.artifacts.get(*k).is_some())
             .collect();
@@ -399,6 +413,12 @@ impl Reconciler {
                 // Trying again could crash the agent the same way (a crash
                 // mid-check is reported as a failed check): wait for a new
                 // generation.
+                continue;
+            }
+            if let Some(rejection) = self.gate_missing(target, kind) {
+                let report = self.failure_report(kind, Some(&artifact), &rejection, now);
+                self.reports.insert(kind, report.clone());
+                out.push(Action::Record { kind, report });
                 continue;
             }
             let release = target.release(kind);
@@ -622,6 +642,41 @@ impl Reconciler {
                 ),
             )
         })
+    }
+
+    /// The state carries a smoke gate that failed to apply (it is not the
+    /// active one and its last attempt failed): the other kinds wait for a
+    /// state whose gate applies.
+    fn gate_missing(&self, target: &DesiredState, kind: ArtifactKind) -> Option<Rejection> {
+        if kind == ArtifactKind::EvalSet {
+            return None;
+        }
+        let gate = target.artifacts.get(ArtifactKind::EvalSet)?;
+        if self
+            .active
+            .get(&ArtifactKind::EvalSet)
+            .is_some_and(|a| a.sha256 == gate.sha256)
+        {
+            return None;
+        }
+        let report = self.reports.get(&ArtifactKind::EvalSet)?;
+        match &report.outcome {
+            ApplyOutcome::Failed { reason, detail }
+                if report.sha256 == gate.sha256 && report.generation == target.generation =>
+            {
+                Some(Rejection::permanent(
+                    FailureReason::HealthCheck,
+                    format!(
+                        "the smoke gate {} {} could not be applied ({}: {}); nothing it gates is installed",
+                        gate.name,
+                        gate.version,
+                        reason.as_str(),
+                        detail.as_str()
+                    ),
+                ))
+            }
+            _ => None,
+        }
     }
 
     fn fail_before_switch(&mut self, job: Job, rejection: Rejection, now: u64) -> Vec<Action> {

@@ -94,18 +94,9 @@ pub struct ComparisonReport {
     pub candidate_metrics: std::collections::BTreeMap<String, f64>,
 }
 
-/// One item's score in [0, 1]; see the module docs.
+/// One item's score in [0, 1] ([`ItemResult::score`]); see the module docs.
 pub fn item_score(item: &ItemResult) -> f64 {
-    if item.expected_escalate {
-        return f64::from(u8::from(item.escalated));
-    }
-    if item.escalated {
-        return 0.0;
-    }
-    item.answer_scores
-        .as_ref()
-        .and_then(|a| a.fact_recall)
-        .unwrap_or(1.0)
+    item.score()
 }
 
 /// Pairs two runs' items by id; an item missing from either run is an

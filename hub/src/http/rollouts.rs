@@ -22,6 +22,7 @@ use crate::evaluation::{EvalError, EvalRequest};
 use crate::rollout::controller::Controller;
 use crate::rollout::plan::Plan;
 use crate::rollout::service::{OperatorCommand, RolloutError};
+use crate::rollout::smoke::attach_gate;
 
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> Self {
@@ -54,11 +55,13 @@ fn rollout_id(text: &str) -> Result<RolloutId, ApiError> {
     RolloutId::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// Replaces the artifact names at `field` of `plan` with the published refs.
-async fn resolve_field(app: &App, plan: &mut Value, field: &str) -> Result<(), ApiError> {
-    let Some(value) = plan.get_mut(field) else {
+/// Replaces the artifact names at `pointer` (a JSON pointer) of `plan`
+/// with the published refs.
+async fn resolve_field(app: &App, plan: &mut Value, pointer: &str) -> Result<(), ApiError> {
+    let Some(value) = plan.pointer_mut(pointer) else {
         return Ok(());
     };
+    let field = pointer.trim_start_matches('/').replace('/', ".");
     let resolve_one = |v: &Value| {
         serde_json::from_value::<ArtifactKey>(v.clone())
             .map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))
@@ -88,10 +91,23 @@ pub(super) async fn start(
 ) -> Result<Json<Value>, ApiError> {
     check_admin(&app, &headers)?;
     let mut plan: Value = json_body(&body)?;
-    resolve_field(&app, &mut plan, "candidate").await?;
-    resolve_field(&app, &mut plan, "eval_set").await?;
-    let plan: Plan =
+    if plan.pointer("/smoke/gate").is_some() {
+        return Err(ApiError::BadRequest(
+            "smoke.gate is derived by the hub; name smoke.eval_set and smoke.min_score only".into(),
+        ));
+    }
+    for pointer in ["/candidate", "/eval_set", "/smoke/eval_set"] {
+        resolve_field(&app, &mut plan, pointer).await?;
+    }
+    let mut plan: Plan =
         serde_json::from_value(plan).map_err(|e| ApiError::BadRequest(format!("plan: {e}")))?;
+    // Checked before the gate is published, so a bad plan leaves nothing.
+    plan.clone()
+        .validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    attach_gate(&app.artifacts, &mut plan)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let plan = plan
         .validate()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -455,7 +455,7 @@ impl Controller {
             sent.push(device.clone());
             actions.push(Action::Assign(Assignment {
                 device,
-                changes: self.plan.candidate.clone(),
+                changes: self.plan.stage_changes(),
                 rollout: self.plan.id.clone(),
                 stage: Some(stage),
                 rollback: false,

@@ -92,6 +92,7 @@ pub(crate) fn plan() -> Plan {
         },
         on_stage_timeout: TimeoutPolicy::Pause,
         eval_set: Some(eval_set()),
+        smoke: None,
     }
 }
 

@@ -21,6 +21,7 @@ pub mod controller;
 pub mod observe;
 pub mod plan;
 pub mod service;
+pub mod smoke;
 pub mod stats;
 
 #[cfg(test)]

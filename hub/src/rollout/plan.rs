@@ -56,6 +56,29 @@ pub struct Plan {
     /// required when `gates.offline_eval` is on.
     #[serde(default)]
     pub eval_set: Option<ArtifactRef>,
+    /// The device smoke check each candidate must pass before a device
+    /// commits it.
+    #[serde(default)]
+    pub smoke: Option<SmokePlan>,
+}
+
+/// A device smoke check: the devices run `eval_set` through their running
+/// engine with the candidate in place and refuse to commit below
+/// `min_score` (mean item score, see `outpost_eval::SmokeGate`); the
+/// refusal is an install failure, which the install gate counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokePlan {
+    /// The questions (kind `eval_set`, at most
+    /// [`outpost_eval::smoke::MAX_SMOKE_ITEMS`] items).
+    pub eval_set: ArtifactRef,
+    /// The pass mark, in [0, 1].
+    pub min_score: f64,
+    /// The signed gate document the hub derived from `eval_set`,
+    /// `min_score` and the candidate when the rollout started; devices get
+    /// it with the candidate.
+    #[serde(default)]
+    pub gate: Option<ArtifactRef>,
 }
 
 /// One stage.
@@ -197,6 +220,12 @@ pub enum PlanError {
     /// `eval_set` names an artifact of another kind.
     #[error("eval_set is a {0} artifact, not an eval_set")]
     EvalSetKind(ArtifactKind),
+    /// `smoke.eval_set` or `smoke.gate` names an artifact of another kind.
+    #[error("smoke.eval_set is a {0} artifact, not an eval_set")]
+    SmokeSetKind(ArtifactKind),
+    /// `smoke.min_score` outside [0, 1].
+    #[error("smoke.min_score {0} is not between 0 and 1")]
+    SmokeMinScore(f64),
 }
 
 /// Every problem found in a plan.
@@ -231,6 +260,13 @@ impl std::ops::Deref for ValidPlan {
 }
 
 impl Plan {
+    /// What a device joining a stage is assigned: the candidate, and the
+    /// smoke gate that must pass before it commits.
+    pub fn stage_changes(&self) -> Vec<ArtifactRef> {
+        let gate = self.smoke.as_ref().and_then(|s| s.gate.clone());
+        self.candidate.iter().cloned().chain(gate).collect()
+    }
+
     /// Checks the plan, reporting every problem at once.
     pub fn validate(self) -> Result<ValidPlan, PlanErrors> {
         let mut problems = Vec::new();
@@ -257,6 +293,16 @@ impl Plan {
                 problems.push(PlanError::EvalSetKind(set.kind))
             }
             _ => {}
+        }
+        if let Some(smoke) = &self.smoke {
+            for set in std::iter::once(&smoke.eval_set).chain(&smoke.gate) {
+                if set.kind != ArtifactKind::EvalSet {
+                    problems.push(PlanError::SmokeSetKind(set.kind));
+                }
+            }
+            if !(0.0..=1.0).contains(&smoke.min_score) {
+                problems.push(PlanError::SmokeMinScore(smoke.min_score));
+            }
         }
         if problems.is_empty() {
             Ok(ValidPlan(self))

@@ -182,3 +182,51 @@ fn a_newer_desired_state_waits_for_the_running_step() {
     assert_eq!(step_names(&actions), ["record", "download"]);
     assert_eq!(actions.last(), Some(&Action::Download(three)));
 }
+
+#[test]
+fn a_smoke_gate_is_applied_before_the_artifacts_it_gates() {
+    let mut r = with_model(1);
+    let prompts = artifact(ArtifactKind::PromptSet, 4, None);
+    let gate = artifact(ArtifactKind::EvalSet, 6, None);
+    let mut actions = r.handle(
+        Event::Desired(desired(2, vec![prompts.clone(), gate.clone()])),
+        0,
+    );
+    assert_eq!(actions.last(), Some(&Action::Download(gate.clone())));
+    let mut order = Vec::new();
+    loop {
+        let outcome = match actions.last() {
+            Some(Action::HealthCheck(a)) => {
+                order.push(a.kind);
+                Outcome::Done
+            }
+            Some(Action::Verify { artifact, .. }) => verified(artifact),
+            Some(a) if a.expects_outcome() => Outcome::Done,
+            _ => break,
+        };
+        actions = r.handle(Event::Step(outcome), 0);
+    }
+    assert_eq!(order, [ArtifactKind::EvalSet, ArtifactKind::PromptSet]);
+    assert_eq!(r.active(ArtifactKind::PromptSet), Some(&prompts));
+}
+
+#[test]
+fn a_candidate_whose_smoke_gate_fails_to_apply_is_not_installed() {
+    let mut r = with_model(1);
+    let prompts = artifact(ArtifactKind::PromptSet, 4, None);
+    let gate = artifact(ArtifactKind::EvalSet, 6, None);
+    r.handle(Event::Desired(desired(2, vec![prompts, gate])), 0);
+    let forged = Rejection::permanent(FailureReason::BadSignature, "not the hub's");
+    let actions = r.handle(Event::Step(Outcome::Failed(forged)), 0);
+    // The gate's failure, then the prompt set's, with no download of it.
+    assert_eq!(step_names(&actions), ["record", "record", "finish"]);
+    let reported = r.reported(0);
+    match &reported.last_apply[&ArtifactKind::PromptSet].outcome {
+        ApplyOutcome::Failed { reason, detail } => {
+            assert_eq!(*reason, FailureReason::HealthCheck);
+            assert!(detail.as_str().contains("smoke gate"), "{detail:?}");
+        }
+        other => panic!("the prompt set was {other:?}"),
+    }
+    assert_eq!(r.active(ArtifactKind::PromptSet), None);
+}
