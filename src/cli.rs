@@ -373,6 +373,18 @@ pub enum FleetEvalCommand {
     Status { id: Option<u64> },
     /// Stop a queued or running job.
     Cancel { id: u64 },
+    /// Ask one device to run an evaluation set through what it serves now
+    /// (`cmd RunEval`) and print the scores it reports back.
+    Device {
+        /// The device id.
+        device: String,
+        /// The set's name; default: the smoke gate the device holds.
+        #[arg(long)]
+        set: Option<String>,
+        /// Seconds to wait for the scores (0: send and return).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Args)]

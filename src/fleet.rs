@@ -12,11 +12,12 @@ use outpost_agent::apply::ArtifactBase;
 use outpost_agent::apply::Rejection;
 use outpost_agent::outbox::OutboxBounds;
 use outpost_agent::session::{BrokerUrl, SessionOptions, TlsFiles};
-use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, HealthCheck, HubKey};
+use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, EvalRun, HealthCheck, HubKey};
 use outpost_eval::{EvalItem, ItemResult, RunOptions, SmokeGate};
 use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{
-    AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactRef, EventId, FailureReason, Feedback,
+    AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, EvalResult, EventId,
+    FailureReason, Feedback,
 };
 use outpost_runtime::answer::Answerer;
 use outpost_runtime::answers::{AnswerSink, FleetAnswer};
@@ -184,7 +185,7 @@ pub struct EngineRuntime {
     /// the candidate in place; `None` on a device without an embedder.
     answerer: Option<Answerer>,
     /// The smoke gate in force: the last one checked or committed.
-    smoke_gate: Option<Arc<SmokeGate>>,
+    smoke_gate: Option<HeldGate>,
 }
 
 impl EngineRuntime {
@@ -284,7 +285,7 @@ impl EngineRuntime {
 impl HealthCheck for EngineRuntime {
     fn check(&mut self, artifact: &ArtifactRef, path: &Path) -> Result<(), String> {
         let candidate = self.load_and_answer(artifact, path)?;
-        let gate = self.smoke_gate.clone();
+        let gate = self.smoke_gate.as_ref().map(|held| held.gate.clone());
         match gate {
             Some(gate) if gate.gates(artifact.kind.as_str(), &artifact.sha256.to_string()) => {
                 self.run_smoke_gate(&gate, candidate)
@@ -362,9 +363,9 @@ impl EngineRuntime {
                 Ok(Candidate::Model(candidate))
             }
             ArtifactKind::EvalSet => {
-                let gate = load_smoke_gate(path)?;
-                tracing::info!(set = %gate.set, min_score = gate.min_score, items = gate.items.len(), "smoke gate received");
-                self.smoke_gate = Some(Arc::new(gate));
+                let held = HeldGate::load(artifact, path)?;
+                tracing::info!(set = %held.gate.set, min_score = held.gate.min_score, items = held.gate.items.len(), "smoke gate received");
+                self.smoke_gate = Some(held);
                 Ok(Candidate::Inert)
             }
             other => Err(format!("this device cannot run {other} artifacts yet")),
@@ -413,6 +414,24 @@ impl EngineRuntime {
 /// Largest smoke gate document read (its items are capped far below).
 const MAX_SMOKE_GATE_BYTES: u64 = 4 << 20;
 
+/// A smoke gate and the artifact it came in.
+#[derive(Clone)]
+struct HeldGate {
+    name: ArtifactName,
+    sha256: ArtifactDigest,
+    gate: Arc<SmokeGate>,
+}
+
+impl HeldGate {
+    fn load(artifact: &ArtifactRef, path: &Path) -> Result<Self, String> {
+        Ok(Self {
+            name: artifact.name.clone(),
+            sha256: artifact.sha256,
+            gate: Arc::new(load_smoke_gate(path)?),
+        })
+    }
+}
+
 fn load_smoke_gate(path: &Path) -> Result<SmokeGate, String> {
     use std::io::Read;
     let mut bytes = Vec::new();
@@ -428,6 +447,41 @@ fn load_smoke_gate(path: &Path) -> Result<SmokeGate, String> {
 }
 
 impl DeviceRuntime for EngineRuntime {
+    fn run_eval(&mut self, set: Option<&ArtifactName>) -> EvalRun {
+        let Some(held) = self.smoke_gate.clone() else {
+            return EvalRun::failed(
+                "this device holds no evaluation set: a rollout with a smoke gate delivers one",
+            );
+        };
+        if set.is_some_and(|name| *name != held.name) {
+            return EvalRun::failed(&format!(
+                "this device holds only the evaluation set {}; ask for that one (or none)",
+                held.name
+            ));
+        }
+        let Some(answerer) = self.answerer.clone() else {
+            return EvalRun::failed("this device has no answer pipeline (no embedder configured)");
+        };
+        let results = match self.score(&held.gate.items, answerer) {
+            Ok(results) => results,
+            Err(detail) => return EvalRun::failed(&detail),
+        };
+        let verdict = held.gate.judge(&results);
+        let latencies: Vec<f64> = results.iter().map(|r| r.latency_ms).collect();
+        EvalRun {
+            set: Some((held.name, held.sha256)),
+            result: EvalResult::Scored {
+                items: u32::try_from(results.len()).unwrap_or(u32::MAX),
+                mean_score: verdict.score as f32,
+                escalated: u32::try_from(results.iter().filter(|r| r.escalated).count())
+                    .unwrap_or(u32::MAX),
+                p95_latency_ms: outpost_eval::metrics::percentile(&latencies, 95.0)
+                    .map_or(0, |ms| ms.round() as u32),
+                passed: Some(verdict.passed()),
+            },
+        }
+    }
+
     fn activate(&mut self, kind: ArtifactKind, active: Option<(&ArtifactRef, &Path)>) {
         match kind {
             ArtifactKind::PromptSet => {
@@ -488,8 +542,8 @@ impl DeviceRuntime for EngineRuntime {
                 slot.sender.send_replace(handle);
             }
             ArtifactKind::EvalSet => {
-                self.smoke_gate = active.and_then(|(artifact, path)| match load_smoke_gate(path) {
-                    Ok(gate) => Some(Arc::new(gate)),
+                self.smoke_gate = active.and_then(|(artifact, path)| match HeldGate::load(artifact, path) {
+                    Ok(held) => Some(held),
                     Err(error) => {
                         tracing::error!(%error, name = %artifact.name, "cannot load the committed smoke gate");
                         None

@@ -50,7 +50,9 @@ pub mod session;
 pub use apply::{Applier, ApplierConfig, HealthCheck, HubKey};
 pub use metrics::MetricsSampler;
 pub use outbox::{Outbox, OutboxConfig, SqliteOutboxStore};
-pub use session::{Agent, AgentConfig, AgentHandle, AnswerRecorded, DeviceRuntime, StartError};
+pub use session::{
+    Agent, AgentConfig, AgentHandle, AnswerRecorded, DeviceRuntime, EvalRun, StartError,
+};
 
 /// Wall-clock now in unix milliseconds (0 before 1970, saturating after
 /// the year 584 million).

@@ -32,8 +32,9 @@ use std::time::Duration;
 use std::sync::atomic::AtomicU64;
 
 use outpost_protocol::{
-    encode_as, AnyMessage, DecodeError, DesiredState, DeviceId, EncodeError, FeedbackAck, FleetId,
-    ProtocolVersion, TelemetryAck, Topic, TopicError, TopicFilter, TopicKind, WireMessage,
+    encode_as, AnyMessage, Command, CommandAction, CommandId, DecodeError, DesiredState, DeviceId,
+    EncodeError, FeedbackAck, FleetId, ProtocolVersion, TelemetryAck, Topic, TopicError,
+    TopicFilter, TopicKind, WireMessage,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
@@ -245,6 +246,50 @@ impl Context {
                 Metrics::add(&self.metrics.desired_published, 1);
                 Ok(())
             }
+            Ok(Err(e)) => Err(PublishDesiredError::Mqtt(e.to_string())),
+            Err(_) => Err(PublishDesiredError::Mqtt(format!(
+                "request queue stayed full for {PUBLISH_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Publishes `action` on `device`'s `cmd` topic (QoS 1, not retained:
+    /// a command is for a device online now or soon, as the broker's
+    /// persistent session queues it) and returns its id, which the device
+    /// echoes in what it reports back. Ids are the hub's clock in
+    /// microseconds, so they increase across restarts.
+    pub async fn send_command(
+        &self,
+        device: &DeviceId,
+        action: CommandAction,
+    ) -> Result<CommandId, PublishDesiredError> {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let id = LAST
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |last| Some(now_us.max(last + 1)),
+            )
+            .map_or(now_us, |last| now_us.max(last + 1));
+        let command = Command {
+            id: CommandId(id),
+            action,
+            issued_at_unix_ms: now_us / 1000,
+        };
+        let payload =
+            outpost_protocol::encode(&command).map_err(|source| PublishDesiredError::Encode {
+                device: device.clone(),
+                source,
+            })?;
+        let topic = Topic::new(self.fleet.clone(), device.clone(), TopicKind::Cmd);
+        let publish = self
+            .egress
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => Ok(command.id),
             Ok(Err(e)) => Err(PublishDesiredError::Mqtt(e.to_string())),
             Err(_) => Err(PublishDesiredError::Mqtt(format!(
                 "request queue stayed full for {PUBLISH_TIMEOUT:?}"

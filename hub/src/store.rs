@@ -282,6 +282,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
     event_json  TEXT NOT NULL,
     PRIMARY KEY (device, epoch, seq)
 ) WITHOUT ROWID;
+-- The scores devices report for `cmd RunEval`: a handful among millions.
+CREATE INDEX IF NOT EXISTS telemetry_evals ON telemetry (device, received_ms) WHERE kind = 'eval';
 CREATE TABLE IF NOT EXISTS telemetry_epochs (   -- sequence high-water mark per outbox epoch
     device  TEXT NOT NULL,
     epoch   INTEGER NOT NULL,
@@ -414,7 +416,7 @@ pub struct TelemetryRow {
     pub at_unix_ms: u64,
     /// Hub clock (unix ms).
     pub received_unix_ms: u64,
-    /// `answer` or `metrics`.
+    /// `answer`, `metrics` or `eval`.
     pub kind: String,
     /// The event as JSON.
     pub event: serde_json::Value,
@@ -770,12 +772,34 @@ impl Store {
             "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
              WHERE ?1 IS NULL ORDER BY received_ms DESC, seq DESC LIMIT ?2"
         };
+        self.telemetry_rows(sql_text, params![device.map(DeviceId::as_str), limit])
+    }
+
+    /// The newest `limit` evaluation scores `device` reported (`cmd
+    /// RunEval`), newest first.
+    pub fn device_evals(
+        &self,
+        device: &DeviceId,
+        limit: u32,
+    ) -> Result<Vec<TelemetryRow>, StoreError> {
+        self.telemetry_rows(
+            "SELECT device, seq, at_ms, received_ms, kind, event_json FROM telemetry
+             WHERE device = ?1 AND kind = 'eval' ORDER BY received_ms DESC LIMIT ?2",
+            params![device.as_str(), limit],
+        )
+    }
+
+    fn telemetry_rows(
+        &self,
+        sql_text: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<TelemetryRow>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(sql_text)
             .map_err(sql("prepare telemetry"))?;
         let rows = stmt
-            .query_map(params![device.map(DeviceId::as_str), limit], |r| {
+            .query_map(params, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,

@@ -325,7 +325,7 @@ wire_message!(
     limits::DESIRED_STATE,
     previous = v2::DesiredState,
     upgrade = |_| Err(v2::UNSIGNED_DESIRED_STATE),
-    downgrade = |m: &SignedDesiredState| Ok(v2::DesiredState::from(m))
+    downgrade = v2::DesiredState::try_from
 );
 wire_message!(
     ReportedState,

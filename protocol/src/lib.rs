@@ -96,6 +96,7 @@ pub use message::artifact::{
 };
 pub use message::command::{Command, CommandAction, CommandId};
 pub use message::feedback::{Feedback, FeedbackAck, FeedbackError, FeedbackId};
+pub use message::scores::{EvalResult, EvalScores};
 pub use message::state::{
     ApplyOutcome, ApplyReport, DesiredState, FailureReason, Generation, Presence, Release,
     ReportedState, SignedDesiredState, StateSignature, Status,

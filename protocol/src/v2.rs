@@ -32,6 +32,13 @@
 //!   as `Other` for a v2 peer; the detail text keeps the explanation), so
 //!   [`ReportedState`], [`ApplyReport`] and [`ApplyOutcome`] are frozen here
 //!   too.
+//!
+//! What v3 has that v2 never gets (added with the evaluation gates):
+//! - `eval_set` artifacts, a rollout's smoke gate: a desired state that
+//!   carries one is not downgraded (a v2 agent would install the candidate
+//!   unchecked), so the hub cannot publish it to a v2 agent.
+//! - [`TelemetryPayload::EvalScores`](current_tm::TelemetryPayload::EvalScores):
+//!   a batch holding one does not downgrade.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +110,16 @@ impl TryFrom<&current_tm::TelemetryBatch> for TelemetryBatch {
     /// Only a batch of the legacy epoch: a v2 hub has no epochs.
     fn try_from(new: &current_tm::TelemetryBatch) -> Result<Self, DowngradeError> {
         no_epoch_in_v2(new.epoch(), "an outbox epoch")?;
+        if new
+            .events()
+            .iter()
+            .any(|e| matches!(e.payload, current_tm::TelemetryPayload::EvalScores(_)))
+        {
+            return Err(DowngradeError::Unsupported {
+                what: "an evaluation scores event",
+                version: 2,
+            });
+        }
         Ok(Self {
             device: new.device().clone(),
             first_seq: new.first_seq(),
@@ -225,16 +242,25 @@ pub struct DesiredState {
     pub issued_at_unix_ms: u64,
 }
 
-impl From<&SignedDesiredState> for DesiredState {
+impl TryFrom<&SignedDesiredState> for DesiredState {
+    type Error = DowngradeError;
     /// Drops the target, the signature, the releases and the rollback
-    /// floor: a v2 agent can check none of them.
-    fn from(new: &SignedDesiredState) -> Self {
-        Self {
+    /// floor: a v2 agent can check none of them. A state carrying a smoke
+    /// gate (an `eval_set` artifact) is refused: a v2 agent would install
+    /// the candidate without running it.
+    fn try_from(new: &SignedDesiredState) -> Result<Self, DowngradeError> {
+        if new.state.artifacts.get(ArtifactKind::EvalSet).is_some() {
+            return Err(DowngradeError::Unsupported {
+                what: "a smoke gate (eval_set artifact)",
+                version: 2,
+            });
+        }
+        Ok(Self {
             generation: new.state.generation,
             rollout: new.state.rollout.clone(),
             artifacts: new.state.artifacts.clone(),
             issued_at_unix_ms: new.state.issued_at_unix_ms,
-        }
+        })
     }
 }
 

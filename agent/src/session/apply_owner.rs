@@ -14,10 +14,12 @@ use std::thread;
 use std::time::Duration;
 
 use outpost_protocol::{
-    ActiveVersions, ArtifactDigest, ArtifactKind, ArtifactRef, DesiredState, ReportedState,
+    ActiveVersions, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, CommandId,
+    DesiredState, EvalResult, EvalScores, ReportedState, TelemetryPayload,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::outbox_owner::OutboxClient;
 use crate::apply::{Applier, HealthCheck, PointerStore};
 
 /// The runtime an agent serves artifacts into. Its [`HealthCheck`] loads a
@@ -27,6 +29,53 @@ use crate::apply::{Applier, HealthCheck, PointerStore};
 pub trait DeviceRuntime: HealthCheck + Send + 'static {
     /// Serve `active` for `kind` from now on.
     fn activate(&mut self, kind: ArtifactKind, active: Option<(&ArtifactRef, &Path)>);
+
+    /// Runs the evaluation set named `set` (`None`: the smoke gate in
+    /// force) through what serves now, for `cmd RunEval`: the set that ran
+    /// and how it scored.
+    fn run_eval(&mut self, set: Option<&ArtifactName>) -> EvalRun {
+        let _ = set;
+        EvalRun::failed("this device runs no evaluations")
+    }
+}
+
+/// What one `cmd RunEval` produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalRun {
+    /// The set that ran, with its digest; `None` when none could.
+    pub set: Option<(ArtifactName, ArtifactDigest)>,
+    /// How it ended.
+    pub result: EvalResult,
+}
+
+impl EvalRun {
+    /// A run that could not happen, with why.
+    pub fn failed(detail: &str) -> Self {
+        Self {
+            set: None,
+            result: EvalResult::Failed {
+                detail: outpost_protocol::redact(detail).text,
+            },
+        }
+    }
+}
+
+/// A `cmd RunEval` for the apply thread, which owns the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalRequest {
+    /// The command, echoed in the scores.
+    pub command: CommandId,
+    /// The set; `None`: the smoke gate in force.
+    pub set: Option<ArtifactName>,
+}
+
+/// How many `cmd RunEval` may wait for the apply thread; more are refused.
+pub const EVAL_QUEUE: usize = 4;
+
+/// What woke the apply thread.
+enum Wake {
+    Desired(Result<(), watch::error::RecvError>),
+    Eval(EvalRequest),
 }
 
 /// The two watches the apply thread writes.
@@ -42,6 +91,8 @@ pub struct ApplyOutputs {
 pub fn spawn<P, R>(
     mut applier: Applier<P, R>,
     mut desired: watch::Receiver<Option<DesiredState>>,
+    mut evals: mpsc::Receiver<EvalRequest>,
+    outbox: OutboxClient,
     retry: Duration,
     runtime_handle: tokio::runtime::Handle,
 ) -> ApplyOutputs
@@ -63,16 +114,40 @@ where
             loop {
                 let busy = applier.reconciler().is_busy();
                 let woke = runtime_handle.block_on(async {
-                    if busy {
-                        tokio::time::timeout(retry, desired.changed())
-                            .await
-                            .unwrap_or(Ok(()))
-                    } else {
-                        desired.changed().await
+                    let changed = async {
+                        if busy {
+                            tokio::time::timeout(retry, desired.changed())
+                                .await
+                                .unwrap_or(Ok(()))
+                        } else {
+                            desired.changed().await
+                        }
+                    };
+                    tokio::select! {
+                        woke = changed => Wake::Desired(woke),
+                        Some(request) = evals.recv() => Wake::Eval(request),
                     }
                 });
-                if woke.is_err() {
-                    return; // the session is gone
+                match woke {
+                    Wake::Desired(Ok(())) => {}
+                    Wake::Desired(Err(_)) => return, // the session is gone
+                    Wake::Eval(request) => {
+                        tracing::info!(command = ?request.command, set = ?request.set, "running an evaluation the hub asked for");
+                        let run = applier.health_mut().run_eval(request.set.as_ref());
+                        let scores = EvalScores {
+                            command: request.command,
+                            set: run.set,
+                            versions: *active_tx.borrow(),
+                            result: run.result,
+                        };
+                        if let Err(error) = outbox.record(
+                            crate::now_unix_ms(),
+                            TelemetryPayload::EvalScores(scores),
+                        ) {
+                            tracing::warn!(%error, "the evaluation's scores were not recorded");
+                        }
+                        continue;
+                    }
                 }
                 let next = desired.borrow_and_update().clone();
                 let reported = match next {

@@ -35,7 +35,7 @@ use outpost_protocol::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use apply_owner::DeviceRuntime;
+pub use apply_owner::{DeviceRuntime, EvalRequest, EvalRun};
 pub use backoff::Backoff;
 pub use endpoint::{BrokerUrl, EndpointError, SessionOptions, TlsFiles};
 pub use outbox_owner::{OutboxClient, OutboxStats, RecordError};
@@ -256,9 +256,12 @@ impl Agent {
             runtime,
         )?;
         let (desired_tx, desired_rx) = watch::channel::<Option<DesiredState>>(None);
+        let (evals_tx, evals_rx) = tokio::sync::mpsc::channel(apply_owner::EVAL_QUEUE);
         let outputs = apply_owner::spawn(
             applier,
             desired_rx,
+            evals_rx,
+            outbox.clone(),
             config.apply_retry,
             tokio::runtime::Handle::current(),
         );
@@ -291,6 +294,8 @@ impl Agent {
             client,
             outbox: outbox.clone(),
             desired: desired_tx,
+            evals: evals_tx,
+            recent_commands: Default::default(),
             verifier: StateVerifier::new(
                 config.hub_key,
                 config.fleet.clone(),

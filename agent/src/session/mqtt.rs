@@ -14,16 +14,18 @@
 //! loop is polled by this same task, so waiting for room could deadlock.
 //! A publish that does not fit is simply tried again on the next tick.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use outpost_protocol::{
-    encode, AnyMessage, Command, CommandAction, DesiredState, DeviceId, FeedbackAck, FeedbackId,
-    FleetId, OutboxEpoch, Presence, ReportedState, Seq, Status, TelemetryAck, Topic, TopicKind,
-    WireMessage,
+    encode, AnyMessage, Command, CommandAction, CommandId, DesiredState, DeviceId, EvalResult,
+    EvalScores, FeedbackAck, FeedbackId, FleetId, OutboxEpoch, Presence, ReportedState, Seq,
+    Status, TelemetryAck, TelemetryPayload, Topic, TopicKind, WireMessage,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::apply_owner::EvalRequest;
 use super::backoff::Backoff;
 use super::outbox_owner::OutboxClient;
 use crate::apply::StateVerifier;
@@ -35,6 +37,10 @@ pub(super) struct Session {
     pub client: AsyncClient,
     pub outbox: OutboxClient,
     pub desired: watch::Sender<Option<DesiredState>>,
+    /// `cmd RunEval` for the apply thread.
+    pub evals: mpsc::Sender<EvalRequest>,
+    /// The last commands run, so a redelivered one (QoS 1) runs once.
+    pub recent_commands: VecDeque<CommandId>,
     /// Checks every desired state before it reaches `desired`.
     pub verifier: StateVerifier,
     pub reported: watch::Receiver<ReportedState>,
@@ -46,6 +52,9 @@ pub(super) struct Session {
     pub batch_max_events: usize,
     pub batch_max_bytes: usize,
 }
+
+/// Commands remembered for deduplication.
+const RECENT_COMMANDS: usize = 32;
 
 /// Per-connection bookkeeping; reset on every reconnect.
 #[derive(Debug, Default)]
@@ -215,7 +224,37 @@ impl Session {
 
     async fn on_command(&mut self, command: Command, link: &mut Link) {
         tracing::info!(id = ?command.id, action = ?command.action, "command from the hub");
+        if self.recent_commands.contains(&command.id) {
+            tracing::debug!(id = ?command.id, "a redelivered command; already run");
+            return;
+        }
+        if self.recent_commands.len() == RECENT_COMMANDS {
+            self.recent_commands.pop_front();
+        }
+        self.recent_commands.push_back(command.id);
         match command.action {
+            CommandAction::RunEval { eval_set } => {
+                let request = EvalRequest {
+                    command: command.id,
+                    set: eval_set,
+                };
+                if self.evals.try_send(request).is_err() {
+                    let busy = EvalScores {
+                        command: command.id,
+                        set: None,
+                        versions: Default::default(),
+                        result: EvalResult::Failed {
+                            detail: outpost_protocol::redact(
+                                "the device is already running evaluations; ask again later",
+                            )
+                            .text,
+                        },
+                    };
+                    let _ = self
+                        .outbox
+                        .record(crate::now_unix_ms(), TelemetryPayload::EvalScores(busy));
+                }
+            }
             CommandAction::Flush => {
                 link.batch_in_flight = None;
                 self.pump(link).await;

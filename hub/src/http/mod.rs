@@ -43,6 +43,7 @@ mod admin;
 mod auth;
 mod dashboard;
 mod device;
+mod device_evals;
 mod rollouts;
 
 pub use auth::{Access, Sessions, CSRF_HEADER, SESSION_COOKIE};
@@ -257,6 +258,8 @@ pub fn operator_router(state: App) -> Router {
         .route("/admin/assign", post(admin::assign))
         .route("/admin/devices", get(admin::devices))
         .route("/admin/devices/{device}/tags", put(admin::set_tags))
+        .route("/admin/devices/{device}/eval", post(device_evals::run))
+        .route("/admin/devices/{device}/evals", get(device_evals::list))
         .route("/admin/telemetry", get(admin::telemetry))
         // Staged rollouts and offline evaluations (rollouts.rs).
         .route("/admin/rollouts", post(rollouts::start).get(rollouts::list))

@@ -258,6 +258,7 @@ impl Store {
                 let kind = match event.payload {
                     TelemetryPayload::Answer(_) => "answer",
                     TelemetryPayload::Metrics(_) => "metrics",
+                    TelemetryPayload::EvalScores(_) => "eval",
                     _ => "other",
                 };
                 let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {

@@ -3,5 +3,6 @@
 pub mod artifact;
 pub mod command;
 pub mod feedback;
+pub mod scores;
 pub mod state;
 pub mod telemetry;

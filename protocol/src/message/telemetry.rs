@@ -219,6 +219,8 @@ pub enum TelemetryPayload {
     Answer(AnswerEvent),
     /// A health sample.
     Metrics(DeviceMetrics),
+    /// The scores of an evaluation the hub asked for (`cmd RunEval`).
+    EvalScores(crate::message::scores::EvalScores),
 }
 
 /// One numbered telemetry event.

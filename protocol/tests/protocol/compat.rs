@@ -88,10 +88,13 @@ fn a_v3_hub_answers_a_v2_agent_in_v2() {
 
     // A v2 agent cannot verify a signature: it gets the v2 shape.
     let desired_v2: v2::DesiredState =
-        old_peer::decode(&encode_as(&signed_desired(), version).expect("encodes"));
+        old_peer::decode(&encode_as(&signed_desired_without_gate(), version).expect("encodes"));
     assert_eq!(desired_v2.generation, Generation(42));
     assert_eq!(desired_v2.rollout, desired().rollout);
-    assert_eq!(desired_v2.artifacts, artifact_set());
+    assert_eq!(
+        desired_v2.artifacts,
+        signed_desired_without_gate().state.artifacts
+    );
 
     let ack = TelemetryAck {
         epoch: OutboxEpoch::LEGACY,
@@ -134,7 +137,9 @@ fn v3_failure_categories_reach_a_v2_reader_as_other() {
 /// unsigned shape. A v3 reader refuses it instead of upgrading it.
 #[test]
 fn a_v3_agent_refuses_an_unsigned_v2_desired_state() {
-    let payload = old_peer::encode(&v2::DesiredState::from(&signed_desired()));
+    let payload = old_peer::encode(
+        &v2::DesiredState::try_from(&signed_desired_without_gate()).expect("no smoke gate"),
+    );
     let err = decode::<SignedDesiredState>(&payload).expect_err("unsigned");
     assert!(
         matches!(
@@ -363,3 +368,60 @@ const GOLDEN_ANSWER_BATCH_V3: &str = "03076b696f736b2d37fb3412640164fdd4e666348f
 // version 03 | id: epoch, seq 3 | answer_seq 100 | ThumbsDown (01) |
 // redacted question, answer | versions | at_unix_ms.
 const GOLDEN_FEEDBACK_V3: &str = "03fdab8967452301ed5e036401204d792063617264203c434152443e2077617320636861726765642074776963652549206861766520657363616c61746564207468697320746f206120636f6c6c65616775652e01200101010101010101010101010101010101010101010101010101010101010101012002020202020202020202020202020202020202020202020202020202020202020120030303030303030303030303030303030303030303030303030303030303030300fda0cc69348f010000";
+
+fn eval_scores_batch() -> TelemetryBatch {
+    let scores = EvalScores {
+        command: CommandId(7),
+        set: Some((ArtifactName::parse("smoke").expect("valid"), digest(0x66))),
+        versions: versions(),
+        result: EvalResult::Scored {
+            items: 5,
+            mean_score: 0.8,
+            escalated: 1,
+            p95_latency_ms: 2_400,
+            passed: Some(true),
+        },
+    };
+    TelemetryBatch::new(
+        device(),
+        vec![TelemetryEvent {
+            seq: Seq(1),
+            at_unix_ms: 1_714_571_300_000,
+            payload: TelemetryPayload::EvalScores(scores),
+        }],
+    )
+    .expect("valid")
+}
+
+/// Scores and smoke gates are v3 only: a v2 peer is never sent what it
+/// would misread, and a smoke gate is never silently dropped for it (the
+/// candidate would install unchecked).
+#[test]
+fn eval_scores_and_smoke_gates_never_go_to_a_v2_peer() {
+    let batch = eval_scores_batch();
+    let bytes = encode(&batch).expect("encodes");
+    assert_eq!(decode::<TelemetryBatch>(&bytes).expect("decodes"), batch);
+    assert_eq!(hex::encode(&bytes), GOLDEN_EVAL_SCORES_V3);
+    assert!(matches!(
+        encode_as(&batch, ProtocolVersion::V2),
+        Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+            version: 2,
+            ..
+        }))
+    ));
+    assert!(signed_desired()
+        .state
+        .artifacts
+        .get(ArtifactKind::EvalSet)
+        .is_some());
+    assert!(matches!(
+        encode_as(&signed_desired(), ProtocolVersion::V2),
+        Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+            version: 2,
+            ..
+        }))
+    ));
+    assert!(encode_as(&signed_desired_without_gate(), ProtocolVersion::V2).is_ok());
+}
+
+const GOLDEN_EVAL_SCORES_V3: &str = "03076b696f736b2d3700010101fda0cc69348f01000002070105736d6f6b65206666666666666666666666666666666666666666666666666666666666666666012001010101010101010101010101010101010101010101010101010101010101010120020202020202020202020202020202020202020202020202020202020202020201200303030303030303030303030303030303030303030303030303030303030303000005cdcc4c3f01fb60090101";

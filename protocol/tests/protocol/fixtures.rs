@@ -78,6 +78,13 @@ pub fn signed_desired() -> SignedDesiredState {
     }
 }
 
+/// [`signed_desired`] without its smoke gate, as a v2 agent may get it.
+pub fn signed_desired_without_gate() -> SignedDesiredState {
+    let mut signed = signed_desired();
+    signed.state.artifacts.remove(ArtifactKind::EvalSet);
+    signed
+}
+
 pub fn reported() -> ReportedState {
     let mut last_apply = std::collections::BTreeMap::new();
     last_apply.insert(

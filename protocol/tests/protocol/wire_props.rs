@@ -62,6 +62,7 @@ fn legacy(message: AnyMessage, version: ProtocolVersion) -> AnyMessage {
             f.id = FeedbackId::legacy(f.answer_seq);
             AnyMessage::Feedback(f)
         }
+        AnyMessage::DesiredState(_) => AnyMessage::DesiredState(signed_desired_without_gate()),
         other => other,
     }
 }

@@ -90,12 +90,53 @@ pub fn eval(hub: &Hub, command: FleetEvalCommand) -> anyhow::Result<()> {
             hub.request("POST", &format!("/admin/evals/{id}/cancel"))
                 .call(),
         )?,
+        FleetEvalCommand::Device { device, set, wait } => device_eval(hub, &device, set, wait)?,
     };
     println!(
         "{}",
         serde_json::to_string_pretty(&reply).context("printing the reply")?
     );
     Ok(())
+}
+
+/// Sends `cmd RunEval` and waits up to `wait` seconds for the scores
+/// whose command id is the one sent.
+fn device_eval(hub: &Hub, device: &str, set: Option<String>, wait: u64) -> anyhow::Result<Value> {
+    let body = json!({ "eval_set": set });
+    let sent = hub.send(
+        hub.request("POST", &format!("/admin/devices/{device}/eval"))
+            .send_json(body),
+    )?;
+    let command = sent["command"]
+        .as_u64()
+        .context("the hub's reply has no command id")?;
+    if wait == 0 {
+        return Ok(sent);
+    }
+    eprintln!("sent command {command} to {device}; waiting up to {wait} s for its scores");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let reply = hub.send(
+            hub.request("GET", &format!("/admin/devices/{device}/evals"))
+                .call(),
+        )?;
+        let found = reply["evals"].as_array().and_then(|rows| {
+            rows.iter()
+                .find(|r| r["event"]["payload"]["EvalScores"]["command"].as_u64() == Some(command))
+                .cloned()
+        });
+        if let Some(row) = found {
+            return Ok(row);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no scores from {device} for command {command} within {wait} s; it may be offline \
+                 (the broker keeps the command for its session); its scores will be listed \
+                 by GET /admin/devices/{device}/evals"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 fn candidate_text(rollout: &Value) -> String {
