@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod brewstation;
+pub mod fleet;
 pub mod gguf_writer;
 
 use std::io::{BufRead, BufReader};
