@@ -388,6 +388,9 @@ pub struct DeviceSummary {
     pub active: Vec<ActiveArtifact>,
     /// Kinds whose last apply failed, with the reason label.
     pub failures: Vec<(String, String)>,
+    /// What the device said about each failure (redacted on the device),
+    /// by kind: a smoke gate's score, a download error.
+    pub failure_details: std::collections::BTreeMap<String, String>,
     /// Highest telemetry sequence number stored.
     pub max_seq: Option<u64>,
 }
@@ -712,6 +715,16 @@ impl Store {
             let reported: Option<ReportedState> = reported
                 .map(|j| serde_json::from_str(&j).map_err(|e| corrupt("devices")(e.to_string())))
                 .transpose()?;
+            let failure_details = reported
+                .iter()
+                .flat_map(|r| &r.last_apply)
+                .filter_map(|(kind, report)| match &report.outcome {
+                    outpost_protocol::ApplyOutcome::Failed { detail, .. } => {
+                        Some((kind.as_str().to_owned(), detail.as_str().to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect();
             let (active, failures, reported_generation) = match &reported {
                 Some(r) => (
                     r.active
@@ -750,6 +763,7 @@ impl Store {
                 reported_generation,
                 active,
                 failures,
+                failure_details,
                 max_seq: max_seq.map(|s| s.max(0).unsigned_abs()),
             });
         }

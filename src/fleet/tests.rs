@@ -254,3 +254,55 @@ fn an_adapter_trial_never_evicts_or_frees_the_adapter_customers_are_served_with(
     let info = runtime.block_on(live.ready()).expect("ready");
     assert_eq!(info.lora, Some(spec));
 }
+
+#[test]
+fn a_smoke_gate_holds_only_what_it_names_and_fails_closed_without_a_pipeline() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let _guard = runtime.enter();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig::new(default_model());
+    let (prompt_tx, _prompt_rx) = watch::channel(None);
+    // No answer pipeline (no embedder, no knowledge base).
+    let mut device =
+        EngineRuntime::new(EngineHandle::spawn(config.clone()), config, prompt_tx, None);
+    let prompts = dir.path().join("prompts.toml");
+    std::fs::write(
+        &prompts,
+        "name = \"kiosk\"\nversion = \"2\"\nsystem = \"Answer briefly.\"\n",
+    )
+    .expect("write");
+    let gated = candidate(ArtifactKind::PromptSet, 64);
+    let document = outpost_eval::SmokeGate::document(
+        "routes@1",
+        1.0,
+        vec![outpost_eval::GatedArtifact {
+            kind: "prompt_set".into(),
+            sha256: gated.sha256.to_string(),
+        }],
+        "{\"id\":\"refund\",\"question\":\"I want a refund\",\"escalate\":true}\n",
+    )
+    .expect("a valid gate");
+    let gate_file = dir.path().join("gate.json");
+    std::fs::write(&gate_file, serde_json::to_vec(&document).expect("json")).expect("write");
+    let gate = candidate(ArtifactKind::EvalSet, 64);
+    device.check(&gate, &gate_file).expect("the gate loads");
+
+    // Another prompt set is only smoke-answered.
+    let mut other = gated.clone();
+    other.sha256 = ArtifactDigest::from_bytes([3; 32]);
+    device.check(&other, &prompts).expect("not gated");
+    // The gated one cannot be judged here, so it is refused.
+    let refusal = device.check(&gated, &prompts).expect_err("gated");
+    assert!(refusal.contains("smoke gate needs"), "{refusal}");
+
+    // A document that is not a gate is refused as the gate itself.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, b"{\"format\":\"other\"}").expect("write");
+    assert!(device.check(&gate, &broken).is_err());
+    // `cmd RunEval` without a pipeline says why.
+    let run = device.run_eval(None);
+    assert!(
+        matches!(&run.result, EvalResult::Failed { detail } if detail.as_str().contains("no answer pipeline")),
+        "{run:?}"
+    );
+}

@@ -23,41 +23,62 @@ pub fn knowledge_base(dir: &Path) -> PathBuf {
     kb
 }
 
-/// The sample prompt set packed, and a copy whose every route hands over.
-pub fn prompt_sets(dir: &Path) -> (PathBuf, PathBuf) {
+/// The sample prompt set packed as `label`, its `prompt-set.toml` passed
+/// through `edit` first.
+pub fn pack(dir: &Path, label: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/prompts/brewstation");
-    let pack = |folder: &Path, out: &Path| {
-        let result = run(outpost()
-            .args(["prompts", "pack"])
-            .arg(folder)
-            .arg("-o")
-            .arg(out));
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-    };
-    let good = dir.join("good.toml");
-    pack(&sample, &good);
-    let bad_folder = dir.join("handover-all");
-    std::fs::create_dir_all(&bad_folder).expect("folder");
+    let folder = dir.join(label);
+    std::fs::create_dir_all(&folder).expect("folder");
     for entry in std::fs::read_dir(&sample).expect("sample") {
         let path = entry.expect("entry").path();
         let mut text = std::fs::read_to_string(&path).expect("read");
         if path.file_name().is_some_and(|n| n == "prompt-set.toml") {
-            for route in ["technical", "general"] {
-                text = text.replace(
-                    &format!("template = \"{route}\"\n"),
-                    "escalate = true\nreason = \"asked_for_person\"\n",
-                );
-            }
+            text = edit(text);
         }
-        std::fs::write(bad_folder.join(path.file_name().expect("name")), text).expect("write");
+        std::fs::write(folder.join(path.file_name().expect("name")), text).expect("write");
     }
-    let bad = dir.join("bad.toml");
-    pack(&bad_folder, &bad);
-    (good, bad)
+    let out = dir.join(format!("{label}.toml"));
+    let result = run(outpost()
+        .args(["prompts", "pack"])
+        .arg(&folder)
+        .arg("-o")
+        .arg(&out));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// A `prompt-set.toml` edit: every answering route hands over instead.
+pub fn hand_everything_over(text: String) -> String {
+    ["technical", "general"].iter().fold(text, |text, route| {
+        text.replace(
+            &format!("template = \"{route}\"\n"),
+            "escalate = true\nreason = \"asked_for_person\"\n",
+        )
+    })
+}
+
+/// The sample prompt set packed, and a copy whose every route hands over.
+pub fn prompt_sets(dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        pack(dir, "good", |text| text),
+        pack(dir, "bad", hand_everything_over),
+    )
+}
+
+/// The sample set's items (JSON Lines), in order.
+pub fn items() -> Vec<Value> {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/eval/brewstation.jsonl"),
+    )
+    .expect("sample set")
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .map(|l| serde_json::from_str(l).expect("item"))
+    .collect()
 }
 
 /// The first `answered` questions that must be answered and `handed` that

@@ -1,5 +1,5 @@
 use super::*;
-use crate::rollout::fixtures::{device, plan, prompt_set, stage, tag};
+use crate::rollout::fixtures::{device, eval_set, plan, prompt_set, stage, tag};
 
 #[test]
 fn the_fixture_plan_is_valid_and_round_trips_through_json() {
@@ -129,4 +129,36 @@ fn duplicate_listings_count_once() {
     let mut devices = fleet(3, 0);
     devices.push(devices[0].clone());
     assert_eq!(canary_order(&id, &devices, &[]).len(), 3);
+}
+
+#[test]
+fn a_smoke_gate_needs_eval_sets_and_a_mark_in_range_and_rides_with_the_candidate() {
+    let mut with_smoke = plan();
+    with_smoke.smoke = Some(SmokePlan {
+        eval_set: prompt_set("1", 4),
+        min_score: 1.5,
+        gate: None,
+    });
+    let PlanErrors(problems) = with_smoke.clone().validate().expect_err("invalid");
+    assert!(problems.contains(&PlanError::SmokeSetKind(ArtifactKind::PromptSet)));
+    assert!(problems.contains(&PlanError::SmokeMinScore(1.5)));
+
+    let gate = ArtifactRef {
+        name: "faq-smoke-gate".parse().expect("name"),
+        ..eval_set()
+    };
+    with_smoke.smoke = Some(SmokePlan {
+        eval_set: eval_set(),
+        min_score: 0.8,
+        gate: Some(gate.clone()),
+    });
+    let valid = with_smoke.validate().expect("valid");
+    let changes = valid.stage_changes();
+    assert_eq!(changes.len(), valid.candidate.len() + 1);
+    assert_eq!(changes.last(), Some(&gate));
+    // Without a smoke section a stage sends the candidate only.
+    assert_eq!(
+        plan().validate().expect("valid").stage_changes(),
+        plan().candidate
+    );
 }
