@@ -40,7 +40,7 @@ pub(super) struct Session {
     /// `cmd RunEval` for the apply thread.
     pub evals: mpsc::Sender<EvalRequest>,
     /// The last commands run, so a redelivered one (QoS 1) runs once.
-    pub recent_commands: VecDeque<CommandId>,
+    pub recent_commands: RecentCommands,
     /// Checks every desired state before it reaches `desired`.
     pub verifier: StateVerifier,
     pub reported: watch::Receiver<ReportedState>,
@@ -55,6 +55,26 @@ pub(super) struct Session {
 
 /// Commands remembered for deduplication.
 const RECENT_COMMANDS: usize = 32;
+
+/// The ids of the last [`RECENT_COMMANDS`] commands: QoS 1 may deliver a
+/// command twice (a reconnect before the PUBACK), and an evaluation run
+/// twice costs minutes of the device's CPU.
+#[derive(Debug, Default)]
+pub(super) struct RecentCommands(VecDeque<CommandId>);
+
+impl RecentCommands {
+    /// Whether `id` is new; remembers it.
+    pub(super) fn first_time(&mut self, id: CommandId) -> bool {
+        if self.0.contains(&id) {
+            return false;
+        }
+        if self.0.len() == RECENT_COMMANDS {
+            self.0.pop_front();
+        }
+        self.0.push_back(id);
+        true
+    }
+}
 
 /// Per-connection bookkeeping; reset on every reconnect.
 #[derive(Debug, Default)]
@@ -224,14 +244,10 @@ impl Session {
 
     async fn on_command(&mut self, command: Command, link: &mut Link) {
         tracing::info!(id = ?command.id, action = ?command.action, "command from the hub");
-        if self.recent_commands.contains(&command.id) {
+        if !self.recent_commands.first_time(command.id) {
             tracing::debug!(id = ?command.id, "a redelivered command; already run");
             return;
         }
-        if self.recent_commands.len() == RECENT_COMMANDS {
-            self.recent_commands.pop_front();
-        }
-        self.recent_commands.push_back(command.id);
         match command.action {
             CommandAction::RunEval { eval_set } => {
                 let request = EvalRequest {
@@ -369,6 +385,19 @@ const SUBSCRIPTIONS: [TopicKind; 4] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redelivered_command_runs_once_and_old_ids_are_forgotten() {
+        let mut recent = RecentCommands::default();
+        assert!(recent.first_time(CommandId(1)));
+        assert!(!recent.first_time(CommandId(1)));
+        for id in 2..=RECENT_COMMANDS as u64 + 1 {
+            assert!(recent.first_time(CommandId(id)));
+        }
+        // Id 1 fell out of the window: a hub that reuses it is obeyed.
+        assert!(recent.first_time(CommandId(1)));
+        assert!(!recent.first_time(CommandId(RECENT_COMMANDS as u64 + 1)));
+    }
 
     #[test]
     fn the_agent_subscribes_to_every_hub_to_device_kind() {
