@@ -142,7 +142,7 @@ where
                         };
                         if let Err(error) = outbox.record(
                             crate::now_unix_ms(),
-                            TelemetryPayload::EvalScores(scores),
+                            TelemetryPayload::EvalScores(Box::new(scores)),
                         ) {
                             tracing::warn!(%error, "the evaluation's scores were not recorded");
                         }

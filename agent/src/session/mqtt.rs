@@ -266,9 +266,10 @@ impl Session {
                             .text,
                         },
                     };
-                    let _ = self
-                        .outbox
-                        .record(crate::now_unix_ms(), TelemetryPayload::EvalScores(busy));
+                    let _ = self.outbox.record(
+                        crate::now_unix_ms(),
+                        TelemetryPayload::EvalScores(Box::new(busy)),
+                    );
                 }
             }
             CommandAction::Flush => {

@@ -219,8 +219,10 @@ pub enum TelemetryPayload {
     Answer(AnswerEvent),
     /// A health sample.
     Metrics(DeviceMetrics),
-    /// The scores of an evaluation the hub asked for (`cmd RunEval`).
-    EvalScores(crate::message::scores::EvalScores),
+    /// The scores of an evaluation the hub asked for (`cmd RunEval`);
+    /// boxed because it is rare and larger than the others (the encoding
+    /// is the same as unboxed).
+    EvalScores(Box<crate::message::scores::EvalScores>),
 }
 
 /// One numbered telemetry event.

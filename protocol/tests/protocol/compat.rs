@@ -387,7 +387,7 @@ fn eval_scores_batch() -> TelemetryBatch {
         vec![TelemetryEvent {
             seq: Seq(1),
             at_unix_ms: 1_714_571_300_000,
-            payload: TelemetryPayload::EvalScores(scores),
+            payload: TelemetryPayload::EvalScores(Box::new(scores)),
         }],
     )
     .expect("valid")
