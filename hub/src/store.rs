@@ -303,6 +303,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_ms   INTEGER NOT NULL,
     PRIMARY KEY (device, epoch, feedback_seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS feedback_by_answer ON feedback (device, epoch, answer_seq, feedback_seq);
 CREATE TABLE IF NOT EXISTS dead_letters (   -- bounded: the newest MAX_DEAD_LETTERS
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     topic          TEXT NOT NULL,

@@ -524,8 +524,15 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT rating, versions_json FROM feedback
-                  WHERE device = ?1 AND received_ms >= ?2 AND received_ms < ?3",
+                // An answer's first rating only: a customer who changes
+                // their mind (or taps twice) is one vote, and counting the
+                // first keeps consecutive slices from counting it twice.
+                "SELECT rating, versions_json FROM feedback f
+                  WHERE device = ?1 AND received_ms >= ?2 AND received_ms < ?3
+                    AND NOT EXISTS (SELECT 1 FROM feedback e
+                          WHERE e.device = f.device AND e.epoch = f.epoch
+                            AND e.answer_seq = f.answer_seq
+                            AND e.feedback_seq < f.feedback_seq)",
             )
             .map_err(sql("prepare window feedback"))?;
         let rows = stmt
@@ -657,6 +664,50 @@ mod tests {
         assert_eq!(whole.window().latency.samples, 8);
         let before = store.rollout_window(&device, 0, 100, &on).expect("empty");
         assert_eq!(before.answers, 0, "the bound is exclusive");
+    }
+
+    #[test]
+    fn a_rerated_answer_is_one_vote_in_the_window() {
+        use outpost_protocol::{redact, Feedback, FeedbackId, OutboxEpoch};
+        let mut store = Store::open_in_memory().expect("store");
+        let fleet = FleetId::parse("acme").expect("fleet");
+        let device = DeviceId::parse("kiosk-1").expect("device");
+        let on_v2 = ActiveVersions {
+            prompt_set: Some(ArtifactDigest::from_bytes([2; 32])),
+            ..ActiveVersions::default()
+        };
+        let rate = |store: &mut Store, seq: u64, answer: u64, rating: Rating, at: u64| {
+            let feedback = Feedback {
+                id: FeedbackId {
+                    epoch: OutboxEpoch(7),
+                    seq: Seq(seq),
+                },
+                answer_seq: Seq(answer),
+                rating,
+                question: redact("q").text,
+                answer: redact("a").text,
+                versions: on_v2,
+                at_unix_ms: at,
+            };
+            store
+                .record_feedback(&fleet, &device, &feedback, ProtocolVersion::CURRENT, at)
+                .expect("stored");
+        };
+        // Answer 1: down, then up, then down again; answer 2: down once.
+        rate(&mut store, 1, 1, Rating::ThumbsDown, 100);
+        rate(&mut store, 2, 2, Rating::ThumbsDown, 110);
+        rate(&mut store, 3, 1, Rating::ThumbsUp, 250);
+        rate(&mut store, 4, 1, Rating::ThumbsDown, 260);
+        let on = [(ArtifactKind::PromptSet, ArtifactDigest::from_bytes([2; 32]))];
+        let whole = store.rollout_window(&device, 0, 300, &on).expect("window");
+        assert_eq!((whole.rated, whole.thumbs_down), (2, 2));
+        let mut sliced = store.rollout_window(&device, 0, 200, &on).expect("first");
+        sliced.add(
+            store
+                .rollout_window(&device, 200, 300, &on)
+                .expect("second"),
+        );
+        assert_eq!(sliced, whole, "the later re-ratings count in no slice");
     }
 
     #[test]
