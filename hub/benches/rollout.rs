@@ -60,7 +60,10 @@ use tokio::sync::watch;
 
 use sim::admin::{blocking, Admin};
 use sim::device::{DeviceReport, DeviceSetup, Escalation, Progress};
-use sim::hub::{check_fd_limit, cpu_seconds, reset_peak_rss, status_bytes, HubOptions, HubProcess};
+use sim::hub::{
+    check_fd_limit, cpu_seconds, reset_peak_rss, status_bytes, written_bytes, HubOptions,
+    HubProcess,
+};
 use sim::{parse_number, percentile, sorted, wait_for};
 
 /// The cohort tag every simulated device carries.
@@ -283,6 +286,8 @@ struct Report {
     params: Option<Params>,
     connect_s: f64,
     baseline_cpu_pct: f64,
+    /// Bytes a second the hub wrote to storage before the rollout.
+    baseline_written_per_s: Option<f64>,
     phase: String,
     stages: Vec<StageFigures>,
     stage_sizes: Vec<usize>,
@@ -296,6 +301,8 @@ struct Report {
     hub_peak_rss: u64,
     peak_rss_reset: bool,
     hub_end_rss: u64,
+    /// Bytes the hub wrote to storage over the rollout.
+    hub_written: Option<u64>,
     ingest_per_s: f64,
     sim_cpu_pct: f64,
     on_candidate_devices: usize,
@@ -387,9 +394,12 @@ async fn simulate(params: Params) -> Report {
     blocking(move || wait_reported(&a, n, v1)).await;
 
     // Steady telemetry without a rollout, for comparison.
-    let cpu0 = cpu_seconds(&pid);
+    let (cpu0, written0) = (cpu_seconds(&pid), written_bytes(&pid));
     tokio::time::sleep(Duration::from_secs(params.baseline_s)).await;
     let baseline_cpu_pct = (cpu_seconds(&pid) - cpu0) / params.baseline_s as f64 * 100.0;
+    let baseline_written_per_s = written_bytes(&pid)
+        .zip(written0)
+        .map(|(end, start)| end.saturating_sub(start) as f64 / params.baseline_s as f64);
 
     // The rollout.
     let peak_rss_reset = reset_peak_rss(&pid);
@@ -399,6 +409,7 @@ async fn simulate(params: Params) -> Report {
         std::thread::spawn(move || sim::sample_hub(&admin, &pid, &sampling))
     };
     let hub_cpu0 = cpu_seconds(&pid);
+    let hub_written0 = written_bytes(&pid);
     let sim_cpu0 = cpu_seconds("self");
     let started = Instant::now();
     let a = admin.clone();
@@ -408,6 +419,7 @@ async fn simulate(params: Params) -> Report {
         params: Some(params),
         connect_s,
         baseline_cpu_pct,
+        baseline_written_per_s,
         peak_rss_reset,
         ..Report::default()
     };
@@ -424,6 +436,9 @@ async fn simulate(params: Params) -> Report {
     let phase_end = Instant::now();
     report.observed_s = phase_end.duration_since(started).as_secs_f64();
     report.hub_cpu_s = cpu_seconds(&pid) - hub_cpu0;
+    report.hub_written = written_bytes(&pid)
+        .zip(hub_written0)
+        .map(|(end, start)| end.saturating_sub(start));
     report.hub_cpu_pct = report.hub_cpu_s / report.observed_s * 100.0;
     report.sim_cpu_pct = (cpu_seconds("self") - sim_cpu0) / report.observed_s * 100.0;
     report.hub_peak_rss = status_bytes(&pid, "VmHWM");
@@ -821,8 +836,19 @@ impl Report {
                 ),
             ),
             (
-                "telemetry stored meanwhile".into(),
-                format!("{:.0} events/s", self.ingest_per_s),
+                "telemetry stored meanwhile; hub writes to storage".into(),
+                format!(
+                    "{:.0} events/s; {} (steady telemetry before it: {})",
+                    self.ingest_per_s,
+                    self.hub_written.map_or_else(
+                        || "not accounted here".into(),
+                        |b| format!("{:.1} MiB/s", mib(b) / self.observed_s)
+                    ),
+                    self.baseline_written_per_s.map_or_else(
+                        || "not accounted here".into(),
+                        |b| format!("{:.1} MiB/s", b / (1024.0 * 1024.0))
+                    )
+                ),
             ),
             (
                 "devices on the candidate: own state / stored report / controller".into(),

@@ -220,6 +220,19 @@ pub fn status_bytes(pid: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// Bytes the process caused to be written to storage so far
+/// (`write_bytes` of `/proc/<pid>/io`); `None` where the kernel does not
+/// account I/O.
+pub fn written_bytes(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS, so a later
 /// `VmHWM` is the peak of what came after (`clear_refs` value 5, Linux
 /// 4.0+). Whether it worked: a kernel or sandbox may refuse.
