@@ -53,7 +53,6 @@ mod sim;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,7 +61,7 @@ use tokio::sync::watch;
 
 use sim::admin::{blocking, metric, metric_sum, Admin};
 use sim::device::{DeviceReport, DeviceSetup, Escalation, Progress};
-use sim::hub::{check_fd_limit, cpu_seconds, status_bytes, HubOptions, HubProcess};
+use sim::hub::{cpu_seconds, status_bytes, HubOptions, HubProcess};
 use sim::{parse_number, percentile, sorted, wait_for, Sample};
 
 /// Every simulated device carries this tag, so one assignment reaches all.
@@ -75,32 +74,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const DESIRED_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    if let Some(code) = sim::hub::run_child_if_asked() {
-        return code;
-    }
-    let params = match Params::from_env_and_args() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("fleet bench: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    if let Err(e) = check_fd_limit(params.devices) {
-        eprintln!("fleet bench: {e}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("build the simulator's tokio runtime");
-    let report = runtime.block_on(simulate(params));
-    println!("{}", report.table());
-    if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("fleet bench: FAILED (see the table above)");
-        ExitCode::FAILURE
-    }
+    sim::bench_main(
+        "fleet bench",
+        Params::from_env_and_args,
+        |p| p.devices,
+        simulate,
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -175,13 +154,7 @@ impl Params {
         if params.devices == 0 || params.seconds == 0 {
             return Err("devices and seconds must both be above 0".into());
         }
-        if params.devices > 9000 {
-            // The embedded broker accepts 10,010 connections (hub/src/broker.rs).
-            return Err(format!(
-                "{} devices is above what the embedded broker accepts",
-                params.devices
-            ));
-        }
+        sim::check_device_count(params.devices)?;
         Ok(params)
     }
 }
@@ -250,8 +223,7 @@ async fn simulate(params: Params) -> Report {
     let progress = Arc::new(Progress::default());
     let (start_tx, start_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connect_started = Instant::now();
-    let fleet = sim::device::spawn_fleet(&DeviceSetup {
+    let setup = DeviceSetup {
         broker: hub.broker,
         devices: n,
         events: params.seconds,
@@ -266,16 +238,8 @@ async fn simulate(params: Params) -> Report {
         progress: progress.clone(),
         start: start_rx,
         stop: stop_rx,
-    });
-    wait_for(
-        &progress.ready,
-        n,
-        connect_started + CONNECT_TIMEOUT,
-        "devices connected",
-    )
-    .await;
-    let connect_s = connect_started.elapsed().as_secs_f64();
-    eprintln!("fleet bench: {n} devices connected and subscribed in {connect_s:.1} s");
+    };
+    let (fleet, connect_s) = sim::device::connect_fleet(&setup, CONNECT_TIMEOUT).await;
 
     // Setup the measured phase does not include: tags and the artifact.
     let a = admin.clone();
@@ -295,11 +259,7 @@ async fn simulate(params: Params) -> Report {
     let sim_cpu0 = cpu_seconds("self");
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     start_tx.send_replace(Some(start));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (admin, pid, sampling) = (admin.clone(), pid.clone(), sampling.clone());
-        std::thread::spawn(move || sim::sample_hub(&admin, &pid, &sampling))
-    };
+    let sampler = sim::Sampler::start(&admin, &pid);
 
     // Half way through by default: an operator rolls out while the fleet
     // reports, and that is when the hub's MQTT session is busiest.
@@ -322,8 +282,7 @@ async fn simulate(params: Params) -> Report {
     let phase_s = phase_end
         .saturating_duration_since(start.into_std())
         .as_secs_f64();
-    sampling.store(false, Ordering::Relaxed);
-    let samples = sampler.join().expect("hub sampler thread");
+    let samples = sampler.stop();
     let assignment = match assignment {
         Some(a) => a,
         None => assign(&admin).await,
@@ -421,6 +380,19 @@ fn stored_rows(db: &Path) -> HashMap<String, (u64, u64, u64)> {
         .expect("read the telemetry table");
     rows.collect::<Result<_, _>>()
         .expect("read a telemetry row")
+}
+
+impl sim::Outcome for Report {
+    fn table(&self) -> String {
+        Report::table(self)
+    }
+
+    fn failures(&self) -> Vec<String> {
+        if self.ok() {
+            return Vec::new();
+        }
+        vec!["events were lost or a device missed its desired state (see the table above)".into()]
+    }
 }
 
 impl Report {

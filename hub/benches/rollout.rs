@@ -49,7 +49,6 @@ mod sim;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,10 +59,7 @@ use tokio::sync::watch;
 
 use sim::admin::{blocking, Admin};
 use sim::device::{DeviceReport, DeviceSetup, Escalation, Progress};
-use sim::hub::{
-    check_fd_limit, cpu_seconds, reset_peak_rss, status_bytes, written_bytes, HubOptions,
-    HubProcess,
-};
+use sim::hub::{cpu_seconds, reset_peak_rss, status_bytes, written_bytes, HubOptions, HubProcess};
 use sim::{parse_number, percentile, sorted, wait_for};
 
 /// The cohort tag every simulated device carries.
@@ -89,35 +85,12 @@ const BASELINE_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    if let Some(code) = sim::hub::run_child_if_asked() {
-        return code;
-    }
-    let params = match Params::from_env_and_args() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("rollout bench: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    if let Err(e) = check_fd_limit(params.devices) {
-        eprintln!("rollout bench: {e}");
-        return ExitCode::FAILURE;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("build the simulator's tokio runtime");
-    let report = runtime.block_on(simulate(params));
-    println!("{}", report.table());
-    if report.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for problem in &report.problems {
-            eprintln!("rollout bench: {problem}");
-        }
-        eprintln!("rollout bench: FAILED");
-        ExitCode::FAILURE
-    }
+    sim::bench_main(
+        "rollout bench",
+        Params::from_env_and_args,
+        |p| p.devices,
+        simulate,
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -212,13 +185,7 @@ impl Params {
                     .into(),
             );
         }
-        if params.devices > 9000 {
-            // The embedded broker accepts 10,010 connections (hub/src/broker.rs).
-            return Err(format!(
-                "{} devices is above what the embedded broker accepts",
-                params.devices
-            ));
-        }
+        sim::check_device_count(params.devices)?;
         Ok(params)
     }
 
@@ -343,8 +310,7 @@ async fn simulate(params: Params) -> Report {
     let progress = Arc::new(Progress::default());
     let (start_tx, start_rx) = watch::channel(None);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let connect_started = Instant::now();
-    let fleet = sim::device::spawn_fleet(&DeviceSetup {
+    let setup = DeviceSetup {
         broker: hub.broker,
         devices: n,
         events: u64::MAX,
@@ -358,16 +324,8 @@ async fn simulate(params: Params) -> Report {
         progress: progress.clone(),
         start: start_rx,
         stop: stop_rx,
-    });
-    wait_for(
-        &progress.ready,
-        n,
-        connect_started + CONNECT_TIMEOUT,
-        "devices connected",
-    )
-    .await;
-    let connect_s = connect_started.elapsed().as_secs_f64();
-    eprintln!("rollout bench: {n} devices connected and subscribed in {connect_s:.1} s");
+    };
+    let (fleet, connect_s) = sim::device::connect_fleet(&setup, CONNECT_TIMEOUT).await;
     start_tx.send_replace(Some(
         tokio::time::Instant::now() + Duration::from_millis(100),
     ));
@@ -403,11 +361,7 @@ async fn simulate(params: Params) -> Report {
 
     // The rollout.
     let peak_rss_reset = reset_peak_rss(&pid);
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (admin, pid, sampling) = (admin.clone(), pid.clone(), sampling.clone());
-        std::thread::spawn(move || sim::sample_hub(&admin, &pid, &sampling))
-    };
+    let sampler = sim::Sampler::start(&admin, &pid);
     let hub_cpu0 = cpu_seconds(&pid);
     let hub_written0 = written_bytes(&pid);
     let sim_cpu0 = cpu_seconds("self");
@@ -443,8 +397,7 @@ async fn simulate(params: Params) -> Report {
     report.sim_cpu_pct = (cpu_seconds("self") - sim_cpu0) / report.observed_s * 100.0;
     report.hub_peak_rss = status_bytes(&pid, "VmHWM");
     report.hub_end_rss = status_bytes(&pid, "VmRSS");
-    sampling.store(false, Ordering::Relaxed);
-    let samples = sampler.join().expect("hub sampler thread");
+    let samples = sampler.stop();
     if std::env::var_os("OUTPOST_ROLLOUT_TIMELINE").is_some() {
         for pair in samples.windows(2) {
             eprintln!(
@@ -587,6 +540,16 @@ fn note<'a>(row: &'a Value, name: &str) -> Option<&'a Value> {
 
 fn at_ms(row: &Value) -> f64 {
     row["entry"]["at_ms"].as_f64().unwrap_or(f64::NAN)
+}
+
+impl sim::Outcome for Report {
+    fn table(&self) -> String {
+        Report::table(self)
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.problems.clone()
+    }
 }
 
 impl Report {

@@ -142,9 +142,23 @@ pub struct Running {
     pub poller: tokio::task::JoinHandle<()>,
 }
 
-/// Starts devices `0..setup.devices`.
-pub fn spawn_fleet(setup: &DeviceSetup) -> Vec<Running> {
-    (0..setup.devices).map(|i| spawn_device(i, setup)).collect()
+/// Starts devices `0..setup.devices` and waits until they are connected
+/// and subscribed, or `timeout` passed; returns them with the seconds that
+/// took.
+pub async fn connect_fleet(setup: &DeviceSetup, timeout: Duration) -> (Vec<Running>, f64) {
+    let started = Instant::now();
+    let fleet: Vec<Running> = (0..setup.devices).map(|i| spawn_device(i, setup)).collect();
+    let n = setup.devices;
+    super::wait_for(
+        &setup.progress.ready,
+        n,
+        started + timeout,
+        "devices connected",
+    )
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("bench: {n} devices connected and subscribed in {seconds:.1} s");
+    (fleet, seconds)
 }
 
 /// Waits for every device's report, ending their sessions.

@@ -10,11 +10,79 @@ pub mod admin;
 pub mod device;
 pub mod hub;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The fleet id of every simulated device and of the hub.
 pub const FLEET: &str = "bench";
+/// The embedded broker accepts 10,010 connections (hub/src/broker.rs).
+const MAX_DEVICES: usize = 9000;
+
+/// What a simulator bench's run hands back to [`bench_main`].
+pub trait Outcome {
+    /// The results, as a Markdown table.
+    fn table(&self) -> String;
+    /// Why the run failed; empty when it passed.
+    fn failures(&self) -> Vec<String>;
+}
+
+/// A simulator bench's `main`: the hub if this process is the bench's hub
+/// child; otherwise `parse` the flags (exit 64 on a bad one), check the
+/// open-file limit for `devices(params)`, run `simulate` on a runtime of
+/// its own, print its table, and exit 1 if it failed.
+pub fn bench_main<P, R, F>(
+    name: &str,
+    parse: fn() -> Result<P, String>,
+    devices: fn(&P) -> usize,
+    simulate: impl FnOnce(P) -> F,
+) -> ExitCode
+where
+    F: Future<Output = R>,
+    R: Outcome,
+{
+    if let Some(code) = hub::run_child_if_asked() {
+        return code;
+    }
+    let params = match parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if let Err(e) = hub::check_fd_limit(devices(&params)) {
+        eprintln!("{name}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the simulator's tokio runtime");
+    let report = runtime.block_on(simulate(params));
+    println!("{}", report.table());
+    let failures = report.failures();
+    if failures.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for failure in failures {
+        eprintln!("{name}: {failure}");
+    }
+    eprintln!("{name}: FAILED");
+    ExitCode::FAILURE
+}
+
+/// Refuses more devices than the embedded broker accepts.
+pub fn check_device_count(devices: usize) -> Result<(), String> {
+    if devices > MAX_DEVICES {
+        return Err(format!(
+            "{devices} devices is above what the embedded broker accepts ({MAX_DEVICES})"
+        ));
+    }
+    Ok(())
+}
 
 pub fn parse_number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, String> {
     text.trim()
@@ -65,6 +133,26 @@ pub fn markdown_table<K: AsRef<str>>(rows: &[(K, String)]) -> String {
     out
 }
 
+/// A thread sampling the hub once a second ([`sample_hub`]) until stopped.
+pub struct Sampler {
+    running: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    pub fn start(admin: &admin::Admin, pid: &str) -> Self {
+        let running = Arc::new(AtomicBool::new(true));
+        let (admin, pid, flag) = (admin.clone(), pid.to_owned(), running.clone());
+        let thread = std::thread::spawn(move || sample_hub(&admin, &pid, &flag));
+        Self { running, thread }
+    }
+
+    pub fn stop(self) -> Vec<Sample> {
+        self.running.store(false, Ordering::Relaxed);
+        self.thread.join().expect("hub sampler thread")
+    }
+}
+
 /// One sample of the hub, taken once a second by [`sample_hub`].
 pub struct Sample {
     pub at: Instant,
@@ -76,11 +164,7 @@ pub struct Sample {
 
 /// Once a second until `running` turns false: the hub's CPU time and
 /// stored events (run it on a thread of its own).
-pub fn sample_hub(
-    admin: &admin::Admin,
-    pid: &str,
-    running: &std::sync::atomic::AtomicBool,
-) -> Vec<Sample> {
+fn sample_hub(admin: &admin::Admin, pid: &str, running: &AtomicBool) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut next = Instant::now();
     while running.load(Ordering::Relaxed) {
