@@ -180,6 +180,18 @@ fn notes<'a>(detail: &'a Value, tag: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Asserts that `detail` is halted once, for `reason`; the audit row.
+fn halted_for<'a>(detail: &'a Value, reason: &str) -> &'a Value {
+    assert_eq!(detail["phase"], "halted", "{detail:#}");
+    let halt = notes(detail, "halted");
+    assert_eq!(halt.len(), 1, "{detail:#}");
+    assert_eq!(
+        halt[0]["entry"]["note"]["halted"]["reason"], reason,
+        "{detail:#}"
+    );
+    halt[0]
+}
+
 fn sent_devices(detail: &Value) -> Vec<String> {
     detail["devices"]
         .as_array()
@@ -477,14 +489,7 @@ fail_alpha = 0.01
         ),
     );
     let halted = fleet.drive_until("prompts-v3", &["halted", "completed"]);
-    assert_eq!(halted["phase"], "halted", "{halted:#}");
-    let halt = notes(&halted, "halted");
-    assert_eq!(halt.len(), 1, "{halted:#}");
-    assert_eq!(
-        halt[0]["entry"]["note"]["halted"]["reason"], "canary_gate",
-        "{halted:#}"
-    );
-    let gates = halt[0]["entry"]["gates"].to_string();
+    let gates = halted_for(&halted, "canary_gate")["entry"]["gates"].to_string();
     assert!(
         gates.contains("escalation"),
         "the numbers that decided: {gates}"
@@ -515,12 +520,7 @@ apply_timeout_ms = 300000
         ),
     );
     let refused = fleet.drive_until("tone-v2", &["halted", "completed"]);
-    assert_eq!(refused["phase"], "halted", "{refused:#}");
-    let halt = notes(&refused, "halted");
-    assert_eq!(
-        halt[0]["entry"]["note"]["halted"]["reason"], "install_gate",
-        "{refused:#}"
-    );
+    halted_for(&refused, "install_gate");
     let smoke_canary = sent_devices(&refused)[0].clone();
     let report = fleet.hub.device(&smoke_canary).expect("device");
     let failures = report["failures"].to_string();
@@ -541,25 +541,9 @@ apply_timeout_ms = 300000
 
     // `cmd RunEval`: the kiosk runs the smoke set it holds on what it
     // serves now and reports the scores through its outbox.
-    let out = outpost()
-        .args([
-            "fleet",
-            "--hub",
-            &fleet.hub.http,
-            "eval",
-            "device",
-            &smoke_canary,
-            "--wait",
-            "300",
-        ])
-        .output()
-        .expect("outpost fleet eval device");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let row: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let row = fleet
+        .hub
+        .fleet(&["eval", "device", &smoke_canary, "--wait", "300"]);
     let scores = &row["event"]["payload"]["EvalScores"];
     assert_eq!(scores["set"][0], "tone-v2-smoke-gate", "{row:#}");
     let scored = &scores["result"]["Scored"];

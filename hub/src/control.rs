@@ -237,15 +237,27 @@ impl Context {
                 device: device.clone(),
                 source,
             })?;
-        let topic = Topic::new(self.fleet.clone(), device.clone(), TopicKind::StateDesired);
+        self.publish_to(device, TopicKind::StateDesired, true, payload)
+            .await?;
+        Metrics::add(&self.metrics.desired_published, 1);
+        Ok(())
+    }
+
+    /// QoS 1 on the egress session, waiting at most [`PUBLISH_TIMEOUT`]
+    /// for room in its queue.
+    async fn publish_to(
+        &self,
+        device: &DeviceId,
+        kind: TopicKind,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), PublishDesiredError> {
+        let topic = Topic::new(self.fleet.clone(), device.clone(), kind);
         let publish = self
             .egress
-            .publish(topic.to_string(), QoS::AtLeastOnce, true, payload);
+            .publish(topic.to_string(), QoS::AtLeastOnce, retain, payload);
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(())) => {
-                Metrics::add(&self.metrics.desired_published, 1);
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(PublishDesiredError::Mqtt(e.to_string())),
             Err(_) => Err(PublishDesiredError::Mqtt(format!(
                 "request queue stayed full for {PUBLISH_TIMEOUT:?}"
@@ -284,17 +296,9 @@ impl Context {
                 device: device.clone(),
                 source,
             })?;
-        let topic = Topic::new(self.fleet.clone(), device.clone(), TopicKind::Cmd);
-        let publish = self
-            .egress
-            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload);
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(())) => Ok(command.id),
-            Ok(Err(e)) => Err(PublishDesiredError::Mqtt(e.to_string())),
-            Err(_) => Err(PublishDesiredError::Mqtt(format!(
-                "request queue stayed full for {PUBLISH_TIMEOUT:?}"
-            ))),
-        }
+        self.publish_to(device, TopicKind::Cmd, false, payload)
+            .await?;
+        Ok(command.id)
     }
 
     /// Re-publishes every stored desired state (after a (re)connect: an
