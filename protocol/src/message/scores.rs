@@ -3,9 +3,12 @@
 //! so it travels the durable outbox like every other and reaches the hub
 //! after any outage.
 //!
-//! Added to v3 with the evaluation gates, before v3 shipped to devices: a
-//! v3 peer built before it cannot decode a batch that carries one, and a
-//! v2 hub is never sent one ([`crate::v2`] refuses to downgrade it).
+//! Added to v3 with the evaluation gates as an appended payload variant. A
+//! v3 hub built before it could not decode a batch that carries one, but
+//! it never gets one: a device sends scores only in answer to a `RunEval`,
+//! and only a hub that reads them sends that command (unlike a hand-over
+//! rating, which a kiosk would send to any hub: that needs protocol v4).
+//! A v2 hub is never sent one ([`crate::v2`] refuses to downgrade it).
 
 use serde::{Deserialize, Serialize};
 
