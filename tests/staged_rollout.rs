@@ -49,7 +49,7 @@ struct Fleet {
     devices: Vec<(&'static str, Option<Server>)>,
     /// Questions the kiosks must answer (not hand over), from the sample set.
     questions: Vec<String>,
-    asked: usize,
+    rounds: usize,
 }
 
 impl Fleet {
@@ -100,12 +100,13 @@ impl Fleet {
             .unwrap_or_else(|| panic!("{name} is not running"))
     }
 
-    /// One question to every running kiosk: telemetry for both arms.
+    /// The same question to every running kiosk, the next one each round:
+    /// both arms of the canary gate answer the same mix.
     fn ask_round(&mut self) {
+        let question = &self.questions[self.rounds % self.questions.len()];
+        self.rounds += 1;
         for (name, server) in &self.devices {
             let Some(server) = server else { continue };
-            let question = &self.questions[self.asked % self.questions.len()];
-            self.asked += 1;
             let (status, body) = post(&server.url("/v1/answer"), &json!({ "question": question }));
             assert_eq!(status, 200, "{name}: {body}");
         }
@@ -263,7 +264,7 @@ fn staged_rollouts_advance_halt_and_resume_on_real_kiosks() {
         hub_ports,
         devices: Vec::new(),
         questions,
-        asked: 0,
+        rounds: 0,
     };
     for (name, _) in DEVICES {
         let server = fleet.start_device(name);
