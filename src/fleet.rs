@@ -16,7 +16,7 @@ use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, EvalRun, HealthChec
 use outpost_eval::{EvalItem, ItemResult, RunOptions, SmokeGate};
 use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{
-    AnswerEvent, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, EvalResult, EventId,
+    AnswerEvent, AnswerFailure, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, EvalResult, EventId,
     FailureReason, Feedback,
 };
 use outpost_runtime::answer::Answerer;
@@ -145,6 +145,12 @@ impl AnswerSink for AgentAnswers {
                 tracing::warn!(%error, "a rating was not recorded for the fleet");
             }
         })
+    }
+
+    fn failed(&self, failure: AnswerFailure) {
+        if let Err(error) = self.0.record_answer_failure(failure) {
+            tracing::warn!(%error, "a failed answer was not recorded for the fleet");
+        }
     }
 }
 

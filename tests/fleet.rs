@@ -471,7 +471,7 @@ fn hub_feedback(dir: &Path, device: &str) -> Vec<(u64, String, String, String, V
 }
 
 #[test]
-fn a_kiosk_thumbs_down_reaches_the_hub_with_its_answer_and_versions_and_text_only_when_opted_in() {
+fn a_kiosk_thumbs_down_and_hand_over_reach_the_hub_with_their_answer_and_versions_and_text_only_when_opted_in() {
     let _serial = serial();
     let dir = temp_dir();
     let hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());
@@ -572,6 +572,19 @@ fn a_kiosk_thumbs_down_reaches_the_hub_with_its_answer_and_versions_and_text_onl
             versions.to_string().contains(&sha256_hex(&prompts)),
             "{name}: attributed to the fleet's prompt set: {versions}"
         );
+        // "Talk to a person" after the same answer: a hand-over of that
+        // answer at the hub, beside the thumbs-down.
+        let (status, handed) = post(
+            &device.url("/v1/handover"),
+            &json!({"answer_id": answered["id"]}),
+        );
+        assert_eq!((status, &handed["stored"]), (200, &json!(true)), "{handed}");
+        let both = wait_for(WAIT, "the hand-over at the hub", || {
+            Some(hub_feedback(dir.path(), name)).filter(|rows| rows.len() == 2)
+        });
+        assert_eq!(both[1].1, "Handover", "{name}: {both:?}");
+        assert_eq!(both[1].0, *answer_seq, "{name}: the same answer");
+        assert_eq!(&both[1].4, versions, "{name}: the same versions");
         if name == "kiosk-a" {
             assert_eq!(
                 (q.as_str(), text.as_str()),

@@ -14,6 +14,9 @@
 //! 2. prompt set v3 (hands every question over), offline gate off, is
 //!    halted by the canary gate and the canary is back on v2, the audit log
 //!    saying why with the numbers;
+//! 2b. prompt set v4 (its templates fail on most questions) is halted by
+//!    the error-rate gate on the failures the canary reports (protocol v4
+//!    `AnswerFailed` telemetry), and the canary is back on v2;
 //! 3. an adapter that changes the answers (and loses their facts) is refused by the canary's smoke gate
 //!    and the install gate halts the rollout; `outpost fleet eval device`
 //!    then runs that smoke set on the kiosk on demand (`cmd RunEval`).
@@ -108,7 +111,10 @@ impl Fleet {
         for (name, server) in &self.devices {
             let Some(server) = server else { continue };
             let (status, body) = post(&server.url("/v1/answer"), &json!({ "question": question }));
-            assert_eq!(status, 200, "{name}: {body}");
+            // A candidate whose template breaks on the question fails it:
+            // that is what the error-rate gate measures.
+            let broken_template = status == 500 && body.to_string().contains("could not render");
+            assert!(status == 200 || broken_template, "{name}: {status} {body}");
         }
     }
 
@@ -323,6 +329,14 @@ fn staged_rollouts_advance_halt_and_resume_on_real_kiosks() {
             brewstation::hand_everything_over(version_line("3")(t))
         }),
     );
+    hub.publish(
+        "prompt-set",
+        "brewstation",
+        "4",
+        &brewstation::pack(&dir, "v4", |t| {
+            brewstation::break_on_long_questions(version_line("4")(t))
+        }),
+    );
     hub.publish("kb", "brewstation", "1", &brewstation::knowledge_base(&dir));
     // The offline gate's set, and two smoke sets: hand-overs the routes
     // decide (any working candidate passes), and a hand-over with three
@@ -500,6 +514,47 @@ fail_alpha = 0.01
     wait_for(WAIT, "the canary back on v2", || {
         (fleet.prompt_version(&bad_canaries[0])? == "2").then_some(())
     });
+
+    // 2b. A prompt set whose templates fail on most real questions (they
+    // render the packer's sample question): the error-rate gate halts it,
+    // from the failures the canary reports, and the canary goes back to v2.
+    start_rollout(
+        &fleet.hub,
+        &dir,
+        &format!(
+            r#"id = "prompts-v4"
+candidate = [{{ kind = "prompt-set", name = "brewstation", version = "4" }}]
+cohort = ["store"]
+on_stage_timeout = "halt"
+{STAGES}
+[gates.install]
+min_reported = 1
+max_failure_pct = 0.0
+apply_timeout_ms = 120000
+
+[gates.errors]
+min_per_arm = 3
+margin = 0.05
+pass_alpha = 0.05
+fail_alpha = 0.01
+"#
+        ),
+    );
+    let halted = fleet.drive_until("prompts-v4", &["halted", "completed"]);
+    let gates = halted_for(&halted, "canary_gate")["entry"]["gates"].to_string();
+    assert!(gates.contains("errors"), "the numbers that decided: {gates}");
+    let broken_canaries = sent_devices(&halted);
+    assert_eq!(broken_canaries.len(), 1, "{halted:#}");
+    wait_for(WAIT, "the canary back on v2", || {
+        (fleet.prompt_version(&broken_canaries[0])? == "2").then_some(())
+    });
+    let failures = fleet
+        .hub
+        .telemetry(&broken_canaries[0])
+        .into_iter()
+        .filter(|e| e["event"]["payload"]["AnswerFailed"]["stage"] == "Prompt")
+        .count();
+    assert!(failures >= 3, "the canary's failures reached the hub: {failures}");
 
     // 3. An adapter that changes the answers: the canary's smoke gate refuses
     // it, and the install gate halts the rollout.

@@ -3,7 +3,8 @@
 //! recomputation) and `outpost roi`:
 //!
 //! ```text
-//! deflection       = answers neither handed over nor thumbed down / answers   (telemetry)
+//! deflection       = answers neither escalated, handed over nor thumbed down
+//!                    / questions (answers and failures)                       (telemetry)
 //! monthly savings  = tickets/month × deflection × handle time (h) × agent cost/hour
 //! payback months   = implementation cost / monthly savings
 //! first-year ROI   = (12 × monthly savings − implementation cost) / implementation cost
@@ -73,9 +74,10 @@ impl RoiInputs {
 /// The deflection measured from telemetry over a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deflection {
-    /// Answer events.
+    /// Questions asked: answer events and failures.
     pub answers: u64,
-    /// Of those, neither handed over nor thumbed down.
+    /// Answers neither escalated, handed over ("talk to a person") nor
+    /// thumbed down.
     pub deflected: u64,
 }
 

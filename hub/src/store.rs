@@ -439,6 +439,7 @@ impl Store {
         Self::init_evals(&conn)?;
         conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
             .map_err(sql("aggregates schema"))?;
+        aggregates::add_missing_columns(&conn)?;
         aggregates::backfill(&mut conn)?;
         Ok(Self { conn })
     }

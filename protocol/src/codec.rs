@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::message::command::Command;
 use crate::message::feedback::{Feedback, FeedbackAck};
 use crate::message::state::{ReportedState, SignedDesiredState, Status};
-use crate::message::telemetry::{TelemetryAck, TelemetryBatch};
+use crate::message::telemetry::{Rating, TelemetryAck, TelemetryBatch};
 use crate::topic::TopicKind;
 use crate::v2;
 
@@ -52,15 +52,18 @@ pub mod limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ProtocolVersion {
-    /// The previous version; see [`crate::v2`].
+    /// The oldest version still spoken; see [`crate::v2`].
     V2,
-    /// The current version.
+    /// The previous version: the same shapes as v4, without v4's added
+    /// enum variants (see [`sealed::Sealed::v4_only`]).
     V3,
+    /// The current version.
+    V4,
 }
 
 impl ProtocolVersion {
     /// What [`encode`] writes.
-    pub const CURRENT: Self = Self::V3;
+    pub const CURRENT: Self = Self::V4;
     /// The oldest version [`decode`] still reads and [`encode_as`] still writes.
     pub const OLDEST_SUPPORTED: Self = Self::V2;
 
@@ -69,6 +72,7 @@ impl ProtocolVersion {
         match self {
             Self::V2 => 2,
             Self::V3 => 3,
+            Self::V4 => 4,
         }
     }
 
@@ -77,6 +81,7 @@ impl ProtocolVersion {
         match byte {
             2 => Some(Self::V2),
             3 => Some(Self::V3),
+            4 => Some(Self::V4),
             _ => None,
         }
     }
@@ -257,6 +262,12 @@ pub(crate) mod sealed {
         fn upgrade(old: Self::Previous) -> Result<Self, UpgradeRefused>;
         /// current → previous.
         fn downgrade(&self) -> Result<Self::Previous, DowngradeError>;
+        /// What in this message protocol v3 (and so v2) cannot express:
+        /// v4 only appended enum variants, so a v3 payload is a v4 payload
+        /// without them, and a message that uses one has no older form.
+        fn v4_only(&self) -> Option<&'static str> {
+            None
+        }
     }
 }
 
@@ -275,6 +286,9 @@ fn config() -> bincode::config::Configuration {
 
 macro_rules! wire_message {
     ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr) => {
+        wire_message!($ty, $topic, $limit, previous = $prev, upgrade = $up, downgrade = $down, v4_only = |_| None);
+    };
+    ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr, v4_only = $v4:expr) => {
         const _: () = assert!($limit == $topic.max_payload_len());
 
         impl sealed::Sealed for $ty {
@@ -289,6 +303,9 @@ macro_rules! wire_message {
             }
             fn downgrade(&self) -> Result<$prev, DowngradeError> {
                 $down(self)
+            }
+            fn v4_only(&self) -> Option<&'static str> {
+                $v4(self)
             }
         }
 
@@ -341,7 +358,8 @@ wire_message!(
     limits::TELEMETRY_BATCH,
     previous = v2::TelemetryBatch,
     upgrade = converted,
-    downgrade = v2::TelemetryBatch::try_from
+    downgrade = v2::TelemetryBatch::try_from,
+    v4_only = |m: &TelemetryBatch| m.events().iter().find_map(|e| e.payload.v4_only())
 );
 wire_message!(
     TelemetryAck,
@@ -357,7 +375,8 @@ wire_message!(
     limits::FEEDBACK,
     previous = v2::Feedback,
     upgrade = converted,
-    downgrade = v2::Feedback::try_from
+    downgrade = v2::Feedback::try_from,
+    v4_only = |m: &Feedback| (m.rating == Rating::Handover).then_some("a hand-over rating")
 );
 wire_message!(
     FeedbackAck,
@@ -405,8 +424,17 @@ pub fn encode_as<T: WireMessage>(
     version: ProtocolVersion,
 ) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![version.as_byte()];
+    if version < ProtocolVersion::V4 {
+        if let Some(what) = message.v4_only() {
+            return Err(DowngradeError::Unsupported {
+                what,
+                version: version.as_byte(),
+            }
+            .into());
+        }
+    }
     match version {
-        ProtocolVersion::V3 => write_body(T::TOPIC, message, &mut out)?,
+        ProtocolVersion::V4 | ProtocolVersion::V3 => write_body(T::TOPIC, message, &mut out)?,
         ProtocolVersion::V2 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
     }
     if out.len() > T::MAX_LEN {
@@ -459,8 +487,8 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
         });
     }
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
-    let message = match version {
-        ProtocolVersion::V3 => whole::<T, T>(body, first)?,
+    let message: T = match version {
+        ProtocolVersion::V4 | ProtocolVersion::V3 => whole::<T, T>(body, first)?,
         ProtocolVersion::V2 => {
             T::upgrade(whole::<T, T::Previous>(body, first)?).map_err(|reason| {
                 DecodeError::UpgradeRefused {
@@ -471,6 +499,15 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
             })?
         }
     };
+    if version < ProtocolVersion::V4 {
+        if let Some(what) = message.v4_only() {
+            return Err(DecodeError::Malformed {
+                topic: T::TOPIC,
+                version: first,
+                reason: Malformed::Invalid(format!("{what} does not exist in protocol v{first}")),
+            });
+        }
+    }
     Ok(Decoded { message, version })
 }
 
@@ -561,7 +598,9 @@ mod tests {
             up_to_seq: Seq(5),
         };
         let bytes = encode(&ack).expect("encodes");
-        assert_eq!(bytes, [3, 7, 5]);
+        assert_eq!(bytes, [4, 7, 5]);
+        assert_eq!(encode_as(&ack, ProtocolVersion::V3).expect("v3"), [3, 7, 5]);
+        assert_eq!(decode::<TelemetryAck>(&[3, 7, 5]), Ok(ack));
         assert_eq!(decode::<TelemetryAck>(&bytes), Ok(ack));
         // A v2 ack is the sequence number alone, and means the legacy epoch.
         assert_eq!(
@@ -594,7 +633,7 @@ mod tests {
                 version: 2
             }))
         );
-        assert_eq!(decode::<FeedbackAck>(&encode(&ack).expect("v3")), Ok(ack));
+        assert_eq!(decode::<FeedbackAck>(&encode(&ack).expect("v4")), Ok(ack));
     }
 
     #[test]
@@ -664,8 +703,86 @@ mod tests {
     fn negotiation_picks_the_highest_common_version() {
         assert_eq!(ProtocolVersion::negotiate(2), Some(ProtocolVersion::V2));
         assert_eq!(ProtocolVersion::negotiate(3), Some(ProtocolVersion::V3));
-        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V3));
+        assert_eq!(ProtocolVersion::negotiate(4), Some(ProtocolVersion::V4));
+        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V4));
         assert_eq!(ProtocolVersion::negotiate(1), None);
         assert_eq!(ProtocolVersion::negotiate(0), None);
+    }
+
+    fn feedback(rating: Rating) -> Feedback {
+        Feedback {
+            id: crate::FeedbackId {
+                epoch: OutboxEpoch(3),
+                seq: Seq(1),
+            },
+            answer_seq: Seq(9),
+            rating,
+            question: crate::redact("").text,
+            answer: crate::redact("").text,
+            versions: crate::ActiveVersions::default(),
+            at_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_hand_over_rating_is_v4_only_and_other_ratings_are_the_same_bytes_in_v3() {
+        let down = feedback(Rating::ThumbsDown);
+        let v4 = encode(&down).expect("v4");
+        let v3 = encode_as(&down, ProtocolVersion::V3).expect("v3");
+        assert_eq!((v4[0], v3[0]), (4, 3));
+        assert_eq!(v4[1..], v3[1..], "v4 appended variants only");
+        assert_eq!(decode::<Feedback>(&v3), Ok(down));
+
+        let handover = feedback(Rating::Handover);
+        let v4 = encode(&handover).expect("v4");
+        assert_eq!(decode::<Feedback>(&v4), Ok(handover.clone()));
+        for old in [ProtocolVersion::V3, ProtocolVersion::V2] {
+            assert_eq!(
+                encode_as(&handover, old),
+                Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+                    what: "a hand-over rating",
+                    version: old.as_byte()
+                }))
+            );
+        }
+        // The same bytes labelled v3 are a message no v3 peer can send.
+        let mut relabelled = v4;
+        relabelled[0] = 3;
+        assert!(matches!(
+            decode::<Feedback>(&relabelled),
+            Err(DecodeError::Malformed { version: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_answer_event_does_not_downgrade() {
+        use crate::message::telemetry::{
+            AnswerFailure, FailedStage, TelemetryEvent, TelemetryPayload,
+        };
+        let device = crate::DeviceId::parse("kiosk-7").expect("id");
+        let event = |payload| TelemetryEvent {
+            seq: Seq(1),
+            at_unix_ms: 5,
+            payload,
+        };
+        let failed = TelemetryBatch::new(
+            device,
+            vec![event(TelemetryPayload::AnswerFailed(AnswerFailure {
+                latency_ms: 40,
+                versions: crate::ActiveVersions::default(),
+                stage: FailedStage::Prompt,
+            }))],
+        )
+        .expect("batch")
+        .with_epoch(OutboxEpoch(2));
+        let v4 = encode(&failed).expect("v4");
+        assert_eq!(decode::<TelemetryBatch>(&v4), Ok(failed.clone()));
+        assert_eq!(
+            encode_as(&failed, ProtocolVersion::V3),
+            Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+                what: "a failed-answer event",
+                version: 3
+            }))
+        );
     }
 }

@@ -38,21 +38,28 @@
 //!
 //! - The topic layout is versioned by the `v1` in the topic; payloads by
 //!   their first byte. They change independently.
-//! - The current payload version is 3 ([`ProtocolVersion::CURRENT`]). Every
+//! - The current payload version is 4 ([`ProtocolVersion::CURRENT`]). Every
 //!   change to a message's bincode shape (bincode has no field tags, so even
 //!   an added optional field) is a version bump. So is a new enum variant
 //!   that may reach an old peer: old payloads still decode, but the old peer
 //!   cannot read the new variant, so the downgrade must refuse it (as with
 //!   `CommandAction::ReReport`) or map it.
-//! - Each side reads the current and the previous version and can write
-//!   either: [`decode`] upgrades v2 payloads, [`encode_as`] downgrades for a
-//!   v2 peer (or says why it cannot). An upgrade may be refused where the
+//! - v4 is such a bump, and only that: it appended [`Rating::Handover`]
+//!   ("talk to a person") and [`TelemetryPayload::AnswerFailed`] (the error
+//!   rate a canary gate compares). A v3 payload is therefore a v4 payload
+//!   with another version byte; a message that uses either addition has no
+//!   v3 (or v2) form and [`encode_as`] refuses it rather than map a
+//!   hand-over to a thumbs-down or drop an error.
+//! - Each side reads v2, v3 and v4 and can write any of them: [`decode`]
+//!   upgrades v2 payloads, [`encode_as`] downgrades for an older peer (or
+//!   says why it cannot). An upgrade may be refused where the
 //!   old shape lacks what the new one must have: a v3 reader refuses v2
 //!   desired states, which are unsigned (accepting them would let anyone
 //!   downgrade a device out of signature checks). The hub learns a device's version from
-//!   its [`Status`] and answers with [`ProtocolVersion::negotiate`]. The
-//!   previous version's shapes live in [`v2`], frozen; v1 is no longer
-//!   spoken.
+//!   its [`Status`] and answers with [`ProtocolVersion::negotiate`]; a
+//!   device writes the current version, so hubs are upgraded before the
+//!   devices they serve. The v2 shapes live in [`v2`], frozen; v1 is no
+//!   longer spoken.
 //!
 //! # Messages ([`message`])
 //!
@@ -102,7 +109,8 @@ pub use message::state::{
     ReportedState, SignedDesiredState, StateSignature, Status,
 };
 pub use message::telemetry::{
-    ActiveVersions, AnswerEvent, BatchError, DeviceMetrics, EventId, OutboxEpoch, Rating,
+    ActiveVersions, AnswerEvent, AnswerFailure, BatchError, DeviceMetrics, EventId, FailedStage,
+    OutboxEpoch, Rating,
     RetrievalScores, ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent,
     TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };

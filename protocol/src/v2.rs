@@ -2,10 +2,11 @@
 //!
 //! Only the types whose wire shape changed in v3 are defined here; the
 //! others are the current types (their bytes are identical in both
-//! versions). Rules for the next version bump (v4): move every type that
-//! changes into a `v3` module *before* editing it, keep this module until v2
-//! support is dropped, and never edit a frozen shape (the golden-bytes test
-//! in `tests/protocol/compat.rs` catches that).
+//! versions). Rules for the next bump that changes a shape (v4 only
+//! appended enum variants, so v3 has no module of its own): move every type
+//! that changes into a `v4` module *before* editing it, keep this module
+//! until v2 support is dropped, and never edit a frozen shape (the
+//! golden-bytes test in `tests/protocol/compat.rs` catches that).
 //!
 //! What changed from v2 to v3 (telemetry and feedback acks):
 //! - [`TelemetryBatch`] gained the outbox `epoch` (upgraded to
@@ -39,6 +40,9 @@
 //!   unchecked), so the hub cannot publish it to a v2 agent.
 //! - [`TelemetryPayload::EvalScores`](current_tm::TelemetryPayload::EvalScores):
 //!   a batch holding one does not downgrade.
+//!
+//! What v4 added (hand-over ratings, failed-answer events) does not reach
+//! a v2 peer either: the codec refuses it before converting anything.
 
 use std::collections::BTreeMap;
 

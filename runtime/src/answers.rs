@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use outpost_protocol::{
-    redact, ActiveVersions, AnswerEvent, EventId, Feedback, FeedbackId, RedactedText,
-    RetrievalScores,
+    redact, ActiveVersions, AnswerEvent, AnswerFailure, EventId, FailedStage, Feedback,
+    FeedbackId, RedactedText, RetrievalScores,
 };
 
+use crate::answer::AnswerError;
 use crate::engine::Usage;
 use crate::feedback::{RatedAnswer, Rating};
 
@@ -46,6 +47,32 @@ pub trait AnswerSink: Send + Sync {
     ///
     /// [`answered`]: Self::answered
     fn rated(&self, answer: EventId, feedback: Feedback) -> BoxFuture<'static, ()>;
+
+    /// Records a question that failed ([`answer_failure`] says which
+    /// failures count); the sink fills in the versions. Must not block.
+    fn failed(&self, failure: AnswerFailure);
+}
+
+/// The fleet's record of an answer that failed with `error` after
+/// `latency`, or `None` for a failure that says nothing about the active
+/// versions: a refused question, a model still loading, a full queue or a
+/// busy search (capacity, which latency already shows), a client that left.
+pub fn answer_failure(error: &AnswerError, latency: Duration) -> Option<AnswerFailure> {
+    use crate::embeddings::EmbeddingsError;
+    use crate::knowledge::KnowledgeError;
+    let stage = match error {
+        AnswerError::Embed(EmbeddingsError::Busy)
+        | AnswerError::Knowledge(KnowledgeError::Busy) => return None,
+        AnswerError::Embed(_) | AnswerError::Knowledge(_) => FailedStage::Retrieval,
+        AnswerError::Render(_) => FailedStage::Prompt,
+        AnswerError::Generate(_) => FailedStage::Generation,
+        _ => return None,
+    };
+    Some(AnswerFailure {
+        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+        versions: ActiveVersions::default(),
+        stage,
+    })
 }
 
 /// Longest question or answer text (bytes, after redaction) sent with
@@ -53,10 +80,9 @@ pub trait AnswerSink: Send + Sync {
 /// feedback payload.
 pub const MAX_FEEDBACK_TEXT_BYTES: usize = 8 * 1024;
 
-/// The protocol feedback for a customer's `rating` of `answer`, or `None`
-/// when it has no protocol form or nothing to name: a hand-over has no
-/// protocol v3 rating (the answer's own escalation travels in its
-/// telemetry), and an answer recorded without a fleet agent has no event.
+/// The protocol feedback for a customer's `rating` of `answer` (a
+/// hand-over, "talk to a person", included), or `None` when there is
+/// nothing to name: an answer recorded without a fleet agent has no event.
 /// The question and answer text go only when `share_text` is set (the
 /// operator's opt-in, `[answer] feedback_share_text`), and always through
 /// [`redact()`]; without it they are empty. The id is the outbox's to assign.
@@ -70,7 +96,7 @@ pub fn fleet_feedback(
     let rating = match rating {
         Rating::Up => outpost_protocol::Rating::ThumbsUp,
         Rating::Down => outpost_protocol::Rating::ThumbsDown,
-        Rating::Handover => return None,
+        Rating::Handover => outpost_protocol::Rating::Handover,
     };
     let text = |t: &str| {
         if share_text {
@@ -195,9 +221,44 @@ mod tests {
     }
 
     #[test]
-    fn a_handover_or_an_answer_without_a_fleet_event_sends_nothing() {
-        assert!(fleet_feedback(Rating::Handover, &rated(Some(fleet_answer())), true, 1).is_none());
+    fn a_handover_names_the_answer_and_an_answer_without_a_fleet_event_sends_nothing() {
+        let (event, feedback) =
+            fleet_feedback(Rating::Handover, &rated(Some(fleet_answer())), false, 1)
+                .expect("a hand-over after a fleet answer is fleet feedback");
+        assert_eq!(event, fleet_answer().id);
+        assert_eq!(feedback.rating, outpost_protocol::Rating::Handover);
+        assert_eq!(feedback.answer_seq, fleet_answer().id.seq);
+        assert!(feedback.question.as_str().is_empty(), "no text without opt-in");
         assert!(fleet_feedback(Rating::Down, &rated(None), true, 1).is_none());
+    }
+
+    #[test]
+    fn only_failures_of_the_active_versions_are_reported() {
+        let at = Duration::from_millis(30);
+        let stage = |e: AnswerError| answer_failure(&e, at).map(|f| f.stage);
+        assert_eq!(
+            stage(AnswerError::Render("unknown filter".into())),
+            Some(FailedStage::Prompt)
+        );
+        assert_eq!(
+            stage(AnswerError::Generate("decode failed".into())),
+            Some(FailedStage::Generation)
+        );
+        assert_eq!(
+            stage(AnswerError::Knowledge(crate::knowledge::KnowledgeError::Busy)),
+            None
+        );
+        for refused in [
+            AnswerError::Empty,
+            AnswerError::NotReady("loading".into()),
+            AnswerError::Cancelled,
+        ] {
+            assert_eq!(stage(refused), None);
+        }
+        assert_eq!(
+            answer_failure(&AnswerError::Render(String::new()), at).map(|f| f.latency_ms),
+            Some(30)
+        );
     }
 
     #[test]

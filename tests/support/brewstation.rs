@@ -61,6 +61,21 @@ pub fn hand_everything_over(text: String) -> String {
     })
 }
 
+/// Both answer templates made to fail (an `int` filter on the question) on
+/// questions longer than 50 characters: the packer's sample question is
+/// shorter, so the set packs, and most real questions break it.
+pub fn break_on_long_questions(text: String) -> String {
+    ["technical", "general"].iter().fold(text, |text, route| {
+        text.replace(
+            &format!("{route} = \"{route}.j2\""),
+            &format!(
+                "{route} = {{ source = \"{{% if question|length > 50 %}}{{{{ question|int }}}}{{% endif %}}\
+                 {{% include 'sources' %}}\\n\\nQuestion: {{{{ question }}}}\" }}"
+            ),
+        )
+    })
+}
+
 /// The sample prompt set packed, and a copy whose every route hands over.
 pub fn prompt_sets(dir: &Path) -> (PathBuf, PathBuf) {
     (

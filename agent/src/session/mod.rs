@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use outpost_models::download::{BasicAuth, DownloadOptions};
 use outpost_protocol::{
-    ActiveVersions, AgentVersion, AnswerEvent, DesiredState, DeviceId, EventId, Feedback,
+    ActiveVersions, AgentVersion, AnswerEvent, AnswerFailure, DesiredState, DeviceId, EventId, Feedback,
     FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, Status, TelemetryPayload,
 };
 use tokio::sync::watch;
@@ -153,6 +153,17 @@ impl AgentHandle {
             .record_numbered(crate::now_unix_ms(), TelemetryPayload::Answer(event))
             .await?;
         Ok(AnswerRecorded { id, versions })
+    }
+
+    /// Records a question the device failed to answer, with the versions
+    /// the agent has active; like [`record_answer`](Self::record_answer) it
+    /// never waits for queue room, and it does not wait for the append.
+    pub fn record_answer_failure(&self, mut failure: AnswerFailure) -> Result<(), RecordError> {
+        failure.versions = *self.active.borrow();
+        self.outbox.record(
+            crate::now_unix_ms(),
+            TelemetryPayload::AnswerFailed(failure),
+        )
     }
 
     /// Records rated feedback (its text is redacted by construction).

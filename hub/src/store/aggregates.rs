@@ -10,10 +10,15 @@
 //! rows leaves the aggregates alone. A database from before the aggregates
 //! is folded once when it is opened (`backfill`).
 //!
-//! Thumbs-down counts distinct answers: a feedback item about an answer
-//! whose event already carried that rating is not counted again. An answer
-//! is *deflected* when it was neither handed over nor thumbed down
-//! (`answers - escalations - down_answered`).
+//! Ratings count distinct answers: a feedback item about an answer whose
+//! event or earlier feedback already carried that rating is not counted
+//! again. A customer's "talk to a person" after an answer the device did
+//! not escalate itself is a `hand_overs`; after one it did, nothing new. An
+//! answer is *deflected* when it was neither escalated, handed over nor
+//! thumbed down (`answers - escalations - hand_overs - down_answered`,
+//! `down_answered` counting only answers in neither of the others).
+//! Questions that failed (`errors`) are not answers: they count in the
+//! error rate's and the deflection rate's denominators.
 
 use std::collections::HashMap;
 
@@ -57,6 +62,13 @@ const HOUR_MS: i64 = 3_600_000;
 /// A device clock more than this behind the hub's is not believed: the
 /// event is charted at its arrival instead.
 const MAX_CLOCK_LAG_MS: i64 = 30 * 24 * HOUR_MS;
+/// Columns added to `quality_hourly` after it first shipped, with their
+/// definitions: a database from before them gains them, at zero, when
+/// opened.
+const ADDED_QUALITY_COLUMNS: [(&str, &str); 2] = [
+    ("hand_overs", "INTEGER NOT NULL DEFAULT 0"),
+    ("errors", "INTEGER NOT NULL DEFAULT 0"),
+];
 /// Marker in `dashboard_settings` once old raw rows have been folded.
 const BACKFILLED: &str = "aggregates_backfilled";
 
@@ -68,8 +80,10 @@ CREATE TABLE IF NOT EXISTS quality_hourly (
     escalations    INTEGER NOT NULL DEFAULT 0,
     thumbs_up      INTEGER NOT NULL DEFAULT 0,
     thumbs_down    INTEGER NOT NULL DEFAULT 0,  -- distinct answers thumbed down
-    down_answered  INTEGER NOT NULL DEFAULT 0,  -- of those, not handed over
+    down_answered  INTEGER NOT NULL DEFAULT 0,  -- of those, not escalated or handed over
     latency_ms_sum INTEGER NOT NULL DEFAULT 0,
+    hand_overs     INTEGER NOT NULL DEFAULT 0,  -- customer asked for a person, not escalated
+    errors         INTEGER NOT NULL DEFAULT 0,  -- questions that failed (not in answers)
     PRIMARY KEY (hour, versions_json)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS latency_hourly (
@@ -110,8 +124,13 @@ pub struct QualityHour {
     pub thumbs_up: u64,
     /// Distinct answers thumbed down.
     pub thumbs_down: u64,
-    /// Thumbed-down answers that were not hand-overs.
+    /// Thumbed-down answers neither escalated nor handed over.
     pub down_answered: u64,
+    /// Answers after which the customer asked for a person (and which the
+    /// device had not escalated itself).
+    pub hand_overs: u64,
+    /// Questions that failed; not in `answers`.
+    pub errors: u64,
     /// Sum of latencies (ms), for the mean.
     pub latency_ms_sum: u64,
     /// Answers per [`LATENCY_BOUNDS_MS`] bucket.
@@ -119,11 +138,17 @@ pub struct QualityHour {
 }
 
 impl QualityHour {
-    /// Answers neither handed over nor thumbed down.
+    /// Answers neither escalated, handed over nor thumbed down.
     pub fn deflected(&self) -> u64 {
         self.answers
             .saturating_sub(self.escalations)
+            .saturating_sub(self.hand_overs)
             .saturating_sub(self.down_answered)
+    }
+
+    /// Questions asked: answers and failures.
+    pub fn questions(&self) -> u64 {
+        self.answers.saturating_add(self.errors)
     }
 
     /// Adds `other`'s counts (same versions, another hour).
@@ -133,6 +158,8 @@ impl QualityHour {
         self.thumbs_up += other.thumbs_up;
         self.thumbs_down += other.thumbs_down;
         self.down_answered += other.down_answered;
+        self.hand_overs += other.hand_overs;
+        self.errors += other.errors;
         self.latency_ms_sum = self.latency_ms_sum.saturating_add(other.latency_ms_sum);
         merge_buckets(&mut self.latency_buckets, &other.latency_buckets);
     }
@@ -231,19 +258,10 @@ pub(super) struct BatchAggregates {
 impl BatchAggregates {
     /// Adds one newly stored event.
     pub(super) fn add(&mut self, event: &TelemetryEvent, received_ms: u64) {
+        let hour = chart_hour(event.at_unix_ms, received_ms);
         match &event.payload {
             TelemetryPayload::Answer(answer) => {
-                let hour = chart_hour(event.at_unix_ms, received_ms);
-                let key = versions_key(&answer.versions);
-                let q = self
-                    .quality
-                    .entry((hour, key.clone()))
-                    .or_insert_with(|| QualityHour {
-                        hour,
-                        versions_json: key,
-                        latency_buckets: vec![0; LATENCY_BOUNDS_MS.len()],
-                        ..QualityHour::default()
-                    });
+                let q = self.hour(hour, &answer.versions);
                 q.answers += 1;
                 q.escalations += u64::from(answer.escalated);
                 match answer.rating {
@@ -252,12 +270,16 @@ impl BatchAggregates {
                         q.thumbs_down += 1;
                         q.down_answered += u64::from(!answer.escalated);
                     }
+                    Some(Rating::Handover) => q.hand_overs += u64::from(!answer.escalated),
                     _ => {}
                 }
                 q.latency_ms_sum = q
                     .latency_ms_sum
                     .saturating_add(u64::from(answer.latency_ms));
                 q.latency_buckets[bucket_of(answer.latency_ms)] += 1;
+            }
+            TelemetryPayload::AnswerFailed(failure) => {
+                self.hour(hour, &failure.versions).errors += 1;
             }
             TelemetryPayload::Metrics(m)
                 if self
@@ -269,6 +291,18 @@ impl BatchAggregates {
             }
             _ => {}
         }
+    }
+
+    fn hour(&mut self, hour: i64, versions: &ActiveVersions) -> &mut QualityHour {
+        let key = versions_key(versions);
+        self.quality
+            .entry((hour, key.clone()))
+            .or_insert_with(|| QualityHour {
+                hour,
+                versions_json: key,
+                latency_buckets: vec![0; LATENCY_BOUNDS_MS.len()],
+                ..QualityHour::default()
+            })
     }
 
     /// Writes the counts inside the ingest transaction.
@@ -312,15 +346,17 @@ fn add_quality(conn: &Connection, q: &QualityHour) -> Result<(), StoreError> {
     let n = |v: u64| clamp_i64(v);
     conn.prepare_cached(
         "INSERT INTO quality_hourly (hour, versions_json, answers, escalations, thumbs_up,
-            thumbs_down, down_answered, latency_ms_sum)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            thumbs_down, down_answered, latency_ms_sum, hand_overs, errors)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (hour, versions_json) DO UPDATE SET
             answers = answers + excluded.answers,
             escalations = escalations + excluded.escalations,
             thumbs_up = thumbs_up + excluded.thumbs_up,
             thumbs_down = thumbs_down + excluded.thumbs_down,
             down_answered = down_answered + excluded.down_answered,
-            latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum",
+            latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum,
+            hand_overs = hand_overs + excluded.hand_overs,
+            errors = errors + excluded.errors",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -331,7 +367,9 @@ fn add_quality(conn: &Connection, q: &QualityHour) -> Result<(), StoreError> {
             n(q.thumbs_up),
             n(q.thumbs_down),
             n(q.down_answered),
-            n(q.latency_ms_sum)
+            n(q.latency_ms_sum),
+            n(q.hand_overs),
+            n(q.errors)
         ])
     })
     .map_err(sql("upsert quality"))?;
@@ -351,10 +389,12 @@ fn add_quality(conn: &Connection, q: &QualityHour) -> Result<(), StoreError> {
 }
 
 /// Counts one newly stored feedback item against the answer it rates
-/// (`answer_json`, the stored event, when the hub has it).
+/// (`answer_json`, the stored event, when the hub has it); `earlier` are
+/// the ratings already stored for the same answer.
 pub(super) fn add_feedback(
     conn: &Connection,
     rating: Rating,
+    earlier: &[Rating],
     versions: &ActiveVersions,
     at_ms: u64,
     received_ms: u64,
@@ -366,7 +406,7 @@ pub(super) fn add_feedback(
             TelemetryPayload::Answer(a) => Some((e.at_unix_ms, a)),
             _ => None,
         });
-    let (hour, versions_json, escalated, already) = match &answer {
+    let (hour, versions_json, escalated, on_event) = match &answer {
         Some((at, a)) => (
             chart_hour(*at, received_ms),
             versions_key(&a.versions),
@@ -380,9 +420,11 @@ pub(super) fn add_feedback(
             None,
         ),
     };
-    if already == Some(rating) {
+    let had = |r: Rating| on_event == Some(r) || earlier.contains(&r);
+    if had(rating) {
         return Ok(());
     }
+    let handed_over = escalated || had(Rating::Handover);
     let mut q = QualityHour {
         hour,
         versions_json,
@@ -392,11 +434,45 @@ pub(super) fn add_feedback(
         Rating::ThumbsUp => q.thumbs_up = 1,
         Rating::ThumbsDown => {
             q.thumbs_down = 1;
-            q.down_answered = u64::from(!escalated);
+            q.down_answered = u64::from(!handed_over);
+        }
+        Rating::Handover if !handed_over => {
+            add_quality(
+                conn,
+                &QualityHour {
+                    hand_overs: 1,
+                    ..q.clone()
+                },
+            )?;
+            if had(Rating::ThumbsDown) {
+                // The answer was counted as thumbed down and not handed
+                // over; it is now the second only.
+                conn.prepare_cached(
+                    "UPDATE quality_hourly SET down_answered = MAX(down_answered - 1, 0)
+                     WHERE hour = ?1 AND versions_json = ?2",
+                )
+                .and_then(|mut s| s.execute(params![q.hour, q.versions_json]))
+                .map_err(sql("move a thumbs-down to the hand-overs"))?;
+            }
+            return Ok(());
         }
         _ => return Ok(()),
     }
     add_quality(conn, &q)
+}
+
+/// Gives a `quality_hourly` from before [`ADDED_QUALITY_COLUMNS`] those
+/// columns.
+pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    for (column, definition) in ADDED_QUALITY_COLUMNS {
+        if !super::ingest::table_has_column(conn, "quality_hourly", column)? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE quality_hourly ADD COLUMN {column} {definition}"
+            ))
+            .map_err(sql("add quality column"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Folds raw rows stored before the aggregates existed, once.
@@ -453,7 +529,7 @@ impl Store {
                 .conn
                 .prepare_cached(
                     "SELECT hour, versions_json, answers, escalations, thumbs_up, thumbs_down,
-                            down_answered, latency_ms_sum
+                            down_answered, latency_ms_sum, hand_overs, errors
                      FROM quality_hourly WHERE hour >= ?1 ORDER BY hour, versions_json",
                 )
                 .map_err(sql("prepare quality"))?;
@@ -471,6 +547,8 @@ impl Store {
                         thumbs_down: c(5)?,
                         down_answered: c(6)?,
                         latency_ms_sum: c(7)?,
+                        hand_overs: c(8)?,
+                        errors: c(9)?,
                         latency_buckets: vec![0; LATENCY_BOUNDS_MS.len()],
                     })
                 })

@@ -11,7 +11,8 @@
 //! epoch is stored as the `i64` with the same bits.
 
 use outpost_protocol::{
-    DeviceId, Feedback, FeedbackId, FleetId, OutboxEpoch, ProtocolVersion, Seq, TelemetryBatch,
+    DeviceId, Feedback, FeedbackId, FleetId, OutboxEpoch, ProtocolVersion, Rating, Seq,
+    TelemetryBatch,
     TelemetryPayload,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -128,7 +129,7 @@ fn epoch_i64(epoch: OutboxEpoch) -> i64 {
     i64::from_ne_bytes(epoch.0.to_ne_bytes())
 }
 
-fn table_has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+pub(super) fn table_has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
     let mut stmt = conn
         .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
         .map_err(sql("read table info"))?;
@@ -259,6 +260,7 @@ impl Store {
                     TelemetryPayload::Answer(_) => "answer",
                     TelemetryPayload::Metrics(_) => "metrics",
                     TelemetryPayload::EvalScores(_) => "eval",
+                    TelemetryPayload::AnswerFailed(_) => "answer_failed",
                     _ => "other",
                 };
                 let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {
@@ -353,9 +355,11 @@ impl Store {
                 )
                 .optional()
                 .map_err(sql("read rated answer"))?;
+            let earlier = earlier_ratings(&tx, device, feedback)?;
             super::aggregates::add_feedback(
                 &tx,
                 feedback.rating,
+                &earlier,
                 &feedback.versions,
                 feedback.at_unix_ms,
                 now_ms,
@@ -431,6 +435,45 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The ratings stored before `feedback` for the same answer.
+fn earlier_ratings(
+    tx: &Transaction<'_>,
+    device: &DeviceId,
+    feedback: &Feedback,
+) -> Result<Vec<Rating>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT rating FROM feedback
+              WHERE device = ?1 AND epoch = ?2 AND answer_seq = ?3 AND feedback_seq != ?4",
+        )
+        .map_err(sql("prepare earlier ratings"))?;
+    let rows = stmt
+        .query_map(
+            params![
+                device.as_str(),
+                epoch_i64(feedback.id.epoch),
+                clamp_i64(feedback.answer_seq.0),
+                clamp_i64(feedback.id.seq.0)
+            ],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(sql("query earlier ratings"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Some(rating) = stored_rating(&row.map_err(sql("read earlier rating"))?) {
+            out.push(rating);
+        }
+    }
+    Ok(out)
+}
+
+/// A rating as `record_feedback` stores it (the variant's name).
+pub(super) fn stored_rating(text: &str) -> Option<Rating> {
+    [Rating::ThumbsUp, Rating::ThumbsDown, Rating::Handover]
+        .into_iter()
+        .find(|r| format!("{r:?}") == text)
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS daily_rollups (
     latency_ms_max  INTEGER NOT NULL,
     latency_buckets TEXT NOT NULL,    -- JSON counts per LATENCY_BUCKETS_MS bound
     health_samples  INTEGER NOT NULL,
-    other_events    INTEGER NOT NULL, -- events this hub could not read
+    other_events    INTEGER NOT NULL, -- events without a column: scores, failures, hand-overs, unreadable
     PRIMARY KEY (day, device, versions_json)
 ) WITHOUT ROWID;
 "#;
@@ -132,7 +132,10 @@ pub struct DailyRollup {
     pub latency_buckets: Vec<u64>,
     /// Health samples.
     pub health_samples: u64,
-    /// Events whose JSON this hub could not read (counted, not lost).
+    /// Events without a column of their own (evaluation scores, failed
+    /// answers, hand-overs) and events whose JSON this hub could not read:
+    /// counted, not lost. The dashboard's aggregates count the failures
+    /// and hand-overs by version.
     pub other_events: u64,
 }
 

@@ -122,15 +122,16 @@ pub struct StoredRollout {
 /// A slice of one device's canary-gate window ([`Store::rollout_window`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowSlice {
-    /// Answers on the versions asked for.
+    /// Questions on the versions asked for: answers and failures.
     pub answers: u64,
-    /// Of those, handed over.
+    /// Of those, escalated by the device or handed over by the customer
+    /// ("talk to a person"), once per answer.
     pub escalations: u64,
     /// Ratings of answers on those versions.
     pub rated: u64,
     /// Of those, thumbs down.
     pub thumbs_down: u64,
-    /// Answers that ended in an error.
+    /// Questions that failed.
     pub errors: u64,
     /// Each answer's latency.
     pub latencies_ms: Vec<u64>,
@@ -154,7 +155,7 @@ impl WindowSlice {
         let rated = self.rated.min(self.answers);
         Window {
             answers: self.answers,
-            escalations: self.escalations,
+            escalations: self.escalations.min(self.answers),
             rated,
             thumbs_down: self.thumbs_down.min(rated),
             errors: self.errors.min(self.answers),
@@ -500,7 +501,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT event_json FROM telemetry WHERE device = ?1 AND kind = 'answer'
+                "SELECT event_json FROM telemetry WHERE device = ?1
+                    AND kind IN ('answer', 'answer_failed')
                     AND received_ms >= ?2 AND received_ms < ?3",
             )
             .map_err(sql("prepare window"))?;
@@ -511,15 +513,18 @@ impl Store {
             let json = row.map_err(sql("read window row"))?;
             let event: TelemetryEvent =
                 serde_json::from_str(&json).map_err(|e| corrupt("telemetry")(e.to_string()))?;
-            let TelemetryPayload::Answer(answer) = event.payload else {
-                continue;
-            };
-            if !matches(&answer.versions) {
-                continue;
+            match event.payload {
+                TelemetryPayload::Answer(answer) if matches(&answer.versions) => {
+                    slice.answers += 1;
+                    slice.escalations += u64::from(answer.escalated);
+                    slice.latencies_ms.push(u64::from(answer.latency_ms));
+                }
+                TelemetryPayload::AnswerFailed(failure) if matches(&failure.versions) => {
+                    slice.answers += 1;
+                    slice.errors += 1;
+                }
+                _ => {}
             }
-            slice.answers += 1;
-            slice.escalations += u64::from(answer.escalated);
-            slice.latencies_ms.push(u64::from(answer.latency_ms));
         }
         let mut stmt = self
             .conn
@@ -527,29 +532,51 @@ impl Store {
                 // An answer's first rating only: a customer who changes
                 // their mind (or taps twice) is one vote, and counting the
                 // first keeps consecutive slices from counting it twice.
-                "SELECT rating, versions_json FROM feedback f
-                  WHERE device = ?1 AND received_ms >= ?2 AND received_ms < ?3
+                // Likewise its first hand-over, which is an escalation
+                // unless the device escalated the answer itself (its
+                // event, joined, says so).
+                "SELECT f.rating, f.versions_json, t.event_json FROM feedback f
+                   LEFT JOIN telemetry t ON t.device = f.device AND t.epoch = f.epoch
+                        AND t.seq = f.answer_seq
+                  WHERE f.device = ?1 AND f.received_ms >= ?2 AND f.received_ms < ?3
                     AND NOT EXISTS (SELECT 1 FROM feedback e
                           WHERE e.device = f.device AND e.epoch = f.epoch
                             AND e.answer_seq = f.answer_seq
+                            AND (e.rating = 'Handover') = (f.rating = 'Handover')
                             AND e.feedback_seq < f.feedback_seq)",
             )
             .map_err(sql("prepare window feedback"))?;
         let rows = stmt
             .query_map(range, |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
             })
             .map_err(sql("query window feedback"))?;
         for row in rows {
-            let (rating, json) = row.map_err(sql("read window feedback"))?;
+            let (rating, json, answer) = row.map_err(sql("read window feedback"))?;
             let active: ActiveVersions =
                 serde_json::from_str(&json).map_err(|e| corrupt("feedback")(e.to_string()))?;
             if !matches(&active) {
                 continue;
             }
-            slice.rated += 1;
-            // Stored as the variant's name (see `record_feedback`).
-            slice.thumbs_down += u64::from(rating == format!("{:?}", Rating::ThumbsDown));
+            match super::ingest::stored_rating(&rating) {
+                Some(Rating::Handover) => {
+                    let escalated = answer
+                        .and_then(|j| serde_json::from_str::<TelemetryEvent>(&j).ok())
+                        .is_some_and(|e| {
+                            matches!(e.payload, TelemetryPayload::Answer(a) if a.escalated)
+                        });
+                    slice.escalations += u64::from(!escalated);
+                }
+                Some(rating) => {
+                    slice.rated += 1;
+                    slice.thumbs_down += u64::from(rating == Rating::ThumbsDown);
+                }
+                None => {}
+            }
         }
         Ok(slice)
     }
@@ -708,6 +735,83 @@ mod tests {
                 .expect("second"),
         );
         assert_eq!(sliced, whole, "the later re-ratings count in no slice");
+    }
+
+    #[test]
+    fn hand_overs_are_escalations_once_per_answer_and_failures_are_errors() {
+        use outpost_protocol::{
+            redact, AnswerFailure, FailedStage, Feedback, FeedbackId, OutboxEpoch,
+        };
+        let mut store = Store::open_in_memory().expect("store");
+        let fleet = FleetId::parse("acme").expect("fleet");
+        let device = DeviceId::parse("kiosk-1").expect("device");
+        let v = ProtocolVersion::CURRENT;
+        let on_v2 = ActiveVersions {
+            prompt_set: Some(ArtifactDigest::from_bytes([2; 32])),
+            ..ActiveVersions::default()
+        };
+        // Answers 1–4 (2 and 4 escalated by the device), then two failed
+        // questions: one on the candidate, one on another version.
+        store
+            .ingest_telemetry(&fleet, &device, &answers(&device, 1..=4, 2), v, 100)
+            .expect("ingest");
+        let failed = |seq: u64, prompt: u8| TelemetryEvent {
+            seq: Seq(seq),
+            at_unix_ms: seq,
+            payload: TelemetryPayload::AnswerFailed(AnswerFailure {
+                latency_ms: 5,
+                versions: ActiveVersions {
+                    prompt_set: Some(ArtifactDigest::from_bytes([prompt; 32])),
+                    ..ActiveVersions::default()
+                },
+                stage: FailedStage::Prompt,
+            }),
+        };
+        let batch = TelemetryBatch::new(device.clone(), vec![failed(5, 2), failed(6, 1)])
+            .expect("batch");
+        store
+            .ingest_telemetry(&fleet, &device, &batch, v, 100)
+            .expect("ingest");
+        let rate = |store: &mut Store, seq: u64, answer: u64, rating: Rating| {
+            let feedback = Feedback {
+                id: FeedbackId {
+                    epoch: OutboxEpoch::LEGACY,
+                    seq: Seq(seq),
+                },
+                answer_seq: Seq(answer),
+                rating,
+                question: redact("").text,
+                answer: redact("").text,
+                versions: on_v2,
+                at_unix_ms: 150,
+            };
+            store
+                .record_feedback(&fleet, &device, &feedback, v, 150)
+                .expect("stored");
+        };
+        rate(&mut store, 1, 1, Rating::Handover);
+        rate(&mut store, 2, 2, Rating::Handover); // escalated already
+        rate(&mut store, 3, 1, Rating::Handover); // a second tap
+        rate(&mut store, 4, 3, Rating::ThumbsDown);
+        rate(&mut store, 5, 3, Rating::Handover);
+        let on = [(ArtifactKind::PromptSet, ArtifactDigest::from_bytes([2; 32]))];
+        let w = store.rollout_window(&device, 0, 300, &on).expect("window");
+        assert_eq!((w.answers, w.errors), (5, 1), "a failure is a question");
+        assert_eq!(w.escalations, 4, "2 by the device, hand-overs on 1 and 3");
+        assert_eq!((w.rated, w.thumbs_down), (1, 1), "a hand-over is no rating");
+        assert!(w.window().is_consistent());
+
+        // The dashboard's hour counts the same answers: answer 3's
+        // thumbs-down moved to the hand-overs, so it is not taken twice off
+        // the deflected answers.
+        let hours = store.quality_hours(0).expect("quality");
+        let q = hours
+            .iter()
+            .find(|q| q.versions_json == serde_json::to_string(&on_v2).expect("json"))
+            .expect("the candidate's hour");
+        assert_eq!((q.answers, q.escalations, q.hand_overs), (4, 2, 2));
+        assert_eq!((q.thumbs_down, q.down_answered, q.errors), (1, 0, 1));
+        assert_eq!(q.deflected(), 0);
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub enum Rating {
     ThumbsUp,
     /// Not helpful.
     ThumbsDown,
+    /// The customer asked for a person after this answer ("talk to a
+    /// person"): the answer did not resolve the question (new in v4).
+    Handover,
 }
 
 /// The artifacts that produced an answer, by digest, so the hub can chart
@@ -194,6 +197,33 @@ pub struct AnswerEvent {
     pub pii_found: PiiCounts,
 }
 
+/// Where an answer failed. Only failures a configuration can cause are
+/// reported: a question the device refused (empty, too long), a model still
+/// loading, a full queue and a customer who left are not failures of the
+/// versions that were active, so they are not counted against them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailedStage {
+    /// Embedding the question or searching the knowledge base.
+    Retrieval,
+    /// Rendering the prompt set's template for the question.
+    Prompt,
+    /// The model's generation.
+    Generation,
+}
+
+/// A question the device could not answer because something failed (new in
+/// v4): the error rate a rollout's canary gate compares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerFailure {
+    /// From question received to the failure.
+    pub latency_ms: u32,
+    /// What was active.
+    pub versions: ActiveVersions,
+    /// Where it failed.
+    pub stage: FailedStage,
+}
+
 /// A periodic health sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceMetrics {
@@ -223,6 +253,21 @@ pub enum TelemetryPayload {
     /// boxed because it is rare and larger than the others (the encoding
     /// is the same as unboxed).
     EvalScores(Box<crate::message::scores::EvalScores>),
+    /// A question that could not be answered (new in v4).
+    AnswerFailed(AnswerFailure),
+}
+
+impl TelemetryPayload {
+    /// What in this event protocol v3 cannot express, if anything.
+    pub(crate) fn v4_only(&self) -> Option<&'static str> {
+        match self {
+            Self::AnswerFailed(_) => Some("a failed-answer event"),
+            Self::Answer(a) if a.rating == Some(Rating::Handover) => {
+                Some("a hand-over rating")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One numbered telemetry event.

@@ -240,19 +240,81 @@ fn every_message_round_trips_in_the_current_version() {
         let bytes = message
             .encode_as(ProtocolVersion::CURRENT)
             .expect("encodes");
-        assert_eq!(bytes[0], 3);
+        assert_eq!(bytes[0], 4);
         assert!(bytes.len() <= message.topic_kind().max_payload_len());
         let decoded = AnyMessage::decode(message.topic_kind(), &bytes).expect("decodes");
-        assert_eq!(decoded.version, ProtocolVersion::V3);
+        assert_eq!(decoded.version, ProtocolVersion::V4);
         assert_eq!(decoded.message, message);
+        // v4 appended enum variants only: without them, a message is the
+        // same bytes in v3, and a v3 peer's payload reads as the same message.
+        let v3 = message.encode_as(ProtocolVersion::V3).expect("no v4 variant");
+        assert_eq!((v3[0], &v3[1..]), (3, &bytes[1..]));
+        let decoded = AnyMessage::decode(message.topic_kind(), &v3).expect("decodes");
+        assert_eq!(
+            (decoded.version, decoded.message),
+            (ProtocolVersion::V3, message)
+        );
     }
 }
 
-/// The exact bytes of both versions, pinned: if this fails, a wire shape
+/// What v4 adds (a hand-over rating, a failed-answer event) reaches a v4
+/// peer, and is refused, never dropped or mapped, for an older one: a v3 hub
+/// would otherwise count a hand-over as a thumbs-up or lose the error.
+#[test]
+fn v4_additions_round_trip_and_never_go_to_an_older_peer() {
+    let failed = TelemetryBatch::new(device(), vec![answer_event(100), failed_answer_event(101)])
+        .expect("valid")
+        .with_epoch(epoch());
+    let messages = [
+        AnyMessage::Feedback(handover_feedback()),
+        AnyMessage::Telemetry(failed),
+    ];
+    for message in messages {
+        let bytes = message.encode_as(ProtocolVersion::V4).expect("v4");
+        let decoded = AnyMessage::decode(message.topic_kind(), &bytes).expect("decodes");
+        assert_eq!(decoded.message, message);
+        for old in [ProtocolVersion::V3, ProtocolVersion::V2] {
+            assert!(
+                matches!(
+                    message.encode_as(old),
+                    Err(EncodeError::Downgrade(DowngradeError::Unsupported { version, .. }))
+                        if version == old.as_byte()
+                ),
+                "{message:?} in {old:?}"
+            );
+        }
+    }
+    assert_eq!(
+        hex::encode(encode(&handover_feedback()).expect("v4")),
+        GOLDEN_HANDOVER_FEEDBACK_V4
+    );
+    let failed = TelemetryBatch::new(device(), vec![failed_answer_event(101)])
+        .expect("valid")
+        .with_epoch(OutboxEpoch(0x1234));
+    assert_eq!(
+        hex::encode(encode(&failed).expect("v4")),
+        GOLDEN_ANSWER_FAILED_V4
+    );
+}
+
+/// The current version's bytes of a message that has a v3 form: v3's with
+/// the version byte changed.
+fn v4_of(golden_v3: &str) -> String {
+    format!("04{}", &golden_v3[2..])
+}
+
+// version 04 | id: epoch, seq 4 | answer_seq 100 | Handover (02) | the rest
+// as GOLDEN_FEEDBACK_V3.
+const GOLDEN_HANDOVER_FEEDBACK_V4: &str = "04fdab8967452301ed5e046402204d792063617264203c434152443e2077617320636861726765642074776963652549206861766520657363616c61746564207468697320746f206120636f6c6c65616775652e01200101010101010101010101010101010101010101010101010101010101010101012002020202020202020202020202020202020202020202020202020202020202020120030303030303030303030303030303030303030303030303030303030303030300fda0cc69348f010000";
+// version 04 | device "kiosk-7" | epoch 0x1234 | first_seq 101 | 1 event:
+// seq 101, at_unix_ms, AnswerFailed (03): latency 12, versions, Prompt (01).
+const GOLDEN_ANSWER_FAILED_V4: &str = "04076b696f736b2d37fb3412650165fdd5e666348f010000030c0120010101010101010101010101010101010101010101010101010101010101010101200202020202020202020202020202020202020202020202020202020202020202012003030303030303030303030303030303030303030303030303030303030303030001";
+
+/// The exact bytes of every version, pinned: if this fails, a wire shape
 /// changed. That is a protocol version bump (see the `v2` module docs), not a
 /// test to update.
 #[test]
-fn wire_bytes_of_both_versions_are_pinned() {
+fn wire_bytes_of_every_version_are_pinned() {
     let legacy = TelemetryBatch::new(device(), vec![metrics_event(3)]).expect("valid");
     let hex = |bytes: Vec<u8>| hex::encode(bytes);
     assert_eq!(
@@ -260,17 +322,29 @@ fn wire_bytes_of_both_versions_are_pinned() {
         GOLDEN_BATCH_V2,
     );
     let current = legacy.with_epoch(OutboxEpoch(0x1234));
-    assert_eq!(hex(encode(&current).expect("encodes")), GOLDEN_BATCH_V3);
+    assert_eq!(
+        hex(encode_as(&current, ProtocolVersion::V3).expect("encodes")),
+        GOLDEN_BATCH_V3
+    );
+    assert_eq!(hex(encode(&current).expect("encodes")), v4_of(GOLDEN_BATCH_V3));
     assert_eq!(
         hex(encode_as(&status(2), ProtocolVersion::V2).expect("encodes")),
         GOLDEN_STATUS_V2
     );
-    assert_eq!(hex(encode(&status(2)).expect("encodes")), GOLDEN_STATUS_V3);
+    assert_eq!(
+        hex(encode_as(&status(2), ProtocolVersion::V3).expect("encodes")),
+        GOLDEN_STATUS_V3
+    );
+    assert_eq!(hex(encode(&status(2)).expect("encodes")), v4_of(GOLDEN_STATUS_V3));
 
     // The signed desired state, its v2 downgrade and the signed bytes (a
     // change to the last breaks every signature between hub and device).
     let signed = small_signed_desired();
-    assert_eq!(hex(encode(&signed).expect("encodes")), GOLDEN_DESIRED_V3);
+    assert_eq!(
+        hex(encode_as(&signed, ProtocolVersion::V3).expect("encodes")),
+        GOLDEN_DESIRED_V3
+    );
+    assert_eq!(hex(encode(&signed).expect("encodes")), v4_of(GOLDEN_DESIRED_V3));
     assert_eq!(
         hex(encode_as(&signed, ProtocolVersion::V2).expect("encodes")),
         GOLDEN_DESIRED_V2
@@ -284,7 +358,11 @@ fn wire_bytes_of_both_versions_are_pinned() {
         hex(encode_as(&ack, ProtocolVersion::V2).expect("encodes")),
         "02fb2c01"
     );
-    assert_eq!(hex(encode(&ack).expect("encodes")), "0300fb2c01");
+    assert_eq!(
+        hex(encode_as(&ack, ProtocolVersion::V3).expect("encodes")),
+        "0300fb2c01"
+    );
+    assert_eq!(hex(encode(&ack).expect("encodes")), "0400fb2c01");
 }
 
 // version 02 | device "kiosk-7" | first_seq 3 | 1 event: seq 3, at_unix_ms
@@ -321,9 +399,10 @@ fn small_signed_desired() -> SignedDesiredState {
     }
 }
 
-/// An answer event and a feedback record in v3, pinned like the others:
-/// these are the shapes a new field (an answer's error flag, a hand-over
-/// rating) would change. bincode is positional and carries no field names
+/// An answer event and a feedback record in v3 and v4, pinned like the
+/// others: these are the shapes a new field would change (v4 added the
+/// hand-over rating and the failed-answer event as enum variants instead,
+/// which leave them alone). bincode is positional and carries no field names
 /// or lengths, so `#[serde(default)]` cannot make an added field
 /// compatible: a v3 peer would read the new bytes as the start of the next
 /// field. Such a change is a protocol version bump (see the `v2` module).
@@ -334,12 +413,20 @@ fn wire_bytes_of_an_answer_event_and_of_feedback_are_pinned() {
         .with_epoch(OutboxEpoch(0x1234));
     let hex = |bytes: Vec<u8>| hex::encode(bytes);
     assert_eq!(
-        hex(encode(&answers).expect("encodes")),
+        hex(encode_as(&answers, ProtocolVersion::V3).expect("encodes")),
         GOLDEN_ANSWER_BATCH_V3
     );
     assert_eq!(
-        hex(encode(&feedback()).expect("encodes")),
+        hex(encode(&answers).expect("encodes")),
+        v4_of(GOLDEN_ANSWER_BATCH_V3)
+    );
+    assert_eq!(
+        hex(encode_as(&feedback(), ProtocolVersion::V3).expect("encodes")),
         GOLDEN_FEEDBACK_V3
+    );
+    assert_eq!(
+        hex(encode(&feedback()).expect("encodes")),
+        v4_of(GOLDEN_FEEDBACK_V3)
     );
 }
 
@@ -401,7 +488,11 @@ fn eval_scores_and_smoke_gates_never_go_to_a_v2_peer() {
     let batch = eval_scores_batch();
     let bytes = encode(&batch).expect("encodes");
     assert_eq!(decode::<TelemetryBatch>(&bytes).expect("decodes"), batch);
-    assert_eq!(hex::encode(&bytes), GOLDEN_EVAL_SCORES_V3);
+    assert_eq!(hex::encode(&bytes), v4_of(GOLDEN_EVAL_SCORES_V3));
+    assert_eq!(
+        hex::encode(encode_as(&batch, ProtocolVersion::V3).expect("v3")),
+        GOLDEN_EVAL_SCORES_V3
+    );
     assert!(matches!(
         encode_as(&batch, ProtocolVersion::V2),
         Err(EncodeError::Downgrade(DowngradeError::Unsupported {

@@ -168,6 +168,31 @@ pub fn feedback() -> Feedback {
     }
 }
 
+/// A customer's "talk to a person" after answer 100 (protocol v4 only).
+pub fn handover_feedback() -> Feedback {
+    Feedback {
+        id: FeedbackId {
+            epoch: epoch(),
+            seq: Seq(4),
+        },
+        rating: Rating::Handover,
+        ..feedback()
+    }
+}
+
+/// A question whose prompt failed to render (protocol v4 only).
+pub fn failed_answer_event(seq: u64) -> TelemetryEvent {
+    TelemetryEvent {
+        seq: Seq(seq),
+        at_unix_ms: 1_714_571_110_000 + seq,
+        payload: TelemetryPayload::AnswerFailed(AnswerFailure {
+            latency_ms: 12,
+            versions: versions(),
+            stage: FailedStage::Prompt,
+        }),
+    }
+}
+
 pub fn command(action: CommandAction) -> Command {
     Command {
         id: CommandId(7),

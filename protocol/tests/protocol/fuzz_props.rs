@@ -40,6 +40,12 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
             up_to_seq: Seq(105),
         }),
         AnyMessage::Feedback(feedback()),
+        AnyMessage::Feedback(handover_feedback()),
+        AnyMessage::Telemetry(
+            TelemetryBatch::new(device(), vec![failed_answer_event(7)])
+                .expect("valid")
+                .with_epoch(epoch()),
+        ),
         AnyMessage::Command(command(CommandAction::Flush)),
         AnyMessage::Command(command(CommandAction::ReReport)),
         AnyMessage::Command(command(CommandAction::RunEval {
@@ -48,7 +54,7 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for message in messages {
-        for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
+        for version in [ProtocolVersion::V2, ProtocolVersion::V3, ProtocolVersion::V4] {
             // A message with no v2 form (an epoch) refuses the downgrade,
             // and a v2 desired state (unsigned) is written for v2 agents
             // but never read back: neither is a valid payload for a v3 reader.

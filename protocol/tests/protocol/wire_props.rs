@@ -10,7 +10,7 @@ fn payloads() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..600),
         (
-            prop_oneof![Just(2u8), Just(3u8)],
+            prop_oneof![Just(2u8), Just(3u8), Just(4u8)],
             prop::collection::vec(any::<u8>(), 0..600)
         )
             .prop_map(|(v, mut rest)| {
@@ -28,11 +28,16 @@ fn mutated() -> impl Strategy<Value = (TopicKind, Vec<u8>)> {
         Just(AnyMessage::ReportedState(reported())),
         Just(AnyMessage::Telemetry(batch())),
         Just(AnyMessage::Feedback(feedback())),
+        Just(AnyMessage::Feedback(handover_feedback())),
         Just(AnyMessage::Status(status(3))),
     ];
     (
         valid,
-        prop_oneof![Just(ProtocolVersion::V2), Just(ProtocolVersion::V3)],
+        prop_oneof![
+            Just(ProtocolVersion::V2),
+            Just(ProtocolVersion::V3),
+            Just(ProtocolVersion::V4)
+        ],
         prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
         any::<prop::sample::Index>(),
     )
@@ -50,9 +55,19 @@ fn mutated() -> impl Strategy<Value = (TopicKind, Vec<u8>)> {
         })
 }
 
-/// `message` as a v2 peer could have sent it: telemetry and feedback in the
-/// legacy epoch (v2 has no epochs).
+/// `message` as a peer of `version` could have sent it: no hand-over
+/// rating before v4; telemetry and feedback in the legacy epoch in v2 (v2
+/// has no epochs).
 fn legacy(message: AnyMessage, version: ProtocolVersion) -> AnyMessage {
+    let message = match message {
+        AnyMessage::Feedback(mut f) if version < ProtocolVersion::V4 => {
+            if f.rating == Rating::Handover {
+                f.rating = Rating::ThumbsDown;
+            }
+            AnyMessage::Feedback(f)
+        }
+        other => other,
+    };
     if version != ProtocolVersion::V2 {
         return message;
     }

@@ -10,9 +10,11 @@
 //!
 //! Every answer is recorded in the kiosk's feedback store (when configured,
 //! so thumbs up/down can name the versions that produced it) and reported
-//! to the fleet's answer sink as counts, never text.
+//! to the fleet's answer sink as counts, never text; so is every failure
+//! the active versions can cause (the error rate a canary gate compares).
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -30,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, AppState};
 use crate::answer::{AnswerDelta, AnswerError, AnswerRequest, Answered};
-use crate::answers::answer_event;
+use crate::answers::{answer_event, answer_failure};
 use crate::engine::{SamplingParams, Usage};
 use crate::feedback::AnswerRecord;
 
@@ -89,11 +91,12 @@ pub(super) async fn answer(
         body.seed,
         body.question,
     )?;
+    let started = Instant::now();
     if !body.stream {
         let answered = answerer
             .answer(request.clone(), None)
             .await
-            .map_err(|e| app.fail(answer_error(e)))?;
+            .map_err(|e| app.fail(failed(&app, e, started)))?;
         finish(&app, &request, &answered).await;
         return Ok(Json(done_json(&answered)).into_response());
     }
@@ -125,7 +128,7 @@ pub(super) async fn answer(
             }
             Err(AnswerError::Cancelled) => return,
             Err(e) => {
-                let e = app.fail(answer_error(e));
+                let e = app.fail(failed(&app, e, started));
                 json!({"type": "error", "message": e.message, "code": e.kind})
             }
         };
@@ -193,6 +196,15 @@ fn validate(
         max_tokens,
         sampling,
     })
+}
+
+/// The API error for a failed answer, after telling the fleet about it
+/// when it counts against the active versions ([`answer_failure`]).
+fn failed(app: &AppState, e: AnswerError, started: Instant) -> ApiError {
+    if let (Some(sink), Some(failure)) = (&app.answers, answer_failure(&e, started.elapsed())) {
+        sink.failed(failure);
+    }
+    answer_error(e)
 }
 
 fn answer_error(e: AnswerError) -> ApiError {

@@ -269,11 +269,15 @@ pub(super) async fn handover(
     let answer_id = answer_id(&body).map_err(|e| app.fail(e))?;
     let stored = match app.feedback() {
         None => false,
-        // Stored on the device only: protocol v3 has no hand-over rating
-        // (see `fleet_feedback`), and the answer's own escalation already
-        // travels in its telemetry.
-        Some(store) => match store.record_handover(answer_id).await {
-            Ok(_) => true,
+        Some(store) => match store.record_handover(answer_id.clone()).await {
+            Ok(_) => {
+                // After an answer, the fleet learns it did not resolve the
+                // question; before any, there is no version to charge.
+                if let Some(id) = &answer_id {
+                    to_fleet(&app, store, id, Rating::Handover).await;
+                }
+                true
+            }
             Err(e) => {
                 app.fail(ApiError::from(e));
                 false

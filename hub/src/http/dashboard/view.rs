@@ -131,9 +131,10 @@ fn point(q: &QualityHour) -> Value {
     json!({
         "hour_unix_ms": q.hour.saturating_mul(HOUR_MS),
         "answers": q.answers,
-        "escalation_rate": ratio(q.escalations, q.answers),
+        "escalation_rate": ratio(q.escalations + q.hand_overs, q.answers),
         "thumbs_down_rate": ratio(q.thumbs_down, q.answers),
-        "deflection_rate": ratio(q.deflected(), q.answers),
+        "error_rate": ratio(q.errors, q.questions()),
+        "deflection_rate": ratio(q.deflected(), q.questions()),
         "latency_mean_ms": ratio(q.latency_ms_sum, q.answers),
         "latency_p50_ms": latency_quantile_ms(&q.latency_buckets, 0.50),
         "latency_p95_ms": latency_quantile_ms(&q.latency_buckets, 0.95),
@@ -165,9 +166,10 @@ pub fn quality(
                 "totals": {
                     "answers": total.answers,
                     "answers_per_hour": total.answers as f64 / active_hours,
-                    "escalation_rate": ratio(total.escalations, total.answers),
+                    "escalation_rate": ratio(total.escalations + total.hand_overs, total.answers),
                     "thumbs_down_rate": ratio(total.thumbs_down, total.answers),
-                    "deflection_rate": ratio(total.deflected(), total.answers),
+                    "error_rate": ratio(total.errors, total.questions()),
+                    "deflection_rate": ratio(total.deflected(), total.questions()),
                     "latency_p50_ms": latency_quantile_ms(&total.latency_buckets, 0.50),
                     "latency_p95_ms": latency_quantile_ms(&total.latency_buckets, 0.95),
                 },
@@ -181,7 +183,7 @@ pub fn quality(
 /// The deflection measured over `hours`.
 pub fn deflection(hours: &[QualityHour]) -> Deflection {
     hours.iter().fold(Deflection::default(), |d, q| Deflection {
-        answers: d.answers + q.answers,
+        answers: d.answers + q.questions(),
         deflected: d.deflected + q.deflected(),
     })
 }

@@ -196,7 +196,7 @@ function renderQuality(data) {
     if (t.latency_p95_ms != null) p95 = Math.max(p95 || 0, t.latency_p95_ms);
     if (t.latency_p50_ms != null) p50 = Math.max(p50 || 0, t.latency_p50_ms);
     return el("tr", { "data-testid": "quality-row" }, el("td", { class: "small" }, s.label), el("td", {}, t.answers),
-      el("td", {}, t.answers_per_hour.toFixed(1)), el("td", {}, pct(t.escalation_rate)), el("td", {}, pct(t.thumbs_down_rate)),
+      el("td", {}, t.answers_per_hour.toFixed(1)), el("td", {}, pct(t.escalation_rate)), el("td", {}, pct(t.thumbs_down_rate)), el("td", {}, pct(t.error_rate)),
       el("td", {}, ms(t.latency_p50_ms)), el("td", {}, ms(t.latency_p95_ms)));
   });
   $("quality").tBodies[0].replaceChildren(...rows);
