@@ -16,8 +16,8 @@ use outpost_agent::{AgentConfig, AgentHandle, DeviceRuntime, EvalRun, HealthChec
 use outpost_eval::{EvalItem, ItemResult, RunOptions, SmokeGate};
 use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{
-    AnswerEvent, AnswerFailure, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef, EvalResult, EventId,
-    FailureReason, Feedback,
+    AnswerEvent, AnswerFailure, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef,
+    EvalResult, EventId, FailureReason, Feedback,
 };
 use outpost_runtime::answer::Answerer;
 use outpost_runtime::answers::{AnswerSink, FleetAnswer};

@@ -471,7 +471,8 @@ fn hub_feedback(dir: &Path, device: &str) -> Vec<(u64, String, String, String, V
 }
 
 #[test]
-fn a_kiosk_thumbs_down_and_hand_over_reach_the_hub_with_their_answer_and_versions_and_text_only_when_opted_in() {
+fn a_kiosk_thumbs_down_and_hand_over_reach_the_hub_with_their_answer_and_versions_and_text_only_when_opted_in(
+) {
     let _serial = serial();
     let dir = temp_dir();
     let hub = Hub::start(dir.path(), Broker::Embedded(0), free_port());

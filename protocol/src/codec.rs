@@ -286,7 +286,15 @@ fn config() -> bincode::config::Configuration {
 
 macro_rules! wire_message {
     ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr) => {
-        wire_message!($ty, $topic, $limit, previous = $prev, upgrade = $up, downgrade = $down, v4_only = |_| None);
+        wire_message!(
+            $ty,
+            $topic,
+            $limit,
+            previous = $prev,
+            upgrade = $up,
+            downgrade = $down,
+            v4_only = |_| None
+        );
     };
     ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr, v4_only = $v4:expr) => {
         const _: () = assert!($limit == $topic.max_payload_len());

@@ -110,9 +110,8 @@ pub use message::state::{
 };
 pub use message::telemetry::{
     ActiveVersions, AnswerEvent, AnswerFailure, BatchError, DeviceMetrics, EventId, FailedStage,
-    OutboxEpoch, Rating,
-    RetrievalScores, ScoresError, Seq, Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent,
-    TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
+    OutboxEpoch, Rating, RetrievalScores, ScoresError, Seq, Sequenced, TelemetryAck,
+    TelemetryBatch, TelemetryEvent, TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
 };
 pub use redact::{find_pii, redact, Finding, PiiCounts, PiiKind, RedactedText, Redaction};
 pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

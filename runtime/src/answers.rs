@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use outpost_protocol::{
-    redact, ActiveVersions, AnswerEvent, AnswerFailure, EventId, FailedStage, Feedback,
-    FeedbackId, RedactedText, RetrievalScores,
+    redact, ActiveVersions, AnswerEvent, AnswerFailure, EventId, FailedStage, Feedback, FeedbackId,
+    RedactedText, RetrievalScores,
 };
 
 use crate::answer::AnswerError;
@@ -228,7 +228,10 @@ mod tests {
         assert_eq!(event, fleet_answer().id);
         assert_eq!(feedback.rating, outpost_protocol::Rating::Handover);
         assert_eq!(feedback.answer_seq, fleet_answer().id.seq);
-        assert!(feedback.question.as_str().is_empty(), "no text without opt-in");
+        assert!(
+            feedback.question.as_str().is_empty(),
+            "no text without opt-in"
+        );
         assert!(fleet_feedback(Rating::Down, &rated(None), true, 1).is_none());
     }
 
@@ -245,7 +248,9 @@ mod tests {
             Some(FailedStage::Generation)
         );
         assert_eq!(
-            stage(AnswerError::Knowledge(crate::knowledge::KnowledgeError::Busy)),
+            stage(AnswerError::Knowledge(
+                crate::knowledge::KnowledgeError::Busy
+            )),
             None
         );
         for refused in [

@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use outpost_models::download::{BasicAuth, DownloadOptions};
 use outpost_protocol::{
-    ActiveVersions, AgentVersion, AnswerEvent, AnswerFailure, DesiredState, DeviceId, EventId, Feedback,
-    FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, Status, TelemetryPayload,
+    ActiveVersions, AgentVersion, AnswerEvent, AnswerFailure, DesiredState, DeviceId, EventId,
+    Feedback, FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, Status,
+    TelemetryPayload,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -12,8 +12,7 @@
 
 use outpost_protocol::{
     DeviceId, Feedback, FeedbackId, FleetId, OutboxEpoch, ProtocolVersion, Rating, Seq,
-    TelemetryBatch,
-    TelemetryPayload,
+    TelemetryBatch, TelemetryPayload,
 };
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
@@ -129,7 +128,11 @@ fn epoch_i64(epoch: OutboxEpoch) -> i64 {
     i64::from_ne_bytes(epoch.0.to_ne_bytes())
 }
 
-pub(super) fn table_has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+pub(super) fn table_has_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
     let mut stmt = conn
         .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
         .map_err(sql("read table info"))?;

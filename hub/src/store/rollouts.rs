@@ -566,9 +566,9 @@ impl Store {
                 Some(Rating::Handover) => {
                     let escalated = answer
                         .and_then(|j| serde_json::from_str::<TelemetryEvent>(&j).ok())
-                        .is_some_and(|e| {
-                            matches!(e.payload, TelemetryPayload::Answer(a) if a.escalated)
-                        });
+                        .is_some_and(
+                            |e| matches!(e.payload, TelemetryPayload::Answer(a) if a.escalated),
+                        );
                     slice.escalations += u64::from(!escalated);
                 }
                 Some(rating) => {
@@ -767,8 +767,8 @@ mod tests {
                 stage: FailedStage::Prompt,
             }),
         };
-        let batch = TelemetryBatch::new(device.clone(), vec![failed(5, 2), failed(6, 1)])
-            .expect("batch");
+        let batch =
+            TelemetryBatch::new(device.clone(), vec![failed(5, 2), failed(6, 1)]).expect("batch");
         store
             .ingest_telemetry(&fleet, &device, &batch, v, 100)
             .expect("ingest");

@@ -262,9 +262,7 @@ impl TelemetryPayload {
     pub(crate) fn v4_only(&self) -> Option<&'static str> {
         match self {
             Self::AnswerFailed(_) => Some("a failed-answer event"),
-            Self::Answer(a) if a.rating == Some(Rating::Handover) => {
-                Some("a hand-over rating")
-            }
+            Self::Answer(a) if a.rating == Some(Rating::Handover) => Some("a hand-over rating"),
             _ => None,
         }
     }

@@ -247,7 +247,9 @@ fn every_message_round_trips_in_the_current_version() {
         assert_eq!(decoded.message, message);
         // v4 appended enum variants only: without them, a message is the
         // same bytes in v3, and a v3 peer's payload reads as the same message.
-        let v3 = message.encode_as(ProtocolVersion::V3).expect("no v4 variant");
+        let v3 = message
+            .encode_as(ProtocolVersion::V3)
+            .expect("no v4 variant");
         assert_eq!((v3[0], &v3[1..]), (3, &bytes[1..]));
         let decoded = AnyMessage::decode(message.topic_kind(), &v3).expect("decodes");
         assert_eq!(
@@ -326,7 +328,10 @@ fn wire_bytes_of_every_version_are_pinned() {
         hex(encode_as(&current, ProtocolVersion::V3).expect("encodes")),
         GOLDEN_BATCH_V3
     );
-    assert_eq!(hex(encode(&current).expect("encodes")), v4_of(GOLDEN_BATCH_V3));
+    assert_eq!(
+        hex(encode(&current).expect("encodes")),
+        v4_of(GOLDEN_BATCH_V3)
+    );
     assert_eq!(
         hex(encode_as(&status(2), ProtocolVersion::V2).expect("encodes")),
         GOLDEN_STATUS_V2
@@ -335,7 +340,10 @@ fn wire_bytes_of_every_version_are_pinned() {
         hex(encode_as(&status(2), ProtocolVersion::V3).expect("encodes")),
         GOLDEN_STATUS_V3
     );
-    assert_eq!(hex(encode(&status(2)).expect("encodes")), v4_of(GOLDEN_STATUS_V3));
+    assert_eq!(
+        hex(encode(&status(2)).expect("encodes")),
+        v4_of(GOLDEN_STATUS_V3)
+    );
 
     // The signed desired state, its v2 downgrade and the signed bytes (a
     // change to the last breaks every signature between hub and device).
@@ -344,7 +352,10 @@ fn wire_bytes_of_every_version_are_pinned() {
         hex(encode_as(&signed, ProtocolVersion::V3).expect("encodes")),
         GOLDEN_DESIRED_V3
     );
-    assert_eq!(hex(encode(&signed).expect("encodes")), v4_of(GOLDEN_DESIRED_V3));
+    assert_eq!(
+        hex(encode(&signed).expect("encodes")),
+        v4_of(GOLDEN_DESIRED_V3)
+    );
     assert_eq!(
         hex(encode_as(&signed, ProtocolVersion::V2).expect("encodes")),
         GOLDEN_DESIRED_V2

@@ -54,7 +54,11 @@ fn valid_payloads() -> Vec<(TopicKind, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for message in messages {
-        for version in [ProtocolVersion::V2, ProtocolVersion::V3, ProtocolVersion::V4] {
+        for version in [
+            ProtocolVersion::V2,
+            ProtocolVersion::V3,
+            ProtocolVersion::V4,
+        ] {
             // A message with no v2 form (an epoch) refuses the downgrade,
             // and a v2 desired state (unsigned) is written for v2 agents
             // but never read back: neither is a valid payload for a v3 reader.
