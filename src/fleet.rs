@@ -586,6 +586,7 @@ async fn smoke_answer(
         },
         stop: Vec::new(),
         ignore_eos: false,
+        grammar: None,
     };
     let answer = tokio::time::timeout(SMOKE_LIMIT, async {
         engine.ready().await.map_err(|e| e.to_string())?;

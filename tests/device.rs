@@ -126,7 +126,7 @@ fn broken_model_files_get_a_clear_error_and_no_crash() {
 
 #[test]
 fn the_official_openai_python_client_chats_streams_and_sees_errors() {
-    let python = openai_python();
+    let python = support::python_with(&[("openai", "openai>=1.40,<3")]);
     let server = Server::start(&[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let out = run(std::process::Command::new(python)
@@ -139,34 +139,6 @@ fn the_official_openai_python_client_chats_streams_and_sees_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("streamed chat ok"), "{stdout}");
-}
-
-/// A venv with the official `openai` package (created once, under target/).
-fn openai_python() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv")
-            .success();
-        assert!(ok, "cannot create a venv: install python3-venv");
-    }
-    let has_openai = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
-        let ok = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "openai>=1.40,<3"])
-            .status()
-            .expect("pip install openai")
-            .success();
-        assert!(ok, "pip install openai failed");
-    }
-    python
 }
 
 #[test]

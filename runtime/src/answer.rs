@@ -382,6 +382,7 @@ impl Answerer {
                 .unwrap_or_else(|| self.config.sampling.clone()),
             stop: ANSWER_STOPS.iter().map(|s| s.to_string()).collect(),
             ignore_eos: false,
+            grammar: None,
         };
         let mut events = match &self.trial_adapter {
             Some(adapter) => self.engine.trial(adapter.clone(), generate).await?,

@@ -114,6 +114,7 @@ async fn timed(engine: &EngineHandle, prompt: Vec<i32>, n_gen: u32) -> Result<Ti
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos: true,
+        grammar: None,
     };
     let mut events = engine
         .submit(request)

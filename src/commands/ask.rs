@@ -52,6 +52,7 @@ pub async fn run(config: DeviceConfig, args: AskArgs) -> anyhow::Result<()> {
         sampling,
         stop: Vec::new(),
         ignore_eos: false,
+        grammar: None,
     };
     let mut events = engine.submit(request)?;
     let mut out = std::io::stdout().lock();

@@ -32,6 +32,7 @@ fn ticket_question() -> GenerateRequest {
         },
         stop: Vec::new(),
         ignore_eos: true,
+        grammar: None,
     }
 }
 

@@ -262,3 +262,35 @@ pub fn convert_embedder(output_type: &str, out: &Path) {
         String::from_utf8_lossy(&done.stderr)
     );
 }
+
+/// A venv (created once, under target/) with `packages` installed:
+/// (module to import, pip requirement). Python from PyPI serves reference
+/// checks only, never Outpost itself.
+pub fn python_with(packages: &[(&str, &str)]) -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv")
+            .success();
+        assert!(ok, "cannot create a venv: install python3-venv");
+    }
+    for (module, requirement) in packages {
+        let present = Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            let ok = Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", requirement])
+                .status()
+                .expect("pip install")
+                .success();
+            assert!(ok, "pip install {requirement} failed");
+        }
+    }
+    python
+}

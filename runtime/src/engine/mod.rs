@@ -16,6 +16,7 @@
 //! (`prefix.rs`), then restored into each later sequence that starts with it.
 
 mod adapters;
+mod grammar;
 mod prefix;
 mod sampling;
 mod text;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use grammar::{check_schema, Grammar, GrammarError, MAX_GRAMMAR_BYTES};
 use outpost_models::gguf::GgufError;
 pub use sampling::SamplingParams;
 pub use text::{Piece, TextStream};
@@ -159,6 +161,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating through end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Constrain the output to this grammar (structured output).
+    pub grammar: Option<Grammar>,
 }
 
 /// Streamed to the caller of [`EngineHandle::submit`].
@@ -248,6 +252,8 @@ pub enum EngineError {
     Lora { path: PathBuf, reason: String },
     #[error("llama.cpp decode failed: {reason}")]
     Decode { reason: String },
+    #[error(transparent)]
+    Grammar(#[from] GrammarError),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -263,6 +269,7 @@ impl EngineError {
             Self::Template { .. } => "template",
             Self::Lora { .. } => "lora",
             Self::Decode { .. } => "decode",
+            Self::Grammar(_) => "invalid_grammar",
             Self::Stopped => "engine_stopped",
         }
     }
@@ -271,7 +278,10 @@ impl EngineError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            Self::ContextOverflow { .. } | Self::EmptyPrompt | Self::Template { .. }
+            Self::ContextOverflow { .. }
+                | Self::EmptyPrompt
+                | Self::Template { .. }
+                | Self::Grammar(_)
         )
     }
 }

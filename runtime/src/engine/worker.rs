@@ -29,7 +29,7 @@ use super::prefix::PrefixCache;
 use super::text::{Piece, TextStream};
 use super::{
     ChatMessage, Command, Completion, EngineConfig, EngineError, EngineState, EngineStats, Event,
-    FinishReason, FlashAttn, Job, LoraSpec, ModelInfo, Prompt, Timings, Usage,
+    FinishReason, FlashAttn, GrammarError, Job, LoraSpec, ModelInfo, Prompt, Timings, Usage,
 };
 use outpost_models::gguf::{self, GgufSummary};
 
@@ -590,7 +590,14 @@ impl<'m> Scheduler<'m> {
                 self.stats.prefix_misses.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let sampler = request.sampling.build(self.model.n_vocab());
+        let grammar = match &request.grammar {
+            None => None,
+            Some(g) => match LlamaSampler::grammar(self.model, g.as_str(), "root") {
+                Ok(sampler) => Some(sampler),
+                Err(_) => return fail(GrammarError::Syntax.into()),
+            },
+        };
+        let sampler = request.sampling.build(self.model.n_vocab(), grammar);
         let now = Instant::now();
         tracing::debug!(
             seq,

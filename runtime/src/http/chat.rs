@@ -47,7 +47,8 @@ pub(super) async fn chat_completions(
         }
     }
     let info = app.ready_model().map_err(|e| app.fail(e))?;
-    let events = app
+    let constrained = request.generate.grammar.is_some();
+    let mut events = app
         .engine
         .submit(request.generate)
         .map_err(|e| app.fail(e.into()))?;
@@ -60,7 +61,17 @@ pub(super) async fn chat_completions(
         question,
     };
     if request.stream {
-        Ok(stream_reply(app, reply, events, request.include_usage).into_response())
+        // llama.cpp parses a grammar when the sequence is admitted: wait
+        // for that, so a grammar it refuses is a 400, not an error event
+        // inside a 200 stream.
+        let mut first = None;
+        if constrained {
+            match events.recv().await {
+                Some(Event::Failed(e)) => return Err(app.fail(e.into())),
+                next => first = next,
+            }
+        }
+        Ok(stream_reply(app, reply, events, first, request.include_usage).into_response())
     } else {
         whole_reply(app, reply, events).await
     }
@@ -186,12 +197,13 @@ fn stream_reply(
     app: AppState,
     reply: Reply,
     events: mpsc::Receiver<Event>,
+    first: Option<Event>,
     include_usage: bool,
 ) -> impl IntoResponse {
-    let state = (app, reply, events, Phase::Start);
+    let state = (app, reply, (first, events), Phase::Start);
     let body = stream::unfold(
         state,
-        move |(app, mut reply, mut events, phase)| async move {
+        move |(app, mut reply, (mut pending, mut events), phase)| async move {
             let out: Vec<SseEvent> = match phase {
                 Phase::Finished => return None,
                 Phase::Start => {
@@ -200,9 +212,15 @@ fn stream_reply(
                         content: Some(String::new()),
                     };
                     let first = reply.chunk(role, None, true);
-                    return Some((vec![first], (app, reply, events, Phase::Streaming)));
+                    return Some((
+                        vec![first],
+                        (app, reply, (pending, events), Phase::Streaming),
+                    ));
                 }
-                Phase::Streaming => match events.recv().await {
+                Phase::Streaming => match match pending.take() {
+                    Some(event) => Some(event),
+                    None => events.recv().await,
+                } {
                     Some(Event::Text(t)) => {
                         reply.saw_text();
                         let delta = Delta {
@@ -218,19 +236,22 @@ fn stream_reply(
                             out.push(reply.chunk(Delta::default(), Some(done), false));
                         }
                         out.push(SseEvent::default().data("[DONE]"));
-                        return Some((out, (app, reply, events, Phase::Finished)));
+                        return Some((out, (app, reply, (pending, events), Phase::Finished)));
                     }
                     Some(Event::Failed(e)) => {
                         let err = app.fail(ApiError::from(e));
                         let event = SseEvent::default()
                             .json_data(err.body())
                             .unwrap_or_default();
-                        return Some((vec![event], (app, reply, events, Phase::Finished)));
+                        return Some((
+                            vec![event],
+                            (app, reply, (pending, events), Phase::Finished),
+                        ));
                     }
                     None => return None,
                 },
             };
-            Some((out, (app, reply, events, Phase::Streaming)))
+            Some((out, (app, reply, (pending, events), Phase::Streaming)))
         },
     )
     .flat_map(stream::iter)

@@ -2,12 +2,19 @@
 //! [`GenerateRequest`].
 //!
 //! Unknown fields are ignored (clients send many); known fields outside
-//! their range are refused with the parameter named, as OpenAI does.
+//! their range are refused with the parameter named, as OpenAI does. Fields
+//! that would change what the answer means if dropped (`tools`,
+//! `logprobs`, `logit_bias`, `n > 1`) are refused rather than ignored, and
+//! structured output (`response_format`, llama-server's `grammar` and
+//! `json_schema`) is enforced by the grammar sampler or refused with the
+//! reason, never silently unconstrained.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use crate::engine::{ChatMessage, FinishReason, GenerateRequest, Prompt, SamplingParams, Usage};
+use crate::engine::{
+    ChatMessage, FinishReason, GenerateRequest, Grammar, Prompt, SamplingParams, Usage,
+};
 
 /// Most stop sequences a request may give (OpenAI's limit).
 const MAX_STOP: usize = 4;
@@ -34,6 +41,24 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i64>,
     pub stop: Option<StopField>,
     pub n: Option<i64>,
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// GBNF (llama-server's extension).
+    #[serde(default)]
+    pub grammar: Option<String>,
+    /// A JSON schema (llama-server's extension).
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<serde_json::Value>,
+    #[serde(default)]
+    pub logit_bias: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +127,12 @@ impl ChatCompletionRequest {
                 return Err(ApiError::invalid("n", "only n = 1 is supported"));
             }
         }
+        refuse_unsupported(&self)?;
+        let grammar = structured_output(
+            self.response_format.as_ref(),
+            self.grammar.as_deref(),
+            self.json_schema.as_ref(),
+        )?;
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
             let role = match m.role.as_str() {
@@ -214,10 +245,110 @@ impl ChatCompletionRequest {
                 sampling,
                 stop,
                 ignore_eos: false,
+                grammar,
             },
             stream: self.stream,
             include_usage,
         })
+    }
+}
+
+/// Fields whose meaning this server cannot honour: present and not empty,
+/// each is a 400 naming it (dropping them would answer another question).
+fn refuse_unsupported(r: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let used = |v: &Option<serde_json::Value>| {
+        v.as_ref().is_some_and(|v| match v {
+            serde_json::Value::Null => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            _ => true,
+        })
+    };
+    for (name, field) in [("tools", &r.tools), ("functions", &r.functions)] {
+        if used(field) {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} (function calling) is not supported; describe the output with response_format json_schema instead"),
+            ));
+        }
+    }
+    if r.logprobs == Some(true) || used(&r.top_logprobs) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "logprobs are not supported yet",
+        ));
+    }
+    if used(&r.logit_bias) {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            "logit_bias is not supported; use grammar or response_format to constrain the output",
+        ));
+    }
+    Ok(())
+}
+
+/// The grammar a request asks for, if any: `response_format` (OpenAI's
+/// `json_object` / `json_schema`), or llama-server's `grammar` / `json_schema`.
+/// At most one of them.
+fn structured_output(
+    response_format: Option<&serde_json::Value>,
+    gbnf: Option<&str>,
+    schema: Option<&serde_json::Value>,
+) -> Result<Option<Grammar>, ApiError> {
+    let from_format = match response_format {
+        None | Some(serde_json::Value::Null) => None,
+        Some(format) => response_format_grammar(format)?,
+    };
+    let asked = [from_format.is_some(), gbnf.is_some(), schema.is_some()];
+    if asked.iter().filter(|a| **a).count() > 1 {
+        return Err(ApiError::invalid(
+            "response_format",
+            "give one of response_format, grammar and json_schema",
+        ));
+    }
+    if let Some(text) = gbnf {
+        return Grammar::gbnf(text)
+            .map(Some)
+            .map_err(|e| ApiError::invalid("grammar", e.to_string()));
+    }
+    if let Some(schema) = schema {
+        return Grammar::json_schema(schema)
+            .map(Some)
+            .map_err(|e| ApiError::invalid("json_schema", e.to_string()));
+    }
+    Ok(from_format)
+}
+
+fn response_format_grammar(format: &serde_json::Value) -> Result<Option<Grammar>, ApiError> {
+    let invalid = |msg: String| ApiError::invalid("response_format", msg);
+    let schema_grammar = |schema: &serde_json::Value| {
+        Grammar::json_schema(schema)
+            .map(Some)
+            .map_err(|e| invalid(e.to_string()))
+    };
+    match format.get("type").and_then(serde_json::Value::as_str) {
+        Some("text") => Ok(None),
+        // llama-server also takes a schema here.
+        Some("json_object") => match format.get("schema") {
+            Some(schema) => schema_grammar(schema),
+            None => Ok(Some(Grammar::json_object())),
+        },
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    invalid(
+                        "json_schema needs {\"json_schema\": {\"name\": …, \"schema\": {…}}}"
+                            .into(),
+                    )
+                })?;
+            schema_grammar(schema)
+        }
+        Some(other) => Err(invalid(format!(
+            "type {other:?} is not supported; use text, json_object or json_schema"
+        ))),
+        None => Err(invalid("response_format needs a type".into())),
     }
 }
 
