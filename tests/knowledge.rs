@@ -538,3 +538,53 @@ fn eval_writes_reports_compares_runs_and_gates_on_thresholds() {
     );
     assert!(report["metrics"]["latency.p50_ms"].as_f64().unwrap() > 0.0);
 }
+
+/// The question path keeps one llama.cpp context for every question
+/// (`Embedder::embed_warm`): it must give the vectors a fresh context does,
+/// whatever came before it, and send what does not fit to a fresh one.
+#[test]
+fn a_warm_embedding_context_gives_the_vectors_a_fresh_one_does() {
+    use outpost_runtime::embed::{EmbedConfig, Embedder, WARM_TOKENS};
+    let dir = temp_dir();
+    let gguf = dir.path().join("embedder.gguf");
+    convert_embedder("f16", &gguf);
+    let embedder = Embedder::load(&gguf, EmbedConfig::default()).expect("load");
+    let mut warm = embedder.warm_context().expect("warm context");
+    let long = "descale the machine every six weeks ".repeat(40);
+    assert!(embedder.count_tokens(&long) > WARM_TOKENS as usize);
+    let texts = [
+        "How often should I descale?",
+        "What does E03 mean?",
+        long.as_str(),
+        "How often should I descale?",
+    ];
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let mut first = None;
+    for text in texts {
+        let fresh = embedder.embed_one(text).expect("fresh");
+        let warmed = embedder
+            .embed_warm(&mut warm, &[text])
+            .expect("warm")
+            .remove(0);
+        assert_eq!(fresh.len(), warmed.len());
+        let diff = max_diff(&fresh, &warmed);
+        assert!(diff < 1e-4, "{text:.40}: max |fresh - warm| = {diff}");
+        if text == texts[0] {
+            match &first {
+                None => first = Some(warmed),
+                Some(earlier) => assert!(
+                    max_diff(earlier, &warmed) < 1e-6,
+                    "the same question after others gives the same vector"
+                ),
+            }
+        }
+    }
+    // Several texts at once take the batched path.
+    let batch = embedder.embed_warm(&mut warm, &texts[..2]).expect("batch");
+    assert_eq!(batch.len(), 2);
+}

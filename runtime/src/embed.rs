@@ -11,13 +11,17 @@
 //! a dot product of two outputs is their cosine similarity.
 //!
 //! An [`Embedder`] is blocking and CPU-bound: the thread that owns it runs
-//! it (STYLE: one owner per llama.cpp resource). It creates its llama.cpp
-//! context per [`Embedder::embed`] call, so it holds no per-call state.
+//! it (STYLE: one owner per llama.cpp resource). [`Embedder::embed`]
+//! creates a llama.cpp context sized for its texts, which suits ingestion's
+//! large batches; creating one costs about as much as encoding a short
+//! question, so the owner of the question path keeps a [`WarmContext`]
+//! (one sequence, [`WARM_TOKENS`]) and calls [`Embedder::embed_warm`].
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -36,6 +40,10 @@ const ENCODERS: &[&str] = &[
     "neo-bert",
     "eurobert",
 ];
+
+/// Tokens a [`WarmContext`] holds: a customer's question with room to
+/// spare (longer texts take a fresh context).
+pub const WARM_TOKENS: u32 = 128;
 
 /// llama.cpp's `LLAMA_MAX_SEQ`: sequences one context can hold.
 const MAX_SEQUENCES: u32 = 256;
@@ -119,6 +127,13 @@ pub enum EmbedError {
 
 fn backend() -> Result<&'static LlamaBackend, EmbedError> {
     crate::backend::llama_backend().ok_or(EmbedError::Backend)
+}
+
+/// A llama.cpp context of an [`Embedder`], kept between one-text calls:
+/// one sequence of up to [`WARM_TOKENS`] tokens.
+pub struct WarmContext<'m> {
+    ctx: LlamaContext<'m>,
+    tokens: u32,
 }
 
 /// A loaded embedding model.
@@ -249,6 +264,40 @@ impl Embedder {
         let needed: usize = tokenized.iter().map(Vec::len).sum();
         let needed = u32::try_from(needed.next_multiple_of(64)).unwrap_or(u32::MAX);
         let ubatch = needed.min(self.max_tokens).div_ceil(max_sequences) * max_sequences;
+        let mut ctx = self.context(ubatch, max_sequences)?;
+        self.encode(&mut ctx, &tokenized, ubatch, max_sequences)
+    }
+
+    /// A context kept for one-text calls ([`Embedder::embed_warm`]).
+    pub fn warm_context(&self) -> Result<WarmContext<'_>, EmbedError> {
+        let tokens = WARM_TOKENS.min(self.max_tokens);
+        Ok(WarmContext {
+            ctx: self.context(tokens, 1)?,
+            tokens,
+        })
+    }
+
+    /// Like [`Embedder::embed`], through `warm` when the call is one text
+    /// that fits it (the question path), else through a fresh context.
+    /// The vectors are the same either way.
+    pub fn embed_warm<S: AsRef<str>>(
+        &self,
+        warm: &mut WarmContext<'_>,
+        texts: &[S],
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let [text] = texts else {
+            return self.embed(texts);
+        };
+        let tokens = self.tokenize(text.as_ref());
+        if tokens.len() > warm.tokens as usize {
+            return self.embed(texts);
+        }
+        // An encoder keeps no state between calls; clearing makes sure.
+        warm.ctx.clear_kv_cache();
+        self.encode(&mut warm.ctx, &[tokens], warm.tokens, 1)
+    }
+
+    fn context(&self, ubatch: u32, max_sequences: u32) -> Result<LlamaContext<'_>, EmbedError> {
         let threads = i32::try_from(self.config.threads).unwrap_or(i32::MAX);
         let params = LlamaContextParams::default()
             .with_embeddings(true)
@@ -259,15 +308,25 @@ impl Embedder {
             .with_n_seq_max(max_sequences)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let mut ctx =
-            self.model
-                .new_context(backend()?, params)
-                .map_err(|e| EmbedError::Context {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| EmbedError::Context {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Encodes `tokenized` in `ctx`, packing whole texts into micro-batches
+    /// of `ubatch` tokens and at most `max_sequences` texts.
+    fn encode(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        tokenized: &[Vec<LlamaToken>],
+        ubatch: u32,
+        max_sequences: u32,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut batch = LlamaBatch::new(ubatch as usize, 1);
-        let mut out = Vec::with_capacity(texts.len());
+        let mut out = Vec::with_capacity(tokenized.len());
         let mut next = 0;
         while next < tokenized.len() {
             // Pack whole texts while they fit one micro-batch.

@@ -54,11 +54,18 @@ impl EmbeddingsHandle {
         thread::Builder::new()
             .name("embeddings".into())
             .spawn(move || {
+                // Every answer embeds its question: one context, kept.
+                let mut warm = embedder
+                    .warm_context()
+                    .inspect_err(|e| tracing::warn!(error = %e, "no warm embedding context; each call makes its own"))
+                    .ok();
                 while let Some((texts, reply)) = rx.blocking_recv() {
                     let tokens = texts.iter().map(|t| embedder.count_tokens(t)).sum();
-                    let result = embedder
-                        .embed(&texts)
-                        .map(|vectors| Embedded { vectors, tokens });
+                    let result = match warm.as_mut() {
+                        Some(warm) => embedder.embed_warm(warm, &texts),
+                        None => embedder.embed(&texts),
+                    }
+                    .map(|vectors| Embedded { vectors, tokens });
                     let _ = reply.send(result);
                 }
             })

@@ -135,6 +135,11 @@ impl KbEmbedder {
     pub fn new(embedder: Embedder, identity: EmbedderIdentity) -> Self {
         Self { embedder, identity }
     }
+
+    /// The embedder, for a question path that keeps a warm context.
+    pub fn embedder(&self) -> &Embedder {
+        &self.embedder
+    }
 }
 
 impl outpost_kb::Embed for KbEmbedder {
