@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-retrieval-real
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -50,6 +50,10 @@ redteam: deps
 # both off (benches/peer/README.md).
 bench-peer-cache: deps
 	bash benches/peer/run.sh --cache-matched
+# The servers only, unconstrained and with one JSON schema in every request
+# (structured output through llama.cpp's grammar sampler on both sides).
+bench-peer-grammar: deps
+	bash benches/peer/run.sh --grammar
 
 # Retrieval over a real 100k-chunk corpus of Debian documentation: cold first
 # query and warm p50/p95 (benches/kb/README.md). Ingestion takes hours on 2 cores.

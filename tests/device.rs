@@ -126,17 +126,11 @@ fn broken_model_files_get_a_clear_error_and_no_crash() {
 
 #[test]
 fn the_official_openai_python_client_chats_streams_and_sees_errors() {
-    let python = support::python_with(&[("openai", "openai>=1.40,<3")]);
     let server = Server::start(&[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let out = run(std::process::Command::new(python)
-        .arg(script)
-        .arg(&server.base));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = support::python_check(
+        &[("openai", "openai>=1.40,<3")],
+        "tests/openai_client.py",
+        &server.base,
     );
     assert!(stdout.contains("streamed chat ok"), "{stdout}");
 }

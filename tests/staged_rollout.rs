@@ -199,6 +199,44 @@ fn halted_for<'a>(detail: &'a Value, reason: &str) -> &'a Value {
     halt[0]
 }
 
+/// Starts a rollout of prompt set `version` with the canary gate `gate`
+/// alone (offline gate off), drives it until it halts, and checks that
+/// `gate` halted it with its numbers in the audit log and that the one
+/// canary is back on v2; returns the canary.
+fn halted_by_canary_gate(fleet: &mut Fleet, id: &str, version: &str, gate: &str) -> String {
+    start_rollout(
+        &fleet.hub,
+        &fleet.dir,
+        &format!(
+            r#"id = "{id}"
+candidate = [{{ kind = "prompt-set", name = "brewstation", version = "{version}" }}]
+cohort = ["store"]
+on_stage_timeout = "halt"
+{STAGES}
+[gates.install]
+min_reported = 1
+max_failure_pct = 0.0
+apply_timeout_ms = 120000
+
+[gates.{gate}]
+min_per_arm = 3
+margin = 0.05
+pass_alpha = 0.05
+fail_alpha = 0.01
+"#
+        ),
+    );
+    let halted = fleet.drive_until(id, &["halted", "completed"]);
+    let gates = halted_for(&halted, "canary_gate")["entry"]["gates"].to_string();
+    assert!(gates.contains(gate), "the numbers that decided: {gates}");
+    let canaries = sent_devices(&halted);
+    assert_eq!(canaries.len(), 1, "{halted:#}");
+    wait_for(WAIT, "the canary back on v2", || {
+        (fleet.prompt_version(&canaries[0])? == "2").then_some(())
+    });
+    canaries[0].clone()
+}
+
 fn sent_devices(detail: &Value) -> Vec<String> {
     detail["devices"]
         .as_array()
@@ -481,87 +519,20 @@ fail_alpha = 0.01
 
     // 2. A prompt set that hands every question over, offline gate off:
     // the canary gate halts it and the canary goes back to v2.
-    start_rollout(
-        &fleet.hub,
-        &dir,
-        &format!(
-            r#"id = "prompts-v3"
-candidate = [{{ kind = "prompt-set", name = "brewstation", version = "3" }}]
-cohort = ["store"]
-on_stage_timeout = "halt"
-{STAGES}
-[gates.install]
-min_reported = 1
-max_failure_pct = 0.0
-apply_timeout_ms = 120000
-
-[gates.escalation]
-min_per_arm = 3
-margin = 0.05
-pass_alpha = 0.05
-fail_alpha = 0.01
-"#
-        ),
-    );
-    let halted = fleet.drive_until("prompts-v3", &["halted", "completed"]);
-    let gates = halted_for(&halted, "canary_gate")["entry"]["gates"].to_string();
-    assert!(
-        gates.contains("escalation"),
-        "the numbers that decided: {gates}"
-    );
-    let bad_canaries = sent_devices(&halted);
-    assert_eq!(bad_canaries.len(), 1, "{halted:#}");
-    wait_for(WAIT, "the canary back on v2", || {
-        (fleet.prompt_version(&bad_canaries[0])? == "2").then_some(())
-    });
+    halted_by_canary_gate(&mut fleet, "prompts-v3", "3", "escalation");
 
     // 3. A prompt set whose templates fail on most real questions (they
     // render the packer's sample question): the error-rate gate halts it,
     // from the failures the canary reports, and the canary goes back to v2.
-    start_rollout(
-        &fleet.hub,
-        &dir,
-        &format!(
-            r#"id = "prompts-v4"
-candidate = [{{ kind = "prompt-set", name = "brewstation", version = "4" }}]
-cohort = ["store"]
-on_stage_timeout = "halt"
-{STAGES}
-[gates.install]
-min_reported = 1
-max_failure_pct = 0.0
-apply_timeout_ms = 120000
-
-[gates.errors]
-min_per_arm = 3
-margin = 0.05
-pass_alpha = 0.05
-fail_alpha = 0.01
-"#
-        ),
-    );
-    let halted = fleet.drive_until("prompts-v4", &["halted", "completed"]);
-    let gates = halted_for(&halted, "canary_gate")["entry"]["gates"].to_string();
-    assert!(
-        gates.contains("errors"),
-        "the numbers that decided: {gates}"
-    );
-    let broken_canaries = sent_devices(&halted);
-    assert_eq!(broken_canaries.len(), 1, "{halted:#}");
-    wait_for(WAIT, "the canary back on v2", || {
-        (fleet.prompt_version(&broken_canaries[0])? == "2").then_some(())
-    });
+    let broken_canary = halted_by_canary_gate(&mut fleet, "prompts-v4", "4", "errors");
     let failures = fleet
         .hub
-        .telemetry(&broken_canaries[0])
+        .telemetry(&broken_canary)
         .into_iter()
         .filter(|e| e["event"]["payload"]["AnswerFailed"]["stage"] == "Prompt")
         .count();
     // The gate halts on the first few (min_per_arm counts questions).
-    assert!(
-        failures >= 1,
-        "the canary's failures reached the hub: {gates}"
-    );
+    assert!(failures >= 1, "the canary's failures reached the hub");
 
     // 4. An adapter that changes the answers: the canary's smoke gate refuses
     // it, and the install gate halts the rollout.

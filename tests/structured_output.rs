@@ -7,10 +7,8 @@
 
 mod support;
 
-use std::path::Path;
-
 use serde_json::{json, Value};
-use support::{post, run, Server};
+use support::{post, Server};
 
 fn ask(extra: Value) -> Value {
     let mut body = json!({
@@ -26,20 +24,14 @@ fn ask(extra: Value) -> Value {
 
 #[test]
 fn json_schemas_through_the_official_client_validate_streamed_and_whole() {
-    let python = support::python_with(&[
-        ("openai", "openai>=1.40,<3"),
-        ("jsonschema", "jsonschema>=4,<5"),
-    ]);
     let server = Server::start(&[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/structured_output.py");
-    let out = run(std::process::Command::new(python)
-        .arg(script)
-        .arg(&server.base));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "structured output failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = support::python_check(
+        &[
+            ("openai", "openai>=1.40,<3"),
+            ("jsonschema", "jsonschema>=4,<5"),
+        ],
+        "tests/structured_output.py",
+        &server.base,
     );
     eprintln!("{stdout}");
     for name in ["object", "enum", "array", "nested", "required"] {

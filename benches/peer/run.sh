@@ -5,13 +5,18 @@
 # (build-llama-cpp.sh). Prints one Markdown table of ratios measured in this
 # run and writes it to benches/peer/results.md. See benches/peer/README.md.
 #
-# Usage: bash benches/peer/run.sh [--peer-only | --cache-matched]
+# Usage: bash benches/peer/run.sh [--peer-only | --cache-matched | --grammar]
 #   --peer-only   measure only the llama.cpp side (to check the harness)
 #   --cache-matched  only the servers, twice, with matched prompt caches:
 #                 both on at PEER_CACHE_MB each (llama-server --cache-ram,
 #                 Outpost engine.prefix_cache_mb), then both off (llama-server
 #                 --cache-ram 0 and cache_prompt false, Outpost
 #                 engine.prefix_reuse = false); writes results-cache.md
+#   --grammar     only the servers, unconstrained and then with the same
+#                 JSON schema in every request (response_format json_schema,
+#                 converted by llama.cpp's json-schema-to-grammar on both
+#                 sides); prompt caches as in the default run; writes
+#                 results-grammar.md
 # Environment:
 #   OUTPOST_MODEL  GGUF to load (default: $MODEL_DEFAULT below)
 #   OUTPOST_BIN    outpost binary to use instead of `cargo build --release`
@@ -45,6 +50,7 @@ rounds=${PEER_ROUNDS:-10}
 port=${PEER_PORT:-18091}
 peer_only=false
 cache_matched=false
+grammar=false
 cache_mb=${PEER_CACHE_MB:-256}
 
 die() {
@@ -60,6 +66,7 @@ for arg in "$@"; do
     case "$arg" in
         --peer-only) peer_only=true ;;
         --cache-matched) cache_matched=true ;;
+        --grammar) grammar=true ;;
         -h | --help)
             awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
             exit 0
@@ -219,7 +226,7 @@ run_outpost_bench() {
         die "outpost bench did not print the expected JSON; see $results_dir/outpost-bench-$tag.json"
 }
 
-if [[ "$cache_matched" == false ]]; then
+if [[ "$cache_matched" == false && "$grammar" == false ]]; then
     measured run_llama_bench 1
     measured run_outpost_bench 1
     measured run_outpost_bench 2
@@ -245,16 +252,18 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 today=$(date -u +%Y-%m-%d)
 cores=$(nproc)
 
+# The server settings of the matched runs (--cache-matched, --grammar).
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+llama_args=(-m "$model" -t "$threads" -np "$PARALLEL" -c "$CTX_TOTAL" -b "$BATCH"
+    -ub "$UBATCH" -fa "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
+outpost_args=(serve --model "$model" --threads "$threads" --parallel "$PARALLEL"
+    --ctx-size "$CTX_TOTAL" --batch-size "$BATCH" --ubatch-size "$UBATCH"
+    --flash-attn "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
+
 if [[ "$cache_matched" == true ]]; then
     [[ -n "$outpost_bin" ]] || die "--cache-matched needs the outpost side"
-    load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
     printf '[engine]\nprefix_cache_mb = %s\nprefix_reuse = true\n' "$cache_mb" >"$results_dir/cache-on.toml"
     printf '[engine]\nprefix_reuse = false\n' >"$results_dir/cache-off.toml"
-    llama_args=(-m "$model" -t "$threads" -np "$PARALLEL" -c "$CTX_TOTAL" -b "$BATCH"
-        -ub "$UBATCH" -fa "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
-    outpost_args=(serve --model "$model" --threads "$threads" --parallel "$PARALLEL"
-        --ctx-size "$CTX_TOTAL" --batch-size "$BATCH" --ubatch-size "$UBATCH"
-        --flash-attn "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
     # Back to back, in the order llama-server, Outpost (caches on), Outpost,
     # llama-server (caches off), so that drift weighs on both sides alike.
     measured serve llama-server-cache-on "$llama_server" "${llama_args[@]}" --cache-ram "$cache_mb"
@@ -273,6 +282,32 @@ Outpost: $outpost_llama. Peer: $peer_version."
         --pair "caches on" "$results_dir/outpost-serve-cache-on.json" "$results_dir/llama-server-cache-on.json" \
         --pair "caches off" "$results_dir/outpost-serve-cache-off.json" "$results_dir/llama-server-cache-off.json" \
         --header "$header" --notes "$notes" --out "$here/results-cache.md"
+    if [[ -s "$notes" ]]; then
+        die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
+    fi
+    exit 0
+fi
+
+if [[ "$grammar" == true ]]; then
+    [[ -n "$outpost_bin" ]] || die "--grammar needs the outpost side"
+    # A support reply as an object: an unbounded answer string keeps both
+    # servers generating to max_tokens, like the unconstrained runs.
+    schema='{"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": {"type": "object", "properties": {"escalate": {"type": "boolean"}, "answer": {"type": "string"}}, "required": ["escalate", "answer"], "additionalProperties": false}}}}'
+    measured serve llama-server-free "$llama_server" "${llama_args[@]}" --cache-ram 0
+    measured serve outpost-serve-free "$outpost_bin" "${outpost_args[@]}"
+    PEER_EXTRA_BODY=$schema measured serve outpost-serve-schema "$outpost_bin" "${outpost_args[@]}"
+    PEER_EXTRA_BODY=$schema measured serve llama-server-schema "$llama_server" "${llama_args[@]}" --cache-ram 0
+    header="Outpost vs llama-server, unconstrained and grammar-constrained, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads; \
+load average at the start $load_at_start. \
+Model: $(basename "$model"). Both: $PARALLEL slots, $CTX_TOTAL-token total context, -b $BATCH -ub $UBATCH -fa $FLASH_ATTN, \
+$rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0, llama-server --cache-ram 0. \
+Constrained: every request carries the same response_format json_schema (an object with a boolean and a string), \
+turned into GBNF by llama.cpp's json-schema-to-grammar on both sides and enforced by its grammar sampler. \
+Outpost: $outpost_llama. Peer: $peer_version."
+    python3 "$here/report.py" --matched \
+        --pair "unconstrained" "$results_dir/outpost-serve-free.json" "$results_dir/llama-server-free.json" \
+        --pair "json_schema" "$results_dir/outpost-serve-schema.json" "$results_dir/llama-server-schema.json" \
+        --header "$header" --notes "$notes" --out "$here/results-grammar.md"
     if [[ -s "$notes" ]]; then
         die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
     fi

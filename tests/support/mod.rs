@@ -294,3 +294,20 @@ pub fn python_with(packages: &[(&str, &str)]) -> PathBuf {
     }
     python
 }
+
+/// Runs the Python check `script` (relative to the repository) with
+/// `packages` against the server at `base`; its stdout, after asserting
+/// that it exited 0.
+pub fn python_check(packages: &[(&str, &str)], script: &str, base: &str) -> String {
+    let python = python_with(packages);
+    let out = run(Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .arg(base));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -659,6 +659,37 @@ mod tests {
         TelemetryBatch::new(device.clone(), events).expect("batch")
     }
 
+    /// Stores kiosk-1's feedback number `seq` rating answer `answer` (both
+    /// of `epoch`) on prompt set 2, received at `at`.
+    fn rate_on_v2(
+        store: &mut Store,
+        epoch: outpost_protocol::OutboxEpoch,
+        (seq, answer): (u64, u64),
+        rating: Rating,
+        at: u64,
+    ) {
+        let feedback = outpost_protocol::Feedback {
+            id: outpost_protocol::FeedbackId {
+                epoch,
+                seq: Seq(seq),
+            },
+            answer_seq: Seq(answer),
+            rating,
+            question: outpost_protocol::redact("q").text,
+            answer: outpost_protocol::redact("a").text,
+            versions: ActiveVersions {
+                prompt_set: Some(ArtifactDigest::from_bytes([2; 32])),
+                ..ActiveVersions::default()
+            },
+            at_unix_ms: at,
+        };
+        let fleet = FleetId::parse("acme").expect("fleet");
+        let device = DeviceId::parse("kiosk-1").expect("device");
+        store
+            .record_feedback(&fleet, &device, &feedback, ProtocolVersion::CURRENT, at)
+            .expect("stored");
+    }
+
     #[test]
     fn consecutive_window_slices_add_up_to_the_whole_window_on_the_asked_versions() {
         let mut store = Store::open_in_memory().expect("store");
@@ -695,30 +726,11 @@ mod tests {
 
     #[test]
     fn a_rerated_answer_is_one_vote_in_the_window() {
-        use outpost_protocol::{redact, Feedback, FeedbackId, OutboxEpoch};
+        use outpost_protocol::OutboxEpoch;
         let mut store = Store::open_in_memory().expect("store");
-        let fleet = FleetId::parse("acme").expect("fleet");
         let device = DeviceId::parse("kiosk-1").expect("device");
-        let on_v2 = ActiveVersions {
-            prompt_set: Some(ArtifactDigest::from_bytes([2; 32])),
-            ..ActiveVersions::default()
-        };
         let rate = |store: &mut Store, seq: u64, answer: u64, rating: Rating, at: u64| {
-            let feedback = Feedback {
-                id: FeedbackId {
-                    epoch: OutboxEpoch(7),
-                    seq: Seq(seq),
-                },
-                answer_seq: Seq(answer),
-                rating,
-                question: redact("q").text,
-                answer: redact("a").text,
-                versions: on_v2,
-                at_unix_ms: at,
-            };
-            store
-                .record_feedback(&fleet, &device, &feedback, ProtocolVersion::CURRENT, at)
-                .expect("stored");
+            rate_on_v2(store, OutboxEpoch(7), (seq, answer), rating, at);
         };
         // Answer 1: down, then up, then down again; answer 2: down once.
         rate(&mut store, 1, 1, Rating::ThumbsDown, 100);
@@ -739,9 +751,7 @@ mod tests {
 
     #[test]
     fn hand_overs_are_escalations_once_per_answer_and_failures_are_errors() {
-        use outpost_protocol::{
-            redact, AnswerFailure, FailedStage, Feedback, FeedbackId, OutboxEpoch,
-        };
+        use outpost_protocol::{AnswerFailure, FailedStage, OutboxEpoch};
         let mut store = Store::open_in_memory().expect("store");
         let fleet = FleetId::parse("acme").expect("fleet");
         let device = DeviceId::parse("kiosk-1").expect("device");
@@ -773,21 +783,7 @@ mod tests {
             .ingest_telemetry(&fleet, &device, &batch, v, 100)
             .expect("ingest");
         let rate = |store: &mut Store, seq: u64, answer: u64, rating: Rating| {
-            let feedback = Feedback {
-                id: FeedbackId {
-                    epoch: OutboxEpoch::LEGACY,
-                    seq: Seq(seq),
-                },
-                answer_seq: Seq(answer),
-                rating,
-                question: redact("").text,
-                answer: redact("").text,
-                versions: on_v2,
-                at_unix_ms: 150,
-            };
-            store
-                .record_feedback(&fleet, &device, &feedback, v, 150)
-                .expect("stored");
+            rate_on_v2(store, OutboxEpoch::LEGACY, (seq, answer), rating, 150);
         };
         rate(&mut store, 1, 1, Rating::Handover);
         rate(&mut store, 2, 2, Rating::Handover); // escalated already
