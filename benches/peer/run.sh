@@ -15,8 +15,8 @@
 #   --grammar     only the servers, unconstrained and then with the same
 #                 JSON schema in every request (response_format json_schema,
 #                 converted by llama.cpp's json-schema-to-grammar on both
-#                 sides); prompt caches as in the default run; writes
-#                 results-grammar.md
+#                 sides), with matched prompt caches (both on at
+#                 PEER_CACHE_MB); writes results-grammar.md
 # Environment:
 #   OUTPOST_MODEL  GGUF to load (default: $MODEL_DEFAULT below)
 #   OUTPOST_BIN    outpost binary to use instead of `cargo build --release`
@@ -259,10 +259,10 @@ llama_args=(-m "$model" -t "$threads" -np "$PARALLEL" -c "$CTX_TOTAL" -b "$BATCH
 outpost_args=(serve --model "$model" --threads "$threads" --parallel "$PARALLEL"
     --ctx-size "$CTX_TOTAL" --batch-size "$BATCH" --ubatch-size "$UBATCH"
     --flash-attn "$FLASH_ATTN" --host 127.0.0.1 --port "$port")
+printf '[engine]\nprefix_cache_mb = %s\nprefix_reuse = true\n' "$cache_mb" >"$results_dir/cache-on.toml"
 
 if [[ "$cache_matched" == true ]]; then
     [[ -n "$outpost_bin" ]] || die "--cache-matched needs the outpost side"
-    printf '[engine]\nprefix_cache_mb = %s\nprefix_reuse = true\n' "$cache_mb" >"$results_dir/cache-on.toml"
     printf '[engine]\nprefix_reuse = false\n' >"$results_dir/cache-off.toml"
     # Back to back, in the order llama-server, Outpost (caches on), Outpost,
     # llama-server (caches off), so that drift weighs on both sides alike.
@@ -293,14 +293,15 @@ if [[ "$grammar" == true ]]; then
     # A support reply as an object: an unbounded answer string keeps both
     # servers generating to max_tokens, like the unconstrained runs.
     schema='{"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": {"type": "object", "properties": {"escalate": {"type": "boolean"}, "answer": {"type": "string"}}, "required": ["escalate", "answer"], "additionalProperties": false}}}}'
-    measured serve llama-server-free "$llama_server" "${llama_args[@]}" --cache-ram 0
-    measured serve outpost-serve-free "$outpost_bin" "${outpost_args[@]}"
-    PEER_EXTRA_BODY=$schema measured serve outpost-serve-schema "$outpost_bin" "${outpost_args[@]}"
-    PEER_EXTRA_BODY=$schema measured serve llama-server-schema "$llama_server" "${llama_args[@]}" --cache-ram 0
+    measured serve llama-server-free "$llama_server" "${llama_args[@]}" --cache-ram "$cache_mb"
+    measured serve outpost-serve-free "$outpost_bin" --config "$results_dir/cache-on.toml" "${outpost_args[@]}"
+    PEER_EXTRA_BODY=$schema measured serve outpost-serve-schema "$outpost_bin" --config "$results_dir/cache-on.toml" "${outpost_args[@]}"
+    PEER_EXTRA_BODY=$schema measured serve llama-server-schema "$llama_server" "${llama_args[@]}" --cache-ram "$cache_mb"
     header="Outpost vs llama-server, unconstrained and grammar-constrained, $today. CPU: ${cpu:-unknown} ($cores cores), $threads threads; \
 load average at the start $load_at_start. \
 Model: $(basename "$model"). Both: $PARALLEL slots, $CTX_TOTAL-token total context, -b $BATCH -ub $UBATCH -fa $FLASH_ATTN, \
-$rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0, llama-server --cache-ram 0. \
+$rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $MAX_TOKENS, temperature 0; \
+prompt caches matched: llama-server --cache-ram $cache_mb, Outpost engine.prefix_cache_mb = $cache_mb. \
 Constrained: every request carries the same response_format json_schema (an object with a boolean and a string), \
 turned into GBNF by llama.cpp's json-schema-to-grammar on both sides and enforced by its grammar sampler. \
 Outpost: $outpost_llama. Peer: $peer_version."

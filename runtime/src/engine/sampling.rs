@@ -45,12 +45,11 @@ impl SamplingParams {
         }
     }
 
-    /// Builds the chain in llama.cpp's common order: the grammar (which
-    /// masks every token it does not allow), penalties, then the
-    /// truncations, then temperature and the seeded draw.
-    pub(crate) fn build(&self, n_vocab: i32, grammar: Option<LlamaSampler>) -> LlamaSampler {
+    /// Builds the chain in llama.cpp's common order: penalties, then the
+    /// truncations, then temperature and the seeded draw. A grammar stays
+    /// outside it (the worker checks the drawn token against it).
+    pub(crate) fn build(&self, n_vocab: i32) -> LlamaSampler {
         let mut chain = Vec::new();
-        chain.extend(grammar);
         if self.repeat_penalty != 1.0
             || self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
