@@ -55,7 +55,7 @@ pub enum ProtocolVersion {
     /// The oldest version still spoken; see [`crate::v2`].
     V2,
     /// The previous version: the same shapes as v4, without v4's added
-    /// enum variants (see [`sealed::Sealed::v4_only`]).
+    /// enum variants (see "Versioning" in the [crate] docs).
     V3,
     /// The current version.
     V4,
