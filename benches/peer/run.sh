@@ -252,6 +252,19 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 today=$(date -u +%Y-%m-%d)
 cores=$(nproc)
 
+# Writes the table of a matched run (--cache-matched, --grammar) to $1 from
+# the --pair arguments after it, with $header, and exits: 0, or 1 when
+# other processes disturbed a step.
+finish_matched() {
+    local out=$1
+    shift
+    python3 "$here/report.py" --matched "$@" --header "$header" --notes "$notes" --out "$out"
+    if [[ -s "$notes" ]]; then
+        die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
+    fi
+    exit 0
+}
+
 # The server settings of the matched runs (--cache-matched, --grammar).
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 llama_args=(-m "$model" -t "$threads" -np "$PARALLEL" -c "$CTX_TOTAL" -b "$BATCH"
@@ -278,14 +291,9 @@ $rounds rounds x $PARALLEL chats, ~800-token shared system prompt, max_tokens $M
 Caches on: llama-server --cache-ram $cache_mb (and its per-slot prompt reuse), Outpost engine.prefix_cache_mb = $cache_mb (and its resident-slot reuse). \
 Caches off: llama-server --cache-ram 0 with \"cache_prompt\": false in every request, Outpost engine.prefix_reuse = false. \
 Outpost: $outpost_llama. Peer: $peer_version."
-    python3 "$here/report.py" --matched \
+    finish_matched "$here/results-cache.md" \
         --pair "caches on" "$results_dir/outpost-serve-cache-on.json" "$results_dir/llama-server-cache-on.json" \
-        --pair "caches off" "$results_dir/outpost-serve-cache-off.json" "$results_dir/llama-server-cache-off.json" \
-        --header "$header" --notes "$notes" --out "$here/results-cache.md"
-    if [[ -s "$notes" ]]; then
-        die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
-    fi
-    exit 0
+        --pair "caches off" "$results_dir/outpost-serve-cache-off.json" "$results_dir/llama-server-cache-off.json"
 fi
 
 if [[ "$grammar" == true ]]; then
@@ -305,14 +313,9 @@ prompt caches matched: llama-server --cache-ram $cache_mb, Outpost engine.prefix
 Constrained: every request carries the same response_format json_schema (an object with a boolean and a string), \
 turned into GBNF by llama.cpp's json-schema-to-grammar on both sides and enforced by its grammar sampler. \
 Outpost: $outpost_llama. Peer: $peer_version."
-    python3 "$here/report.py" --matched \
+    finish_matched "$here/results-grammar.md" \
         --pair "unconstrained" "$results_dir/outpost-serve-free.json" "$results_dir/llama-server-free.json" \
-        --pair "json_schema" "$results_dir/outpost-serve-schema.json" "$results_dir/llama-server-schema.json" \
-        --header "$header" --notes "$notes" --out "$here/results-grammar.md"
-    if [[ -s "$notes" ]]; then
-        die "other processes disturbed some measurements (see the notes under the table); rerun on a quiet machine"
-    fi
-    exit 0
+        --pair "json_schema" "$results_dir/outpost-serve-schema.json" "$results_dir/llama-server-schema.json"
 fi
 
 measured serve llama-server "$llama_server" -m "$model" -t "$threads" -np "$PARALLEL" \
