@@ -224,3 +224,28 @@ fn rows_stored_before_the_aggregates_are_folded_once_on_open() {
         );
     }
 }
+
+#[test]
+fn a_quality_table_from_before_hand_overs_and_errors_gains_them_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.sqlite");
+    {
+        let mut store = Store::open(&path).expect("store");
+        ingest(&mut store, vec![answer(1, NOW, 100, false, None)]);
+        // As a hub from before the two columns left it.
+        store
+            .conn
+            .execute_batch(
+                "ALTER TABLE quality_hourly DROP COLUMN hand_overs;
+                 ALTER TABLE quality_hourly DROP COLUMN errors;",
+            )
+            .expect("drop the new columns");
+    }
+    let mut store = Store::open(&path).expect("reopen an old database");
+    assert_eq!(total(&store).answers, 1, "the old rows are kept");
+    ingest(&mut store, vec![answer(2, NOW, 100, true, None)]);
+    rate(&mut store, 1, 1, Rating::Handover);
+    let t = total(&store);
+    assert_eq!((t.answers, t.escalations, t.hand_overs), (2, 1, 1));
+    assert_eq!(t.deflected(), 0);
+}
