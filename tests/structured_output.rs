@@ -8,7 +8,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{post, Server};
+use support::{post, post_raw, Server};
 
 fn ask(extra: Value) -> Value {
     let mut body = json!({
@@ -68,6 +68,28 @@ fn a_gbnf_grammar_constrains_the_answer_and_a_broken_one_is_a_400() {
         assert_eq!(status, 400, "stream {stream}: {body}");
         assert_eq!(body["error"]["code"], "invalid_grammar", "{body}");
     }
+
+    // It parses, but after "a" no token can follow (llama.cpp would abort
+    // the process if one were forced on it): an error, whole or as the
+    // stream's last event, and the server goes on answering.
+    let dead_end = ask(json!({"grammar": r#"root ::= "a" [^\x00-\U0010FFFF]"#}));
+    let (status, body) = post(&url, &dead_end);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_grammar", "{body}");
+    let mut streamed = dead_end.clone();
+    streamed["stream"] = json!(true);
+    let (status, bytes) = post_raw(
+        &server.base,
+        "/v1/chat/completions",
+        Some("application/json"),
+        streamed.to_string().as_bytes(),
+    )
+    .expect("streamed request");
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("invalid_grammar"), "{text}");
+    let (status, body) = post(&url, &ask(json!({"grammar": grammar})));
+    assert_eq!(status, 200, "still serving: {body}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub enum GrammarError {
     TooLong { bytes: usize },
     #[error("llama.cpp cannot parse the grammar (it needs a `root` rule; see llama.cpp's grammars/README.md for GBNF)")]
     Syntax,
+    #[error("the grammar allows no token after the output so far, so it can never be completed; fix the grammar")]
+    DeadEnd,
     #[error("the JSON schema at {at} uses {what}, which constrained decoding cannot enforce; remove it or check the output yourself")]
     Unsupported { at: String, what: String },
     #[error("the JSON schema at {at} is invalid: {reason}")]

@@ -747,13 +747,12 @@ impl<'m> Scheduler<'m> {
         };
         let token = match slot.grammar.as_mut() {
             None => slot.sampler.sample(&self.ctx, at),
-            Some(grammar) => sample_constrained(
-                &self.ctx,
-                at,
-                &mut slot.sampler,
-                grammar,
-                self.model.vocab().eos(),
-            ),
+            Some(grammar) => match sample_constrained(&self.ctx, at, &mut slot.sampler, grammar) {
+                Some(token) => token,
+                None => {
+                    return self.finish_with(index, Err(GrammarError::DeadEnd.into()));
+                }
+            },
         };
         slot.first_token.get_or_insert_with(Instant::now);
         let vocab = self.model.vocab();
@@ -886,14 +885,16 @@ impl<'m> Scheduler<'m> {
 /// against the grammar; only when the grammar refuses it is the whole
 /// vocabulary masked and the token drawn again. Checking one token instead
 /// of masking ~50k each step is what keeps constrained decoding near the
-/// unconstrained speed. Both samplers accept the token.
+/// unconstrained speed. Both samplers accept the token. `None` when the
+/// grammar allows no token at all (not even the end): llama.cpp aborts the
+/// process when a grammar is made to accept a token it refuses, so a
+/// request's grammar that cannot be completed must end here, as an error.
 fn sample_constrained(
     ctx: &LlamaContext<'_>,
     at: i32,
     chain: &mut LlamaSampler,
     grammar: &mut LlamaSampler,
-    eos: LlamaToken,
-) -> LlamaToken {
+) -> Option<LlamaToken> {
     let mut candidates = ctx.token_data_array_ith(at);
     chain.apply(&mut candidates);
     let drawn = candidates.selected_token();
@@ -907,12 +908,14 @@ fn sample_constrained(
         _ => {
             let mut candidates = ctx.token_data_array_ith(at);
             grammar.apply(&mut candidates);
+            if !candidates.data.iter().any(|c| c.logit().is_finite()) {
+                return None;
+            }
             chain.apply(&mut candidates);
-            // A grammar with no token left allowed ends the answer.
-            candidates.selected_token().unwrap_or(eos)
+            candidates.selected_token()?
         }
     };
     grammar.accept(token);
     chain.accept(token);
-    token
+    Some(token)
 }
