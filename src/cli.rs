@@ -489,6 +489,13 @@ pub struct ServeArgs {
     /// Where kiosk feedback is stored (default: feedback.sqlite in the data folder).
     #[arg(long, env = "OUTPOST_FEEDBACK_DB")]
     pub feedback_db: Option<PathBuf>,
+    /// An upstream OpenAI-compatible API root that may write some answers
+    /// (`[router]`; personal data never goes there).
+    #[arg(long, env = "OUTPOST_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+    /// The upstream's model name.
+    #[arg(long, env = "OUTPOST_UPSTREAM_MODEL")]
+    pub upstream_model: Option<String>,
     #[command(flatten)]
     pub agent: AgentArgs,
 }

@@ -17,7 +17,7 @@ use outpost_eval::{EvalItem, ItemResult, RunOptions, SmokeGate};
 use outpost_kb::{EmbedderIdentity, Store};
 use outpost_protocol::{
     AnswerEvent, AnswerFailure, ArtifactDigest, ArtifactKind, ArtifactName, ArtifactRef,
-    EvalResult, EventId, FailureReason, Feedback,
+    EvalResult, EventId, FailureReason, Feedback, RoutedAnswer,
 };
 use outpost_runtime::answer::Answerer;
 use outpost_runtime::answers::{AnswerSink, FleetAnswer};
@@ -150,6 +150,12 @@ impl AnswerSink for AgentAnswers {
     fn failed(&self, failure: AnswerFailure) {
         if let Err(error) = self.0.record_answer_failure(failure) {
             tracing::warn!(%error, "a failed answer was not recorded for the fleet");
+        }
+    }
+
+    fn routed(&self, answer: EventId, routing: RoutedAnswer) {
+        if let Err(error) = self.0.record_routing(answer, routing) {
+            tracing::warn!(%error, "a routing record was not kept for the fleet");
         }
     }
 }

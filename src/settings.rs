@@ -160,3 +160,38 @@ pub fn embedder_files(
     };
     Ok(EmbedderFiles { gguf, tokenizer })
 }
+
+/// The model router of `[router]`: its API key read from where the config
+/// says, its spend kept in the configured file or the data folder.
+pub fn router(
+    settings: &outpost_runtime::router::RouterSettings,
+    metrics: outpost_runtime::router::RouterMetrics,
+) -> anyhow::Result<outpost_runtime::router::Router> {
+    use outpost_runtime::router::{KeySource, Router};
+    let key =
+        match &settings.key {
+            KeySource::None => None,
+            KeySource::File(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!(
+                            "reading the upstream API key from {} (router.upstream_key_file)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            KeySource::Env(var) => Some(std::env::var(var).with_context(|| {
+                format!("router.upstream_key_env names {var}, which is not set")
+            })?),
+        };
+    let spend_file = settings
+        .spend_file
+        .clone()
+        .unwrap_or_else(|| data_dir("router-spend.json"));
+    let router = Router::new(settings.clone(), key, spend_file, metrics)
+        .map_err(|e| anyhow::anyhow!("router.upstream_url: {e}"))?;
+    tracing::info!(upstream = %settings.url, model = %settings.model, "answers may be routed upstream");
+    Ok(router)
+}

@@ -54,16 +54,18 @@ pub mod limits {
 pub enum ProtocolVersion {
     /// The oldest version still spoken; see [`crate::v2`].
     V2,
-    /// The previous version: the same shapes as v4, without v4's added
-    /// enum variants (see "Versioning" in the [crate] docs).
+    /// The same shapes as v5, without v4's and v5's added enum variants
+    /// (see "Versioning" in the [crate] docs).
     V3,
-    /// The current version.
+    /// v3 with [`Rating::Handover`] and failed-answer events.
     V4,
+    /// The current version: v4 with routing events.
+    V5,
 }
 
 impl ProtocolVersion {
     /// What [`encode`] writes.
-    pub const CURRENT: Self = Self::V4;
+    pub const CURRENT: Self = Self::V5;
     /// The oldest version [`decode`] still reads and [`encode_as`] still writes.
     pub const OLDEST_SUPPORTED: Self = Self::V2;
 
@@ -73,6 +75,7 @@ impl ProtocolVersion {
             Self::V2 => 2,
             Self::V3 => 3,
             Self::V4 => 4,
+            Self::V5 => 5,
         }
     }
 
@@ -82,6 +85,7 @@ impl ProtocolVersion {
             2 => Some(Self::V2),
             3 => Some(Self::V3),
             4 => Some(Self::V4),
+            5 => Some(Self::V5),
             _ => None,
         }
     }
@@ -245,7 +249,7 @@ fn malformed_reason(err: &bincode::error::DecodeError) -> Malformed {
 }
 
 pub(crate) mod sealed {
-    use super::{DowngradeError, UpgradeRefused};
+    use super::{DowngradeError, ProtocolVersion, UpgradeRefused};
     use serde::de::DeserializeOwned;
     use serde::Serialize;
 
@@ -262,10 +266,11 @@ pub(crate) mod sealed {
         fn upgrade(old: Self::Previous) -> Result<Self, UpgradeRefused>;
         /// current → previous.
         fn downgrade(&self) -> Result<Self::Previous, DowngradeError>;
-        /// What in this message protocol v3 (and so v2) cannot express:
-        /// v4 only appended enum variants, so a v3 payload is a v4 payload
-        /// without them, and a message that uses one has no older form.
-        fn v4_only(&self) -> Option<&'static str> {
+        /// What in this message protocol v3 (and so v2) cannot express,
+        /// and the first version that can: v4 and v5 only appended enum
+        /// variants, so a v3 payload is a v5 payload without them, and a
+        /// message that uses one has no form older than its version.
+        fn needs(&self) -> Option<(ProtocolVersion, &'static str)> {
             None
         }
     }
@@ -293,10 +298,10 @@ macro_rules! wire_message {
             previous = $prev,
             upgrade = $up,
             downgrade = $down,
-            v4_only = |_| None
+            needs = |_| None
         );
     };
-    ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr, v4_only = $v4:expr) => {
+    ($ty:ty, $topic:expr, $limit:path, previous = $prev:ty, upgrade = $up:expr, downgrade = $down:expr, needs = $needs:expr) => {
         const _: () = assert!($limit == $topic.max_payload_len());
 
         impl sealed::Sealed for $ty {
@@ -312,8 +317,8 @@ macro_rules! wire_message {
             fn downgrade(&self) -> Result<$prev, DowngradeError> {
                 $down(self)
             }
-            fn v4_only(&self) -> Option<&'static str> {
-                $v4(self)
+            fn needs(&self) -> Option<(ProtocolVersion, &'static str)> {
+                $needs(self)
             }
         }
 
@@ -367,7 +372,11 @@ wire_message!(
     previous = v2::TelemetryBatch,
     upgrade = converted,
     downgrade = v2::TelemetryBatch::try_from,
-    v4_only = |m: &TelemetryBatch| m.events().iter().find_map(|e| e.payload.v4_only())
+    needs = |m: &TelemetryBatch| m
+        .events()
+        .iter()
+        .filter_map(|e| e.payload.needs())
+        .max_by_key(|(version, _)| *version)
 );
 wire_message!(
     TelemetryAck,
@@ -384,7 +393,8 @@ wire_message!(
     previous = v2::Feedback,
     upgrade = converted,
     downgrade = v2::Feedback::try_from,
-    v4_only = |m: &Feedback| (m.rating == Rating::Handover).then_some("a hand-over rating")
+    needs = |m: &Feedback| (m.rating == Rating::Handover)
+        .then_some((ProtocolVersion::V4, "a hand-over rating"))
 );
 wire_message!(
     FeedbackAck,
@@ -432,8 +442,8 @@ pub fn encode_as<T: WireMessage>(
     version: ProtocolVersion,
 ) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![version.as_byte()];
-    if version < ProtocolVersion::V4 {
-        if let Some(what) = message.v4_only() {
+    if let Some((needed, what)) = message.needs() {
+        if version < needed {
             return Err(DowngradeError::Unsupported {
                 what,
                 version: version.as_byte(),
@@ -442,7 +452,9 @@ pub fn encode_as<T: WireMessage>(
         }
     }
     match version {
-        ProtocolVersion::V4 | ProtocolVersion::V3 => write_body(T::TOPIC, message, &mut out)?,
+        ProtocolVersion::V5 | ProtocolVersion::V4 | ProtocolVersion::V3 => {
+            write_body(T::TOPIC, message, &mut out)?
+        }
         ProtocolVersion::V2 => write_body(T::TOPIC, &message.downgrade()?, &mut out)?,
     }
     if out.len() > T::MAX_LEN {
@@ -496,7 +508,9 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
     }
     let version = ProtocolVersion::from_byte(first).ok_or(DecodeError::UnknownVersion(first))?;
     let message: T = match version {
-        ProtocolVersion::V4 | ProtocolVersion::V3 => whole::<T, T>(body, first)?,
+        ProtocolVersion::V5 | ProtocolVersion::V4 | ProtocolVersion::V3 => {
+            whole::<T, T>(body, first)?
+        }
         ProtocolVersion::V2 => {
             T::upgrade(whole::<T, T::Previous>(body, first)?).map_err(|reason| {
                 DecodeError::UpgradeRefused {
@@ -507,8 +521,8 @@ pub fn decode_versioned<T: WireMessage>(payload: &[u8]) -> Result<Decoded<T>, De
             })?
         }
     };
-    if version < ProtocolVersion::V4 {
-        if let Some(what) = message.v4_only() {
+    if let Some((needed, what)) = message.needs() {
+        if version < needed {
             return Err(DecodeError::Malformed {
                 topic: T::TOPIC,
                 version: first,
@@ -606,7 +620,8 @@ mod tests {
             up_to_seq: Seq(5),
         };
         let bytes = encode(&ack).expect("encodes");
-        assert_eq!(bytes, [4, 7, 5]);
+        assert_eq!(bytes, [5, 7, 5]);
+        assert_eq!(encode_as(&ack, ProtocolVersion::V4).expect("v4"), [4, 7, 5]);
         assert_eq!(encode_as(&ack, ProtocolVersion::V3).expect("v3"), [3, 7, 5]);
         assert_eq!(decode::<TelemetryAck>(&[3, 7, 5]), Ok(ack));
         assert_eq!(decode::<TelemetryAck>(&bytes), Ok(ack));
@@ -712,7 +727,8 @@ mod tests {
         assert_eq!(ProtocolVersion::negotiate(2), Some(ProtocolVersion::V2));
         assert_eq!(ProtocolVersion::negotiate(3), Some(ProtocolVersion::V3));
         assert_eq!(ProtocolVersion::negotiate(4), Some(ProtocolVersion::V4));
-        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V4));
+        assert_eq!(ProtocolVersion::negotiate(5), Some(ProtocolVersion::V5));
+        assert_eq!(ProtocolVersion::negotiate(7), Some(ProtocolVersion::V5));
         assert_eq!(ProtocolVersion::negotiate(1), None);
         assert_eq!(ProtocolVersion::negotiate(0), None);
     }
@@ -735,14 +751,14 @@ mod tests {
     #[test]
     fn a_hand_over_rating_is_v4_only_and_other_ratings_are_the_same_bytes_in_v3() {
         let down = feedback(Rating::ThumbsDown);
-        let v4 = encode(&down).expect("v4");
+        let v4 = encode_as(&down, ProtocolVersion::V4).expect("v4");
         let v3 = encode_as(&down, ProtocolVersion::V3).expect("v3");
         assert_eq!((v4[0], v3[0]), (4, 3));
         assert_eq!(v4[1..], v3[1..], "v4 appended variants only");
         assert_eq!(decode::<Feedback>(&v3), Ok(down));
 
         let handover = feedback(Rating::Handover);
-        let v4 = encode(&handover).expect("v4");
+        let v4 = encode_as(&handover, ProtocolVersion::V4).expect("v4");
         assert_eq!(decode::<Feedback>(&v4), Ok(handover.clone()));
         for old in [ProtocolVersion::V3, ProtocolVersion::V2] {
             assert_eq!(
@@ -783,7 +799,7 @@ mod tests {
         )
         .expect("batch")
         .with_epoch(OutboxEpoch(2));
-        let v4 = encode(&failed).expect("v4");
+        let v4 = encode_as(&failed, ProtocolVersion::V4).expect("v4");
         assert_eq!(decode::<TelemetryBatch>(&v4), Ok(failed.clone()));
         assert_eq!(
             encode_as(&failed, ProtocolVersion::V3),
@@ -792,5 +808,68 @@ mod tests {
                 version: 3
             }))
         );
+    }
+
+    #[test]
+    fn a_routing_event_needs_v5_and_names_the_newest_addition_in_a_mixed_batch() {
+        use crate::message::telemetry::{
+            AnswerFailure, AnsweredBy, FailedStage, RouteReason, RoutedAnswer, TelemetryEvent,
+            TelemetryPayload,
+        };
+        let device = crate::DeviceId::parse("kiosk-7").expect("id");
+        let routed = TelemetryPayload::Routed(RoutedAnswer {
+            answer_seq: Seq(1),
+            answered_by: AnsweredBy::Upstream,
+            reason: RouteReason::LongQuestion,
+            upstream_prompt_tokens: 300,
+            upstream_completion_tokens: 40,
+            cost_micros: 69,
+            avoided_cost_micros: 0,
+        });
+        let failed = TelemetryPayload::AnswerFailed(AnswerFailure {
+            latency_ms: 40,
+            versions: crate::ActiveVersions::default(),
+            stage: FailedStage::Prompt,
+        });
+        let batch = TelemetryBatch::new(
+            device,
+            vec![
+                TelemetryEvent {
+                    seq: Seq(1),
+                    at_unix_ms: 5,
+                    payload: failed,
+                },
+                TelemetryEvent {
+                    seq: Seq(2),
+                    at_unix_ms: 5,
+                    payload: routed,
+                },
+            ],
+        )
+        .expect("batch")
+        .with_epoch(OutboxEpoch(2));
+        let v5 = encode(&batch).expect("v5");
+        assert_eq!(v5[0], 5);
+        assert_eq!(decode::<TelemetryBatch>(&v5), Ok(batch.clone()));
+        for old in [
+            ProtocolVersion::V4,
+            ProtocolVersion::V3,
+            ProtocolVersion::V2,
+        ] {
+            assert_eq!(
+                encode_as(&batch, old),
+                Err(EncodeError::Downgrade(DowngradeError::Unsupported {
+                    what: "a routing event",
+                    version: old.as_byte()
+                })),
+                "{old:?}"
+            );
+        }
+        let mut relabelled = v5;
+        relabelled[0] = 4;
+        assert!(matches!(
+            decode::<TelemetryBatch>(&relabelled),
+            Err(DecodeError::Malformed { version: 4, .. })
+        ));
     }
 }

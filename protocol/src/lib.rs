@@ -38,7 +38,7 @@
 //!
 //! - The topic layout is versioned by the `v1` in the topic; payloads by
 //!   their first byte. They change independently.
-//! - The current payload version is 4 ([`ProtocolVersion::CURRENT`]). Every
+//! - The current payload version is 5 ([`ProtocolVersion::CURRENT`]). Every
 //!   change to a message's bincode shape (bincode has no field tags, so even
 //!   an added optional field) is a version bump. So is a new enum variant
 //!   that may reach an old peer: old payloads still decode, but the old peer
@@ -50,7 +50,11 @@
 //!   with another version byte; a message that uses either addition has no
 //!   v3 (or v2) form and [`encode_as`] refuses it rather than map a
 //!   hand-over to a thumbs-down or drop an error.
-//! - Each side reads v2, v3 and v4 and can write any of them: [`decode`]
+//! - v5 is the same kind of bump: it appended
+//!   [`TelemetryPayload::Routed`], how a device's router handled an answer
+//!   (local or upstream, why, upstream tokens and cost). A device without
+//!   a router never sends one, so its payloads are readable by a v4 hub.
+//! - Each side reads v2 to v5 and can write any of them: [`decode`]
 //!   upgrades v2 payloads, [`encode_as`] downgrades for an older peer (or
 //!   says why it cannot). An upgrade may be refused where the
 //!   old shape lacks what the new one must have: a v3 reader refuses v2
@@ -109,9 +113,10 @@ pub use message::state::{
     ReportedState, SignedDesiredState, StateSignature, Status,
 };
 pub use message::telemetry::{
-    ActiveVersions, AnswerEvent, AnswerFailure, BatchError, DeviceMetrics, EventId, FailedStage,
-    OutboxEpoch, Rating, RetrievalScores, ScoresError, Seq, Sequenced, TelemetryAck,
-    TelemetryBatch, TelemetryEvent, TelemetryPayload, MAX_BATCH_EVENTS, MAX_RETRIEVAL_SCORES,
+    ActiveVersions, AnswerEvent, AnswerFailure, AnsweredBy, BatchError, DeviceMetrics, EventId,
+    FailedStage, OutboxEpoch, Rating, RetrievalScores, RouteReason, RoutedAnswer, ScoresError, Seq,
+    Sequenced, TelemetryAck, TelemetryBatch, TelemetryEvent, TelemetryPayload, MAX_BATCH_EVENTS,
+    MAX_RETRIEVAL_SCORES,
 };
 pub use redact::{find_pii, redact, Finding, PiiCounts, PiiKind, RedactedText, Redaction};
 pub use topic::{Direction, Topic, TopicError, TopicFilter, TopicKind, TOPIC_PREFIX};

@@ -28,6 +28,8 @@ use crate::engine::{
     SamplingParams, SubmitError, Usage,
 };
 use crate::knowledge::{KnowledgeError, KnowledgeHandle, SearchRequest};
+use crate::router::{Question, Router, Routing, UpstreamFailure};
+use outpost_protocol::{AnsweredBy, RouteReason};
 
 pub mod guard;
 
@@ -111,6 +113,9 @@ pub struct Answered {
     pub latency: Duration,
     #[serde(skip)]
     pub time_to_first_token: Option<Duration>,
+    /// What the model router did, when one is configured.
+    #[serde(skip)]
+    pub routing: Option<Routing>,
 }
 
 /// What a streaming caller receives before the finished answer.
@@ -186,6 +191,8 @@ pub struct Answerer {
     /// Generate in the engine's trial context with this adapter (a health
     /// check of a candidate adapter; customers keep the committed one).
     trial_adapter: Option<LoraSpec>,
+    /// Sends some answers to an upstream model ([`crate::router`]).
+    router: Option<Router>,
 }
 
 impl Answerer {
@@ -203,7 +210,15 @@ impl Answerer {
             prompts,
             config: Arc::new(config),
             trial_adapter: None,
+            router: None,
         }
+    }
+
+    /// This answerer with some answers written by an upstream model, as
+    /// `router` decides.
+    pub fn with_router(mut self, router: Router) -> Self {
+        self.router = Some(router);
+        self
     }
 
     /// This answerer on another engine (a candidate model loaded beside
@@ -295,6 +310,7 @@ impl Answerer {
             usage: None,
             latency: Duration::ZERO,
             time_to_first_token: None,
+            routing: None,
         };
 
         let route = prompts.route(&question);
@@ -365,7 +381,7 @@ impl Answerer {
             .filter(|m| m.role == "system")
             .map(|m| m.content.as_str())
             .collect();
-        let messages = rendered
+        let messages: Vec<ChatMessage> = rendered
             .messages
             .into_iter()
             .map(|m| ChatMessage {
@@ -373,48 +389,81 @@ impl Answerer {
                 content: m.content,
             })
             .collect();
-        let generate = GenerateRequest {
-            prompt: Prompt::Chat(messages),
-            max_tokens: request.max_tokens.unwrap_or(self.config.max_tokens),
-            sampling: request
-                .sampling
-                .clone()
-                .unwrap_or_else(|| self.config.sampling.clone()),
-            stop: ANSWER_STOPS.iter().map(|s| s.to_string()).collect(),
-            ignore_eos: false,
-            grammar: None,
-        };
-        let mut events = match &self.trial_adapter {
-            Some(adapter) => self.engine.trial(adapter.clone(), generate).await?,
-            None => self.engine.submit(generate)?,
-        };
-        let mut text = String::new();
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::Text(piece) => {
-                    answered
-                        .time_to_first_token
-                        .get_or_insert(started.elapsed());
-                    text.push_str(&piece);
-                    if let Some(d) = &deltas {
-                        d.send(AnswerDelta::Text(piece))
-                            .await
-                            .map_err(|_| AnswerError::Cancelled)?;
+        let max_tokens = request.max_tokens.unwrap_or(self.config.max_tokens);
+        let sampling = request
+            .sampling
+            .clone()
+            .unwrap_or_else(|| self.config.sampling.clone());
+        let decision = self.router.as_ref().map(|router| {
+            router.decide(&Question {
+                text: &question,
+                history: &request.history,
+                route: &answered.route,
+                top_score: hits.iter().map(|h| h.similarity).reduce(f32::max),
+            })
+        });
+        let mut upstream_text = None;
+        let mut local_reason = decision.map(|d| d.reason);
+        if let (Some(router), Some(d)) = (&self.router, decision) {
+            if d.target == AnsweredBy::Upstream {
+                let asked_at = started.elapsed();
+                match router
+                    .answer_upstream(
+                        d.reason,
+                        &messages,
+                        max_tokens,
+                        sampling.temperature,
+                        deltas.as_ref(),
+                    )
+                    .await
+                {
+                    Ok(up) => {
+                        answered.time_to_first_token = Some(asked_at + up.time_to_first_token);
+                        answered.usage = Some(Usage {
+                            prompt_tokens: up.routing.upstream_prompt_tokens,
+                            completion_tokens: up.routing.upstream_completion_tokens,
+                            cached_tokens: 0,
+                        });
+                        answered.routing = Some(up.routing);
+                        upstream_text = Some(up.text);
                     }
+                    Err(UpstreamFailure::Fallback(e)) => {
+                        tracing::info!(error = %e, "the upstream failed before answering; answering locally");
+                        local_reason = Some(RouteReason::UpstreamFailed);
+                    }
+                    Err(UpstreamFailure::MidAnswer(e)) => {
+                        return Err(AnswerError::Generate(format!(
+                            "the upstream model stopped mid-answer: {e}"
+                        )))
+                    }
+                    Err(UpstreamFailure::Cancelled) => return Err(AnswerError::Cancelled),
                 }
-                Event::Done(done) => {
-                    answered.usage = Some(done.usage);
-                    break;
-                }
-                Event::Failed(e) => return Err(AnswerError::Generate(e.to_string())),
             }
         }
+        let text = match upstream_text {
+            Some(text) => text,
+            None => {
+                let generate = GenerateRequest {
+                    prompt: Prompt::Chat(messages),
+                    max_tokens,
+                    sampling,
+                    stop: ANSWER_STOPS.iter().map(|s| s.to_string()).collect(),
+                    ignore_eos: false,
+                    grammar: None,
+                };
+                let text = self
+                    .generate_local(generate, deltas.as_ref(), started, &mut answered)
+                    .await?;
+                if let (Some(router), Some(reason), Some(usage)) =
+                    (&self.router, local_reason, &answered.usage)
+                {
+                    answered.routing =
+                        Some(router.local(reason, usage.prompt_tokens, usage.completion_tokens));
+                }
+                text
+            }
+        };
         let text = text.trim().to_owned();
-        if answered.usage.is_none() {
-            return Err(AnswerError::Generate(
-                "the engine stopped mid-answer".into(),
-            ));
-        }
         if text.is_empty() || is_unsure(&text) {
             return Ok(self.hand_over(answered, "model_unsure".into(), started));
         }
@@ -435,6 +484,45 @@ impl Answerer {
         answered.answer = text;
         answered.latency = started.elapsed();
         Ok(answered)
+    }
+
+    /// Generates `generate` with the local model, streaming into `deltas`;
+    /// records the first token's time and the usage in `answered`.
+    async fn generate_local(
+        &self,
+        generate: GenerateRequest,
+        deltas: Option<&mpsc::Sender<AnswerDelta>>,
+        started: Instant,
+        answered: &mut Answered,
+    ) -> Result<String, AnswerError> {
+        let mut events = match &self.trial_adapter {
+            Some(adapter) => self.engine.trial(adapter.clone(), generate).await?,
+            None => self.engine.submit(generate)?,
+        };
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Text(piece) => {
+                    answered
+                        .time_to_first_token
+                        .get_or_insert(started.elapsed());
+                    text.push_str(&piece);
+                    if let Some(d) = deltas {
+                        d.send(AnswerDelta::Text(piece))
+                            .await
+                            .map_err(|_| AnswerError::Cancelled)?;
+                    }
+                }
+                Event::Done(done) => {
+                    answered.usage = Some(done.usage);
+                    return Ok(text);
+                }
+                Event::Failed(e) => return Err(AnswerError::Generate(e.to_string())),
+            }
+        }
+        Err(AnswerError::Generate(
+            "the engine stopped mid-answer".into(),
+        ))
     }
 
     /// The question's `k` best chunks, ranked, with their similarity to it.

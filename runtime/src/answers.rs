@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use outpost_protocol::{
     redact, ActiveVersions, AnswerEvent, AnswerFailure, EventId, FailedStage, Feedback, FeedbackId,
-    RedactedText, RetrievalScores,
+    RedactedText, RetrievalScores, RoutedAnswer,
 };
 
 use crate::answer::AnswerError;
@@ -51,6 +51,23 @@ pub trait AnswerSink: Send + Sync {
     /// Records a question that failed ([`answer_failure`] says which
     /// failures count); the sink fills in the versions. Must not block.
     fn failed(&self, failure: AnswerFailure);
+
+    /// Records how the model router handled the answer recorded as
+    /// `answer` (its `answer_seq` is set from it here). Must not block.
+    fn routed(&self, answer: EventId, routing: RoutedAnswer);
+}
+
+/// The fleet's record of what the router did with an answer.
+pub fn routed_answer(routing: &crate::router::Routing) -> RoutedAnswer {
+    RoutedAnswer {
+        answer_seq: outpost_protocol::Seq::default(),
+        answered_by: routing.answered_by,
+        reason: routing.reason,
+        upstream_prompt_tokens: routing.upstream_prompt_tokens,
+        upstream_completion_tokens: routing.upstream_completion_tokens,
+        cost_micros: routing.cost_micros,
+        avoided_cost_micros: routing.avoided_cost_micros,
+    }
 }
 
 /// The fleet's record of an answer that failed with `error` after

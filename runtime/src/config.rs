@@ -37,6 +37,8 @@ pub struct RawDeviceConfig {
     pub agent: RawAgent,
     #[serde(default)]
     pub answer: RawAnswer,
+    #[serde(default)]
+    pub router: crate::router::config::RawRouter,
 }
 
 /// `[answer]`: grounded answers from a knowledge base (`POST /v1/answer`).
@@ -200,6 +202,8 @@ pub struct DeviceConfig {
     /// `Some` when the device joins a fleet (`[agent] enabled` or `--agent`).
     pub agent: Option<AgentSettings>,
     pub answer: AnswerSettings,
+    /// `Some` when an upstream model is configured (`[router] upstream_url`).
+    pub router: Option<crate::router::RouterSettings>,
 }
 
 /// How the device answers from its knowledge base.
@@ -326,6 +330,10 @@ impl RawDeviceConfig {
         take!(log: format, level);
         take!(answer: kb, prompts, retrieval, top_k, min_score, handover_message, feedback_db,
               feedback_keep_raw_h, feedback_max_rows, feedback_share_text);
+        take!(router: upstream_url, upstream_model, upstream_key_file, upstream_key_env,
+              upstream_timeout_ms, price_prompt_per_mtok, price_completion_per_mtok, budget_per_day,
+              upstream_routes, local_routes, upstream_min_chars, upstream_below_score,
+              breaker_failures, breaker_open_s, spend_file);
         take!(agent: enabled, broker, fleet, device, username, password, tls_ca, tls_client_cert,
               tls_client_key, hub_key, data_dir, max_packet_kb, keep_alive_s, flush_interval_ms,
               ack_timeout_s, metrics_interval_s, backoff_min_ms, backoff_max_s, apply_retry_s,
@@ -467,6 +475,7 @@ impl RawDeviceConfig {
         } else {
             None
         };
+        let router = self.router.validate(&mut problems);
         if ubatch_size > batch_size {
             problems.push(format!(
                 "engine.ubatch_size ({ubatch_size}) must not exceed engine.batch_size ({batch_size})"
@@ -522,6 +531,7 @@ impl RawDeviceConfig {
                 // leaves the device by default, even redacted.
                 feedback_share_text: self.answer.feedback_share_text.unwrap_or(false),
             },
+            router,
         })
     }
 }

@@ -33,4 +33,5 @@ pub mod http;
 pub mod knowledge;
 pub mod metrics;
 pub mod prompt_set;
+pub mod router;
 pub mod trial;

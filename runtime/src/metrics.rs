@@ -40,6 +40,8 @@ pub struct Metrics {
     prefix_hits: Gauge,
     prefix_misses: Gauge,
     prefix_cache_bytes: Gauge,
+    /// The model router's (registered whether or not one is configured).
+    pub router: crate::router::RouterMetrics,
 }
 
 impl Default for Metrics {
@@ -69,8 +71,10 @@ impl Metrics {
             prefix_hits: Gauge::default(),
             prefix_misses: Gauge::default(),
             prefix_cache_bytes: Gauge::default(),
+            router: crate::router::RouterMetrics::default(),
             registry: Registry::default(),
         };
+        m.router.register(&mut registry);
         registry.register("requests", "API requests by route", m.requests.clone());
         registry.register("errors", "Failed requests by error kind", m.errors.clone());
         registry.register(

@@ -34,6 +34,8 @@ pub fn flags(args: &ServeArgs) -> RawDeviceConfig {
     raw.engine.queue_capacity = args.queue_capacity;
     settings::answer_flags(&mut raw, &args.answer);
     raw.answer.feedback_db = args.feedback_db.clone();
+    raw.router.upstream_url = args.upstream_url.clone();
+    raw.router.upstream_model = args.upstream_model.clone();
     let a = &args.agent;
     raw.agent.enabled = a.agent.then_some(true);
     raw.agent.broker = a.broker.clone();
@@ -113,9 +115,14 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         .clone()
         .or_else(|| agent_config.as_ref().map(|a| a.data_dir.join("artifacts")))
         .unwrap_or_else(|| settings::data_dir("agent").join("artifacts"));
+    let metrics = Arc::new(Metrics::new());
+    let router = match &config.router {
+        Some(settings) => Some(settings::router(settings, metrics.router.clone())?),
+        None => None,
+    };
     let mut state = AppState::new(
         engine.clone(),
-        Arc::new(Metrics::new()),
+        metrics,
         ApiConfig {
             api_key: config.server.api_key.clone(),
             admin_key: config.server.admin_key.clone(),
@@ -176,9 +183,14 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
             embedder: stack.identity,
             configured: config.answer.kb.clone(),
         });
+        // Gates judge the device's own model: they answer without the router.
         gate_answerer = Some(stack.answerer.clone());
+        let answerer = match router {
+            Some(router) => stack.answerer.with_router(router),
+            None => stack.answerer,
+        };
         state = state
-            .with_answerer(stack.answerer)
+            .with_answerer(answerer)
             .with_embeddings(stack.embeddings)
             .with_feedback(feedback);
     } else if let Some(path) = config.embedder.clone() {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use outpost_models::download::{BasicAuth, DownloadOptions};
 use outpost_protocol::{
     ActiveVersions, AgentVersion, AnswerEvent, AnswerFailure, DesiredState, DeviceId, EventId,
-    Feedback, FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, Status,
+    Feedback, FeedbackId, FleetId, Presence, ProtocolVersion, ReportedState, RoutedAnswer, Status,
     TelemetryPayload,
 };
 use tokio::sync::watch;
@@ -164,6 +164,23 @@ impl AgentHandle {
         self.outbox.record(
             crate::now_unix_ms(),
             TelemetryPayload::AnswerFailed(failure),
+        )
+    }
+
+    /// Records how the router handled the answer recorded as `answer`
+    /// ([`record_answer`](Self::record_answer)'s id), right after it; like a
+    /// failure it never waits. [`RecordError::OtherEpoch`] when the outbox
+    /// was reset since: the number would name another event.
+    pub fn record_routing(
+        &self,
+        answer: EventId,
+        mut routing: RoutedAnswer,
+    ) -> Result<(), RecordError> {
+        routing.answer_seq = answer.seq;
+        self.outbox.record_in(
+            answer.epoch,
+            crate::now_unix_ms(),
+            TelemetryPayload::Routed(routing),
         )
     }
 

@@ -6,7 +6,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use outpost_protocol::{
-    EventId, Feedback, FeedbackAck, FeedbackId, TelemetryAck, TelemetryBatch, TelemetryPayload,
+    EventId, Feedback, FeedbackAck, FeedbackId, OutboxEpoch, TelemetryAck, TelemetryBatch,
+    TelemetryPayload,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +20,8 @@ enum Request {
     Event {
         at_unix_ms: u64,
         payload: TelemetryPayload,
+        /// Stored only in this epoch: the event names another by number.
+        epoch: Option<OutboxEpoch>,
         /// Told where the event went, for a caller that names it later.
         reply: Option<oneshot::Sender<Result<EventId, RecordError>>>,
     },
@@ -101,6 +104,26 @@ impl OutboxClient {
             .try_send(Request::Event {
                 at_unix_ms,
                 payload,
+                epoch: None,
+                reply: None,
+            })
+            .map_err(full_or_stopped)
+    }
+
+    /// Queues a telemetry event that names another event of `epoch`,
+    /// without waiting; it is dropped (and logged) if the outbox was reset
+    /// to another epoch since, where its number would name another event.
+    pub fn record_in(
+        &self,
+        epoch: OutboxEpoch,
+        at_unix_ms: u64,
+        payload: TelemetryPayload,
+    ) -> Result<(), RecordError> {
+        self.tx
+            .try_send(Request::Event {
+                at_unix_ms,
+                payload,
+                epoch: Some(epoch),
                 reply: None,
             })
             .map_err(full_or_stopped)
@@ -118,6 +141,7 @@ impl OutboxClient {
             .try_send(Request::Event {
                 at_unix_ms,
                 payload,
+                epoch: None,
                 reply: Some(reply),
             })
             .map_err(full_or_stopped)?;
@@ -222,9 +246,15 @@ fn serve<S: OutboxStore>(mut outbox: Outbox<S>, mut rx: mpsc::Receiver<Request>)
         }
         match request {
             Request::Event {
+                epoch: Some(epoch), ..
+            } if epoch != outbox.epoch() => {
+                tracing::warn!(%epoch, "an event naming an answer of an earlier outbox epoch was dropped");
+            }
+            Request::Event {
                 at_unix_ms,
                 payload,
                 reply,
+                ..
             } => {
                 let stored = outbox.push_event(at_unix_ms, payload).map_err(|error| {
                     tracing::warn!(%error, "a telemetry event was not stored");

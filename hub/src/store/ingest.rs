@@ -264,6 +264,7 @@ impl Store {
                     TelemetryPayload::Metrics(_) => "metrics",
                     TelemetryPayload::EvalScores(_) => "eval",
                     TelemetryPayload::AnswerFailed(_) => "answer_failed",
+                    TelemetryPayload::Routed(_) => "routed",
                     _ => "other",
                 };
                 let json = serde_json::to_string(event).map_err(|e| StoreError::Corrupt {

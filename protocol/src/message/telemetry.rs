@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::artifact::ArtifactDigest;
+use crate::codec::ProtocolVersion;
 use crate::id::DeviceId;
 use crate::redact::PiiCounts;
 
@@ -224,6 +225,60 @@ pub struct AnswerFailure {
     pub stage: FailedStage,
 }
 
+/// Which model wrote an answer (new in v5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AnsweredBy {
+    /// The device's own model (the answer event's `versions.model`).
+    Local,
+    /// The upstream model the device's router is configured with.
+    Upstream,
+}
+
+/// Why a device's router sent a question where it did (new in v5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RouteReason {
+    /// The PII scan found personal data: local, always.
+    PersonalData,
+    /// The prompt set's route sends its questions upstream, or keeps them local.
+    Route,
+    /// The question is at least the configured length.
+    LongQuestion,
+    /// Retrieval's best score is below the configured confidence.
+    LowConfidence,
+    /// No rule sent it upstream.
+    NoRule,
+    /// The circuit breaker is open: the upstream failed lately.
+    BreakerOpen,
+    /// The day's upstream budget is spent.
+    BudgetSpent,
+    /// Sent upstream, which failed before its first token; answered locally.
+    UpstreamFailed,
+}
+
+/// How the router handled one answer (new in v5): sent right after the
+/// answer's own event, which it names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedAnswer {
+    /// The [`AnswerEvent`]'s sequence number, in the same outbox epoch.
+    pub answer_seq: Seq,
+    /// Who wrote it.
+    pub answered_by: AnsweredBy,
+    /// Why.
+    pub reason: RouteReason,
+    /// Prompt tokens the upstream charged for (0 for a local answer).
+    pub upstream_prompt_tokens: u32,
+    /// Completion tokens the upstream charged for.
+    pub upstream_completion_tokens: u32,
+    /// What the upstream answer cost at the device's configured prices, in
+    /// millionths of their currency (0 for a local answer).
+    pub cost_micros: u64,
+    /// What a local answer would have cost upstream (its own tokens at the
+    /// same prices): the saving of answering locally (0 for an upstream one).
+    pub avoided_cost_micros: u64,
+}
+
 /// A periodic health sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceMetrics {
@@ -255,14 +310,20 @@ pub enum TelemetryPayload {
     EvalScores(Box<crate::message::scores::EvalScores>),
     /// A question that could not be answered (new in v4).
     AnswerFailed(AnswerFailure),
+    /// How the router handled an answer (new in v5).
+    Routed(RoutedAnswer),
 }
 
 impl TelemetryPayload {
-    /// What in this event protocol v3 cannot express, if anything.
-    pub(crate) fn v4_only(&self) -> Option<&'static str> {
+    /// What in this event protocol v3 cannot express, if anything, and the
+    /// first version that can.
+    pub(crate) fn needs(&self) -> Option<(ProtocolVersion, &'static str)> {
         match self {
-            Self::AnswerFailed(_) => Some("a failed-answer event"),
-            Self::Answer(a) if a.rating == Some(Rating::Handover) => Some("a hand-over rating"),
+            Self::AnswerFailed(_) => Some((ProtocolVersion::V4, "a failed-answer event")),
+            Self::Answer(a) if a.rating == Some(Rating::Handover) => {
+                Some((ProtocolVersion::V4, "a hand-over rating"))
+            }
+            Self::Routed(_) => Some((ProtocolVersion::V5, "a routing event")),
             _ => None,
         }
     }

@@ -240,22 +240,20 @@ fn every_message_round_trips_in_the_current_version() {
         let bytes = message
             .encode_as(ProtocolVersion::CURRENT)
             .expect("encodes");
-        assert_eq!(bytes[0], 4);
+        assert_eq!(bytes[0], 5);
         assert!(bytes.len() <= message.topic_kind().max_payload_len());
         let decoded = AnyMessage::decode(message.topic_kind(), &bytes).expect("decodes");
-        assert_eq!(decoded.version, ProtocolVersion::V4);
+        assert_eq!(decoded.version, ProtocolVersion::V5);
         assert_eq!(decoded.message, message);
-        // v4 appended enum variants only: without them, a message is the
-        // same bytes in v3, and a v3 peer's payload reads as the same message.
-        let v3 = message
-            .encode_as(ProtocolVersion::V3)
-            .expect("no v4 variant");
-        assert_eq!((v3[0], &v3[1..]), (3, &bytes[1..]));
-        let decoded = AnyMessage::decode(message.topic_kind(), &v3).expect("decodes");
-        assert_eq!(
-            (decoded.version, decoded.message),
-            (ProtocolVersion::V3, message)
-        );
+        // v4 and v5 appended enum variants only: without them, a message is
+        // the same bytes in v3 and v4, and an older peer's payload reads as
+        // the same message.
+        for (old, byte) in [(ProtocolVersion::V4, 4), (ProtocolVersion::V3, 3)] {
+            let older = message.encode_as(old).expect("no v4 or v5 variant");
+            assert_eq!((older[0], &older[1..]), (byte, &bytes[1..]));
+            let decoded = AnyMessage::decode(message.topic_kind(), &older).expect("decodes");
+            assert_eq!((decoded.version, &decoded.message), (old, &message));
+        }
     }
 }
 
@@ -287,22 +285,65 @@ fn v4_additions_round_trip_and_never_go_to_an_older_peer() {
         }
     }
     assert_eq!(
-        hex::encode(encode(&handover_feedback()).expect("v4")),
+        hex::encode(encode_as(&handover_feedback(), ProtocolVersion::V4).expect("v4")),
         GOLDEN_HANDOVER_FEEDBACK_V4
+    );
+    assert_eq!(
+        hex::encode(encode(&handover_feedback()).expect("v5")),
+        current_of(GOLDEN_HANDOVER_FEEDBACK_V4)
     );
     let failed = TelemetryBatch::new(device(), vec![failed_answer_event(101)])
         .expect("valid")
         .with_epoch(OutboxEpoch(0x1234));
     assert_eq!(
-        hex::encode(encode(&failed).expect("v4")),
+        hex::encode(encode_as(&failed, ProtocolVersion::V4).expect("v4")),
         GOLDEN_ANSWER_FAILED_V4
+    );
+    assert_eq!(
+        hex::encode(encode(&failed).expect("v5")),
+        current_of(GOLDEN_ANSWER_FAILED_V4)
     );
 }
 
-/// The current version's bytes of a message that has a v3 form: v3's with
-/// the version byte changed.
-fn v4_of(golden_v3: &str) -> String {
-    format!("04{}", &golden_v3[2..])
+/// What v5 adds (how the router handled an answer) reaches a v5 peer and is
+/// refused for every older one: a v4 hub cannot read it.
+#[test]
+fn v5_routing_events_round_trip_and_never_go_to_an_older_peer() {
+    let batch = TelemetryBatch::new(device(), vec![answer_event(100), routed_event(101)])
+        .expect("valid")
+        .with_epoch(OutboxEpoch(0x1234));
+    let bytes = encode(&batch).expect("v5");
+    assert_eq!(decode::<TelemetryBatch>(&bytes), Ok(batch.clone()));
+    for old in [
+        ProtocolVersion::V4,
+        ProtocolVersion::V3,
+        ProtocolVersion::V2,
+    ] {
+        assert!(
+            matches!(
+                encode_as(&batch, old),
+                Err(EncodeError::Downgrade(DowngradeError::Unsupported { version, what }))
+                    if version == old.as_byte() && what == "a routing event"
+            ),
+            "{old:?}"
+        );
+    }
+    let routed = TelemetryBatch::new(device(), vec![routed_event(101)])
+        .expect("valid")
+        .with_epoch(OutboxEpoch(0x1234));
+    assert_eq!(hex::encode(encode(&routed).expect("v5")), GOLDEN_ROUTED_V5);
+}
+
+// version 05 | device "kiosk-7" | epoch 0x1234 | first_seq 101 | 1 event:
+// seq 101, at_unix_ms, Routed (04): answer_seq 100, Upstream (01),
+// LongQuestion (02), 300 prompt and 40 completion tokens, cost 69, avoided 0.
+const GOLDEN_ROUTED_V5: &str =
+    "05076b696f736b2d37fb3412650165fdd5e666348f01000004640102fb2c01284500";
+
+/// The current version's bytes of a message that has a v3 (or v4) form:
+/// the older bytes with the version byte changed.
+fn current_of(golden: &str) -> String {
+    format!("05{}", &golden[2..])
 }
 
 // version 04 | id: epoch, seq 4 | answer_seq 100 | Handover (02) | the rest
@@ -330,7 +371,7 @@ fn wire_bytes_of_every_version_are_pinned() {
     );
     assert_eq!(
         hex(encode(&current).expect("encodes")),
-        v4_of(GOLDEN_BATCH_V3)
+        current_of(GOLDEN_BATCH_V3)
     );
     assert_eq!(
         hex(encode_as(&status(2), ProtocolVersion::V2).expect("encodes")),
@@ -342,7 +383,7 @@ fn wire_bytes_of_every_version_are_pinned() {
     );
     assert_eq!(
         hex(encode(&status(2)).expect("encodes")),
-        v4_of(GOLDEN_STATUS_V3)
+        current_of(GOLDEN_STATUS_V3)
     );
 
     // The signed desired state, its v2 downgrade and the signed bytes (a
@@ -354,7 +395,7 @@ fn wire_bytes_of_every_version_are_pinned() {
     );
     assert_eq!(
         hex(encode(&signed).expect("encodes")),
-        v4_of(GOLDEN_DESIRED_V3)
+        current_of(GOLDEN_DESIRED_V3)
     );
     assert_eq!(
         hex(encode_as(&signed, ProtocolVersion::V2).expect("encodes")),
@@ -373,7 +414,11 @@ fn wire_bytes_of_every_version_are_pinned() {
         hex(encode_as(&ack, ProtocolVersion::V3).expect("encodes")),
         "0300fb2c01"
     );
-    assert_eq!(hex(encode(&ack).expect("encodes")), "0400fb2c01");
+    assert_eq!(
+        hex(encode_as(&ack, ProtocolVersion::V4).expect("encodes")),
+        "0400fb2c01"
+    );
+    assert_eq!(hex(encode(&ack).expect("encodes")), "0500fb2c01");
 }
 
 // version 02 | device "kiosk-7" | first_seq 3 | 1 event: seq 3, at_unix_ms
@@ -429,7 +474,7 @@ fn wire_bytes_of_an_answer_event_and_of_feedback_are_pinned() {
     );
     assert_eq!(
         hex(encode(&answers).expect("encodes")),
-        v4_of(GOLDEN_ANSWER_BATCH_V3)
+        current_of(GOLDEN_ANSWER_BATCH_V3)
     );
     assert_eq!(
         hex(encode_as(&feedback(), ProtocolVersion::V3).expect("encodes")),
@@ -437,7 +482,7 @@ fn wire_bytes_of_an_answer_event_and_of_feedback_are_pinned() {
     );
     assert_eq!(
         hex(encode(&feedback()).expect("encodes")),
-        v4_of(GOLDEN_FEEDBACK_V3)
+        current_of(GOLDEN_FEEDBACK_V3)
     );
 }
 
@@ -499,7 +544,7 @@ fn eval_scores_and_smoke_gates_never_go_to_a_v2_peer() {
     let batch = eval_scores_batch();
     let bytes = encode(&batch).expect("encodes");
     assert_eq!(decode::<TelemetryBatch>(&bytes).expect("decodes"), batch);
-    assert_eq!(hex::encode(&bytes), v4_of(GOLDEN_EVAL_SCORES_V3));
+    assert_eq!(hex::encode(&bytes), current_of(GOLDEN_EVAL_SCORES_V3));
     assert_eq!(
         hex::encode(encode_as(&batch, ProtocolVersion::V3).expect("v3")),
         GOLDEN_EVAL_SCORES_V3

@@ -193,6 +193,22 @@ pub fn failed_answer_event(seq: u64) -> TelemetryEvent {
     }
 }
 
+pub fn routed_event(seq: u64) -> TelemetryEvent {
+    TelemetryEvent {
+        seq: Seq(seq),
+        at_unix_ms: 1_714_571_110_000 + seq,
+        payload: TelemetryPayload::Routed(RoutedAnswer {
+            answer_seq: Seq(seq - 1),
+            answered_by: AnsweredBy::Upstream,
+            reason: RouteReason::LongQuestion,
+            upstream_prompt_tokens: 300,
+            upstream_completion_tokens: 40,
+            cost_micros: 69,
+            avoided_cost_micros: 0,
+        }),
+    }
+}
+
 pub fn command(action: CommandAction) -> Command {
     Command {
         id: CommandId(7),

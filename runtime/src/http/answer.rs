@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, AppState};
 use crate::answer::{AnswerDelta, AnswerError, AnswerRequest, Answered};
-use crate::answers::{answer_event, answer_failure};
+use crate::answers::{answer_event, answer_failure, routed_answer};
 use crate::engine::{SamplingParams, Usage};
 use crate::feedback::AnswerRecord;
 
@@ -225,7 +225,7 @@ fn answer_error(e: AnswerError) -> ApiError {
 }
 
 fn done_json(a: &Answered) -> serde_json::Value {
-    json!({
+    let mut done = json!({
         "id": a.id,
         "answer": a.answer,
         "citations": a.citations,
@@ -233,7 +233,21 @@ fn done_json(a: &Answered) -> serde_json::Value {
         "reason": a.reason,
         "route": a.route,
         "versions": a.versions,
-    })
+    });
+    if let Some(r) = &a.routing {
+        done["routing"] = json!({
+            "answered_by": match r.answered_by {
+                outpost_protocol::AnsweredBy::Upstream => "upstream",
+                _ => "local",
+            },
+            "reason": crate::router::reason_label(r.reason),
+            "upstream_prompt_tokens": r.upstream_prompt_tokens,
+            "upstream_completion_tokens": r.upstream_completion_tokens,
+            "cost_micros": r.cost_micros,
+            "avoided_cost_micros": r.avoided_cost_micros,
+        });
+    }
+    done
 }
 
 /// Records the answer for the fleet, then locally with where the fleet's
@@ -257,6 +271,9 @@ async fn finish(app: &AppState, request: &AnswerRequest, a: &Answered) {
             event.retrieval = scores;
         }
         fleet = sink.answered(event).await;
+        if let (Some(recorded), Some(routing)) = (&fleet, &a.routing) {
+            sink.routed(recorded.id, routed_answer(routing));
+        }
     }
     if let Some(store) = app.feedback() {
         let record = AnswerRecord {
