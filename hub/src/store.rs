@@ -34,6 +34,7 @@ mod artifacts;
 mod evals;
 mod ingest;
 mod rollouts;
+mod routing;
 
 pub use artifacts::{ArtifactRecord, PutArtifact};
 pub use evals::{EvalJobRow, EvalJobUpdate};
@@ -42,6 +43,7 @@ pub use rollouts::{
     AuditRow, CohortFacts, LabelMove, LabelRow, RolloutStep, StepOutcome, StoredRollout,
     WindowSlice,
 };
+pub use routing::{RoutingRow, RoutingTotals};
 pub mod retention;
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
@@ -439,6 +441,8 @@ impl Store {
         Self::init_evals(&conn)?;
         conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
             .map_err(sql("aggregates schema"))?;
+        conn.execute_batch(routing::ROUTING_SCHEMA)
+            .map_err(sql("routing schema"))?;
         aggregates::add_missing_columns(&conn)?;
         aggregates::backfill(&mut conn)?;
         Ok(Self { conn })

@@ -38,6 +38,7 @@ pub fn run(args: RoiArgs) -> anyhow::Result<()> {
             "window_days": view["window_days"],
             "deflection": deflection,
             "figures": figures,
+            "routing": view["routing"],
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -73,6 +74,18 @@ pub fn run(args: RoiArgs) -> anyhow::Result<()> {
     match figures.first_year_roi {
         Some(r) => println!("first-year ROI    {:.1} %", 100.0 * r),
         None => println!("first-year ROI    n/a (no implementation cost)"),
+    }
+    let routing = &view["routing"];
+    let upstream = routing["upstream_answers"].as_u64().unwrap_or(0);
+    let local = routing["local_answers"].as_u64().unwrap_or(0);
+    if upstream + local > 0 {
+        let micros = |key: &str| routing[key].as_f64().unwrap_or(0.0) / 1e6;
+        println!(
+            "model routing     {local} local, {upstream} upstream; upstream cost {:.4} ({:.4} an answer), local answers saved {:.4}",
+            micros("upstream_cost_micros"),
+            micros("cost_per_upstream_answer_micros"),
+            micros("local_savings_micros"),
+        );
     }
     Ok(())
 }

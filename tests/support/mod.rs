@@ -70,9 +70,15 @@ impl Server {
     /// Like [`Server::start`], for a test that holds [`serial`] itself and
     /// runs several devices at once.
     pub fn launch(args: &[&str], serial: Option<MutexGuard<'static, ()>>) -> Server {
+        Self::launch_on(0, args, serial)
+    }
+
+    /// Like [`Server::launch`], on `port` (0: any free one).
+    pub fn launch_on(port: u16, args: &[&str], serial: Option<MutexGuard<'static, ()>>) -> Server {
         let model = model_path();
+        let port = port.to_string();
         let mut child = outpost()
-            .args(["serve", "--port", "0", "--threads", "2", "--model"])
+            .args(["serve", "--port", &port, "--threads", "2", "--model"])
             .arg(&model)
             .args(args)
             .stdout(Stdio::piped())

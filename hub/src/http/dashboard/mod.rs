@@ -177,13 +177,15 @@ pub(super) async fn quality(
 async fn roi_view(app: &App) -> Result<Value, ApiError> {
     let window = app.roi.window;
     let since = since_hour(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
-    let (saved, rows) = app
+    let since_ms = u64::try_from(since).unwrap_or(0).saturating_mul(3_600_000);
+    let (saved, rows, routing) = app
         .ctx
         .store
         .call(move |s| {
             Ok::<_, crate::store::StoreError>((
                 s.dashboard_setting(ROI_KEY)?,
                 s.quality_hours(since)?,
+                s.routing_totals(since_ms)?,
             ))
         })
         .await?;
@@ -201,6 +203,7 @@ async fn roi_view(app: &App) -> Result<Value, ApiError> {
         saved.is_some(),
         window.as_secs() / 86_400,
         view::deflection(&rows),
+        &routing,
     ))
 }
 

@@ -195,8 +195,17 @@ pub fn roi(
     saved: bool,
     window_days: u64,
     measured: Deflection,
+    routing: &crate::store::RoutingTotals,
 ) -> Value {
     json!({
+        "routing": {
+            "local_answers": routing.local_answers,
+            "upstream_answers": routing.upstream_answers,
+            "upstream_cost_micros": routing.cost_micros,
+            "cost_per_upstream_answer_micros": routing.cost_per_upstream_answer_micros(),
+            "local_savings_micros": routing.avoided_cost_micros,
+            "by_reason": routing.rows,
+        },
         "inputs": inputs,
         "defaults": defaults,
         "saved": saved,

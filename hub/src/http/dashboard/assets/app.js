@@ -252,6 +252,12 @@ function applyRoi(data) {
   }
   $("roi-deflection").title = `${data.deflection.deflected} of ${data.deflection.answers} answers over ${data.window_days} days`;
   renderRoiFigures();
+  const r = data.routing, micros = (m) => (m / 1e6).toFixed(4);
+  $("route-local").textContent = r.local_answers;
+  $("route-upstream").textContent = r.upstream_answers;
+  $("route-cost").textContent = micros(r.upstream_cost_micros);
+  $("route-cost-each").textContent = micros(r.cost_per_upstream_answer_micros);
+  $("route-saved").textContent = micros(r.local_savings_micros);
 }
 
 async function saveRoi(event) {
