@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -59,3 +59,18 @@ bench-peer-grammar: deps
 # query and warm p50/p95 (benches/kb/README.md). Ingestion takes hours on 2 cores.
 bench-retrieval-real:
 	bash benches/kb/real/run.sh
+
+# The model router's decision overhead and its fallback time with the
+# upstream down (no model needed).
+bench-router:
+	$(CARGO) bench --bench router
+
+# The whole sample set answered, then judged by the default generator with
+# the judge's self-check (reference vs a wrong answer per item): about
+# 16 s a question on 2 cores, so half an hour. Report in eval-out/judge/.
+eval-judge: deps
+	$(CARGO) build --release --bin outpost
+	./target/release/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
+	./target/release/outpost kb ingest configs/kb/brewstation --kb eval-out/brewstation.kb
+	./target/release/outpost eval run --kb eval-out/brewstation.kb --prompts configs/prompts/brewstation \
+	  --set configs/eval/brewstation.jsonl --judge --judge-check --label judge --out eval-out/judge

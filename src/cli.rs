@@ -106,6 +106,15 @@ pub struct EvalRunArgs {
     /// A previous report.json to compare this run with.
     #[arg(long)]
     pub compare: Option<PathBuf>,
+    /// Also score every answer with a local model as judge (1–5 on
+    /// accuracy, clarity, professionalism, helpfulness, groundedness): the
+    /// generator itself, or the GGUF path or catalog name given.
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "MODEL")]
+    pub judge: Option<String>,
+    /// With --judge: also judge each item's reference answer and a
+    /// deliberately wrong one, to measure the judge (judge.discrimination).
+    #[arg(long, requires = "judge")]
+    pub judge_check: bool,
 }
 
 #[derive(Debug, Subcommand)]

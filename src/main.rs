@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod evaluator;
 mod fleet;
+mod judge;
 mod responder;
 mod settings;
 

@@ -539,6 +539,85 @@ fn eval_writes_reports_compares_runs_and_gates_on_thresholds() {
     assert!(report["metrics"]["latency.p50_ms"].as_f64().unwrap() > 0.0);
 }
 
+/// `outpost eval run --judge --judge-check`: the generator scores every
+/// answered item, and each item's reference and a deliberately wrong
+/// answer; every score is a whole number 1–5 of the five criteria (the
+/// judge's grammar), and the report carries the judge's metrics.
+#[test]
+fn the_judge_scores_every_answer_in_range_and_measures_itself() {
+    let model = model_path();
+    let kb = shared_kb();
+    let set = repo().join("configs/eval/brewstation.jsonl");
+    let dir = temp_dir();
+    let _serial = serial();
+    let out_dir = dir.path().join("judged");
+    let out = run(outpost()
+        .args([
+            "eval",
+            "run",
+            "--limit",
+            "4",
+            "--judge",
+            "--judge-check",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--kb")
+        .arg(kb)
+        .arg("--prompts")
+        .arg(prompts())
+        .arg("--set")
+        .arg(&set)
+        .arg("--out")
+        .arg(&out_dir));
+    let stdout = ok(&out);
+    assert!(stdout.contains("judge.accuracy"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let criteria = [
+        "accuracy",
+        "clarity",
+        "professionalism",
+        "helpfulness",
+        "groundedness",
+    ];
+    let in_range = |scores: &Value| {
+        criteria
+            .iter()
+            .all(|c| scores[c].as_u64().is_some_and(|v| (1..=5).contains(&v)))
+    };
+    let mut judged = 0;
+    let mut checked = 0;
+    for item in report["items"].as_array().unwrap() {
+        let judge = &item["judge"];
+        assert!(judge.is_object(), "every item is judged: {item}");
+        let answered = !item["answer_scores"].is_null();
+        assert_eq!(!judge["answer"].is_null(), answered, "{item}");
+        if answered {
+            assert!(in_range(&judge["answer"]), "{item}");
+            judged += 1;
+        }
+        if !judge["reference"].is_null() {
+            assert!(
+                in_range(&judge["reference"]) && in_range(&judge["wrong"]),
+                "{item}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        judged > 0 && checked == 4,
+        "judged {judged}, checked {checked}"
+    );
+    let m = &report["metrics"];
+    let accuracy = m["judge.accuracy"].as_f64().unwrap();
+    assert!((1.0..=5.0).contains(&accuracy), "{m}");
+    let discrimination = m["judge.discrimination"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&discrimination), "{m}");
+    eprintln!("judge.discrimination of the default model on 4 items: {discrimination}");
+}
+
 /// The question path keeps one llama.cpp context for every question
 /// (`Embedder::embed_warm`): it must give the vectors a fresh context does,
 /// whatever came before it, and send what does not fit to a fresh one.

@@ -75,6 +75,18 @@
 //! - `escalation.f1`: 2TP / (2TP + FP + FN), the harmonic mean of the two.
 //! - `escalation.accuracy`: (TP + TN) / all items.
 //!
+//! **Judge** (with `outpost eval run --judge`; see [`judge`]): a local model
+//! scores every answered item 1–5 on the rubric:
+//! - `judge.accuracy`, `judge.clarity`, `judge.professionalism`,
+//!   `judge.helpfulness`, `judge.groundedness`: means over judged answers;
+//! - `judge.agreement.fact_recall`, `judge.agreement.token_f1`: Pearson's r
+//!   of the judge's accuracy against those metrics, over items with both
+//!   (absent when either does not vary);
+//! - `judge.discrimination` (with `--judge-check`): the share of items with
+//!   a reference where a deliberately wrong answer (another item's
+//!   reference) scored lower, in accuracy + groundedness, than the
+//!   reference itself.
+//!
 //! **Latency** (all items): `latency.p50_ms`, `latency.p95_ms` and
 //! `latency.max_ms` of `Response::latency`, nearest-rank percentiles (the
 //! value at rank ⌈p/100 · n⌉ of the sorted latencies). Lower is better.
@@ -84,6 +96,7 @@
 //! computed the same way over the items carrying the tag.
 
 pub mod compare;
+pub mod judge;
 pub mod metrics;
 pub mod report;
 pub mod run;
@@ -93,9 +106,13 @@ pub mod text;
 pub mod thresholds;
 
 pub use compare::{compare, Change, Comparison, MetricDelta};
+pub use judge::{Judge, JudgeScores};
 pub use metrics::{Counts, Direction};
 pub use report::{Report, ReportError};
-pub use run::{run, ItemResult, Responder, Response, RetrievedChunk, RunOptions, DEFAULT_K};
+pub use run::{
+    run, run_judged, ItemResult, Responder, Response, RetrievedChunk, RunError, RunOptions,
+    DEFAULT_K,
+};
 pub use set::{load_set, parse_set, EvalItem, Evidence, ItemId, SetError};
 pub use smoke::{
     mean_score, GatedArtifact, SmokeGate, SmokeGateDocument, SmokeGateError, SmokeScore,
@@ -196,7 +213,115 @@ mod tests {
             k: vec![5, 1],
             label: "baseline".to_owned(),
             created: Some("2024-05-01T12:00:00Z".to_owned()),
+            judge_check: false,
         }
+    }
+
+    /// Scores 5 for accuracy and groundedness when most of the answer's
+    /// words are in the sources, else 1; 3 for the rest (or 3 everywhere
+    /// when `constant`).
+    struct WordJudge {
+        constant: bool,
+        asked: usize,
+    }
+
+    impl Judge for WordJudge {
+        type Error = Down;
+        fn judge(
+            &mut self,
+            _: &str,
+            answer: &str,
+            sources: &[String],
+        ) -> Result<JudgeScores, Down> {
+            self.asked += 1;
+            let sources = text::normalize(&sources.join(" "));
+            let words: Vec<String> = text::normalize(answer)
+                .split(' ')
+                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_owned())
+                .filter(|w| !w.is_empty())
+                .collect();
+            let found = words
+                .iter()
+                .filter(|w| sources.contains(w.as_str()))
+                .count();
+            let score = if self.constant {
+                3
+            } else if 2 * found > words.len() {
+                5
+            } else {
+                1
+            };
+            Ok(JudgeScores {
+                accuracy: score,
+                clarity: 3,
+                professionalism: 3,
+                helpfulness: 3,
+                groundedness: score,
+            })
+        }
+    }
+
+    #[test]
+    fn a_judged_run_scores_answers_and_checks_the_judge_on_wrong_answers() {
+        let set = parse_set(SET).unwrap();
+        let mut options = options();
+        options.judge_check = true;
+        let mut judge = WordJudge {
+            constant: false,
+            asked: 0,
+        };
+        let report = run_judged(
+            &set,
+            &mut responder(),
+            Some(&mut judge),
+            &options,
+            |_, _| {},
+        )
+        .expect("runs");
+        // q1 and q2 answered (2), and each checked with its reference and
+        // the other's (4); q3 and q4 were handed over and have no reference.
+        assert_eq!(judge.asked, 6);
+        let q1 = report.items[0].judge.as_ref().expect("judged");
+        assert_eq!(q1.answer.map(|s| s.accuracy), Some(5));
+        assert_eq!(
+            (
+                q1.reference.map(|s| s.accuracy),
+                q1.wrong.map(|s| s.accuracy)
+            ),
+            (Some(5), Some(1))
+        );
+        assert!(report.items[2]
+            .judge
+            .as_ref()
+            .expect("judged")
+            .answer
+            .is_none());
+        assert_eq!(report.metrics.get("judge.discrimination"), Some(&1.0));
+        assert_eq!(report.metrics.get("judge.clarity"), Some(&3.0));
+        // Two answered items are too few for a correlation.
+        assert!(!report.metrics.contains_key("judge.agreement.fact_recall"));
+
+        let mut constant = WordJudge {
+            constant: true,
+            asked: 0,
+        };
+        let report = run_judged(
+            &set,
+            &mut responder(),
+            Some(&mut constant),
+            &options,
+            |_, _| {},
+        )
+        .expect("runs");
+        assert_eq!(
+            report.metrics.get("judge.discrimination"),
+            Some(&0.0),
+            "a judge that scores everything alike tells nothing apart"
+        );
+        // Without a judge nothing is judged and no judge metric appears.
+        let plain = run(&set, &mut responder(), &options, |_, _| {}).expect("runs");
+        assert!(plain.items.iter().all(|i| i.judge.is_none()));
+        assert!(!plain.metrics.keys().any(|k| k.starts_with("judge.")));
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub fn aggregate(items: &[ItemResult], k: &[usize]) -> BTreeMap<String, f64> {
     citations(&all, &mut metrics);
     escalation(&all, true, "", &mut metrics);
     latency(&all, &mut metrics);
+    judge(&all, &mut metrics);
 
     let tags: BTreeSet<&str> = items
         .iter()
@@ -105,6 +106,55 @@ fn put(metrics: &mut BTreeMap<String, f64>, prefix: &str, name: &str, value: Opt
     if let Some(value) = value {
         metrics.insert(format!("{prefix}{name}"), value);
     }
+}
+
+/// `judge.<criterion>` (mean 1–5 over judged answers), the judge's
+/// agreement with fact recall and token F1 (Pearson's r of accuracy against
+/// them, over items with both), and `judge.discrimination` (the share of
+/// checked items whose wrong answer scored lower than the reference).
+fn judge(items: &[&ItemResult], out: &mut BTreeMap<String, f64>) {
+    let judged: Vec<(&ItemResult, crate::judge::JudgeScores)> = items
+        .iter()
+        .filter_map(|i| Some((*i, i.judge.as_ref()?.answer?)))
+        .collect();
+    for criterion in crate::judge::CRITERIA {
+        put(
+            out,
+            "",
+            &format!("judge.{criterion}"),
+            mean(judged.iter().map(|(_, s)| f64::from(s.get(criterion)))),
+        );
+    }
+    let against = |metric: fn(&crate::run::AnswerResult) -> Option<f64>| -> Vec<(f64, f64)> {
+        judged
+            .iter()
+            .filter_map(|(i, s)| Some((f64::from(s.accuracy), metric(i.answer_scores.as_ref()?)?)))
+            .collect()
+    };
+    put(
+        out,
+        "",
+        "judge.agreement.fact_recall",
+        crate::judge::pearson(&against(|a| a.fact_recall)),
+    );
+    put(
+        out,
+        "",
+        "judge.agreement.token_f1",
+        crate::judge::pearson(&against(|a| a.token_f1)),
+    );
+    put(
+        out,
+        "",
+        "judge.discrimination",
+        mean(items.iter().filter_map(|i| {
+            let j = i.judge.as_ref()?;
+            let (reference, wrong) = (j.reference?, j.wrong?);
+            Some(f64::from(u8::from(
+                wrong.correctness() < reference.correctness(),
+            )))
+        })),
+    );
 }
 
 fn retrieval(
@@ -314,7 +364,7 @@ pub fn direction(metric: &str) -> Direction {
 }
 
 /// Metrics with fixed names.
-const FIXED: [&str; 16] = [
+const FIXED: [&str; 24] = [
     "retrieval.recall@<k>",
     "retrieval.hit@<k>",
     "retrieval.mrr",
@@ -331,6 +381,14 @@ const FIXED: [&str; 16] = [
     "latency.p50_ms",
     "latency.p95_ms",
     "latency.max_ms",
+    "judge.accuracy",
+    "judge.clarity",
+    "judge.professionalism",
+    "judge.helpfulness",
+    "judge.groundedness",
+    "judge.agreement.fact_recall",
+    "judge.agreement.token_f1",
+    "judge.discrimination",
 ];
 
 /// Metrics also computed per tag, as `tag.<tag>.<metric>`.

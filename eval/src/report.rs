@@ -140,6 +140,15 @@ impl Report {
             let _ = writeln!(out, "| {name} | {} |", format_value(name, *value));
         }
 
+        if let Some(d) = self.metrics.get("judge.discrimination") {
+            if *d < WEAK_JUDGE {
+                let _ = writeln!(
+                    out,
+                    "\n**The judge is weak:** it scored a deliberately wrong answer lower than the reference on {:.0} % of items; its scores say little about these answers.",
+                    100.0 * d
+                );
+            }
+        }
         self.tag_table(&mut out);
         self.worst_items(&mut out);
         out
@@ -283,6 +292,10 @@ fn more(out: &mut String, total: usize) {
 
 /// Formats a metric value for display: milliseconds with one decimal,
 /// ratios with three.
+/// Below this `judge.discrimination` the report warns that the judge's
+/// scores are not to be trusted.
+const WEAK_JUDGE: f64 = 0.75;
+
 pub fn format_value(metric: &str, value: f64) -> String {
     if metric.ends_with("_ms") {
         format!("{value:.1}")

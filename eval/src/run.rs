@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::judge::{ItemJudgement, Judge, JudgeScores};
 use crate::metrics;
 use crate::report::{self, Report};
 use crate::set::{EvalItem, Evidence, ItemId};
@@ -69,6 +70,9 @@ pub struct RunOptions {
     pub label: String,
     /// RFC 3339 creation time; `None` means now, in UTC, from the system clock.
     pub created: Option<String>,
+    /// With a judge: also score each item's reference answer and a wrong
+    /// one, to measure the judge ([`crate::judge`]).
+    pub judge_check: bool,
 }
 
 impl RunOptions {
@@ -78,6 +82,7 @@ impl RunOptions {
             k: DEFAULT_K.to_vec(),
             label: label.into(),
             created: None,
+            judge_check: false,
         }
     }
 
@@ -188,6 +193,9 @@ pub struct ItemResult {
     pub answer_scores: Option<AnswerResult>,
     /// Present for answered items with evidence.
     pub citations: Option<CitationResult>,
+    /// The judge's scores, when the run had a judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<ItemJudgement>,
 }
 
 impl ItemResult {
@@ -259,6 +267,7 @@ pub fn score_item(item: &EvalItem, response: &Response) -> ItemResult {
         retrieval,
         answer_scores,
         citations,
+        judge: None,
     }
 }
 
@@ -315,6 +324,25 @@ fn score_answer(item: &EvalItem, answer: &str) -> AnswerResult {
     }
 }
 
+/// Why a judged run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<R: std::error::Error, J: std::error::Error> {
+    #[error(transparent)]
+    Respond(R),
+    #[error("the judge failed: {0}")]
+    Judge(J),
+}
+
+/// The judge of a run without one.
+struct NoJudge;
+
+impl Judge for NoJudge {
+    type Error = std::convert::Infallible;
+    fn judge(&mut self, _: &str, _: &str, _: &[String]) -> Result<JudgeScores, Self::Error> {
+        unreachable!("a run without a judge asks none")
+    }
+}
+
 /// Puts every item to `responder` in order, scores it, calls
 /// `on_item(done, &result)` after each (for progress), and returns the
 /// aggregated [`Report`]. Stops at the first responder error.
@@ -322,14 +350,51 @@ pub fn run<R: Responder + ?Sized>(
     set: &[EvalItem],
     responder: &mut R,
     options: &RunOptions,
-    mut on_item: impl FnMut(usize, &ItemResult),
+    on_item: impl FnMut(usize, &ItemResult),
 ) -> Result<Report, R::Error> {
+    run_judged(set, responder, None::<&mut NoJudge>, options, on_item).map_err(|e| match e {
+        RunError::Respond(e) => e,
+        RunError::Judge(never) => match never {},
+    })
+}
+
+/// Like [`run`], with every answered item also scored by `judge` (and,
+/// with [`RunOptions::judge_check`], its reference and a wrong answer).
+pub fn run_judged<R: Responder + ?Sized, J: Judge>(
+    set: &[EvalItem],
+    responder: &mut R,
+    mut judge: Option<&mut J>,
+    options: &RunOptions,
+    mut on_item: impl FnMut(usize, &ItemResult),
+) -> Result<Report, RunError<R::Error, J::Error>> {
     let k = options.cutoffs();
+    let wrong = wrong_answers(set);
     let mut versions = None;
     let mut items = Vec::with_capacity(set.len());
-    for item in set {
-        let response = responder.respond(item)?;
-        let result = score_item(item, &response);
+    for (index, item) in set.iter().enumerate() {
+        let response = responder.respond(item).map_err(RunError::Respond)?;
+        let mut result = score_item(item, &response);
+        if let Some(judge) = judge.as_deref_mut() {
+            let sources = judge_sources(&response);
+            let mut ask = |answer: &str| {
+                judge
+                    .judge(&item.question, answer, &sources)
+                    .map_err(RunError::Judge)
+            };
+            let answer = match result.answer_scores {
+                Some(_) => Some(ask(&response.answer)?),
+                None => None,
+            };
+            let (reference, wrong) = match (options.judge_check, wrong[index]) {
+                (true, Some(w)) => (Some(ask(&item.reference)?), Some(ask(&set[w].reference)?)),
+                _ => (None, None),
+            };
+            result.judge = Some(ItemJudgement {
+                answer,
+                reference,
+                wrong,
+            });
+        }
         if versions.is_none() {
             versions = Some(response.versions);
         }
@@ -349,6 +414,38 @@ pub fn run<R: Responder + ?Sized>(
         k,
         items,
     })
+}
+
+/// What the judge sees as an answer's sources: the chunks it cites, else
+/// the best three retrieved.
+fn judge_sources(response: &Response) -> Vec<String> {
+    let chunks = if response.citations.is_empty() {
+        &response.retrieved[..response.retrieved.len().min(3)]
+    } else {
+        &response.citations[..]
+    };
+    chunks.iter().map(|c| c.text.clone()).collect()
+}
+
+/// For each item to be answered that has a reference, another such item
+/// whose (different) reference serves as its deliberately wrong answer:
+/// the one half the list away, so neighbours on one topic are not paired.
+fn wrong_answers(set: &[EvalItem]) -> Vec<Option<usize>> {
+    let with_reference: Vec<usize> = (0..set.len())
+        .filter(|&i| !set[i].escalate && !set[i].reference.trim().is_empty())
+        .collect();
+    let n = with_reference.len();
+    let mut wrong = vec![None; set.len()];
+    if n < 2 {
+        return wrong;
+    }
+    for (p, &i) in with_reference.iter().enumerate() {
+        let w = with_reference[(p + n / 2) % n];
+        if text::normalize(&set[w].reference) != text::normalize(&set[i].reference) {
+            wrong[i] = Some(w);
+        }
+    }
+    wrong
 }
 
 #[cfg(test)]

@@ -241,6 +241,7 @@ mod tests {
                 rouge_l: None,
             }),
             citations: None,
+            judge: None,
         }
     }
 

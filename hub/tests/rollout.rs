@@ -496,6 +496,7 @@ impl Evaluator for PromptFileEvaluator {
                     rouge_l: None,
                 }),
                 citations: None,
+                judge: None,
             })
             .collect();
         Ok(outpost_eval::Report {

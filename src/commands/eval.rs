@@ -16,8 +16,9 @@ use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 
 use crate::answering;
 use crate::cli::{EvalCommand, EvalRunArgs};
+use crate::judge::EngineJudge;
 use crate::responder::PipelineResponder;
-use crate::settings;
+use crate::settings::{self, BadConfig};
 
 /// A run whose report failed a threshold: the binary exits with 2.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +64,27 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
         }
     }
     let runtime = crate::runtime()?;
-    let answerer = runtime.block_on(async {
+    let (answerer, engine) = runtime.block_on(async {
         let engine = answering::start_engine(&config).await?;
-        answering::answerer(&config, engine).await
+        anyhow::Ok((answering::answerer(&config, engine.clone()).await?, engine))
     })?;
+    let judge = match args.judge.as_deref() {
+        None => None,
+        Some(_) if args.retrieval_only => {
+            return Err(BadConfig("--judge needs answers; drop --retrieval-only".into()).into())
+        }
+        // The generator judges its own answers.
+        Some("") => Some(EngineJudge::new(runtime.handle().clone(), engine)?),
+        Some(model) => {
+            let mut judge_config = config.clone();
+            judge_config.model = Some(model.to_owned());
+            judge_config.lora = None;
+            let engine = runtime
+                .block_on(answering::start_engine(&judge_config))
+                .context("loading the judge model (--judge)")?;
+            Some(EngineJudge::new(runtime.handle().clone(), engine)?)
+        }
+    };
     let mode = answerer.config().mode;
     let label = args.label.clone().unwrap_or_else(|| {
         format!(
@@ -83,6 +101,7 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("eval-out").join(&label));
     let mut options = RunOptions::new(label.clone());
+    options.judge_check = args.judge_check;
     if !args.k.is_empty() {
         options.k = args.k.clone();
     }
@@ -100,10 +119,12 @@ fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
-    let report = outpost_eval::run(&set, &mut responder, &options, |_, item| {
-        bar.inc(1);
-        bar.set_message(item.id.to_string());
-    })?;
+    let mut judge = judge;
+    let report =
+        outpost_eval::run_judged(&set, &mut responder, judge.as_mut(), &options, |_, item| {
+            bar.inc(1);
+            bar.set_message(item.id.to_string());
+        })?;
     bar.finish_and_clear();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     report.save_json(&out.join("report.json"))?;

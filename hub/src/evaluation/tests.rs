@@ -20,6 +20,7 @@ fn item(id: &str, expected_escalate: bool, escalated: bool, recall: Option<f64>)
             rouge_l: None,
         }),
         citations: None,
+        judge: None,
     }
 }
 

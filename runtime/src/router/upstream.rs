@@ -19,6 +19,14 @@ use serde_json::{json, Value};
 
 use crate::engine::ChatMessage;
 
+/// Most bytes read of one reply: its text, a whole JSON reply, one
+/// unfinished event line, or an error body. A hostile or broken upstream
+/// that streams without end is cut off here, not in the device's memory.
+pub const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Most bytes of an error body kept for the log.
+const ERROR_BODY_BYTES: usize = 4 * 1024;
+
 /// How an upstream call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -69,7 +77,10 @@ impl Upstream {
     /// asks `https://api.example/v1/chat/completions`.
     pub fn new(base: &reqwest::Url, model: String, key: Option<String>) -> Result<Self, String> {
         let join = |path: &str| base.join(path).map_err(|e| format!("{base}{path}: {e}"));
+        // An API root does not redirect; following one could carry the key
+        // somewhere else.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("building the upstream client: {e}"))?;
         Ok(Self {
@@ -108,10 +119,17 @@ impl Upstream {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
+            let mut body = Vec::new();
+            let mut chunks = response.bytes_stream();
+            while let Some(Ok(chunk)) = chunks.next().await {
+                body.extend_from_slice(&chunk);
+                if body.len() >= ERROR_BODY_BYTES {
+                    break;
+                }
+            }
             return Err(UpstreamError::Status {
                 status: status.as_u16(),
-                body: text.chars().take(200).collect(),
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
             });
         }
         let streaming = response
@@ -125,6 +143,7 @@ impl Upstream {
             streaming,
             usage: None,
             done: false,
+            text_bytes: 0,
         })
     }
 
@@ -156,6 +175,8 @@ pub struct ReplyStream {
     streaming: bool,
     usage: Option<(u32, u32)>,
     done: bool,
+    /// Text handed out so far.
+    text_bytes: usize,
 }
 
 impl ReplyStream {
@@ -176,7 +197,12 @@ impl ReplyStream {
                 }
             }
             match self.body.next().await {
-                Some(Ok(bytes)) => self.buffer.extend_from_slice(&bytes),
+                Some(Ok(bytes)) => {
+                    self.buffer.extend_from_slice(&bytes);
+                    if self.buffer.len() > MAX_REPLY_BYTES {
+                        return Err(too_long());
+                    }
+                }
                 Some(Err(e)) => return Err(UpstreamError::Protocol(e.to_string())),
                 None => {
                     return Err(UpstreamError::Protocol(
@@ -210,6 +236,10 @@ impl ReplyStream {
             .pointer("/choices/0/delta/content")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        self.text_bytes += text.len();
+        if self.text_bytes > MAX_REPLY_BYTES {
+            return Err(too_long());
+        }
         Ok((!text.is_empty()).then(|| Piece::Text(text.to_owned())))
     }
 
@@ -218,6 +248,9 @@ impl ReplyStream {
         while let Some(bytes) = self.body.next().await {
             let bytes = bytes.map_err(|e| UpstreamError::Protocol(e.to_string()))?;
             self.buffer.extend_from_slice(&bytes);
+            if self.buffer.len() > MAX_REPLY_BYTES {
+                return Err(too_long());
+            }
         }
         let reply: Value = serde_json::from_slice(&self.buffer)
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
@@ -229,6 +262,10 @@ impl ReplyStream {
             .ok_or_else(|| UpstreamError::Protocol("no choices[0].message.content".into()))?;
         Ok(Piece::Text(text.to_owned()))
     }
+}
+
+fn too_long() -> UpstreamError {
+    UpstreamError::Protocol(format!("the reply is longer than {MAX_REPLY_BYTES} bytes"))
 }
 
 fn read_usage(value: &Value) -> Option<(u32, u32)> {
@@ -262,7 +299,41 @@ mod tests {
             streaming,
             usage: None,
             done: false,
+            text_bytes: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_is_cut_off_at_the_limit() {
+        let piece = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(1000)
+        );
+        let chunks: Vec<String> = std::iter::repeat_n(piece, 300).collect();
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let mut endless = stream_of(&refs, true);
+        let mut read = 0;
+        let error = loop {
+            match endless.next().await {
+                Ok(Piece::Text(t)) => read += t.len(),
+                Ok(Piece::Done { .. }) => panic!("no end was sent"),
+                Err(e) => break e,
+            }
+        };
+        assert!(read <= MAX_REPLY_BYTES, "{read}");
+        assert!(matches!(error, UpstreamError::Protocol(m) if m.contains("longer than")));
+
+        let line = "y".repeat(MAX_REPLY_BYTES + 10);
+        let mut one_line = stream_of(&["data: ", &line], true);
+        assert!(matches!(
+            one_line.next().await,
+            Err(UpstreamError::Protocol(_))
+        ));
+        let mut whole = stream_of(&[&line], false);
+        assert!(matches!(
+            whole.next().await,
+            Err(UpstreamError::Protocol(_))
+        ));
     }
 
     #[tokio::test]
