@@ -66,25 +66,30 @@ impl Store {
                 "SELECT json_extract(event_json, '$.payload.Routed.answered_by'),
                         json_extract(event_json, '$.payload.Routed.reason'),
                         COUNT(*),
-                        SUM(json_extract(event_json, '$.payload.Routed.upstream_prompt_tokens')
+                        TOTAL(json_extract(event_json, '$.payload.Routed.upstream_prompt_tokens')
                           + json_extract(event_json, '$.payload.Routed.upstream_completion_tokens')),
-                        SUM(json_extract(event_json, '$.payload.Routed.cost_micros')),
-                        SUM(json_extract(event_json, '$.payload.Routed.avoided_cost_micros'))
+                        TOTAL(json_extract(event_json, '$.payload.Routed.cost_micros')),
+                        TOTAL(json_extract(event_json, '$.payload.Routed.avoided_cost_micros'))
                  FROM telemetry
                  WHERE kind = 'routed' AND received_ms >= ?1
                  GROUP BY 1, 2 ORDER BY 1, 3 DESC",
             )
             .map_err(sql("prepare routing totals"))?;
-        let count = |v: Option<i64>| v.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        // TOTAL, not SUM: sums are floats that cannot overflow, so one
+        // device reporting absurd costs skews its own figures (device
+        // telemetry is trusted as far as the device is) but cannot make
+        // the view fail. `as` saturates.
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        let total = |v: f64| v.max(0.0) as u64;
         let rows = stmt
             .query_map(params![clamp_i64(since_ms)], |r| {
                 Ok(RoutingRow {
                     answered_by: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
                     reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                     answers: count(r.get(2)?),
-                    upstream_tokens: count(r.get(3)?),
-                    cost_micros: count(r.get(4)?),
-                    avoided_cost_micros: count(r.get(5)?),
+                    upstream_tokens: total(r.get(3)?),
+                    cost_micros: total(r.get(4)?),
+                    avoided_cost_micros: total(r.get(5)?),
                 })
             })
             .map_err(sql("routing totals"))?
@@ -97,8 +102,10 @@ impl Store {
             } else {
                 totals.local_answers += row.answers;
             }
-            totals.cost_micros += row.cost_micros;
-            totals.avoided_cost_micros += row.avoided_cost_micros;
+            totals.cost_micros = totals.cost_micros.saturating_add(row.cost_micros);
+            totals.avoided_cost_micros = totals
+                .avoided_cost_micros
+                .saturating_add(row.avoided_cost_micros);
         }
         totals.rows = rows;
         Ok(totals)
