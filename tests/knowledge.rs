@@ -513,18 +513,7 @@ fn eval_writes_reports_compares_runs_and_gates_on_thresholds() {
 
     // A few questions through the whole pipeline, answers scored.
     let out_dir = dir.path().join("answers");
-    let out = run(outpost()
-        .args(["eval", "run", "--limit", "4", "--model"])
-        .arg(&model)
-        .arg("--kb")
-        .arg(kb)
-        .arg("--prompts")
-        .arg(prompts())
-        .arg("--set")
-        .arg(&set)
-        .arg("--out")
-        .arg(&out_dir));
-    ok(&out);
+    ok(&eval_answers(&out_dir, &[]));
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
             .unwrap();
@@ -539,38 +528,33 @@ fn eval_writes_reports_compares_runs_and_gates_on_thresholds() {
     assert!(report["metrics"]["latency.p50_ms"].as_f64().unwrap() > 0.0);
 }
 
+/// `outpost eval run` of the first 4 sample questions through the whole
+/// pipeline (default model, shared KB, sample prompt set), report in `out`.
+fn eval_answers(out: &Path, extra: &[&str]) -> std::process::Output {
+    run(outpost()
+        .args(["eval", "run", "--limit", "4", "--model"])
+        .arg(model_path())
+        .arg("--kb")
+        .arg(shared_kb())
+        .arg("--prompts")
+        .arg(prompts())
+        .arg("--set")
+        .arg(repo().join("configs/eval/brewstation.jsonl"))
+        .arg("--out")
+        .arg(out)
+        .args(extra))
+}
+
 /// `outpost eval run --judge --judge-check`: the generator scores every
 /// answered item, and each item's reference and a deliberately wrong
 /// answer; every score is a whole number 1–5 of the five criteria (the
 /// judge's grammar), and the report carries the judge's metrics.
 #[test]
 fn the_judge_scores_every_answer_in_range_and_measures_itself() {
-    let model = model_path();
-    let kb = shared_kb();
-    let set = repo().join("configs/eval/brewstation.jsonl");
     let dir = temp_dir();
     let _serial = serial();
     let out_dir = dir.path().join("judged");
-    let out = run(outpost()
-        .args([
-            "eval",
-            "run",
-            "--limit",
-            "4",
-            "--judge",
-            "--judge-check",
-            "--model",
-        ])
-        .arg(&model)
-        .arg("--kb")
-        .arg(kb)
-        .arg("--prompts")
-        .arg(prompts())
-        .arg("--set")
-        .arg(&set)
-        .arg("--out")
-        .arg(&out_dir));
-    let stdout = ok(&out);
+    let stdout = ok(&eval_answers(&out_dir, &["--judge", "--judge-check"]));
     assert!(stdout.contains("judge.accuracy"), "{stdout}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())

@@ -57,19 +57,6 @@ pub trait AnswerSink: Send + Sync {
     fn routed(&self, answer: EventId, routing: RoutedAnswer);
 }
 
-/// The fleet's record of what the router did with an answer.
-pub fn routed_answer(routing: &crate::router::Routing) -> RoutedAnswer {
-    RoutedAnswer {
-        answer_seq: outpost_protocol::Seq::default(),
-        answered_by: routing.answered_by,
-        reason: routing.reason,
-        upstream_prompt_tokens: routing.upstream_prompt_tokens,
-        upstream_completion_tokens: routing.upstream_completion_tokens,
-        cost_micros: routing.cost_micros,
-        avoided_cost_micros: routing.avoided_cost_micros,
-    }
-}
-
 /// The fleet's record of an answer that failed with `error` after
 /// `latency`, or `None` for a failure that says nothing about the active
 /// versions: a refused question, a model still loading, a full queue or a

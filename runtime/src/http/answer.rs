@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ApiError, AppState};
 use crate::answer::{AnswerDelta, AnswerError, AnswerRequest, Answered};
-use crate::answers::{answer_event, answer_failure, routed_answer};
+use crate::answers::{answer_event, answer_failure};
 use crate::engine::{SamplingParams, Usage};
 use crate::feedback::AnswerRecord;
 
@@ -272,7 +272,7 @@ async fn finish(app: &AppState, request: &AnswerRequest, a: &Answered) {
         }
         fleet = sink.answered(event).await;
         if let (Some(recorded), Some(routing)) = (&fleet, &a.routing) {
-            sink.routed(recorded.id, routed_answer(routing));
+            sink.routed(recorded.id, routing.clone());
         }
     }
     if let Some(store) = app.feedback() {

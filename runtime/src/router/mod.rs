@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outpost_prompts::Message;
-use outpost_protocol::{find_pii, AnsweredBy, RouteReason};
+use outpost_protocol::{find_pii, AnsweredBy, RouteReason, RoutedAnswer, Seq};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -78,16 +78,9 @@ pub enum KeySource {
     Env(String),
 }
 
-/// What the router did with one answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Routing {
-    pub answered_by: AnsweredBy,
-    pub reason: RouteReason,
-    pub upstream_prompt_tokens: u32,
-    pub upstream_completion_tokens: u32,
-    pub cost_micros: u64,
-    pub avoided_cost_micros: u64,
-}
+/// What the router did with one answer: the fleet's own record of it,
+/// whose `answer_seq` the agent sets when it records the answer.
+pub type Routing = RoutedAnswer;
 
 /// Where a question is to be answered, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,6 +313,7 @@ impl Router {
     pub fn local(&self, reason: RouteReason, prompt: u32, completion: u32) -> Routing {
         self.count(AnsweredBy::Local, reason);
         Routing {
+            answer_seq: Seq::default(),
             answered_by: AnsweredBy::Local,
             reason,
             upstream_prompt_tokens: 0,
@@ -414,6 +408,7 @@ impl Router {
             text,
             time_to_first_token,
             routing: Routing {
+                answer_seq: Seq::default(),
                 answered_by: AnsweredBy::Upstream,
                 reason,
                 upstream_prompt_tokens: prompt,
