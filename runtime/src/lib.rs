@@ -17,6 +17,9 @@
 //! - [`trial`] sets up the engines a candidate adapter or model is
 //!   checked in, apart from the live one, and the memory check before a
 //!   candidate model loads.
+//! - [`router`] decides which model writes a grounded answer, the device's
+//!   own or an upstream OpenAI-compatible one, and talks to the upstream
+//!   (circuit breaker, daily budget, cost).
 //! - [`feedback`] is the kiosk's local SQLite of grounded answers and the
 //!   ratings and hand-overs customers gave them, behind one owning thread.
 
