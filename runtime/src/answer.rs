@@ -402,44 +402,21 @@ impl Answerer {
                 top_score: hits.iter().map(|h| h.similarity).reduce(f32::max),
             })
         });
-        let mut upstream_text = None;
-        let mut local_reason = decision.map(|d| d.reason);
-        if let (Some(router), Some(d)) = (&self.router, decision) {
-            if d.target == AnsweredBy::Upstream {
-                let asked_at = started.elapsed();
-                match router
-                    .answer_upstream(
-                        d.reason,
-                        &messages,
-                        max_tokens,
-                        sampling.temperature,
-                        deltas.as_ref(),
-                    )
-                    .await
-                {
-                    Ok(up) => {
-                        answered.time_to_first_token = Some(asked_at + up.time_to_first_token);
-                        answered.usage = Some(Usage {
-                            prompt_tokens: up.routing.upstream_prompt_tokens,
-                            completion_tokens: up.routing.upstream_completion_tokens,
-                            cached_tokens: 0,
-                        });
-                        answered.routing = Some(up.routing);
-                        upstream_text = Some(up.text);
-                    }
-                    Err(UpstreamFailure::Fallback(e)) => {
-                        tracing::info!(error = %e, "the upstream failed before answering; answering locally");
-                        local_reason = Some(RouteReason::UpstreamFailed);
-                    }
-                    Err(UpstreamFailure::MidAnswer(e)) => {
-                        return Err(AnswerError::Generate(format!(
-                            "the upstream model stopped mid-answer: {e}"
-                        )))
-                    }
-                    Err(UpstreamFailure::Cancelled) => return Err(AnswerError::Cancelled),
-                }
+        let upstream_text = match decision {
+            Some(d) if d.target == AnsweredBy::Upstream => {
+                self.ask_upstream(
+                    d.reason,
+                    &messages,
+                    max_tokens,
+                    sampling.temperature,
+                    deltas.as_ref(),
+                    started,
+                    &mut answered,
+                )
+                .await?
             }
-        }
+            _ => None,
+        };
         let text = match upstream_text {
             Some(text) => text,
             None => {
@@ -454,8 +431,13 @@ impl Answerer {
                 let text = self
                     .generate_local(generate, deltas.as_ref(), started, &mut answered)
                     .await?;
+                // Local by rule, or because the upstream it was meant for failed.
+                let reason = decision.map(|d| match d.target {
+                    AnsweredBy::Upstream => RouteReason::UpstreamFailed,
+                    _ => d.reason,
+                });
                 if let (Some(router), Some(reason), Some(usage)) =
-                    (&self.router, local_reason, &answered.usage)
+                    (&self.router, reason, &answered.usage)
                 {
                     answered.routing =
                         Some(router.local(reason, usage.prompt_tokens, usage.completion_tokens));
@@ -484,6 +466,50 @@ impl Answerer {
         answered.answer = text;
         answered.latency = started.elapsed();
         Ok(answered)
+    }
+
+    /// Asks the router's upstream, streaming into `deltas`: its text, with
+    /// the usage, first-token time and routing recorded in `answered`; or
+    /// `None` when it failed before its first token (the local model is to
+    /// answer).
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_upstream(
+        &self,
+        reason: RouteReason,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+        temperature: f32,
+        deltas: Option<&mpsc::Sender<AnswerDelta>>,
+        started: Instant,
+        answered: &mut Answered,
+    ) -> Result<Option<String>, AnswerError> {
+        let Some(router) = &self.router else {
+            return Ok(None);
+        };
+        let asked_at = started.elapsed();
+        match router
+            .answer_upstream(reason, messages, max_tokens, temperature, deltas)
+            .await
+        {
+            Ok(up) => {
+                answered.time_to_first_token = Some(asked_at + up.time_to_first_token);
+                answered.usage = Some(Usage {
+                    prompt_tokens: up.routing.upstream_prompt_tokens,
+                    completion_tokens: up.routing.upstream_completion_tokens,
+                    cached_tokens: 0,
+                });
+                answered.routing = Some(up.routing);
+                Ok(Some(up.text))
+            }
+            Err(UpstreamFailure::Fallback(e)) => {
+                tracing::info!(error = %e, "the upstream failed before answering; answering locally");
+                Ok(None)
+            }
+            Err(UpstreamFailure::MidAnswer(e)) => Err(AnswerError::Generate(format!(
+                "the upstream model stopped mid-answer: {e}"
+            ))),
+            Err(UpstreamFailure::Cancelled) => Err(AnswerError::Cancelled),
+        }
     }
 
     /// Generates `generate` with the local model, streaming into `deltas`;

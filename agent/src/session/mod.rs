@@ -169,8 +169,8 @@ impl AgentHandle {
 
     /// Records how the router handled the answer recorded as `answer`
     /// ([`record_answer`](Self::record_answer)'s id), right after it; like a
-    /// failure it never waits. [`RecordError::OtherEpoch`] when the outbox
-    /// was reset since: the number would name another event.
+    /// failure it never waits. The outbox drops it (and logs why) if it was
+    /// reset to another epoch since: the number would name another event.
     pub fn record_routing(
         &self,
         answer: EventId,

@@ -401,4 +401,17 @@ mod tests {
         assert_eq!(id.epoch, epoch);
         assert_eq!(client.next_feedback().await.map(|f| f.id), Some(id));
     }
+
+    #[tokio::test]
+    async fn an_event_naming_another_epoch_is_dropped_and_one_of_this_epoch_kept() {
+        let (client, epoch) = client();
+        let stale = OutboxEpoch(epoch.0.wrapping_add(1));
+        client.record_in(stale, 1, sample()).expect("queued");
+        client.record_in(epoch, 2, sample()).expect("queued");
+        // Served in order: once this is stored, both were handled.
+        client.record_numbered(3, sample()).await.expect("stored");
+        let batch = client.next_batch(10, 1 << 20).await.expect("a batch");
+        let times: Vec<u64> = batch.events().iter().map(|e| e.at_unix_ms).collect();
+        assert_eq!(times, vec![2, 3], "the stale event is not stored");
+    }
 }

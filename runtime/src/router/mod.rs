@@ -256,10 +256,6 @@ impl Router {
         })
     }
 
-    pub fn settings(&self) -> &RouterSettings {
-        &self.inner.settings
-    }
-
     /// What the rules say, before budget and breaker.
     pub fn rule(&self, q: &Question<'_>) -> Decision {
         let s = &self.inner.settings;
