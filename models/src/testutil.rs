@@ -1,5 +1,6 @@
 //! Test fakes shared by the unit tests: a small HTTP/1.1 file server on
-//! 127.0.0.1 with switchable misbehaviour, generated content, fake wheels.
+//! 127.0.0.1 with switchable misbehaviour, generated content, fake wheels,
+//! a fake pip that serves several wheels by name and can be cut off.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -216,4 +217,76 @@ pub(crate) fn write_wheel(path: &Path, members: &[(&str, &[u8])]) {
         zip.write_all(bytes).expect("write member");
     }
     zip.finish().expect("finish wheel");
+}
+
+/// A fake pip for several wheels, as `FetchOptions::pip_command`: for
+/// `download ... NAME==VERSION -d DIR` it appends its arguments to
+/// `<tools>/pip-args.log` and copies `<wheels>/<name_with_underscores>-
+/// <version>-py3-none-any.whl` into `DIR`. A package named on a line of
+/// `<tools>/interrupt` instead gets half its wheel written and pip killed
+/// by SIGKILL, as when a download is cut off.
+pub(crate) fn fake_pip_index(tools: &Path, wheels: &Path) -> Vec<String> {
+    let script = tools.join("fake-pip-index.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"echo "$@" >> '{tools}/pip-args.log'
+spec=''; dest=''
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d) dest="$2"; shift ;;
+    *==*) spec="$1" ;;
+  esac
+  shift
+done
+name="${{spec%%==*}}"
+wheel="{wheels}/$(echo "$name" | tr - _)-${{spec#*==}}-py3-none-any.whl"
+if grep -qx "$name" '{tools}/interrupt' 2>/dev/null; then
+  head -c $(( $(wc -c < "$wheel") / 2 )) "$wheel" > "$dest/$(basename "$wheel")"
+  kill -9 $$
+fi
+cp "$wheel" "$dest/"
+"#,
+            tools = tools.display(),
+            wheels = wheels.display()
+        ),
+    )
+    .expect("write fake pip");
+    vec!["sh".into(), script.display().to_string()]
+}
+
+/// The argument lines a fake pip logged in `tools`, one per run.
+pub(crate) fn pip_runs(tools: &Path) -> Vec<String> {
+    std::fs::read_to_string(tools.join("pip-args.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every path under `root`, depth first.
+pub(crate) fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Scratch and staging files (names starting with '.') left under `root`.
+pub(crate) fn litter(root: &Path) -> Vec<std::path::PathBuf> {
+    walk(root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect()
 }
