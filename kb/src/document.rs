@@ -11,7 +11,9 @@
 //!   mark is dropped). Anything else is a [`DocumentError`] that says how to
 //!   fix the file; no input makes [`parse`] panic.
 //! - Whitespace inside a paragraph or heading is collapsed to single spaces
-//!   and control characters are removed; empty paragraphs are dropped.
+//!   and control characters and private-use code points (icon-font glyphs
+//!   such as Sphinx's permalink sign) are removed; empty paragraphs are
+//!   dropped.
 //! - Headings build the heading path: a heading of level `n` replaces the
 //!   previous heading of level `n` and drops every deeper level, so an h2
 //!   under an h1 gives `[h1, h2]`. A heading with no text is ignored.
@@ -31,6 +33,8 @@
 //!   links and inline code keep their text, images are dropped.
 //! - Raw HTML blocks are read with the HTML rules below; inline HTML tags
 //!   are dropped (the text between them is kept).
+//! - Definition lists (`Term` then `: definition` lines) are read as terms
+//!   (below).
 //!
 //! Plain text:
 //! - Blocks are separated by blank lines; the lines of a block are joined
@@ -42,13 +46,34 @@
 //! - If the first block is a single short line (at most 80 characters, not
 //!   ending in `.`, `!` or `?`), it is an h1 rather than a paragraph.
 //! - The title is the first non-empty line if it is at most 80 characters.
+//! - A man page as `man` renders it (`man -l page.5 | col -b`): the header
+//!   line (`JOURNALD.CONF(5)  journald.conf  JOURNALD.CONF(5)`) gives the
+//!   title (`journald.conf(5)`, also the h1) and is dropped with the
+//!   matching footer; caps lines indented less than 7 columns (`OPTIONS`)
+//!   are h2.
+//! - Indented terms, the layout man pages (`.TP`, DocBook's `.PP`/`.RS`)
+//!   and many READMEs give option references: a block whose first lines
+//!   (at most 400 characters, not ending in `.`, `!` or `?`) are followed
+//!   by deeper-indented lines is a term and its definition; so is a line
+//!   `term  definition` (a term of at most 24 characters, two or more
+//!   spaces) when the next line, or the previous definition at the same
+//!   indent, starts at the definition's column. Blocks indented deeper
+//!   than the term continue its definition; a block at the term's indent
+//!   or less ends it. Bulleted and numbered items are never terms.
+//!
+//! Terms, in every format (`<dt>`, Markdown definition lists, indented
+//! terms): each starts a section whose heading is the term, one level below
+//! the heading around the list, so every option of a reference is its own
+//! section (and chunk) with the option name in its heading path. Terms with
+//! no definition between them share one heading (`a, b`). When the list
+//! ends, what follows belongs to the section around it again.
 //!
 //! HTML (parsed by html5ever, as a browser would; entities are decoded):
 //! - `<title>` in `<head>` is the title, else the first `<h1>`.
 //!   `<html lang>` gives `tags["locale"]`; `<meta name="product|locale"
 //!   content=...>` set those tags (a meta locale wins over `lang`).
 //! - `h1`..`h6` build the heading path; `p`, `li` (numbered inside `ol`),
-//!   `pre`, `blockquote`, `dt`/`dd` and any other block-level element end a
+//!   `pre`, `blockquote`, `dd` and any other block-level element end a
 //!   paragraph; each table row is one paragraph of cells joined by `" | "`.
 //! - `script`, `style`, `nav`, `footer`, `head`, `noscript`, `template`,
 //!   `svg`, `iframe`, `object`, `canvas` and `select` are ignored, as are
@@ -79,6 +104,14 @@ pub const MAX_HTML_DEPTH: usize = 256;
 const TEXT_TITLE_MAX_CHARS: usize = 80;
 /// Longest plain-text ALL-CAPS line that counts as a heading.
 const TEXT_CAPS_HEADING_MAX_CHARS: usize = 60;
+/// Longest term (all its lines) of a plain-text definition, such as the
+/// eleven option names logind.conf(5) documents together.
+const TEXT_TERM_MAX_CHARS: usize = 400;
+/// Longest term that shares its line with its definition (`debug  Print`).
+const TEXT_INLINE_TERM_MAX_CHARS: usize = 24;
+/// `man` indents body text by 7 columns; a caps line indented that far is
+/// a paragraph (a constant, say), not a section heading.
+const MAN_BODY_INDENT: usize = 7;
 
 /// The source format of a document, which decides how [`parse`] reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -216,7 +249,12 @@ fn collapse(text: &str) -> String {
             out.push(' ');
         }
         let before = out.len();
-        out.extend(word.chars().filter(|c| !c.is_control()));
+        // Private-use code points are icon-font glyphs (Sphinx's
+        // permalink `\u{f0c1}` after every heading), never text.
+        out.extend(
+            word.chars()
+                .filter(|c| !c.is_control() && !('\u{e000}'..='\u{f8ff}').contains(c)),
+        );
         if out.len() == before {
             out.truncate(start);
         }
@@ -231,6 +269,8 @@ struct SectionBuilder {
     headings: Vec<(u8, String)>,
     paragraphs: Vec<String>,
     sections: Vec<Section>,
+    /// Whether the innermost heading is a definition-list term.
+    term_open: bool,
 }
 
 impl SectionBuilder {
@@ -244,7 +284,48 @@ impl SectionBuilder {
         self.close_section();
         self.headings.retain(|(open, _)| *open < level);
         self.headings.push((level, text.clone()));
+        self.term_open = false;
         Some(text)
+    }
+
+    /// The level a term of a definition list opened now would take: one
+    /// below the innermost open heading (at most 6).
+    fn term_level(&self) -> u8 {
+        self.headings
+            .last()
+            .map_or(1, |(level, _)| (level + 1).min(6))
+    }
+
+    /// Starts a section under the term of a definition list (`<dt>`, a man
+    /// page's option line), at `level`. Terms with no paragraph between
+    /// them (`<dt>a</dt><dt>b</dt>`) share one heading, `a, b`, so the
+    /// definition they share is found under either name.
+    fn term(&mut self, level: u8, text: &str) {
+        let text = collapse(text);
+        if text.is_empty() {
+            return;
+        }
+        if self.paragraphs.is_empty() {
+            if let Some((open, previous)) = self.headings.last_mut() {
+                if *open == level && self.term_open {
+                    previous.push_str(", ");
+                    previous.push_str(&text);
+                    return;
+                }
+            }
+        }
+        self.heading(level, &text);
+        self.term_open = true;
+    }
+
+    /// Ends every heading at `level` or deeper (a definition list closed),
+    /// so what follows belongs to the section around the list.
+    fn end_level(&mut self, level: u8) {
+        if self.headings.iter().any(|(open, _)| *open >= level) {
+            self.close_section();
+            self.headings.retain(|(open, _)| *open < level);
+        }
+        self.term_open = false;
     }
 
     fn paragraph(&mut self, text: &str) {
@@ -338,6 +419,8 @@ struct MarkdownReader {
     table_row: Option<Vec<String>>,
     image_depth: usize,
     html_block: Option<String>,
+    /// The heading level of each open definition list's terms.
+    definition_lists: Vec<u8>,
     /// Set when a raw HTML block nests too deep; the document is rejected.
     too_deep: bool,
 }
@@ -420,10 +503,13 @@ impl MarkdownReader {
             | Tag::BlockQuote(_)
             | Tag::Table(_)
             | Tag::FootnoteDefinition(_)
-            | Tag::DefinitionList
-            | Tag::DefinitionListTitle
             | Tag::DefinitionListDefinition
             | Tag::MetadataBlock(_) => self.flush(),
+            Tag::DefinitionList => {
+                self.flush();
+                self.definition_lists.push(self.builder.term_level());
+            }
+            Tag::DefinitionListTitle => self.flush(),
             Tag::Emphasis
             | Tag::Strong
             | Tag::Strikethrough
@@ -487,10 +573,23 @@ impl MarkdownReader {
             | TagEnd::BlockQuote(_)
             | TagEnd::Table
             | TagEnd::FootnoteDefinition
-            | TagEnd::DefinitionList
-            | TagEnd::DefinitionListTitle
             | TagEnd::DefinitionListDefinition
             | TagEnd::MetadataBlock(_) => self.flush(),
+            TagEnd::DefinitionList => {
+                self.flush();
+                if let Some(level) = self.definition_lists.pop() {
+                    self.builder.end_level(level);
+                }
+            }
+            TagEnd::DefinitionListTitle => {
+                let text = std::mem::take(&mut self.text);
+                let level = self
+                    .definition_lists
+                    .last()
+                    .copied()
+                    .unwrap_or_else(|| self.builder.term_level());
+                self.builder.term(level, &text);
+            }
             TagEnd::Emphasis
             | TagEnd::Strong
             | TagEnd::Strikethrough
@@ -506,7 +605,8 @@ fn parse_markdown(text: &str) -> Result<Document, DocumentError> {
     let options = Options::ENABLE_TABLES
         | Options::ENABLE_STRIKETHROUGH
         | Options::ENABLE_TASKLISTS
-        | Options::ENABLE_FOOTNOTES;
+        | Options::ENABLE_FOOTNOTES
+        | Options::ENABLE_DEFINITION_LIST;
     let mut reader = MarkdownReader::default();
     for event in Parser::new_ext(body, options) {
         reader.event(event);
@@ -552,71 +652,270 @@ fn is_caps_heading(line: &str) -> bool {
         && !line.ends_with(['.', ',', ';', ':', '!', '?'])
 }
 
+/// Columns of leading whitespace, a tab counting as up to the next
+/// multiple of 8 (as a terminal shows it).
+fn indent_of(line: &str) -> usize {
+    let mut column = 0;
+    for c in line.chars() {
+        match c {
+            ' ' => column += 1,
+            '\t' => column = (column / 8 + 1) * 8,
+            _ => break,
+        }
+    }
+    column
+}
+
+/// A man page's header or footer line, as `man` renders it:
+/// `JOURNALD.CONF(5)   journald.conf   JOURNALD.CONF(5)` or
+/// `systemd 252        JOURNALD.CONF(5)`. Returns the page's name and
+/// section (`JOURNALD.CONF(5)`) at the line's end.
+fn man_page_name(line: &str) -> Option<&str> {
+    let last = line.split_whitespace().last()?;
+    let (name, section) = last.strip_suffix(')')?.split_once('(')?;
+    let plausible = !name.is_empty()
+        && !section.is_empty()
+        && section.len() <= 8
+        && section.starts_with(|c: char| c.is_ascii_digit())
+        && line.trim_end().len() > last.len() + 2
+        && line.contains("   ");
+    plausible.then_some(last)
+}
+
+/// The term of a man-page-style definition that shares its first line with
+/// the definition (`debug  Print debugging info`): the term, and the column
+/// where the definition starts.
+fn inline_term(line: &str) -> Option<(&str, usize)> {
+    let indent = indent_of(line);
+    let rest = line.trim_start();
+    let gap = rest.find("  ")?;
+    let term = &rest[..gap];
+    let after = rest[gap..].trim_start();
+    if term.is_empty() || after.is_empty() || term.chars().count() > TEXT_INLINE_TERM_MAX_CHARS {
+        return None;
+    }
+    let column = indent + rest[..gap].chars().count() + (rest[gap..].len() - after.len());
+    Some((term, column))
+}
+
+/// `• item`, `- item`, `* item`, `o item` (groff's ASCII bullet) or
+/// `12. item`, `a) item`.
+fn starts_list_item(line: &str) -> bool {
+    let mut words = line.splitn(2, char::is_whitespace);
+    let marker = words.next().unwrap_or("");
+    if words.next().is_none_or(|rest| rest.trim().is_empty()) {
+        return false;
+    }
+    matches!(marker, "•" | "-" | "*" | "o" | "·" | "+")
+        || marker.strip_suffix(['.', ')']).is_some_and(|n| {
+            !n.is_empty() && n.len() <= 3 && n.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+/// An open definition in the man-page layout: where its term starts, where
+/// its definition is indented to, and its heading level.
+struct OpenTerm {
+    term_indent: usize,
+    body_indent: usize,
+    level: u8,
+}
+
+/// Reads plain-text blocks, including the indented-term layout `man`
+/// renders option references in (see the module docs).
+struct TextReader {
+    builder: SectionBuilder,
+    terms: Vec<OpenTerm>,
+    /// Term and definition columns of the definition that ended last at
+    /// the indent of the block being read: a one-line `term  definition`
+    /// block is a definition when it lines up with its sibling.
+    sibling: Option<(usize, usize)>,
+}
+
+impl TextReader {
+    /// A heading from the document's own layout (caps line, underline):
+    /// every open definition ends.
+    fn heading(&mut self, level: u8, text: &str) {
+        self.terms.clear();
+        self.sibling = None;
+        self.builder.heading(level, text);
+    }
+
+    /// Ends the definitions a block starting at `indent` is not part of
+    /// (the stack's term indents increase, so they are its tail).
+    fn leave_terms(&mut self, indent: usize) {
+        let keep = self
+            .terms
+            .iter()
+            .position(|t| t.term_indent >= indent)
+            .unwrap_or(self.terms.len());
+        let ended: Vec<OpenTerm> = self.terms.drain(keep..).collect();
+        if let Some(same) = ended.iter().find(|t| t.term_indent == indent) {
+            self.sibling = Some((same.term_indent, same.body_indent));
+        }
+        if let Some(outer) = ended.first() {
+            self.builder.end_level(outer.level);
+        }
+    }
+
+    fn open_term(&mut self, term: &str, term_indent: usize, body_indent: usize) {
+        let level = self
+            .terms
+            .last()
+            .map_or_else(|| self.builder.term_level(), |t| (t.level + 1).min(6));
+        self.builder.term(level, term);
+        self.terms.push(OpenTerm {
+            term_indent,
+            body_indent,
+            level,
+        });
+    }
+
+    /// One blank-line-separated block of untrimmed lines.
+    fn block(&mut self, lines: &[&str]) {
+        let Some(first) = lines.first() else {
+            return;
+        };
+        let indent = indent_of(first);
+        self.leave_terms(indent);
+
+        // A list item's wrapped lines are deeper than its bullet or number,
+        // but it is not a definition.
+        if starts_list_item(first.trim_start()) {
+            self.paragraph(lines);
+            return;
+        }
+        // Term lines at the block's indent, then deeper definition lines.
+        if let Some(deeper) = lines.iter().position(|line| indent_of(line) > indent) {
+            let term = lines[..deeper]
+                .iter()
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if deeper > 0
+                && term.chars().count() <= TEXT_TERM_MAX_CHARS
+                && !term.ends_with(['.', '!', '?'])
+            {
+                let body_indent = indent_of(lines[deeper]);
+                self.open_term(&term, indent, body_indent);
+                self.paragraph(&lines[deeper..]);
+                return;
+            }
+        }
+        // `term  definition` on one line, the definition's column matching
+        // the next line's indent or a sibling definition's.
+        if let Some((term, column)) = inline_term(first) {
+            let next_matches = lines.get(1).is_some_and(|next| indent_of(next) == column);
+            let sibling_matches = lines.len() == 1 && self.sibling == Some((indent, column));
+            if column > indent && (next_matches || sibling_matches) {
+                let definition = first.trim_start()[term.len()..].trim_start();
+                self.open_term(term, indent, column);
+                let mut body = vec![definition];
+                body.extend(lines[1..].iter().map(|l| l.trim()));
+                self.paragraph(&body);
+                return;
+            }
+        }
+        self.paragraph(lines);
+    }
+
+    fn paragraph(&mut self, lines: &[&str]) {
+        let text = lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+        self.builder.paragraph(&text);
+    }
+}
+
 fn parse_text(text: &str) -> Document {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
-    let title = text
-        .lines()
-        .map(collapse)
-        .find(|line| !line.is_empty())
-        .filter(|line| {
-            line.chars().count() <= TEXT_TITLE_MAX_CHARS && line.chars().any(char::is_alphanumeric)
-        });
+    let mut lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    // A man page rendered by `man`: its header names the page, which is the
+    // title; the header and the footer are not content.
+    let man_header = lines
+        .iter()
+        .position(|l| !l.trim().is_empty())
+        .and_then(|i| man_page_name(lines[i]).map(|name| (i, name.to_owned())));
+    let title;
+    if let Some((header, name)) = &man_header {
+        title = Some(name.to_lowercase());
+        lines[*header] = "";
+        if let Some(footer) = lines.iter().rposition(|l| !l.trim().is_empty()) {
+            if man_page_name(lines[footer]) == Some(name.as_str()) {
+                lines[footer] = "";
+            }
+        }
+    } else {
+        title = lines
+            .iter()
+            .map(|l| collapse(l))
+            .find(|line| !line.is_empty())
+            .filter(|line| {
+                line.chars().count() <= TEXT_TITLE_MAX_CHARS
+                    && line.chars().any(char::is_alphanumeric)
+            });
+    }
 
-    let mut builder = SectionBuilder::default();
     let mut blocks: Vec<Vec<&str>> = Vec::new();
     let mut block: Vec<&str> = Vec::new();
-    for line in text.lines() {
+    for line in lines {
         if line.trim().is_empty() {
             if !block.is_empty() {
                 blocks.push(std::mem::take(&mut block));
             }
         } else {
-            block.push(line.trim());
+            block.push(line);
         }
     }
     if !block.is_empty() {
         blocks.push(block);
     }
 
+    let mut reader = TextReader {
+        builder: SectionBuilder::default(),
+        terms: Vec::new(),
+        sibling: None,
+    };
+    if let Some((_, name)) = &man_header {
+        reader.heading(1, &name.to_lowercase());
+    }
     for (block_index, block) in blocks.iter().enumerate() {
-        if block_index == 0 && block.len() == 1 {
+        if block_index == 0 && block.len() == 1 && man_header.is_none() {
             let line = collapse(block[0]);
             if line.chars().count() <= TEXT_TITLE_MAX_CHARS
                 && !line.ends_with(['.', '!', '?'])
                 && underline_level(&line).is_none()
             {
-                builder.heading(1, &line);
+                reader.heading(1, &line);
                 continue;
             }
         }
-        let mut paragraph = String::new();
+        // Headings split a block; what lies between them is read as a
+        // block of its own.
+        let mut rest_start = 0;
         let mut i = 0;
         while i < block.len() {
-            let line = block[i];
+            let line = block[i].trim();
             let underline = block.get(i + 1).and_then(|next| underline_level(next));
             if let (Some(level), None) = (underline, underline_level(line)) {
-                builder.paragraph(&paragraph);
-                paragraph.clear();
-                builder.heading(level, line);
+                reader.block(&block[rest_start..i]);
+                reader.heading(level, line);
                 i += 2;
+                rest_start = i;
                 continue;
             }
-            if i == 0 && is_caps_heading(line) {
-                builder.heading(2, line);
+            if i == 0 && is_caps_heading(line) && indent_of(block[i]) < MAN_BODY_INDENT {
+                reader.heading(2, line);
                 i += 1;
+                rest_start = i;
                 continue;
             }
-            paragraph.push_str(line);
-            paragraph.push(' ');
             i += 1;
         }
-        builder.paragraph(&paragraph);
+        reader.block(&block[rest_start..]);
     }
 
     Document {
         title,
         tags: BTreeMap::new(),
-        sections: builder.finish(),
+        sections: reader.builder.finish(),
     }
 }
 
@@ -697,6 +996,10 @@ struct HtmlReader<'b> {
     lists: Vec<Option<u64>>,
     /// The open heading: level and the tree depth of its element.
     heading: Option<(u8, usize)>,
+    /// Whether the open "heading" is a `<dt>` term.
+    heading_is_term: bool,
+    /// The heading level of each open `<dl>`'s terms.
+    definition_lists: Vec<u8>,
     /// The open table row: its cells and the tree depth of its element.
     row: Option<(Vec<String>, usize)>,
     /// The open cell: its text and the tree depth of its element.
@@ -712,6 +1015,8 @@ impl<'b> HtmlReader<'b> {
             item_prefix: None,
             lists: Vec::new(),
             heading: None,
+            heading_is_term: false,
+            definition_lists: Vec::new(),
             row: None,
             cell: None,
             first_h1: None,
@@ -814,6 +1119,21 @@ impl<'b> HtmlReader<'b> {
                 self.flush();
                 self.row = Some((Vec::new(), depth));
             }
+            "dl" => {
+                self.flush();
+                let level = self.builder.term_level();
+                self.definition_lists.push(level);
+            }
+            "dt" => {
+                self.flush();
+                let level = self
+                    .definition_lists
+                    .last()
+                    .copied()
+                    .unwrap_or_else(|| self.builder.term_level());
+                self.heading = Some((level, depth));
+                self.heading_is_term = true;
+            }
             "ol" => {
                 self.flush();
                 let start = element
@@ -877,6 +1197,10 @@ impl<'b> HtmlReader<'b> {
             if heading_depth == depth {
                 self.heading = None;
                 let text = std::mem::take(&mut self.text);
+                if std::mem::take(&mut self.heading_is_term) {
+                    self.builder.term(level, &text);
+                    return;
+                }
                 let heading = self.builder.heading(level, &text);
                 if level == 1 && self.first_h1.is_none() {
                     self.first_h1 = heading;
@@ -887,6 +1211,12 @@ impl<'b> HtmlReader<'b> {
             return;
         }
         match name {
+            "dl" => {
+                self.flush();
+                if let Some(level) = self.definition_lists.pop() {
+                    self.builder.end_level(level);
+                }
+            }
             "ol" | "ul" | "menu" => {
                 self.flush();
                 self.lists.pop();
@@ -1333,7 +1663,12 @@ mod tests {
                 },
                 Section {
                     heading_path: vec!["Pump".into(), "Care".into()],
-                    paragraphs: vec!["a b".into(), "Quote".into(), "Term".into(), "Def".into()],
+                    paragraphs: vec!["a b".into(), "Quote".into()],
+                },
+                // A definition is a section under its term.
+                Section {
+                    heading_path: vec!["Pump".into(), "Care".into(), "Term".into()],
+                    paragraphs: vec!["Def".into()],
                 },
             ]
         );

@@ -12,16 +12,19 @@
 //! - [`index`] keeps every chunk's embedding in memory as a 1-bit code and
 //!   an int8 copy, for the fast vector path.
 //! - [`retrieve`] answers a query with vector KNN and BM25, fused by
-//!   reciprocal rank.
+//!   reciprocal rank, then [`rerank`] reorders the best candidates by the
+//!   words the question names.
 
 pub mod chunk;
 mod df_cache;
 pub mod document;
 pub mod index;
 pub mod ingest;
+pub mod rerank;
 pub mod retrieve;
 pub mod store;
 
 pub use ingest::{ingest, Embed, EmbedFailure, IngestEvent, IngestOptions, IngestReport};
+pub use rerank::RerankWeights;
 pub use retrieve::{Filters, Hit, Mode, Query, SearchError, VectorScan};
 pub use store::{DocumentTags, EmbedderIdentity, KbInfo, Store, StoreError};

@@ -13,6 +13,10 @@
 //!   chunk appears in (Cormack et al. 2009): ranks, not raw scores, so the
 //!   two scales never need calibrating.
 //!
+//! - **Rerank**: the best fused candidates reordered by similarity, the
+//!   question's weighted word coverage and its heading matches
+//!   ([`crate::rerank`]), unless the query turns it off.
+//!
 //! Every hit carries its exact cosine similarity to the question, whichever
 //! list found it: the answer pipeline decides to hand over on that number,
 //! and `min_score` filters on it.
@@ -22,6 +26,7 @@ use std::collections::HashMap;
 use rusqlite::{params_from_iter, types::Value};
 use serde::Serialize;
 
+use crate::rerank::{self, QuestionTerms, RerankWeights, RERANK_DEPTH};
 use crate::store::{floats_from_bytes, floats_to_bytes, Store, StoreError};
 
 /// A chunk's fused score and its 1-based ranks in the vector and BM25 lists.
@@ -103,6 +108,9 @@ pub struct Query<'a> {
     /// Hits with a lower cosine similarity are dropped.
     pub min_score: Option<f32>,
     pub scan: VectorScan,
+    /// Rerank the fused candidates with these weights ([`crate::rerank`]);
+    /// `None` keeps the fused order.
+    pub rerank: Option<RerankWeights>,
 }
 
 impl<'a> Query<'a> {
@@ -115,6 +123,7 @@ impl<'a> Query<'a> {
             filters: Filters::default(),
             min_score: None,
             scan: VectorScan::default(),
+            rerank: Some(RerankWeights::default()),
         }
     }
 }
@@ -130,6 +139,10 @@ pub struct Hit {
     pub score: f64,
     /// Exact cosine similarity between question and chunk.
     pub similarity: f32,
+    /// Share of the question's word weight the chunk holds, in [0, 1]
+    /// ([`crate::rerank`]): low on every hit when the knowledge base does
+    /// not cover what the question names.
+    pub coverage: f32,
     /// 1-based ranks in each list, when the chunk appeared there.
     pub vector_rank: Option<usize>,
     pub bm25_rank: Option<usize>,
@@ -166,7 +179,12 @@ impl Store {
         let k = query.k.max(1);
         // Each list is deeper than k so fusion can promote a chunk that
         // both lists rank moderately.
-        let depth = (k * 4).max(20);
+        // Reranking draws on a fixed pool, so its top k is the same
+        // whatever k is asked for.
+        let depth = match query.rerank {
+            Some(_) => (k * 4).max(RERANK_DEPTH + 10),
+            None => (k * 4).max(20),
+        };
         let vector_list = match (query.mode, vector) {
             (Mode::Hybrid | Mode::Vector, Some(v)) => self.vector_list(v, depth, query)?,
             _ => Vec::new(),
@@ -196,9 +214,15 @@ impl Store {
         let mut ranked: Vec<(i64, Fused)> = fused.into_iter().collect();
         ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
 
+        // Reranking reads every candidate it may promote; without it the
+        // first k that pass the filter are the answer.
+        let candidates = match query.rerank {
+            Some(_) => ranked.len().min(RERANK_DEPTH.max(k)),
+            None => ranked.len(),
+        };
         let mut hits = Vec::with_capacity(k);
-        for (id, (score, vector_rank, bm25_rank)) in ranked {
-            if hits.len() == k {
+        for (id, (score, vector_rank, bm25_rank)) in ranked.into_iter().take(candidates) {
+            if query.rerank.is_none() && hits.len() == k {
                 break;
             }
             let (source, section, text, embedding) = self.chunk_row(id)?;
@@ -216,9 +240,35 @@ impl Store {
                 text,
                 score,
                 similarity,
+                coverage: 0.0,
                 vector_rank,
                 bm25_rank,
             });
+        }
+        let terms = QuestionTerms::weigh(self, query.text)?;
+        let ids: Vec<i64> = hits.iter().map(|h| h.chunk_id).collect();
+        let with_heading = query.rerank.is_some_and(|w| w.heading > 0.0);
+        let coverage = rerank::coverage(self, &terms, &ids, with_heading)?;
+        let best_fused = hits.iter().map(|h| h.score).fold(0.0, f64::max);
+        for hit in &mut hits {
+            let (words, heading) = coverage.get(&hit.chunk_id).copied().unwrap_or_default();
+            hit.coverage = words as f32;
+            if let Some(weights) = &query.rerank {
+                let relative = if best_fused > 0.0 {
+                    hit.score / best_fused
+                } else {
+                    0.0
+                };
+                hit.score = rerank::score(weights, hit.similarity, (words, heading), relative);
+            }
+        }
+        if query.rerank.is_some() {
+            hits.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then(a.chunk_id.cmp(&b.chunk_id))
+            });
+            hits.truncate(k);
         }
         Ok(hits)
     }

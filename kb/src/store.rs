@@ -17,7 +17,7 @@
 //! vectors would be meaningless to the device's model.
 //!
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
@@ -127,6 +127,9 @@ pub struct Store {
     /// Chunks containing a query word, by word, for BM25 term selection:
     /// a bounded LRU (see [`crate::df_cache`]), cleared by every write.
     document_frequency: RefCell<DfCache>,
+    /// How many chunks the file holds, counted on first use; cleared by
+    /// every write.
+    chunk_count: Cell<Option<u64>>,
     /// The in-memory vector index, built on the first search; dropped by
     /// every write.
     vector_index: RefCell<Option<Arc<VectorIndex>>>,
@@ -250,6 +253,7 @@ impl Store {
             chunking,
             rechunk: false,
             document_frequency: RefCell::default(),
+            chunk_count: Cell::new(None),
             vector_index: RefCell::default(),
         })
     }
@@ -332,6 +336,19 @@ impl Store {
         let n = n as u64;
         self.document_frequency.borrow_mut().insert(word, n);
         Ok(n)
+    }
+
+    /// How many chunks the file holds.
+    pub(crate) fn chunk_count(&self) -> Result<u64, StoreError> {
+        if let Some(n) = self.chunk_count.get() {
+            return Ok(n);
+        }
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        self.chunk_count.set(Some(n as u64));
+        Ok(n as u64)
     }
 
     /// Words whose document frequency is cached now.
@@ -462,6 +479,7 @@ impl Store {
             });
         }
         self.document_frequency.borrow_mut().clear();
+        self.chunk_count.set(None);
         self.vector_index.borrow_mut().take();
         let tx = self.conn.transaction().map_err(sql)?;
         delete_document_in(&tx, source).map_err(sql)?;
@@ -529,6 +547,7 @@ impl Store {
     /// Removes `source`'s document and chunks.
     pub fn delete_document(&mut self, source: &str) -> Result<(), StoreError> {
         self.document_frequency.borrow_mut().clear();
+        self.chunk_count.set(None);
         self.vector_index.borrow_mut().take();
         let path = self.path.clone();
         let sql = sql_error(path.as_ref());

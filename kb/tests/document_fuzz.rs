@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 const FORMATS: [Format; 3] = [Format::Markdown, Format::Text, Format::Html];
 
 /// Real documents of each format, the seeds for structured mutations.
-const SEEDS: [(Format, &str); 3] = [
+const SEEDS: [(Format, &str); 5] = [
     (
         Format::Markdown,
         include_str!("../../configs/kb/brewstation/faq/general-faq.md"),
@@ -34,6 +34,12 @@ const SEEDS: [(Format, &str); 3] = [
         Format::Html,
         include_str!("../../configs/kb/brewstation/faq/app-privacy.html"),
     ),
+    // Option references: a man page's indented terms, Sphinx's `<dl>`s.
+    (
+        Format::Text,
+        include_str!("../../configs/kb/systemd/timesyncd.conf.txt"),
+    ),
+    (Format::Html, include_str!("fixtures/qemu-nbd.html")),
 ];
 
 fn config(default_cases: u32) -> ProptestConfig {
