@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -64,6 +64,26 @@ bench-retrieval-real:
 # upstream down (no model needed).
 bench-router:
 	$(CARGO) bench --bench router
+
+# Answer quality on both evaluation sets (brewstation, systemd), every
+# retrieval mode, the reranker on and off, the faithfulness check on and
+# off, quoting, and the larger catalog generator, on the held-out half:
+# one table in benches/quality/results.md. About an hour on 2 cores.
+bench-quality: deps
+	bash benches/quality/run.sh
+
+# The full generation run of both sets' held-out halves with the default
+# settings and model, gated on what README reports (minutes, so not in
+# `make test`, whose --retrieval-only gates run in tests/knowledge.rs).
+eval-quality: deps
+	$(CARGO) build --release --bin outpost
+	./target/release/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
+	for s in brewstation systemd; do \
+	  ./target/release/outpost kb ingest configs/kb/$$s --kb eval-out/$$s.kb && \
+	  ./target/release/outpost eval run --kb eval-out/$$s.kb --prompts configs/prompts/$$s \
+	    --set configs/eval/$$s.jsonl --half test --label $$s-test --out eval-out/$$s-test \
+	    --thresholds configs/eval/$$s.thresholds.toml || exit $$?; \
+	done
 
 # The whole sample set answered, then judged by the default generator with
 # the judge's self-check (reference vs a wrong answer per item): about

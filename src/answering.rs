@@ -118,6 +118,10 @@ pub async fn answer_stack(
         top_k: config.answer.top_k,
         mode,
         min_score: config.answer.min_score,
+        min_coverage: config.answer.min_coverage,
+        rerank: config.answer.rerank,
+        unfaithful: config.answer.unfaithful,
+        style: config.answer.style,
         handover_message: config.answer.handover_message.clone(),
         // A kiosk answer is one to three sentences.
         max_tokens: config.server.default_max_tokens.min(160),

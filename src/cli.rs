@@ -97,6 +97,10 @@ pub struct EvalRunArgs {
     /// Only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only one fixed half of the set, by a hash of each id: `train` (what
+    /// settings are tuned on) or `test` (what figures are reported on).
+    #[arg(long)]
+    pub half: Option<String>,
     /// A gate such as "retrieval.recall@5>=0.8" (repeatable); exit 2 when one fails.
     #[arg(long)]
     pub threshold: Vec<String>,
@@ -525,6 +529,24 @@ pub struct AnswerArgs {
     /// hybrid, vector or bm25.
     #[arg(long, env = "OUTPOST_RETRIEVAL")]
     pub retrieval: Option<String>,
+    /// Rerank retrieval's fused candidates (true) or keep the fused order
+    /// (false, the default) (`[answer] rerank`).
+    #[arg(long, env = "OUTPOST_RERANK")]
+    pub rerank: Option<bool>,
+    /// Rerank weights: similarity,coverage,heading,fused (`[answer]
+    /// rerank_weights`).
+    #[arg(long, env = "OUTPOST_RERANK_WEIGHTS", value_delimiter = ',')]
+    pub rerank_weights: Option<Vec<f64>>,
+    /// Hand over when no chunk holds this share of the question's words
+    /// (0–1, `[answer] min_coverage`).
+    #[arg(long, env = "OUTPOST_MIN_COVERAGE")]
+    pub min_coverage: Option<f64>,
+    /// An answer stating what its sources do not: extract, handover or keep.
+    #[arg(long, env = "OUTPOST_UNFAITHFUL")]
+    pub unfaithful: Option<String>,
+    /// generate (the model writes) or extract (quote the best sentence).
+    #[arg(long, env = "OUTPOST_ANSWER_STYLE")]
+    pub style: Option<String>,
 }
 
 /// Fleet agent overrides of the config's `[agent]` section.

@@ -34,14 +34,18 @@ impl Responder for PipelineResponder {
             let retrieved = ranked.iter().map(chunk).collect();
             if self.retrieval_only {
                 let escalated = self.answerer.routed_hand_over(&item.question).is_some()
-                    || !self
+                    || self
                         .answerer
-                        .confident(&ranked[..ranked.len().min(self.answerer.config().top_k)]);
+                        .retrieval_hand_over(
+                            &ranked[..ranked.len().min(self.answerer.config().top_k)],
+                        )
+                        .is_some();
                 return Ok(Response {
                     answer: String::new(),
                     retrieved,
                     citations: Vec::new(),
                     escalated,
+                    extractive: false,
                     latency: started.elapsed(),
                     versions: BTreeMap::from([(
                         "mode".to_owned(),
@@ -81,6 +85,7 @@ impl Responder for PipelineResponder {
                 retrieved,
                 citations,
                 escalated: answered.escalated,
+                extractive: answered.extractive,
                 latency: answered.latency,
                 versions,
             })

@@ -58,6 +58,11 @@ pub fn answer_flags(raw: &mut RawDeviceConfig, args: &AnswerArgs) {
     raw.answer.kb = args.kb.clone();
     raw.answer.prompts = args.prompts.clone();
     raw.answer.retrieval = args.retrieval.clone();
+    raw.answer.rerank = args.rerank;
+    raw.answer.min_coverage = args.min_coverage;
+    raw.answer.rerank_weights = args.rerank_weights.clone();
+    raw.answer.unfaithful = args.unfaithful.clone();
+    raw.answer.style = args.style.clone();
     raw.model.embedder = args.embedder.clone();
 }
 

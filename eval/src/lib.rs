@@ -113,7 +113,7 @@ pub use run::{
     run, run_judged, ItemResult, Responder, Response, RetrievedChunk, RunError, RunOptions,
     DEFAULT_K,
 };
-pub use set::{load_set, parse_set, EvalItem, Evidence, ItemId, SetError};
+pub use set::{load_set, parse_set, EvalItem, Evidence, Half, ItemId, SetError};
 pub use smoke::{
     mean_score, GatedArtifact, SmokeGate, SmokeGateDocument, SmokeGateError, SmokeScore,
 };

@@ -75,6 +75,7 @@ pub fn aggregate(items: &[ItemResult], k: &[usize]) -> BTreeMap<String, f64> {
     answers(&all, true, "", &mut metrics);
     citations(&all, &mut metrics);
     escalation(&all, true, "", &mut metrics);
+    shown(&all, "", &mut metrics);
     latency(&all, &mut metrics);
     judge(&all, &mut metrics);
 
@@ -91,8 +92,49 @@ pub fn aggregate(items: &[ItemResult], k: &[usize]) -> BTreeMap<String, f64> {
         retrieval(&tagged, k, false, &prefix, &mut metrics);
         answers(&tagged, false, &prefix, &mut metrics);
         escalation(&tagged, false, &prefix, &mut metrics);
+        shown(&tagged, &prefix, &mut metrics);
     }
     metrics
+}
+
+/// What customers were shown: `answer.faithfulness` (answers whose every
+/// number is in their sources), `answer.unsupported` (how many are not),
+/// `answer.extractive_rate` (answers quoted rather than generated) and
+/// `deflection` (items resolved without a person: answered when they
+/// should be, with every fact, over all items).
+fn shown(items: &[&ItemResult], prefix: &str, out: &mut BTreeMap<String, f64>) {
+    let faithful: Vec<bool> = items.iter().filter_map(|i| i.faithful).collect();
+    put(
+        out,
+        prefix,
+        "answer.faithfulness",
+        mean(faithful.iter().map(|&f| f64::from(u8::from(f)))),
+    );
+    if !faithful.is_empty() {
+        put(
+            out,
+            prefix,
+            "answer.unsupported",
+            Some(faithful.iter().filter(|&&f| !f).count() as f64),
+        );
+    }
+    put(
+        out,
+        prefix,
+        "answer.extractive_rate",
+        mean(
+            items
+                .iter()
+                .filter(|i| i.faithful.is_some())
+                .map(|i| f64::from(u8::from(i.extractive))),
+        ),
+    );
+    put(
+        out,
+        prefix,
+        "deflection",
+        mean(items.iter().map(|i| f64::from(u8::from(i.deflected())))),
+    );
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -352,11 +394,14 @@ pub enum Direction {
 }
 
 /// The direction of a metric, by name (latencies and
-/// `answer.wrongly_escalated_rate` are lower-is-better; everything else
+/// `answer.wrongly_escalated_rate` and `answer.unsupported` are lower-is-better; everything else
 /// higher-is-better).
 pub fn direction(metric: &str) -> Direction {
     let base = tag_metric(metric).map_or(metric, |(_, base)| base);
-    if base.starts_with("latency.") || base == "answer.wrongly_escalated_rate" {
+    if base.starts_with("latency.")
+        || base == "answer.wrongly_escalated_rate"
+        || base == "answer.unsupported"
+    {
         Direction::LowerIsBetter
     } else {
         Direction::HigherIsBetter
@@ -364,7 +409,7 @@ pub fn direction(metric: &str) -> Direction {
 }
 
 /// Metrics with fixed names.
-const FIXED: [&str; 24] = [
+const FIXED: [&str; 28] = [
     "retrieval.recall@<k>",
     "retrieval.hit@<k>",
     "retrieval.mrr",
@@ -378,6 +423,10 @@ const FIXED: [&str; 24] = [
     "escalation.recall",
     "escalation.f1",
     "escalation.accuracy",
+    "answer.faithfulness",
+    "answer.unsupported",
+    "answer.extractive_rate",
+    "deflection",
     "latency.p50_ms",
     "latency.p95_ms",
     "latency.max_ms",
@@ -392,11 +441,15 @@ const FIXED: [&str; 24] = [
 ];
 
 /// Metrics also computed per tag, as `tag.<tag>.<metric>`.
-const PER_TAG: [&str; 4] = [
+const PER_TAG: [&str; 8] = [
     "retrieval.recall@<k>",
     "retrieval.mrr",
     "answer.fact_recall",
     "escalation.accuracy",
+    "answer.faithfulness",
+    "answer.unsupported",
+    "answer.extractive_rate",
+    "deflection",
 ];
 
 /// Every metric name a report can hold, with `<k>` and `<tag>` placeholders;

@@ -38,6 +38,8 @@ pub struct Response {
     pub citations: Vec<RetrievedChunk>,
     /// Whether the pipeline escalated instead of answering.
     pub escalated: bool,
+    /// Whether the answer quotes its source rather than being generated.
+    pub extractive: bool,
     /// Time from question to complete answer.
     pub latency: Duration,
     /// Component versions (model, knowledge base, prompts...) for the report;
@@ -196,6 +198,13 @@ pub struct ItemResult {
     /// The judge's scores, when the run had a judge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<ItemJudgement>,
+    /// For an answer shown (not escalated): whether every number in it is
+    /// in its sources or the question ([`text::unsupported_numbers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faithful: Option<bool>,
+    /// The answer quotes its source rather than being generated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extractive: bool,
 }
 
 impl ItemResult {
@@ -207,6 +216,18 @@ impl ItemResult {
     /// Whether the item had to be answered but was escalated.
     pub fn wrongly_escalated(&self) -> bool {
         !self.expected_escalate && self.escalated
+    }
+
+    /// Whether the item was deflected: answered without a person, when it
+    /// should be, with every must-contain fact (not wrong).
+    pub fn deflected(&self) -> bool {
+        !self.expected_escalate
+            && !self.escalated
+            && self
+                .answer_scores
+                .as_ref()
+                .and_then(|a| a.fact_recall)
+                .is_none_or(|r| r >= 1.0)
     }
 
     /// The item's score in [0, 1], what the hub's paired gate and the
@@ -268,6 +289,15 @@ pub fn score_item(item: &EvalItem, response: &Response) -> ItemResult {
         answer_scores,
         citations,
         judge: None,
+        faithful: (!response.escalated).then(|| {
+            let sources: Vec<&str> = if response.citations.is_empty() {
+                response.retrieved.iter().map(|c| c.text.as_str()).collect()
+            } else {
+                response.citations.iter().map(|c| c.text.as_str()).collect()
+            };
+            text::unsupported_numbers(&response.answer, &sources, &item.question).is_empty()
+        }),
+        extractive: !response.escalated && response.extractive,
     }
 }
 

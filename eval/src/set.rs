@@ -23,6 +23,47 @@ impl ItemId {
     }
 }
 
+/// One of the two fixed halves of a set: settings are tuned on `Train`
+/// and reported on `Test`, so a figure is never measured on what it was
+/// tuned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    Train,
+    Test,
+}
+
+impl std::str::FromStr for Half {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(Half::Train),
+            "test" => Ok(Half::Test),
+            other => Err(format!("{other:?}: must be \"train\" or \"test\"")),
+        }
+    }
+}
+
+impl ItemId {
+    /// The half this item belongs to, by a hash of its id (FNV-1a, then
+    /// SplitMix64's finaliser): fixed for the id, independent of the
+    /// item's position or its set. Bit 13 is the one that splits the
+    /// sample sets' `q001`..`q120` into 60 and 60 (a choice made on counts,
+    /// before any metric was measured).
+    pub fn half(&self) -> Half {
+        let mut z = self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if (z >> 13) & 1 == 0 {
+            Half::Train
+        } else {
+            Half::Test
+        }
+    }
+}
+
 impl fmt::Display for ItemId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -283,6 +324,15 @@ fn describe_json_error(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn halves_split_the_sample_ids_evenly_and_never_move() {
+        let train = (1..=120)
+            .filter(|n| ItemId::new(format!("q{n:03}")).half() == Half::Train)
+            .count();
+        assert_eq!(train, 60);
+        assert_eq!(ItemId::new("q001").half(), ItemId::new("q001").half());
+    }
 
     const GOOD: &str = r#"{"id":"q001","question":"How often to descale?","reference":"Every 4 weeks.","must_contain":["4 weeks"],"evidence":[{"source":"manual/descaling.md","contains":"every 4 weeks"}],"escalate":false,"tags":["technical"]}"#;
 

@@ -242,6 +242,8 @@ mod tests {
             }),
             citations: None,
             judge: None,
+            faithful: None,
+            extractive: false,
         }
     }
 

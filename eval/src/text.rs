@@ -32,6 +32,72 @@ pub fn contains_fact(answer: &str, fact: &str) -> bool {
     !fact.is_empty() && normalize(answer).contains(&fact)
 }
 
+/// The numbers of `answer` (maximal digit runs, inner `.`, `,` or `:`
+/// kept; citation markers `[n]` left out) found in none of `sources` nor
+/// in `question` as a whole run. Kept apart from the device's own
+/// faithfulness check so that the measure does not share its blind spots.
+pub fn unsupported_numbers(answer: &str, sources: &[&str], question: &str) -> Vec<String> {
+    let known: std::collections::BTreeSet<String> = sources
+        .iter()
+        .chain(std::iter::once(&question))
+        .flat_map(|s| digit_runs(s))
+        .collect();
+    let mut missing = Vec::new();
+    for run in digit_runs(&without_markers(answer)) {
+        if !known.contains(&run) && !missing.contains(&run) {
+            missing.push(run);
+        }
+    }
+    missing
+}
+
+fn without_markers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '[' {
+            if let Some(close) = text[i..].find(']') {
+                let inner = &text[i + 1..i + close];
+                if !inner.is_empty()
+                    && inner
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+                {
+                    while chars.peek().is_some_and(|(j, _)| *j <= i + close) {
+                        chars.next();
+                    }
+                    out.push(' ');
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn digit_runs(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len()
+            && (chars[i].is_ascii_digit()
+                || (matches!(chars[i], '.' | ',' | ':')
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+        {
+            i += 1;
+        }
+        runs.push(chars[start..i].iter().collect());
+    }
+    runs
+}
+
 /// SQuAD-style answer tokens: lowercase, delete every character that is
 /// neither alphanumeric nor whitespace (so "1.8" becomes "18"), split on
 /// whitespace, drop the articles "a", "an" and "the".

@@ -497,6 +497,8 @@ impl Evaluator for PromptFileEvaluator {
                 }),
                 citations: None,
                 judge: None,
+                faithful: None,
+                extractive: false,
             })
             .collect();
         Ok(outpost_eval::Report {

@@ -7,7 +7,19 @@
 //!   person, a refund for an order, an injury…): reason = the route's;
 //! - retrieval is not confident: the best chunk's cosine similarity to the
 //!   question is below `min_score`, or nothing was found (`low_confidence`);
-//! - the model itself says it does not know (`model_unsure`).
+//! - the question's words are not covered: the best-covered chunk holds
+//!   less than `min_coverage` of the question's word weight
+//!   ([`outpost_kb::Hit::coverage`]): the knowledge base does not mention
+//!   what it asks about (`not_covered`);
+//! - the model itself says it does not know (`model_unsure`);
+//! - the answer states a number or name its sources do not hold
+//!   ([`faithful`]) and no source sentence answers instead
+//!   (`unfaithful`). With `unfaithful = "extract"` (the default) such an
+//!   answer is replaced by the quoted sentence(s) that answer
+//!   ([`extract`]), marked [`Answered::extractive`].
+//!
+//! `style = "extract"` answers every question by quotation, without the
+//! model.
 //!
 //! Citations are the numbered sources the answer refers to as `[n]`; an
 //! answer that cites none is shown with every source it was given. One
@@ -17,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use outpost_kb::{Filters, Hit, Mode};
+use outpost_kb::{Filters, Hit, Mode, RerankWeights};
 use outpost_prompts::{AnswerPrompt, ContextChunk, Message, PromptSet};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +43,8 @@ use crate::knowledge::{KnowledgeError, KnowledgeHandle, SearchRequest};
 use crate::router::{Question, Router, Routing, UpstreamFailure};
 use outpost_protocol::{AnsweredBy, RouteReason};
 
+pub mod extract;
+pub mod faithful;
 pub mod guard;
 
 /// Longest question accepted, in characters.
@@ -57,9 +71,64 @@ pub struct AnswerConfig {
     pub top_k: usize,
     pub mode: Mode,
     pub min_score: f32,
+    /// Below this best coverage of the question's words, hand over.
+    pub min_coverage: f32,
+    /// Rerank retrieval's candidates; `None` keeps the fused order.
+    pub rerank: Option<RerankWeights>,
+    /// What becomes of an answer that fails the faithfulness check.
+    pub unfaithful: Unfaithful,
+    pub style: AnswerStyle,
     pub handover_message: String,
     pub max_tokens: u32,
     pub sampling: SamplingParams,
+}
+
+/// What becomes of a generated answer that states something its sources
+/// do not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unfaithful {
+    /// Replaced by a quotation of its best source, or handed over.
+    Extract,
+    /// Handed over.
+    Handover,
+    /// Shown anyway (for measuring what the check saves).
+    Keep,
+}
+
+impl std::str::FromStr for Unfaithful {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "extract" => Ok(Self::Extract),
+            "handover" => Ok(Self::Handover),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!(
+                "{other:?}: must be \"extract\", \"handover\" or \"keep\""
+            )),
+        }
+    }
+}
+
+/// How answers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerStyle {
+    /// By the model, from the retrieved sources.
+    Generate,
+    /// Quoted from the best source ([`extract`]), without the model.
+    Extract,
+}
+
+impl std::str::FromStr for AnswerStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "generate" => Ok(Self::Generate),
+            "extract" => Ok(Self::Extract),
+            other => Err(format!("{other:?}: must be \"generate\" or \"extract\"")),
+        }
+    }
 }
 
 /// One question.
@@ -102,6 +171,8 @@ pub struct Answered {
     pub citations: Vec<Citation>,
     pub escalated: bool,
     pub reason: Option<String>,
+    /// The answer quotes its source instead of being written by a model.
+    pub extractive: bool,
     pub route: String,
     pub versions: Versions,
     /// Everything retrieval returned, ranked (for evaluation and logs).
@@ -116,6 +187,9 @@ pub struct Answered {
     /// What the model router did, when one is configured.
     #[serde(skip)]
     pub routing: Option<Routing>,
+    /// The faithfulness check of the generated text, when there was one.
+    #[serde(skip)]
+    pub faithfulness: Option<faithful::Faithfulness>,
 }
 
 /// What a streaming caller receives before the finished answer.
@@ -304,6 +378,7 @@ impl Answerer {
             citations: Vec::new(),
             escalated: false,
             reason: None,
+            extractive: false,
             route: String::new(),
             versions,
             retrieved: Vec::new(),
@@ -311,6 +386,7 @@ impl Answerer {
             latency: Duration::ZERO,
             time_to_first_token: None,
             routing: None,
+            faithfulness: None,
         };
 
         let route = prompts.route(&question);
@@ -334,7 +410,7 @@ impl Answerer {
             })
             .collect();
         answered.retrieved = hits.clone();
-        let confident = self.confident(&hits);
+        let hand_over = self.retrieval_hand_over(&hits);
         let sources: Vec<Citation> = hits
             .iter()
             .enumerate()
@@ -346,8 +422,11 @@ impl Answerer {
                 score: h.similarity,
             })
             .collect();
-        if !confident {
-            return Ok(self.hand_over(answered, "low_confidence".into(), started));
+        if let Some(reason) = hand_over {
+            return Ok(self.hand_over(answered, reason.into(), started));
+        }
+        if self.config.style == AnswerStyle::Extract {
+            return Ok(self.quote(answered, &question, &hits, started));
         }
         if let Some(d) = &deltas {
             d.send(AnswerDelta::Sources(sources.clone()))
@@ -453,6 +532,21 @@ impl Answerer {
         if let Err(refusal) = guard::check_answer(&text, &system_prompt, &shown) {
             tracing::warn!(reason = refusal.reason(), "answer refused by the guard");
             return Ok(self.hand_over(answered, refusal.reason().into(), started));
+        }
+        let verdict = faithful::check(&text, &shown, &question);
+        let unsupported = !verdict.is_faithful();
+        answered.faithfulness = Some(verdict);
+        if unsupported {
+            match self.config.unfaithful {
+                Unfaithful::Extract => {
+                    tracing::info!(unsupported = ?answered.faithfulness.as_ref().map(|f| &f.unsupported), "the answer states what its sources do not; quoting instead");
+                    return Ok(self.quote(answered, &question, &hits, started));
+                }
+                Unfaithful::Handover => {
+                    return Ok(self.hand_over(answered, "unfaithful".into(), started));
+                }
+                Unfaithful::Keep => {}
+            }
         }
         let cited = cited_markers(&text, sources.len());
         answered.citations = if cited.is_empty() {
@@ -576,6 +670,7 @@ impl Answerer {
                 mode: self.config.mode,
                 filters: filters.clone(),
                 min_score: None,
+                rerank: self.config.rerank,
             })
             .await?)
     }
@@ -588,6 +683,52 @@ impl Answerer {
         } else {
             !hits.is_empty()
         }
+    }
+
+    /// Why retrieval's `hits` are not enough to answer from, if they are
+    /// not: `low_confidence` (similarity) or `not_covered` (the question's
+    /// words).
+    pub fn retrieval_hand_over(&self, hits: &[Hit]) -> Option<&'static str> {
+        if !self.confident(hits) {
+            return Some("low_confidence");
+        }
+        let best = hits.iter().map(|h| h.coverage).fold(0.0, f32::max);
+        (best < self.config.min_coverage).then_some("not_covered")
+    }
+
+    /// `answered` as a quotation of the best sentence of `hits`, or a
+    /// hand-over (`unfaithful`) when no sentence answers.
+    fn quote(
+        &self,
+        mut answered: Answered,
+        question: &str,
+        hits: &[Hit],
+        started: Instant,
+    ) -> Answered {
+        let passages: Vec<extract::Passage<'_>> = hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| extract::Passage {
+                marker: i + 1,
+                section: &h.section,
+                text: &h.text,
+            })
+            .collect();
+        let Some(found) = extract::extract(question, &passages) else {
+            return self.hand_over(answered, "unfaithful".into(), started);
+        };
+        let hit = &hits[found.marker - 1];
+        answered.citations = vec![Citation {
+            marker: found.marker,
+            source: hit.source.clone(),
+            section: hit.section.clone(),
+            chunk_id: hit.chunk_id,
+            score: hit.similarity,
+        }];
+        answered.answer = found.text;
+        answered.extractive = true;
+        answered.latency = started.elapsed();
+        answered
     }
 
     /// Why the prompt set hands `question` over without retrieval, if it does.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::thread;
 
 use outpost_kb::{
-    EmbedFailure, EmbedderIdentity, Filters, Hit, KbInfo, Mode, Query, SearchError, Store,
-    StoreError,
+    EmbedFailure, EmbedderIdentity, Filters, Hit, KbInfo, Mode, Query, RerankWeights, SearchError,
+    Store, StoreError,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,8 @@ pub struct SearchRequest {
     pub mode: Mode,
     pub filters: Filters,
     pub min_score: Option<f32>,
+    /// Rerank weights; `None` keeps the fused order.
+    pub rerank: Option<RerankWeights>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Hit>, SearchError>>;
@@ -79,6 +81,7 @@ impl KnowledgeHandle {
                     );
                     query.filters = request.filters.clone();
                     query.min_score = request.min_score;
+                    query.rerank = request.rerank;
                     let _ = reply.send(store.search(&query));
                 }
             })

@@ -52,6 +52,12 @@ pub fn run(config: DeviceConfig, command: EvalCommand) -> anyhow::Result<()> {
 
 fn run_set(config: DeviceConfig, args: EvalRunArgs) -> anyhow::Result<()> {
     let mut set = outpost_eval::load_set(&args.set)?;
+    if let Some(half) = &args.half {
+        let half: outpost_eval::Half = half
+            .parse()
+            .map_err(|e: String| BadConfig(format!("--half {e}")))?;
+        set.retain(|item| item.id.half() == half);
+    }
     if let Some(limit) = args.limit {
         set.truncate(limit);
     }

@@ -21,6 +21,8 @@ fn item(id: &str, expected_escalate: bool, escalated: bool, recall: Option<f64>)
         }),
         citations: None,
         judge: None,
+        faithful: None,
+        extractive: false,
     }
 }
 

@@ -231,6 +231,7 @@ fn done_json(a: &Answered) -> serde_json::Value {
         "citations": a.citations,
         "escalated": a.escalated,
         "reason": a.reason,
+        "extractive": a.extractive,
         "route": a.route,
         "versions": a.versions,
     });
