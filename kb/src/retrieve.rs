@@ -123,7 +123,7 @@ impl<'a> Query<'a> {
             filters: Filters::default(),
             min_score: None,
             scan: VectorScan::default(),
-            rerank: Some(RerankWeights::default()),
+            rerank: None,
         }
     }
 }

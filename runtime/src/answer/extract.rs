@@ -197,6 +197,27 @@ fn sentences(text: &str) -> Vec<&str> {
     out
 }
 
+/// How answers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerStyle {
+    /// By the model, from the retrieved sources.
+    Generate,
+    /// Quoted from the best source ([`extract`]), without the model.
+    Extract,
+}
+
+impl std::str::FromStr for AnswerStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "generate" => Ok(Self::Generate),
+            "extract" => Ok(Self::Extract),
+            other => Err(format!("{other:?}: must be \"generate\" or \"extract\"")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

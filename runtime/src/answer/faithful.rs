@@ -21,7 +21,8 @@
 //!   (`"persistent"`), and capitalised words inside a sentence (`Lumen`,
 //!   `UK`), found as a whole word or token in the sources.
 //!
-//! Citation markers (`[2]`) are not claims.
+//! Citation markers (`[2]`) are not claims. [`Unfaithful`] is what the
+//! answer pipeline does with an answer that fails.
 
 use std::collections::BTreeSet;
 
@@ -238,6 +239,33 @@ fn quoted_spans(text: &str) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// What becomes of a generated answer that states something its sources
+/// do not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unfaithful {
+    /// Replaced by a quotation of its best source, or handed over.
+    Extract,
+    /// Handed over.
+    Handover,
+    /// Shown anyway (for measuring what the check saves).
+    Keep,
+}
+
+impl std::str::FromStr for Unfaithful {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "extract" => Ok(Self::Extract),
+            "handover" => Ok(Self::Handover),
+            "keep" => Ok(Self::Keep),
+            other => Err(format!(
+                "{other:?}: must be \"extract\", \"handover\" or \"keep\""
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
