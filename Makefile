@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality bench-quantize
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -34,6 +34,11 @@ clippy:
 # Criterion micro-benchmarks of the pure-Rust hot paths.
 bench:
 	$(CARGO) bench --bench engine
+
+# outpost quant quantize against llama-quantize (time, identical bytes) and the
+# per-type quality table (benches/peer/results-quantize.md).
+bench-quantize: deps
+	bash benches/peer/quantize.sh
 
 # Side by side with llama.cpp's llama-bench and llama-server (see benches/peer/README.md).
 bench-peer: deps

@@ -247,6 +247,61 @@ pub enum QuantCommand {
         #[arg(long = "type", default_value = "f16")]
         output_type: outpost_quant::OutputType,
     },
+    /// Quantize a GGUF model with llama.cpp's own quantizer (what
+    /// `llama-quantize` runs).
+    Quantize(QuantizeArgs),
+    /// What quantization lost: perplexity on a text, and KL divergence and
+    /// top-1 agreement against the reference (the f16 file), with file size
+    /// and decode speed, one row per model.
+    Report(QuantReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// The GGUF to quantize: f32, f16 or bf16 (from `outpost quant convert`).
+    pub input: PathBuf,
+    /// q4_0, q4_1, q4_k_m, q5_k_m, q8_0 or f16.
+    #[arg(long = "type")]
+    pub qtype: outpost_runtime::quantize::QuantType,
+    /// The file to write (default: beside the input, named for the type).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// An importance matrix from llama.cpp's `llama-imatrix` (GGUF).
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Quantize an already-quantized input (it loses more than from f16).
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// Quantizer threads (default: every core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantReportArgs {
+    /// The quantized models to score.
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+    /// The file they were quantized from (for KL divergence and top-1).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// A plain-text file the models were not calibrated on.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per scoring window (`llama-perplexity -c`).
+    #[arg(long, default_value_t = 512)]
+    pub window: u32,
+    /// Windows scored at most.
+    #[arg(long, default_value_t = 8)]
+    pub max_windows: u32,
+    /// Tokens generated for the decode-speed figure (0 skips it).
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: u32,
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -466,6 +521,10 @@ pub struct EngineArgs {
     /// Flash attention: auto, on or off.
     #[arg(long, env = "OUTPOST_FLASH_ATTN")]
     pub flash_attn: Option<String>,
+    /// Memory the model and its context must fit at start: auto (the box or
+    /// its cgroup limit), off, or a size such as 1G.
+    #[arg(long, env = "OUTPOST_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -626,6 +685,41 @@ pub enum ModelsCommand {
         #[arg(long, env = "OUTPOST_MODELS_DIR")]
         models_dir: Option<PathBuf>,
     },
+    /// The best generator and context that fit this box (or the one
+    /// described), with room for the knowledge base and the OS.
+    Recommend(RecommendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// Memory of the target box, e.g. 1G or 512M (default: this box's, or
+    /// its cgroup limit when lower).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU cores of the target box (default: this box's).
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Concurrent conversations (`engine.parallel`).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u64,
+    /// The context per conversation wanted, in tokens (less is offered
+    /// when memory is short).
+    #[arg(long, default_value_t = 2048)]
+    pub context: u64,
+    /// The least context per conversation worth running, in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub min_context: u64,
+    /// The knowledge base the box will serve (its size counts).
+    #[arg(long)]
+    pub kb: Option<PathBuf>,
+    /// Decode speed below which a model is too slow, tokens/s.
+    #[arg(long, default_value_t = 5.0)]
+    pub min_tok_s: f64,
+    #[arg(long, env = "OUTPOST_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

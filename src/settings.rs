@@ -48,6 +48,7 @@ pub fn engine_flags(args: &EngineArgs) -> RawDeviceConfig {
         batch_size: args.batch_size,
         ubatch_size: args.ubatch_size,
         flash_attn: args.flash_attn.clone(),
+        memory_limit: args.memory_limit.clone(),
         ..RawEngine::default()
     };
     raw
@@ -199,4 +200,52 @@ pub fn router(
         .map_err(|e| anyhow::anyhow!("router.upstream_url: {e}"))?;
     tracing::info!(upstream = %settings.url, model = %settings.model, "answers may be routed upstream");
     Ok(router)
+}
+
+/// Refuses, before llama.cpp allocates anything, a model and context that
+/// cannot fit the box's memory (`engine.memory_limit`), saying what would.
+/// `kb` is the knowledge base served beside it, whose file and embedder
+/// count too.
+pub fn check_memory(config: &DeviceConfig, model: &Path, kb: Option<&Path>) -> anyhow::Result<()> {
+    use outpost_models::fit::{self, LimitSource, MemoryLimit, ModelShape};
+    use outpost_runtime::config::MemoryCheck;
+
+    let limit = match config.engine.memory_limit {
+        MemoryCheck::Off => return Ok(()),
+        MemoryCheck::Bytes(bytes) => MemoryLimit {
+            bytes,
+            source: LimitSource::Given("engine.memory_limit"),
+        },
+        MemoryCheck::Auto => match MemoryLimit::of_this_box() {
+            Some(limit) => limit,
+            None => {
+                tracing::warn!("no /proc/meminfo: the model's memory is not checked");
+                return Ok(());
+            }
+        },
+    };
+    let summary = outpost_models::gguf::inspect(model)
+        .with_context(|| format!("model {}", model.display()))?;
+    let Some(shape) = ModelShape::from_gguf(&summary) else {
+        tracing::warn!(model = %model.display(), "the GGUF header does not give the model's shape: its memory is not checked");
+        return Ok(());
+    };
+    let beside = kb
+        .map(|kb| std::fs::metadata(kb).map_or(0, |m| m.len()) + fit::EMBEDDER_BYTES)
+        .unwrap_or(0);
+    let engine = &config.engine;
+    let footprint = fit::check_fit(
+        model,
+        summary.file_size,
+        &shape,
+        (
+            u64::from(engine.ctx_per_slot),
+            u64::from(engine.parallel),
+            u64::from(engine.ubatch_size),
+        ),
+        beside,
+        &limit,
+    )?;
+    tracing::info!(model = %model.display(), needs = %footprint, limit = limit.bytes, source = %limit.source, "the model fits the box's memory");
+    Ok(())
 }

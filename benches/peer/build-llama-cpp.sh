@@ -16,8 +16,10 @@
 # report AMX, and ggml's AMX kernels die with SIGILL there.
 #
 # Usage: build-llama-cpp.sh            builds into benches/peer/build/
-# Output: build/bin/llama-bench, build/bin/llama-server, build/bin/llama-embedding,
-#         build/peer-version.txt
+#        PEER_TARGETS="llama-quantize llama-imatrix" build-llama-cpp.sh
+#                                      builds other llama.cpp tools the same way
+# Output: build/bin/<tool> for each target (default llama-bench, llama-server,
+#         llama-embedding), build/peer-version.txt
 set -euo pipefail
 
 readonly PKG_NAME=llama-cpp-python
@@ -31,6 +33,7 @@ llama_src="$src_root/vendor/llama.cpp"
 cmake_build="$build_root/cmake-$PKG_VERSION"
 bin_dir="$build_root/bin"
 jobs=${PEER_BUILD_JOBS:-2}
+read -r -a targets <<<"${PEER_TARGETS:-llama-bench llama-server llama-embedding}"
 
 die() {
     echo "build-llama-cpp.sh: error: $*" >&2
@@ -115,12 +118,12 @@ echo "configuring llama.cpp $llama_version, commit $llama_commit (ggml $ggml_ver
 cmake "${cmake_args[@]}" >"$build_root/cmake-configure.log" 2>&1 ||
     die "cmake configure failed; see $build_root/cmake-configure.log"
 
-echo "building llama-bench, llama-server and llama-embedding with -j$jobs (10+ minutes on 2 cores) ..." >&2
+echo "building ${targets[*]} with -j$jobs (10+ minutes on 2 cores the first time) ..." >&2
 cmake --build "$cmake_build" --config Release -j "$jobs" \
-    --target llama-bench llama-server llama-embedding >"$build_root/cmake-build.log" 2>&1 ||
+    --target "${targets[@]}" >"$build_root/cmake-build.log" 2>&1 ||
     die "cmake build failed; see $build_root/cmake-build.log"
 
-for exe in llama-bench llama-server llama-embedding; do
+for exe in "${targets[@]}"; do
     [[ -x "$cmake_build/bin/$exe" ]] || die "$exe was not produced in $cmake_build/bin"
     cp -f "$cmake_build/bin/$exe" "$bin_dir/$exe"
 done
@@ -128,4 +131,4 @@ done
 peer_version=$(printf 'llama.cpp %s, commit %s (ggml %s, from %s %s)' \
     "$llama_version" "$llama_commit" "$ggml_version" "$PKG_NAME" "$PKG_VERSION")
 echo "$peer_version" >"$build_root/peer-version.txt"
-echo "built: $bin_dir/llama-bench $bin_dir/llama-server $bin_dir/llama-embedding ($peer_version)" >&2
+echo "built: ${targets[*]} in $bin_dir ($peer_version)" >&2

@@ -8,7 +8,10 @@
 //! may also come in pieces: a `pip-parts` source lists wheel members that
 //! concatenate to it (validated in `catalog/parts.rs`).
 
+mod fit;
 mod parts;
+
+pub use fit::Fit;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -46,6 +49,8 @@ pub struct CatalogEntry {
     /// The pinned files of a folder entry, relative to its folder; empty for
     /// a single-file entry.
     files: Vec<ModelFile>,
+    /// Shape and measured figures, for generators that give them.
+    fit: Option<Fit>,
 }
 
 /// One pinned file of a folder entry.
@@ -240,6 +245,11 @@ impl CatalogEntry {
         }
     }
     /// The pinned files of a folder entry; empty for a single-file entry.
+    /// A generator's shape and measured figures (`None` for embedders).
+    pub fn fit(&self) -> Option<&Fit> {
+        self.fit.as_ref()
+    }
+
     pub fn files(&self) -> &[ModelFile] {
         &self.files
     }
@@ -366,6 +376,7 @@ struct RawEntry {
     sha256: Option<String>,
     files: Option<Vec<RawFile>>,
     source: Option<RawSource>,
+    fit: Option<fit::RawFit>,
 }
 
 #[derive(Deserialize)]
@@ -587,6 +598,15 @@ fn validate_entry(
         Some(raw_source) => validate_source(raw_source, pins, file, base, problems)?,
         None => return None,
     };
+    let fit = match role {
+        Some(Role::Generator) => raw.fit.and_then(|f| fit::validate_fit(f, problems)),
+        _ => {
+            if raw.fit.is_some() {
+                problems.push("[model.fit] applies to generators only".into());
+            }
+            None
+        }
+    };
     let name = name?;
     // A fetched folder is named after its entry (`<root>/<name>/`).
     let file = file.unwrap_or_else(|| name.as_str().to_owned());
@@ -600,6 +620,7 @@ fn validate_entry(
         file,
         source,
         files: files?,
+        fit,
     })
 }
 

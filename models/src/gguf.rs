@@ -79,6 +79,21 @@ pub struct GgufSummary {
     pub tensor_count: u64,
     pub file_size: u64,
     meta: HashMap<String, MetaValue>,
+    tensors: Vec<TensorInfo>,
+}
+
+/// Where one tensor's data lies in the file, checked to lie inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml's type id (0 = f32, 1 = f16, …).
+    pub ggml_type: u32,
+    /// Shape, innermost dimension first, as ggml stores it.
+    pub shape: Vec<u64>,
+    /// Absolute offset of the first data byte in the file.
+    pub file_offset: u64,
+    /// Data length in bytes; `None` for a type this reader does not size.
+    pub bytes: Option<u64>,
 }
 
 impl GgufSummary {
@@ -117,6 +132,11 @@ impl GgufSummary {
 
     pub fn has_chat_template(&self) -> bool {
         self.get_str("tokenizer.chat_template").is_some()
+    }
+
+    /// Every tensor, in header order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
     }
 }
 
@@ -290,8 +310,10 @@ impl<R: Read + Seek> Parser<'_, R> {
             }
             let mut elements: u64 = 1;
             let mut first_dim = 0;
+            let mut shape = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
                 let dim = self.u64(&format!("the shape of tensor '{name}'"))?;
+                shape.push(dim);
                 if d == 0 {
                     first_dim = dim;
                 }
@@ -308,11 +330,12 @@ impl<R: Read + Seek> Parser<'_, R> {
             }
             let bytes = tensor_bytes(ty, elements, first_dim)
                 .map_err(|what| self.malformed(format!("tensor '{name}': {what}")))?;
-            tensors.push((name, offset, bytes));
+            tensors.push((name, ty, shape, offset, bytes));
         }
 
         let data_start = self.pos.div_ceil(alignment) * alignment;
-        for (name, offset, bytes) in tensors {
+        let mut infos = Vec::with_capacity(tensors.len());
+        for (name, ggml_type, shape, offset, bytes) in tensors {
             let end = bytes
                 .and_then(|b| data_start.checked_add(offset)?.checked_add(b))
                 .or_else(|| data_start.checked_add(offset))
@@ -325,6 +348,13 @@ impl<R: Read + Seek> Parser<'_, R> {
                     file_size: self.size,
                 });
             }
+            infos.push(TensorInfo {
+                name,
+                ggml_type,
+                shape,
+                file_offset: data_start + offset,
+                bytes,
+            });
         }
 
         Ok(GgufSummary {
@@ -332,6 +362,7 @@ impl<R: Read + Seek> Parser<'_, R> {
             tensor_count,
             file_size: self.size,
             meta,
+            tensors: infos,
         })
     }
 

@@ -28,9 +28,11 @@ pub mod catalog;
 pub mod digest;
 pub mod download;
 mod durable;
+pub mod fit;
 pub mod gguf;
 pub mod pip;
 pub mod pip_parts;
+pub mod recommend;
 mod resolve;
 pub mod store;
 #[cfg(test)]

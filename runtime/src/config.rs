@@ -92,6 +92,9 @@ pub struct RawEngine {
     /// `false`: every prompt is computed in full (no slot reuse, no RAM
     /// cache), to compare against servers with prompt caching off.
     pub prefix_reuse: Option<bool>,
+    /// `"auto"` (the box's memory or cgroup limit), `"off"`, or a size such
+    /// as `"1G"`: the memory a model and its context must fit at start.
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -273,6 +276,33 @@ pub struct EngineSettings {
     pub max_loaded_adapters: usize,
     /// Whether shared prompt prefixes are reused at all (`engine.prefix_reuse`).
     pub prefix_reuse: bool,
+    /// What the model and its context must fit at start.
+    pub memory_limit: MemoryCheck,
+}
+
+/// `engine.memory_limit`: which memory a model must fit before it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryCheck {
+    /// The box's memory, or its cgroup limit when lower.
+    Auto,
+    /// No check (a box with swap or zram, on purpose).
+    Off,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MemoryCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(MemoryCheck::Auto),
+            "off" => Ok(MemoryCheck::Off),
+            size => outpost_models::fit::parse_bytes(size)
+                .map(MemoryCheck::Bytes)
+                .map_err(|e| format!("{e}, or \"auto\" or \"off\"")),
+        }
+    }
 }
 
 impl EngineSettings {
@@ -345,7 +375,8 @@ impl RawDeviceConfig {
         }
         take!(model: path, lora, models_dir, embedder);
         take!(engine: threads, threads_batch, ctx_per_slot, ctx_size, parallel, batch_size, ubatch_size,
-              queue_capacity, flash_attn, prefix_cache_mb, max_loaded_adapters, prefix_reuse);
+              queue_capacity, flash_attn, prefix_cache_mb, max_loaded_adapters, prefix_reuse,
+              memory_limit);
         take!(server: host, port, api_key, admin_key, allowed_hosts, artifact_store, max_body_bytes,
               default_max_tokens);
         take!(sampling: temperature, top_p, top_k, min_p, repeat_penalty);
@@ -510,6 +541,13 @@ impl RawDeviceConfig {
             ));
         }
 
+        let memory_limit = match e.memory_limit.as_deref().unwrap_or("auto").parse() {
+            Ok(m) => m,
+            Err(msg) => {
+                problems.push(format!("engine.memory_limit: {msg}"));
+                MemoryCheck::Auto
+            }
+        };
         let flash_attn = match e.flash_attn.as_deref().unwrap_or("auto").parse() {
             Ok(f) => f,
             Err(msg) => {
@@ -578,6 +616,7 @@ impl RawDeviceConfig {
                 prefix_cache_bytes: (prefix_cache_mb as usize) << 20,
                 max_loaded_adapters: max_loaded_adapters as usize,
                 prefix_reuse: e.prefix_reuse.unwrap_or(true),
+                memory_limit,
             },
             server: ServerConfig {
                 host,

@@ -20,6 +20,10 @@
 //! - [`router`] decides which model writes a grounded answer, the device's
 //!   own or an upstream OpenAI-compatible one, and talks to the upstream
 //!   (circuit breaker, daily budget, cost).
+//! - [`quantize`] writes quantized GGUF files through llama.cpp's own
+//!   quantizer, with an optional [`imatrix`] (importance matrix);
+//!   [`perplexity`] scores what a quantization lost (perplexity, KL
+//!   divergence and top-1 agreement against the reference).
 //! - [`feedback`] is the kiosk's local SQLite of grounded answers and the
 //!   ratings and hand-overs customers gave them, behind one owning thread.
 
@@ -33,8 +37,11 @@ pub mod embeddings;
 pub mod engine;
 pub mod feedback;
 pub mod http;
+pub mod imatrix;
 pub mod knowledge;
 pub mod metrics;
+pub mod perplexity;
 pub mod prompt_set;
+pub mod quantize;
 pub mod router;
 pub mod trial;

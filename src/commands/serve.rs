@@ -96,6 +96,7 @@ pub async fn run(config: DeviceConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}; is another server using the port?"))?;
     let bound = listener.local_addr()?;
+    settings::check_memory(&config, &model, kb.as_deref())?;
     let engine_config = config
         .engine
         .engine_config(model.clone(), config.lora.clone());
