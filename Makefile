@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
+.PHONY: deb deb-test demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -94,3 +94,18 @@ eval-judge: deps
 	./target/release/outpost kb ingest configs/kb/brewstation --kb eval-out/brewstation.kb
 	./target/release/outpost eval run --kb eval-out/brewstation.kb --prompts configs/prompts/brewstation \
 	  --set configs/eval/brewstation.jsonl --judge --judge-check --label judge --out eval-out/judge
+
+# Debian packages from the release binary: outpost (the binary), outpost-device
+# and outpost-hub (hardened systemd units, /etc/outpost conffiles), into
+# target/deb. BINARY and DEB_ARCH override what is packaged (docs/packaging.md).
+BINARY ?= target/release/outpost
+DEB_ARCH ?= $(shell dpkg --print-architecture)
+deb:
+	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
+	bash packaging/build-deb.sh $(BINARY) --arch $(DEB_ARCH) --out target/deb
+
+# Install, upgrade, remove and purge the packages in a throwaway bookworm root
+# (debootstrap + chroot; needs root), plus systemd-analyze verify of both units.
+deb-test:
+	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
+	bash packaging/test-install.sh $(BINARY)
