@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: deb deb-test demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -98,6 +98,7 @@ eval-judge: deps
 # Debian packages from the release binary: outpost (the binary), outpost-device
 # and outpost-hub (hardened systemd units, /etc/outpost conffiles), into
 # target/deb. BINARY and DEB_ARCH override what is packaged (docs/packaging.md).
+.PHONY: deb deb-test
 BINARY ?= target/release/outpost
 DEB_ARCH ?= $(shell dpkg --print-architecture)
 deb:
