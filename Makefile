@@ -106,7 +106,9 @@ deb:
 	bash packaging/build-deb.sh $(BINARY) --arch $(DEB_ARCH) --out target/deb
 
 # Install, upgrade, remove and purge the packages in a throwaway bookworm root
-# (debootstrap + chroot; needs root), plus systemd-analyze verify of both units.
+# (debootstrap + chroot; needs root), systemd-analyze verify of both units, and
+# the binary under the units' sandbox (needs the default model fetched).
 deb-test:
 	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
 	bash packaging/test-install.sh $(BINARY)
+	bash packaging/sandbox-check.sh $(BINARY)
