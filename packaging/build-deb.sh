@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016 # the single-quoted $VARs are for the maintainer scripts and dpkg-query formats
 # Build the Debian packages with plain dpkg-deb:
 #   outpost          the binary (/usr/bin/outpost), for one architecture
 #   outpost-device   the device service: unit, /etc/outpost/device.toml
@@ -208,7 +209,7 @@ conffile() { # conffile SRC DST KEY-LINE-REGEX NEW-LINE
 strip_binary() { # strip like dh_strip, with the target's strip when cross-building
 	local tool=""
 	if [ "$arch" = "$(dpkg --print-architecture)" ] && command -v strip >/dev/null; then
-		tool=strip
+		tool="strip"
 	elif command -v "$triplet-strip" >/dev/null; then
 		tool=$triplet-strip
 	fi
@@ -285,6 +286,10 @@ for pkg in outpost outpost-device outpost-hub; do
 	a=$arch
 	[ "$pkg" = outpost ] || a=all
 	deb="$out/${pkg}_${version}_${a}.deb"
+	# md5sums of every file but the conffiles (dpkg keeps theirs itself), as dh_md5sums.
+	(cd "$work/$pkg" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | sort -z |
+		xargs -0r md5sum >DEBIAN/md5sums)
+	chmod 0644 "$work/$pkg/DEBIAN/md5sums"
 	dpkg-deb --root-owner-group "-Z$compress" --build "$work/$pkg" "$deb" >/dev/null
 	echo "$deb"
 done

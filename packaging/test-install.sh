@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2016 # the single-quoted $VARs are for the maintainer scripts and dpkg-query formats
 # Install, upgrade, remove and purge the packages in a throwaway Debian root,
 # never on this machine's own system.
 #
@@ -141,6 +142,8 @@ check "the service user can read device.toml and the binary accepts it (outpost 
 check "the unit is installed" test -f "$root/lib/systemd/system/outpost-device.service"
 check "the unit is enabled (deb-systemd-helper)" test -L "$root$wants/outpost-device.service"
 check "MemoryMax is 0.1.0's (900M)" grep -qx 'MemoryMax=900M' "$root/lib/systemd/system/outpost-device.service"
+check "dpkg --verify: every installed file matches the package's md5sums" \
+	sh -c "[ -s '$root/var/lib/dpkg/info/outpost.md5sums' ] && [ -z \"\$(chroot '$root' dpkg --verify outpost outpost-device)\" ]"
 check_not "nothing was started: no systemd here" test -d "$root/run/systemd/system"
 
 # The service's data, written as the service user, and a local edit.
