@@ -99,3 +99,21 @@ eval-judge: deps
 	./target/release/outpost kb ingest configs/kb/brewstation --kb eval-out/brewstation.kb
 	./target/release/outpost eval run --kb eval-out/brewstation.kb --prompts configs/prompts/brewstation \
 	  --set configs/eval/brewstation.jsonl --judge --judge-check --label judge --out eval-out/judge
+
+# Debian packages from the release binary: outpost (the binary), outpost-device
+# and outpost-hub (hardened systemd units, /etc/outpost conffiles), into
+# target/deb. BINARY and DEB_ARCH override what is packaged (docs/packaging.md).
+.PHONY: deb deb-test
+BINARY ?= target/release/outpost
+DEB_ARCH ?= $(shell dpkg --print-architecture)
+deb:
+	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
+	bash packaging/build-deb.sh $(BINARY) --arch $(DEB_ARCH) --out target/deb
+
+# Install, upgrade, remove and purge the packages in a throwaway bookworm root
+# (debootstrap + chroot; needs root), systemd-analyze verify of both units, and
+# the binary under the units' sandbox (needs the default model fetched).
+deb-test:
+	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
+	bash packaging/test-install.sh $(BINARY)
+	bash packaging/sandbox-check.sh $(BINARY)
