@@ -135,6 +135,7 @@ use std::time::Duration;
 pub mod artifacts;
 pub mod assign;
 pub mod broker;
+pub mod bundle;
 pub mod config;
 pub mod control;
 pub mod evaluation;
