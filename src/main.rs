@@ -41,7 +41,10 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         ExitCode::from(64)
     } else if e.downcast_ref::<commands::eval::GateFailed>().is_some() {
         ExitCode::from(2)
-    } else if e.downcast_ref::<commands::bundle::BundleRefused>().is_some() {
+    } else if e
+        .downcast_ref::<commands::bundle::BundleRefused>()
+        .is_some()
+    {
         // Refused before anything changed, as a failed gate is.
         ExitCode::from(2)
     } else {

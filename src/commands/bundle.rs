@@ -105,7 +105,9 @@ pub fn export(args: BundleExportArgs) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).context("reading the bundle from the hub")?;
+        let n = reader
+            .read(&mut buf)
+            .context("reading the bundle from the hub")?;
         if n == 0 {
             break;
         }
@@ -190,7 +192,9 @@ pub async fn import(config: DeviceConfig, args: BundleImportArgs) -> anyhow::Res
         imported.generation
     );
     if failed > 0 {
-        bail!("{failed} artifact(s) of the bundle failed their health check and were switched back");
+        bail!(
+            "{failed} artifact(s) of the bundle failed their health check and were switched back"
+        );
     }
     Ok(())
 }
@@ -223,16 +227,21 @@ async fn health_runtime(
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("loading the device's model for the health checks")?;
     let (prompt_tx, prompt_rx) = watch::channel(None);
-    let stack =
-        match answering::answer_stack(config, engine.clone(), Some(prompt_rx), kb.as_deref()).await
-        {
-            Ok(stack) => Some(stack),
-            Err(e) if kb.is_none() => {
-                tracing::warn!(error = %format!("{e:#}"), "no grounded answers: the embedder is not available");
-                None
-            }
-            Err(e) => return Err(e),
-        };
+    let stack = match answering::answer_stack(
+        config,
+        engine.clone(),
+        Some(prompt_rx),
+        kb.as_deref(),
+    )
+    .await
+    {
+        Ok(stack) => Some(stack),
+        Err(e) if kb.is_none() => {
+            tracing::warn!(error = %format!("{e:#}"), "no grounded answers: the embedder is not available");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let (knowledge, answerer) = match stack {
         Some(stack) => (
             Some(fleet::KnowledgeSlot {

@@ -25,8 +25,8 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use outpost_protocol::{
-    ApplyOutcome, ArtifactDigest, ArtifactKind, ArtifactRef, DesiredState, DeviceId,
-    FailureReason, FleetId, Generation, ReportedState,
+    ApplyOutcome, ArtifactDigest, ArtifactKind, ArtifactRef, DesiredState, DeviceId, FailureReason,
+    FleetId, Generation, ReportedState,
 };
 
 use super::reader::{BundleReader, ReadError};
@@ -263,8 +263,7 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
             version: artifact.version.to_string(),
             rejection,
         };
-        if let Some(rejection) = below_floor(&pointers.floors, &state, kind, state.release(kind))
-        {
+        if let Some(rejection) = below_floor(&pointers.floors, &state, kind, state.release(kind)) {
             return Err(refuse(rejection));
         }
         // The model this device runs once the bundle is in: the bundle's,
@@ -292,9 +291,10 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
                     )));
                 }
                 model.map(|m| {
-                    blobs.get(&m.sha256).cloned().unwrap_or_else(|| {
-                        ArtifactFiles::store_path_in(&files_root, &m.sha256)
-                    })
+                    blobs
+                        .get(&m.sha256)
+                        .cloned()
+                        .unwrap_or_else(|| ArtifactFiles::store_path_in(&files_root, &m.sha256))
                 })
             }
             _ => None,
@@ -311,7 +311,13 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
     let committed = pointers
         .slots
         .values()
-        .filter_map(|slot| if slot.trial { slot.previous.clone() } else { Some(slot.current.clone()) })
+        .filter_map(|slot| {
+            if slot.trial {
+                slot.previous.clone()
+            } else {
+                Some(slot.current.clone())
+            }
+        })
         .map(|a| {
             let path = ArtifactFiles::store_path_in(&files_root, &a.sha256);
             (a, path)

@@ -124,7 +124,10 @@ impl<R: Read + Seek> BundleReader<R> {
 
     /// `device`'s signed desired state, if the bundle has one (not yet
     /// verified).
-    pub fn state_for(&mut self, device: &DeviceId) -> Result<Option<SignedDesiredState>, ReadError> {
+    pub fn state_for(
+        &mut self,
+        device: &DeviceId,
+    ) -> Result<Option<SignedDesiredState>, ReadError> {
         let name = state_entry(device);
         let bytes = match read_small(&mut self.archive, &name, limits::DESIRED_STATE as u64) {
             Ok(bytes) => bytes,
@@ -237,4 +240,3 @@ fn copy(from: &mut impl Read, to: &mut impl Write, name: &str) -> Result<u64, Re
         total += n as u64;
     }
 }
-

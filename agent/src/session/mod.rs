@@ -42,8 +42,7 @@ pub use endpoint::{BrokerUrl, EndpointError, SessionOptions, TlsFiles};
 pub use outbox_owner::{OutboxClient, OutboxStats, RecordError};
 
 use crate::apply::{
-    Applier, ApplierConfig, ApplyError, ApplyLock, HubKey, LockError, SqlitePointers,
-    StateVerifier,
+    Applier, ApplierConfig, ApplyError, ApplyLock, HubKey, LockError, SqlitePointers, StateVerifier,
 };
 use crate::outbox::{Outbox, OutboxBounds, OutboxConfig, OutboxError, SqliteOutboxStore};
 use crate::MetricsSampler;

@@ -51,7 +51,9 @@ pub(super) async fn export(
         match app.ctx.store.call(move |s| s.desired(&d)).await? {
             // Signed as for `state/desired`: the same bytes the device
             // would verify had it been online.
-            Some(state) => states.push(app.ctx.signer.sign_desired(&app.ctx.fleet, &device, &state)),
+            Some(state) => {
+                states.push(app.ctx.signer.sign_desired(&app.ctx.fleet, &device, &state))
+            }
             None => tracing::info!(%device, "no desired state; left out of the bundle"),
         }
     }
