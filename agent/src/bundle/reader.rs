@@ -240,3 +240,6 @@ fn copy(from: &mut impl Read, to: &mut impl Write, name: &str) -> Result<u64, Re
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests;
