@@ -178,3 +178,106 @@ pub fn write_bundle<W: Write + Seek>(
     zip.finish()?.flush().map_err(io(path))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Read};
+
+    use ed25519_dalek::SigningKey;
+    use outpost_protocol::{
+        decode, ArtifactSet, ArtifactSignature, DesiredState, DeviceId, FleetId, Generation,
+    };
+
+    use super::*;
+    use crate::ArtifactSigner;
+
+    fn kb(digest: ArtifactDigest, size: u64) -> ArtifactRef {
+        ArtifactRef {
+            kind: ArtifactKind::KnowledgeBase,
+            name: "manual".parse().expect("name"),
+            version: "2".parse().expect("version"),
+            sha256: digest,
+            size_bytes: size,
+            url: "http://hub/artifacts/sha256/x".parse().expect("url"),
+            signature: ArtifactSignature::from_bytes([0; 64]),
+            base_model: None,
+        }
+    }
+
+    fn contents(artifact: ArtifactRef) -> BundleContents {
+        let signer = ArtifactSigner::from_key(SigningKey::from_bytes(&[7; 32]));
+        let fleet: FleetId = "acme".parse().expect("fleet");
+        let state = DesiredState {
+            generation: Generation(3),
+            rollout: None,
+            artifacts: ArtifactSet::new().with(artifact).expect("set"),
+            releases: Default::default(),
+            rollback_floor: Default::default(),
+            issued_at_unix_ms: 1,
+        };
+        let states = ["kiosk-a", "kiosk-b"]
+            .into_iter()
+            .map(|d| signer.sign_desired(&fleet, &d.parse::<DeviceId>().expect("id"), &state))
+            .collect();
+        BundleContents {
+            target: "tag:vault".into(),
+            states,
+            hub_key: signer.public_key_hex(),
+            created_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_cohort_bundle_has_a_state_per_device_and_each_shared_artifact_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob = b"a knowledge base".to_vec();
+        let digest = ArtifactDigest::from_bytes([4; 32]);
+        std::fs::write(dir.path().join("blob"), &blob).expect("blob");
+        let contents = contents(kb(digest, blob.len() as u64));
+        let mut out = Cursor::new(Vec::new());
+        write_bundle(&mut out, Path::new("test.bundle"), &contents, |_| {
+            dir.path().join("blob")
+        })
+        .expect("written");
+        let mut zip = zip::ZipArchive::new(Cursor::new(out.into_inner())).expect("zip");
+        let mut names: Vec<_> = zip.file_names().map(str::to_owned).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                artifact_entry(&digest),
+                HEADER_ENTRY.to_owned(),
+                "states/kiosk-a".to_owned(),
+                "states/kiosk-b".to_owned()
+            ]
+        );
+        let mut state = Vec::new();
+        zip.by_name("states/kiosk-b")
+            .expect("state")
+            .read_to_end(&mut state)
+            .expect("read");
+        let signed: SignedDesiredState = decode(&state).expect("decodes");
+        assert_eq!(signed, contents.states[1]);
+        let mut header = Vec::new();
+        zip.by_name(HEADER_ENTRY)
+            .expect("header")
+            .read_to_end(&mut header)
+            .expect("read");
+        let header: BundleHeader = serde_json::from_slice(&header).expect("json");
+        assert_eq!(header.devices.len(), 2);
+        assert_eq!(header.artifacts.len(), 1);
+    }
+
+    #[test]
+    fn an_artifact_missing_from_the_store_is_named_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let contents = contents(kb(ArtifactDigest::from_bytes([4; 32]), 5));
+        let mut out = Cursor::new(Vec::new());
+        let err = write_bundle(&mut out, Path::new("test.bundle"), &contents, |_| {
+            dir.path().join("absent")
+        })
+        .expect_err("missing");
+        assert!(matches!(err, BundleError::MissingArtifact { .. }), "{err}");
+        assert!(out.into_inner().is_empty());
+    }
+}

@@ -37,6 +37,10 @@ use crate::apply::{
     PointerStore, Rejection, SqlitePointers, StateVerifier, Untrusted, APPLY_ORDER,
 };
 
+/// The private folder blobs are checked in, inside the data folder (so on
+/// the store's filesystem: handing them over is a rename).
+const SCRATCH_PREFIX: &str = "bundle-import.";
+
 /// The device a bundle is imported on.
 #[derive(Debug, Clone)]
 pub struct ImportTarget {
@@ -200,6 +204,7 @@ impl Imported {
 /// doc).
 pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, Refusal> {
     let lock = ApplyLock::acquire(&target.data_dir)?;
+    remove_abandoned_scratch(&target.data_dir);
     let file = File::open(bundle).map_err(|source| Refusal::Io {
         path: bundle.to_owned(),
         source,
@@ -242,7 +247,7 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
     let scratch = Scratch {
         dir: target
             .data_dir
-            .join(format!("bundle-import.{}", std::process::id())),
+            .join(format!("{SCRATCH_PREFIX}{}", std::process::id())),
     };
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -332,6 +337,22 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
         _scratch: scratch,
         _lock: lock,
     })
+}
+
+/// Removes import folders an earlier import left when it was killed
+/// (with the lock held, no other import is using one).
+fn remove_abandoned_scratch(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(SCRATCH_PREFIX)) {
+            if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(%error, dir = %entry.path().display(), "cannot remove an abandoned bundle import folder");
+            }
+        }
+    }
 }
 
 /// The pointer state, or the empty one of a device that never applied
