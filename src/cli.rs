@@ -77,7 +77,7 @@ pub enum BundleCommand {
     /// Verify a bundle against the pinned hub key and apply this device's
     /// state from it: health check, then commit or switch back (`--config`
     /// names the device's configuration; stop its `outpost serve` first).
-    Import(BundleImportArgs),
+    Import(Box<BundleImportArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -106,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(command) => commands::eval::run(config, command),
         Command::Prompts(command) => commands::prompts::run(config, command),
         Command::Bundle(cli::BundleCommand::Import(args)) => {
-            runtime()?.block_on(commands::bundle::import(config, args))
+            runtime()?.block_on(commands::bundle::import(config, *args))
         }
         Command::Config(ConfigCommand::Check(_)) => {
             commands::config::check(&config);

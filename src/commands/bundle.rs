@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use outpost_agent::bundle::{self, ImportTarget, Refusal};
-use outpost_agent::{DeviceRuntime, HealthCheck};
+use outpost_agent::DeviceRuntime;
 use outpost_protocol::{ApplyOutcome, ArtifactKind};
 use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 use outpost_runtime::engine::EngineHandle;
@@ -205,7 +205,7 @@ async fn health_runtime(
     config: &DeviceConfig,
     data_dir: &std::path::Path,
     committed: &[(outpost_protocol::ArtifactRef, std::path::PathBuf)],
-) -> anyhow::Result<impl HealthCheck + DeviceRuntime> {
+) -> anyhow::Result<impl DeviceRuntime> {
     let committed_path = |kind| {
         committed
             .iter()
