@@ -232,8 +232,16 @@ fn a_bundle_imported_offline_serves_and_is_reported_and_every_tampered_one_is_re
 
     // First bundle, onto a device that never ran anything from the fleet.
     let first = dir.join("vault-1.bundle");
+    let started = std::time::Instant::now();
     export(&hub, &["--tag", "vault"], &first);
+    let exported = started.elapsed();
+    let started = std::time::Instant::now();
     let out = import(&config, &first);
+    eprintln!(
+        "first bundle: {} bytes, export {exported:?}, import (verify, engine load, 4 health checks) {:?}",
+        std::fs::metadata(&first).map_or(0, |m| m.len()),
+        started.elapsed()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
