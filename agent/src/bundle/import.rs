@@ -242,7 +242,17 @@ pub fn prepare(target: &ImportTarget, bundle: &Path) -> Result<VerifiedBundle, R
         }
         _ => {}
     }
-    let active = |kind| pointers.slots.get(&kind).map(|s| &s.current);
+    // What serves once the applier starts: a slot a crash left in trial is
+    // switched back first, so its previous version counts.
+    let active = |kind| {
+        pointers.slots.get(&kind).and_then(|s| {
+            if s.trial {
+                s.previous.as_ref()
+            } else {
+                Some(&s.current)
+            }
+        })
+    };
     let files_root = target.data_dir.join("artifacts");
     let scratch = Scratch {
         dir: target
