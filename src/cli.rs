@@ -62,6 +62,62 @@ pub enum Command {
     /// Inspect prompt sets.
     #[command(subcommand)]
     Prompts(PromptsCommand),
+    /// Offline bundles: a hub's signed desired states and their artifacts
+    /// in one file, for devices that never reach the broker.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Write the hub's signed desired state of a device, or of every device
+    /// with a tag, and every artifact it names, to one file (the hub's
+    /// admin API).
+    Export(BundleExportArgs),
+    /// Verify a bundle against the pinned hub key and apply this device's
+    /// state from it: health check, then commit or switch back (`--config`
+    /// names the device's configuration; stop its `outpost serve` first).
+    Import(Box<BundleImportArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleExportArgs {
+    /// The hub's operator URL (`[http] operator_bind`).
+    #[arg(long, env = "OUTPOST_HUB_URL", default_value = "http://127.0.0.1:8091")]
+    pub hub: String,
+    /// The hub's admin token.
+    #[arg(long, env = "OUTPOST_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The device to export for.
+    #[arg(long, conflicts_with = "tag", required_unless_present = "tag")]
+    pub device: Option<String>,
+    /// Export for every device with this tag (one state each, shared artifacts once).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Assign these first, as `outpost fleet assign` does (KIND:NAME:VERSION,
+    /// repeatable); without, the desired states already assigned are exported.
+    #[arg(long = "artifact")]
+    pub artifacts: Vec<String>,
+    /// With --artifact: a deliberate rollback to older releases.
+    #[arg(long, requires = "artifacts")]
+    pub rollback: bool,
+    /// The bundle file to write.
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleImportArgs {
+    /// The model health checks run on (default: the one the device serves).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+    /// The agent's data folder (default: `[agent] data_dir`).
+    #[arg(long = "agent-data-dir", env = "OUTPOST_AGENT_DATA_DIR")]
+    pub agent_data_dir: Option<PathBuf>,
+    /// The bundle file (`outpost bundle export`).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

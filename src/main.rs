@@ -41,6 +41,12 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         ExitCode::from(64)
     } else if e.downcast_ref::<commands::eval::GateFailed>().is_some() {
         ExitCode::from(2)
+    } else if e
+        .downcast_ref::<commands::bundle::BundleRefused>()
+        .is_some()
+    {
+        // Refused before anything changed, as a failed gate is.
+        ExitCode::from(2)
     } else {
         ExitCode::from(1)
     }
@@ -55,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kb(command) => commands::kb::flags(command),
         Command::Eval(command) => commands::eval::flags(command),
         Command::Prompts(command) => commands::prompts::flags(command),
+        Command::Bundle(command) => commands::bundle::flags(command),
         Command::Config(_)
         | Command::Models(_)
         | Command::Hub(_)
@@ -69,6 +76,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Command::Fleet(args) = cli.command {
         return commands::fleet::run(args);
+    }
+    if let Command::Bundle(cli::BundleCommand::Export(args)) = cli.command {
+        return commands::bundle::export(args);
     }
     if let Command::Roi(args) = cli.command {
         return commands::roi::run(args);
@@ -95,6 +105,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kb(command) => commands::kb::run(config, command),
         Command::Eval(command) => commands::eval::run(config, command),
         Command::Prompts(command) => commands::prompts::run(config, command),
+        Command::Bundle(cli::BundleCommand::Import(args)) => {
+            runtime()?.block_on(commands::bundle::import(config, *args))
+        }
         Command::Config(ConfigCommand::Check(_)) => {
             commands::config::check(&config);
             Ok(())
@@ -103,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Hub(_)
         | Command::Fleet(_)
         | Command::Roi(_)
+        | Command::Bundle(cli::BundleCommand::Export(_))
         | Command::Quant(_) => Ok(()),
     }
 }

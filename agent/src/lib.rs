@@ -14,6 +14,8 @@
 //!   Ed25519 signature, GGUF header) → install into `<root>/sha256/<hex>` →
 //!   switch the active pointer (SQLite transaction) → health check → commit,
 //!   or switch back and report a [`FailureReason`](outpost_protocol::FailureReason).
+//! - [`bundle`]: offline bundles: a hub-signed desired state and its
+//!   artifacts imported from a file, through the same apply path.
 //! - [`metrics`]: a `sysinfo` sample as the protocol's
 //!   [`DeviceMetrics`](outpost_protocol::DeviceMetrics).
 //!
@@ -43,6 +45,7 @@
 //!   The device runtime plugs in as a [`DeviceRuntime`].
 
 pub mod apply;
+pub mod bundle;
 pub mod metrics;
 pub mod outbox;
 pub mod session;

@@ -154,6 +154,16 @@ impl ArtifactStore {
         self.root.join("sha256").join(digest.to_string())
     }
 
+    /// A fresh file name in the store's staging folder for a file the hub
+    /// writes and serves once (an offline bundle); the same filesystem as
+    /// the artifacts.
+    pub fn scratch_path(&self, label: &str) -> PathBuf {
+        let n = self.staging_counter.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("staging")
+            .join(format!("{}-{n}.{label}", std::process::id()))
+    }
+
     /// The download URL for `digest`.
     pub fn url_for(&self, digest: &ArtifactDigest) -> Result<ArtifactUrl, PublishError> {
         Ok(ArtifactUrl::parse(&format!(

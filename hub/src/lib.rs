@@ -28,6 +28,9 @@
 //! - [`artifacts::ArtifactStore`] + [`signing::ArtifactSigner`]:
 //!   content-addressed files under `<data>/artifacts/sha256/<hex>`, signed
 //!   over [`outpost_protocol::ArtifactRef::signing_payload`].
+//! - [`bundle`]: offline bundles: the stored desired states of a device
+//!   or tag, signed as for `state/desired`, with their artifacts in one
+//!   zip (`GET /admin/bundle`), for devices that never reach the broker.
 //! - [`http`]: two listeners: devices (downloads behind HTTP Basic,
 //!   signing key, health) and the operator (admin API, metrics).
 //! - [`store::retention`]: raw telemetry and feedback folded into daily
@@ -135,6 +138,7 @@ use std::time::Duration;
 pub mod artifacts;
 pub mod assign;
 pub mod broker;
+pub mod bundle;
 pub mod config;
 pub mod control;
 pub mod evaluation;

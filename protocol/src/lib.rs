@@ -82,6 +82,11 @@
 //!   [`FeedbackId`]; acknowledged by [`FeedbackAck`] once the hub stored it.
 //! - [`Command`]: run an evaluation, flush telemetry, re-report.
 //!
+//! # Offline bundles ([`bundle`])
+//!
+//! The entry names and limits of the archive that carries signed desired
+//! states and their artifacts to devices without a link.
+//!
 //! # PII ([`redact`](mod@redact))
 //!
 //! The only text type in any message is [`RedactedText`], whose only
@@ -89,6 +94,7 @@
 //! text cannot reach the wire by construction. Telemetry carries no text at
 //! all, only the [`PiiCounts`] of what the scan found.
 
+pub mod bundle;
 pub mod codec;
 pub mod id;
 pub mod message;

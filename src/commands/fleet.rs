@@ -12,7 +12,7 @@ use crate::settings::BadConfig;
 mod rollout;
 
 /// `KIND:NAME:VERSION` as the admin API's artifact key.
-fn artifact_key(text: &str) -> Result<Value, BadConfig> {
+pub(crate) fn artifact_key(text: &str) -> Result<Value, BadConfig> {
     match text.splitn(3, ':').collect::<Vec<_>>()[..] {
         [kind, name, version] => Ok(json!({"kind": kind, "name": name, "version": version})),
         _ => Err(BadConfig(format!(

@@ -2,6 +2,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bundle;
 pub mod config;
 pub mod eval;
 pub mod fleet;

@@ -9,6 +9,7 @@ use outpost_protocol::{ArtifactKind, ArtifactRef, DesiredState, FailureReason, R
 
 use super::files::{ArtifactFiles, FilesError};
 use super::gc;
+use super::lock::ApplyLock;
 use super::pointers::{PointerError, PointerStore};
 use super::reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
 use super::urls::ArtifactBase;
@@ -65,6 +66,9 @@ pub struct Applier<P, H> {
     download: DownloadOptions,
     artifact_base: ArtifactBase,
     reconciler: Reconciler,
+    /// The data folder's apply lock, when the owner handed it over: it
+    /// lives as long as this applier (on the agent's apply thread).
+    lock: Option<ApplyLock>,
 }
 
 impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
@@ -85,10 +89,16 @@ impl<P: PointerStore, H: HealthCheck> Applier<P, H> {
             download: config.download,
             artifact_base: config.artifact_base,
             reconciler: Reconciler::new(inventory),
+            lock: None,
         };
         applier.drive(Event::Resume);
         applier.collect_garbage();
         Ok(applier)
+    }
+
+    /// Keeps `lock` for as long as this applier lives.
+    pub fn hold(&mut self, lock: ApplyLock) {
+        self.lock = Some(lock);
     }
 
     /// Processes a desired state to the end (or to a transient failure) and

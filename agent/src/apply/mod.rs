@@ -18,6 +18,8 @@
 //! - [`boot`] is the watchdog of a restart onto a new model: pending
 //!   confirmation with a start counter, falling back after N starts that
 //!   never became healthy.
+//! - [`ApplyLock`] keeps one applier per data folder: the running agent
+//!   or an offline bundle import ([`crate::bundle`]), never both.
 //! - [`Applier`] performs the actions with real files, the resumable
 //!   download from `outpost-models`, and the runtime's [`HealthCheck`].
 //!
@@ -30,6 +32,7 @@ pub mod boot;
 mod executor;
 mod files;
 pub mod gc;
+mod lock;
 mod pointers;
 mod reconciler;
 mod trust;
@@ -38,8 +41,10 @@ mod verify;
 
 pub use executor::{Applier, ApplierConfig, ApplyError, HealthCheck};
 pub use files::{ArtifactFiles, FilesError};
+pub use lock::{ApplyLock, LockError, LOCK_FILE};
 pub use pointers::{PointerError, PointerState, PointerStore, Slot, SqlitePointers};
-pub use reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler};
+pub(crate) use reconciler::below_floor;
+pub use reconciler::{Action, Event, Inventory, Location, Outcome, Reconciler, APPLY_ORDER};
 pub use trust::{StateVerifier, Untrusted, DEFAULT_MAX_GENERATION_JUMP};
 pub use urls::{ArtifactBase, BaseError};
 pub use verify::{verify, HubKey, HubKeyError, Rejection, VerifiedArtifact};

@@ -628,20 +628,7 @@ impl Reconciler {
         kind: ArtifactKind,
         release: Release,
     ) -> Option<Rejection> {
-        let floor = self.floors.get(&kind).copied().unwrap_or_default();
-        let allowed = match target.rollback_floor.get(&kind) {
-            Some(&lowered) => floor.min(lowered),
-            None => floor,
-        };
-        (release < allowed).then(|| {
-            Rejection::permanent(
-                FailureReason::Rollback,
-                format!(
-                    "{kind} {release} is older than {floor} last committed here; \
-                     a rollback needs the hub's signed rollback floor (assign with rollback)"
-                ),
-            )
-        })
+        below_floor(&self.floors, target, kind, release)
     }
 
     /// The state carries a smoke gate that failed to apply (it is not the
@@ -747,6 +734,31 @@ impl Reconciler {
             at_unix_ms: now,
         }
     }
+}
+
+/// The anti-rollback rule on its own (an offline import checks it for
+/// every kind before it applies any): `release` of `kind` is refused when
+/// below the kind's floor, unless `target` lowers the floor on purpose.
+pub(crate) fn below_floor(
+    floors: &BTreeMap<ArtifactKind, Release>,
+    target: &DesiredState,
+    kind: ArtifactKind,
+    release: Release,
+) -> Option<Rejection> {
+    let floor = floors.get(&kind).copied().unwrap_or_default();
+    let allowed = match target.rollback_floor.get(&kind) {
+        Some(&lowered) => floor.min(lowered),
+        None => floor,
+    };
+    (release < allowed).then(|| {
+        Rejection::permanent(
+            FailureReason::Rollback,
+            format!(
+                "{kind} {release} is older than {floor} last committed here; \
+                 a rollback needs the hub's signed rollback floor (assign with rollback)"
+            ),
+        )
+    })
 }
 
 fn internal(detail: &str) -> Rejection {

@@ -41,7 +41,9 @@ pub use backoff::Backoff;
 pub use endpoint::{BrokerUrl, EndpointError, SessionOptions, TlsFiles};
 pub use outbox_owner::{OutboxClient, OutboxStats, RecordError};
 
-use crate::apply::{Applier, ApplierConfig, ApplyError, HubKey, SqlitePointers, StateVerifier};
+use crate::apply::{
+    Applier, ApplierConfig, ApplyError, ApplyLock, HubKey, LockError, SqlitePointers, StateVerifier,
+};
 use crate::outbox::{Outbox, OutboxBounds, OutboxConfig, OutboxError, SqliteOutboxStore};
 use crate::MetricsSampler;
 
@@ -122,6 +124,9 @@ pub enum StartError {
     /// The pointer database failed to open.
     #[error("agent pointers: {0}")]
     Pointers(#[from] crate::apply::PointerError),
+    /// Another process (an offline bundle import) applies in the data folder.
+    #[error("agent apply lock: {0}")]
+    Locked(#[from] LockError),
     /// The broker URL or TLS files are unusable.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -273,8 +278,11 @@ impl Agent {
         let store = SqliteOutboxStore::open(&config.data_dir.join("outbox.sqlite"))?;
         let outbox = OutboxClient::spawn(Outbox::open(store, outbox_config)?, OUTBOX_QUEUE);
 
+        // Before anything is applied: an offline bundle import must not
+        // switch pointers under a running agent, nor it under one.
+        let lock = ApplyLock::acquire(&config.data_dir)?;
         let pointers = SqlitePointers::open(&config.data_dir.join("pointers.sqlite"))?;
-        let applier = Applier::open(
+        let mut applier = Applier::open(
             ApplierConfig {
                 root: config.data_dir.join("artifacts"),
                 hub_key: config.hub_key,
@@ -284,6 +292,7 @@ impl Agent {
             pointers,
             runtime,
         )?;
+        applier.hold(lock);
         let (desired_tx, desired_rx) = watch::channel::<Option<DesiredState>>(None);
         let (evals_tx, evals_rx) = tokio::sync::mpsc::channel(apply_owner::EVAL_QUEUE);
         let outputs = apply_owner::spawn(

@@ -2,6 +2,7 @@
 //! local HTTP server; and a crash test that SIGKILLs a child agent at random
 //! points of an apply.
 
+mod bundle;
 mod support;
 
 use std::path::Path;

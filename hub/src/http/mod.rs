@@ -24,6 +24,8 @@
 //! PUT  /admin/devices/{device}/tags    {"tags": [...]}
 //! GET  /admin/devices                  status, versions, last seen
 //! GET  /admin/telemetry?device&limit   newest telemetry events
+//! GET  /admin/bundle?device|tag        an offline bundle (zip): the stored signed desired
+//!                                      states of the device(s) and their artifacts
 //! GET  /dashboard, /login, /admin/dashboard/...
 //!                                      the fleet dashboard (see `dashboard`)
 //! ```
@@ -41,6 +43,7 @@
 
 mod admin;
 mod auth;
+mod bundle;
 mod dashboard;
 mod device;
 mod device_evals;
@@ -257,6 +260,7 @@ pub fn operator_router(state: App) -> Router {
         )
         .route("/admin/assign", post(admin::assign))
         .route("/admin/devices", get(admin::devices))
+        .route("/admin/bundle", get(bundle::export))
         .route("/admin/devices/{device}/tags", put(admin::set_tags))
         .route("/admin/devices/{device}/eval", post(device_evals::run))
         .route("/admin/devices/{device}/evals", get(device_evals::list))
