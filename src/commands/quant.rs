@@ -1,5 +1,5 @@
-//! `outpost quant convert`: a Hugging Face BERT model folder to a GGUF
-//! embedding model, through `outpost_quant`.
+//! `outpost quant convert`: a Hugging Face model folder (a BERT embedder or
+//! a Llama decoder) to a GGUF, through `outpost_quant`.
 
 use anyhow::Context;
 use outpost_quant::{ConvertOptions, Pooling};
@@ -19,14 +19,16 @@ pub fn run(command: QuantCommand) -> anyhow::Result<()> {
             };
             let summary = outpost_quant::convert(&input, &output, &options)
                 .with_context(|| format!("converting {}", input.display()))?;
-            let pooling = match summary.pooling {
-                Some(Pooling::Mean) => "mean",
-                Some(Pooling::Cls) => "cls",
-                Some(Pooling::Last) => "last",
-                None => "none (the embedder will use mean)",
+            // Pooling only means something for an embedder.
+            let pooling = match (summary.architecture, summary.pooling) {
+                (_, Some(Pooling::Mean)) => ", pooling mean",
+                (_, Some(Pooling::Cls)) => ", pooling cls",
+                (_, Some(Pooling::Last)) => ", pooling last",
+                ("bert", None) => ", pooling none (the embedder will use mean)",
+                _ => "",
             };
             println!(
-                "{}\t{} {}, {} tensors, {} dimensions, {} tokens, pooling {}, {:.1} MB",
+                "{}\t{} {}, {} tensors, {} dimensions, {} tokens{}, {:.1} MB",
                 summary.output.display(),
                 summary.architecture,
                 summary.output_type,
