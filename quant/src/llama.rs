@@ -64,8 +64,7 @@ pub struct LlamaConfig {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    /// `None` when the config does not say (then as many as query heads,
-    /// and no `head_count_kv` key is written).
+    /// `None` when the config does not say (then as many as query heads).
     pub num_key_value_heads: Option<usize>,
     pub intermediate_size: usize,
     pub max_position_embeddings: usize,
@@ -179,6 +178,11 @@ impl LlamaConfig {
 
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The rotary base; transformers' default when the config gives none.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta.unwrap_or(10000.0)
     }
 
     pub fn head_dim(&self) -> usize {
@@ -367,7 +371,7 @@ fn llama3_rope_factors(config: &LlamaConfig) -> Option<Vec<f32>> {
     else {
         return None;
     };
-    let base = config.rope_theta.unwrap_or(10000.0);
+    let base = config.rope_theta();
     let dim = config.head_dim();
     let low_wavelen = original_context / low_freq_factor;
     let high_wavelen = original_context / high_freq_factor;
@@ -410,9 +414,10 @@ fn hparams(config: &LlamaConfig, file_type: u32) -> Vec<(String, MetaValue)> {
             u32_of(config.num_attention_heads),
         ),
     ];
-    if let Some(n_kv) = config.num_key_value_heads {
-        out.push((key("attention.head_count_kv"), u32_of(n_kv)));
-    }
+    // The script reads the config through transformers' LlamaConfig, which
+    // fills in num_key_value_heads, rope_theta and head_dim when absent:
+    // so are they written here.
+    out.push((key("attention.head_count_kv"), u32_of(config.kv_heads())));
     if config.non_causal {
         out.push((key("attention.causal"), MetaValue::Bool(false)));
     }
@@ -449,21 +454,36 @@ fn hparams(config: &LlamaConfig, file_type: u32) -> Vec<(String, MetaValue)> {
             }
         }
     }
-    if let Some(theta) = config.rope_theta {
-        out.push((key("rope.freq_base"), f32_of(theta)));
-    }
+    out.push((key("rope.freq_base"), f32_of(config.rope_theta())));
     out.push((
         key("attention.layer_norm_rms_epsilon"),
         f32_of(config.rms_norm_eps),
     ));
-    if let Some(head_dim) = config.head_dim {
-        out.push((key("attention.key_length"), u32_of(head_dim)));
-        out.push((key("attention.value_length"), u32_of(head_dim)));
-    }
+    out.push((key("attention.key_length"), u32_of(config.head_dim())));
+    out.push((key("attention.value_length"), u32_of(config.head_dim())));
     out.push(("general.file_type".into(), MetaValue::U32(file_type)));
     out.push((key("vocab_size"), u32_of(config.vocab_size)));
     out.push((key("rope.dimension_count"), u32_of(config.head_dim())));
     out
+}
+
+/// gguf-py's `size_label` for a dense model: the parameter count with a
+/// K/M/B/T suffix and at least two significant digits (`135M`, `3.2M`).
+fn size_label(parameters: usize) -> String {
+    let n = parameters as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let integer = scaled.round_ties_even().to_string();
+    let digits = integer.trim_start_matches('0').len();
+    let fix = 2usize.saturating_sub(digits);
+    format!("{scaled:.fix$}{suffix}")
 }
 
 /// Granite's small models (vocabulary of 49152, which SmolLM shares) get
@@ -514,6 +534,7 @@ pub(crate) fn convert(
             Tensor::from_vec(factors, n, &Device::Cpu).map_err(|e| quantize("rope_freqs", e))?;
         named.insert(0, ("rope_freqs.weight".to_owned(), tensor));
     }
+    let parameters: usize = named.iter().map(|(_, t)| t.elem_count()).sum();
     let tensors = weights::convert_tensors(named, options.output_type, options.progress)?;
     let mut metadata: Vec<(String, MetaValue)> = vec![
         (
@@ -522,6 +543,10 @@ pub(crate) fn convert(
         ),
         ("general.type".into(), MetaValue::String("model".into())),
         ("general.name".into(), MetaValue::String(folder.name())),
+        (
+            "general.size_label".into(),
+            MetaValue::String(size_label(parameters)),
+        ),
     ];
     metadata.extend(hparams(&config, options.output_type.file_type()));
     metadata.push((
@@ -582,7 +607,7 @@ mod tests {
         assert_eq!(get("llama.rope.freq_base").to_f32().ok(), Some(100000.0));
         assert_eq!(get("llama.vocab_size").to_u32().ok(), Some(49152));
         assert!(!meta.iter().any(|(k, _)| k.contains("scaling")));
-        assert!(!meta.iter().any(|(k, _)| k.contains("key_length")));
+        assert_eq!(get("llama.attention.key_length").to_u32().ok(), Some(64));
     }
 
     #[test]
@@ -706,6 +731,15 @@ mod tests {
             .find(|s| s.gguf == "blk.0.attn_k.weight")
             .expect("attn_k");
         assert_eq!(k.shape, [192, 576]);
+    }
+
+    #[test]
+    fn size_labels_round_as_gguf_py_does() {
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(3_159_104), "3.2M");
+        assert_eq!(size_label(1_100_048_384), "1.1B");
+        assert_eq!(size_label(7_241_732_096), "7.2B");
+        assert_eq!(size_label(500), "0.50K");
     }
 
     #[test]
