@@ -2,7 +2,7 @@
 //! `LlamaModel` writes it: the [`LlamaConfig`] read from `config.json` and
 //! checked against what the graph runs, the GGUF name of each Hugging Face
 //! tensor, the tensors with their shapes, the Q/K row permutation, the
-//! `llama.*` hyper-parameters, and [`convert`], which puts them together
+//! `llama.*` hyper-parameters, and `convert`, which puts them together
 //! with the BPE vocabulary.
 //!
 //! Hugging Face stores each head's rotary pairs as two halves
