@@ -16,7 +16,7 @@
 # Usage: benches/peer/convert.sh             builds what it needs, then measures
 #        OUTPOST_BIN=target/release/outpost benches/peer/convert.sh
 #        CONVERT_TYPES="f16" CONVERT_RUNS=5 benches/peer/convert.sh
-# Writes benches/peer/results-convert.md (and prints it).
+# Writes benches/peer/convert-results.md (and prints it).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +25,7 @@ work="$here/build/convert"
 types=${CONVERT_TYPES:-"f32 f16 bf16"}
 runs=${CONVERT_RUNS:-3}
 reference="$repo/quant/tests/reference/convert_reference.sh"
-results="$here/results-convert.md"
+results="$here/convert-results.md"
 
 die() {
     echo "convert.sh: error: $*" >&2
