@@ -291,16 +291,17 @@ pub struct KbSearchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum QuantCommand {
-    /// Convert a Hugging Face BERT model folder (config.json, tokenizer.json,
-    /// model.safetensors) into a GGUF that llama.cpp loads for embeddings.
+    /// Convert a Hugging Face model folder (config.json, tokenizer.json,
+    /// model.safetensors) into a GGUF for llama.cpp: a BERT embedder
+    /// (BertModel) or a Llama decoder (LlamaForCausalLM: Llama, SmolLM).
     Convert {
         /// The model folder, e.g. the one `outpost models fetch all-minilm-l6-v2` prints.
         input: PathBuf,
         /// The GGUF file to write (replaced atomically).
         #[arg(long, short = 'o')]
         output: PathBuf,
-        /// Weight type: f32, f16 or q8_0.
-        #[arg(long = "type", default_value = "f16")]
+        /// Weight type: f32, f16, bf16 or q8_0.
+        #[arg(long = "type", visible_alias = "output-type", default_value = "f16")]
         output_type: outpost_quant::OutputType,
     },
     /// Quantize a GGUF model with llama.cpp's own quantizer (what

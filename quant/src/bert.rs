@@ -4,19 +4,10 @@
 //! hyper-parameter metadata.
 
 use crate::hf::{BertConfig, Pooling};
+pub use crate::weights::{Mapping, TensorSpec};
 
 /// `general.architecture`.
 pub const ARCHITECTURE: &str = "bert";
-
-/// What becomes of one Hugging Face tensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mapping {
-    /// Written under this GGUF name.
-    Gguf(String),
-    /// Not used for embeddings (pooler, masked-LM and NSP heads, position
-    /// ids); dropped as `convert_hf_to_gguf.py` drops it.
-    Skip,
-}
 
 /// Maps a Hugging Face BERT tensor name; `None` when it has no place in
 /// llama.cpp's BERT.
@@ -68,17 +59,6 @@ pub fn map_name(hf_name: &str) -> Option<Mapping> {
         }
     };
     Some(Mapping::Gguf(format!("{gguf_stem}.{suffix}")))
-}
-
-/// One tensor llama.cpp's BERT loads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorSpec {
-    pub gguf: String,
-    /// Shape in Hugging Face (row-major, PyTorch) order, e.g. `[out, in]`
-    /// for a linear weight; GGUF stores it reversed.
-    pub shape: Vec<usize>,
-    /// `llama_model_bert` refuses a file without it.
-    pub required: bool,
 }
 
 /// Every tensor of a BERT with `config`, in the order they are written.
@@ -153,6 +133,34 @@ pub fn hparams(config: &BertConfig, pooling: Option<Pooling>) -> Vec<(&'static s
         out.push(("pooling_type", HParam::U32(pooling as u32)));
     }
     out
+}
+
+/// The Hugging Face name a GGUF tensor comes from, for error messages.
+pub fn hf_name(gguf: &str) -> String {
+    let (stem, suffix) = gguf.rsplit_once('.').unwrap_or((gguf, ""));
+    let hf = match stem {
+        "token_embd" => "embeddings.word_embeddings".to_owned(),
+        "token_types" => "embeddings.token_type_embeddings".to_owned(),
+        "position_embd" => "embeddings.position_embeddings".to_owned(),
+        "token_embd_norm" => "embeddings.LayerNorm".to_owned(),
+        _ => {
+            let rest = stem.strip_prefix("blk.").unwrap_or(stem);
+            let (block, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let part = match part {
+                "attn_q" => "attention.self.query",
+                "attn_k" => "attention.self.key",
+                "attn_v" => "attention.self.value",
+                "attn_output" => "attention.output.dense",
+                "attn_output_norm" => "attention.output.LayerNorm",
+                "ffn_up" => "intermediate.dense",
+                "ffn_down" => "output.dense",
+                "layer_output_norm" => "output.LayerNorm",
+                other => other,
+            };
+            format!("encoder.layer.{block}.{part}")
+        }
+    };
+    format!("{hf}.{suffix}")
 }
 
 #[cfg(test)]

@@ -26,21 +26,37 @@ pub enum ConvertError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("{path} describes architecture {found}; only BERT models (BertModel, BertForMaskedLM with model_type \"bert\") can be converted")]
+    #[error("{path} describes architecture {found}; outpost converts BERT embedders (BertModel, BertForMaskedLM with model_type \"bert\") and Llama decoders (LlamaForCausalLM: Llama, SmolLM, TinyLlama)")]
     UnsupportedArchitecture { path: PathBuf, found: String },
-    #[error("{path} lacks `{key}`, which a BERT config must give; the file is incomplete or not a BERT config")]
-    MissingConfigKey { path: PathBuf, key: &'static str },
-    #[error("{path}: {what}; llama.cpp's BERT graph cannot run this model")]
-    UnsupportedConfig { path: PathBuf, what: String },
+    #[error("{path} lacks `{key}`, which a {family} config must give; the file is incomplete or not a {family} config")]
+    MissingConfigKey {
+        path: PathBuf,
+        key: &'static str,
+        family: &'static str,
+    },
+    #[error("{path}: {what}; llama.cpp's {family} graph cannot run this model")]
+    UnsupportedConfig {
+        path: PathBuf,
+        what: String,
+        family: &'static str,
+    },
     #[error("cannot load the tokenizer {path}: {source}; re-download the model")]
     Tokenizer {
         path: PathBuf,
         source: TokenizerSource,
     },
-    #[error(
-        "{path} holds a {found} tokenizer; llama.cpp's BERT vocabulary needs a WordPiece tokenizer"
-    )]
-    UnsupportedTokenizer { path: PathBuf, found: String },
+    #[error("{path} holds a {found} tokenizer; {need}")]
+    UnsupportedTokenizer {
+        path: PathBuf,
+        found: String,
+        need: &'static str,
+    },
+    #[error("{path}: the pre-tokenizer is not one llama.cpp knows by name (probe hash {hash}); outpost recognises those of {known}, and llama.cpp would split text wrongly under another name")]
+    UnknownPreTokenizer {
+        path: PathBuf,
+        hash: String,
+        known: String,
+    },
     #[error("{path}: {what}; the tokenizer does not match config.json, re-download the model")]
     Vocab { path: PathBuf, what: String },
     #[error("cannot read the weights {path}: {source}; the file is damaged or not safetensors, re-download it")]
@@ -48,14 +64,19 @@ pub enum ConvertError {
         path: PathBuf,
         source: candle_core::Error,
     },
-    #[error("{path} has no tensor {tensor} (GGUF {gguf}); the weights are incomplete or not a BERT model")]
+    #[error("{path} has no tensor {tensor} (GGUF {gguf}); the weights are incomplete or not a {family} model")]
     MissingTensor {
         path: PathBuf,
         tensor: String,
         gguf: String,
+        family: &'static str,
     },
-    #[error("{path} holds tensor {tensor}, which has no place in llama.cpp's BERT (classification and other heads are not supported); convert the base model")]
-    UnexpectedTensor { path: PathBuf, tensor: String },
+    #[error("{path} holds tensor {tensor}, which has no place in llama.cpp's {family} (classification and other heads are not supported); convert the base model")]
+    UnexpectedTensor {
+        path: PathBuf,
+        tensor: String,
+        family: &'static str,
+    },
     #[error("tensor {tensor} in {path} has shape {found:?}, but config.json implies {expected:?}; the weights do not belong to this config")]
     TensorShape {
         path: PathBuf,

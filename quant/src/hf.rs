@@ -1,7 +1,8 @@
-//! The Hugging Face model folder: which files it must hold, its BERT
-//! `config.json` (checked against what llama.cpp's BERT graph runs), and the
-//! pooling that sentence-transformers declares for it (`modules.json` and the
-//! pooling module's `config.json`).
+//! The Hugging Face model folder: which files it must hold, which model
+//! family its `config.json` describes, the BERT `config.json` (checked
+//! against what llama.cpp's BERT graph runs), and the pooling that
+//! sentence-transformers declares for a BERT (`modules.json` and the pooling
+//! module's `config.json`). The Llama config is read in [`crate::llama`].
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +100,56 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, ConvertError> {
     })
 }
 
+/// The model families [`crate::convert`] handles, told apart by
+/// `config.json` as `convert_hf_to_gguf.py` does: by the first of its
+/// `architectures`, else by `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// A BERT encoder, converted to llama.cpp's `bert` (an embedder).
+    Bert,
+    /// A Llama decoder, converted to llama.cpp's `llama` (a generator).
+    Llama,
+}
+
+/// Hugging Face architectures whose weights are llama.cpp's `llama` graph
+/// as they are (Mistral, Mixtral and the multimodal variants the Python
+/// script also routes there need more than this crate does).
+const LLAMA_ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "LLaMAForCausalLM"];
+
+/// Which family the folder's `config.json` describes; any other is refused
+/// with the architecture named.
+pub fn read_family(path: &Path) -> Result<Family, ConvertError> {
+    let config = read_json(path)?;
+    let unsupported = |found: String| ConvertError::UnsupportedArchitecture {
+        path: path.to_owned(),
+        found,
+    };
+    let architectures: Vec<&str> = config["architectures"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if let Some(first) = architectures.first() {
+        if LLAMA_ARCHITECTURES.contains(first) {
+            return Ok(Family::Llama);
+        }
+        if architectures
+            .iter()
+            .any(|a| SUPPORTED_ARCHITECTURES.contains(a))
+        {
+            return Ok(Family::Bert);
+        }
+        return Err(unsupported(architectures.join(", ")));
+    }
+    match config["model_type"].as_str() {
+        Some("bert") => Ok(Family::Bert),
+        Some("llama") => Ok(Family::Llama),
+        Some(other) => Err(unsupported(format!("model_type {other:?}"))),
+        None => Err(unsupported(
+            "unknown (neither `architectures` nor `model_type` is given)".into(),
+        )),
+    }
+}
+
 /// The hyper-parameters of a BERT `config.json` that the GGUF carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
@@ -172,6 +223,7 @@ impl BertConfig {
                 .ok_or_else(|| ConvertError::MissingConfigKey {
                     path: path.to_owned(),
                     key,
+                    family: "BERT",
                 })
         };
         let config = BertConfig {
@@ -187,11 +239,13 @@ impl BertConfig {
                 .ok_or_else(|| ConvertError::MissingConfigKey {
                     path: path.to_owned(),
                     key: "layer_norm_eps",
+                    family: "BERT",
                 })?,
         };
         let unsupported_config = |what: String| ConvertError::UnsupportedConfig {
             path: path.to_owned(),
             what,
+            family: "BERT",
         };
         if let Some(act) = &raw.hidden_act {
             if !GELU.contains(&act.as_str()) {
@@ -251,6 +305,7 @@ pub fn read_pooling(dir: &Path) -> Result<Option<Pooling>, ConvertError> {
         return Err(ConvertError::UnsupportedConfig {
             path: modules_path,
             what: format!("the pooling module's {} is missing", config_path.display()),
+            family: "BERT",
         });
     }
     let config = read_json(&config_path)?;
@@ -265,6 +320,7 @@ pub fn read_pooling(dir: &Path) -> Result<Option<Pooling>, ConvertError> {
         Err(ConvertError::UnsupportedConfig {
             path: config_path,
             what: "only mean, CLS and last-token pooling are supported".into(),
+            family: "BERT",
         })
     }
 }
@@ -310,7 +366,36 @@ mod tests {
             matches!(&err, ConvertError::UnsupportedArchitecture { found, .. } if found == "LlamaForCausalLM"),
             "{err}"
         );
-        assert!(err.to_string().contains("only BERT models"), "{err}");
+        assert!(
+            err.to_string().contains("outpost converts BERT embedders"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_family_follows_the_first_architecture_then_the_model_type() {
+        let family = |text: &str| {
+            let (_dir, path) = config_file(text);
+            read_family(&path)
+        };
+        assert_eq!(family(MINILM).expect("bert"), Family::Bert);
+        assert_eq!(
+            family(r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}"#)
+                .expect("llama"),
+            Family::Llama
+        );
+        assert_eq!(
+            family(r#"{"model_type": "llama"}"#).expect("llama"),
+            Family::Llama
+        );
+        let err = family(r#"{"architectures": ["Qwen2ForCausalLM"]}"#).unwrap_err();
+        assert!(
+            matches!(&err, ConvertError::UnsupportedArchitecture { found, .. } if found == "Qwen2ForCausalLM"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("LlamaForCausalLM"), "{err}");
+        let err = family(r#"{"model_type": "gpt2"}"#).unwrap_err();
+        assert!(err.to_string().contains("\"gpt2\""), "{err}");
     }
 
     #[test]

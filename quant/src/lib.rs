@@ -1,43 +1,56 @@
-//! Outpost's model conversion: a Hugging Face BERT-family model folder
+//! Outpost's model conversion without Python: a Hugging Face model folder
 //! (`config.json`, `tokenizer.json`, `model.safetensors`) becomes a GGUF
-//! that llama.cpp loads as an embedding model (architecture `bert`), in
-//! f32, f16 or q8_0, without Python.
+//! that llama.cpp loads, in f32, f16, bf16 or q8_0. Two families:
+//! BERT embedders (architecture `bert`, loaded by `outpost_runtime::embed`)
+//! and Llama decoders (architecture `llama`: Llama, SmolLM, TinyLlama-style
+//! models with a byte-level BPE tokenizer, loaded by the chat engine).
 //!
-//! [`convert`] drives the pieces:
+//! [`convert`] reads the family from `config.json` ([`Family`]) and drives
+//! the pieces:
 //!
-//! - [`hf`] opens the folder ([`HfFolder`]), reads and checks the
-//!   [`BertConfig`] and the sentence-transformers pooling ([`Pooling`]);
-//! - [`vocab`] builds the WordPiece vocabulary, special tokens and
-//!   pre-tokenizer name the way `convert_hf_to_gguf.py` does ([`Vocab`]);
-//! - [`bert`] maps tensor names, lists the tensors llama.cpp's BERT loads
-//!   with their shapes, and gives the `bert.*` hyper-parameters;
-//! - [`output`] picks each tensor's type for an [`OutputType`], converts it
-//!   and writes the GGUF atomically;
+//! - [`hf`] opens the folder ([`HfFolder`]), tells the family apart, reads
+//!   and checks the [`BertConfig`] and the sentence-transformers pooling
+//!   ([`Pooling`]);
+//! - [`bert`] and [`llama`] map tensor names, list the tensors llama.cpp
+//!   loads with their shapes, and give the hyper-parameters; [`llama`] also
+//!   reads the [`llama::LlamaConfig`], permutes the Q/K rows for llama.cpp's
+//!   rotary layout and builds the whole `llama` GGUF;
+//! - [`vocab`] builds the WordPiece vocabulary ([`Vocab`]), [`bpe`] the
+//!   byte-level BPE one ([`bpe::BpeVocab`]), each with the pre-tokenizer name
+//!   the way `convert_hf_to_gguf.py` finds it;
+//! - [`special`] reads the special tokens, `add_*_token` flags and chat
+//!   template as gguf-py's `SpecialVocab` does;
+//! - [`weights`] checks the safetensors against a family's tensor list and
+//!   converts each tensor; [`output`] picks each tensor's type for an
+//!   [`OutputType`] and writes the GGUF atomically;
 //! - [`ConvertError`] says what was wrong and what to do.
 //!
 //! The metadata and tensors match what llama.cpp's `convert_hf_to_gguf.py`
-//! writes for `BertModel`; candle writes GGUF version 2 (the script writes
+//! writes for `BertModel` and `LlamaModel` (`quant/tests/llama.rs` compares
+//! the two byte for byte); candle writes GGUF version 2 (the script writes
 //! 3, which only adds big-endian support). The crate never touches
-//! llama.cpp itself; the runtime loads the result (`outpost_runtime::embed`).
+//! llama.cpp itself.
 
 pub mod bert;
+pub mod bpe;
 mod error;
 pub mod hf;
+pub mod llama;
 pub mod output;
+pub mod special;
 pub mod vocab;
+pub mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
 pub use error::{ConvertError, TokenizerSource};
-pub use hf::{BertConfig, HfFolder, Pooling};
+pub use hf::{BertConfig, Family, HfFolder, Pooling};
 pub use output::{OutputType, ParseOutputTypeError};
 pub use vocab::Vocab;
 
-use bert::Mapping;
 use output::{MetaValue, OutTensor};
 
 /// How to convert.
@@ -63,9 +76,10 @@ pub struct ConvertSummary {
 }
 
 /// `general.quantization_version` (ggml's `GGML_QNT_VERSION`).
-const QUANTIZATION_VERSION: u32 = 2;
+pub(crate) const QUANTIZATION_VERSION: u32 = 2;
 
-/// Converts the Hugging Face BERT model folder `input` into the GGUF file
+/// Converts the Hugging Face model folder `input` (a BERT embedder or a
+/// Llama decoder, told apart by its `config.json`) into the GGUF file
 /// `output` (replaced atomically if it exists).
 pub fn convert(
     input: &Path,
@@ -73,154 +87,76 @@ pub fn convert(
     options: &ConvertOptions,
 ) -> Result<ConvertSummary, ConvertError> {
     let folder = HfFolder::open(input)?;
-    let config = BertConfig::load(&folder.config)?;
-    let pooling = hf::read_pooling(&folder.dir)?;
-    let vocab = Vocab::load(&folder, &config)?;
-    let weights =
-        candle_core::safetensors::load(&folder.weights, &Device::Cpu).map_err(|source| {
-            ConvertError::Safetensors {
-                path: folder.weights.clone(),
-                source,
-            }
-        })?;
-    let named = map_weights(weights, &config, &folder.weights)?;
-    let tensors = convert_tensors(named, options)?;
-    let metadata = metadata(&folder, &config, pooling, &vocab, options.output_type);
-    let bytes = output::write_gguf(output, &metadata, &tensors)?;
+    let converted = match hf::read_family(&folder.config)? {
+        Family::Bert => convert_bert(&folder, options)?,
+        Family::Llama => llama::convert(&folder, options)?,
+    };
+    let bytes = output::write_gguf(output, &converted.metadata, &converted.tensors)?;
     tracing::info!(
         output = %output.display(),
+        architecture = converted.architecture,
         output_type = %options.output_type,
-        tensors = tensors.len(),
+        tensors = converted.tensors.len(),
         bytes,
         "converted to GGUF"
     );
     Ok(ConvertSummary {
         output: output.to_owned(),
-        architecture: bert::ARCHITECTURE,
+        architecture: converted.architecture,
         output_type: options.output_type,
-        tensors: tensors.len(),
+        tensors: converted.tensors.len(),
         bytes,
+        pooling: converted.pooling,
+        vocab_size: converted.vocab_size,
+        embedding_length: converted.embedding_length,
+    })
+}
+
+/// A converted model, ready to be written.
+pub(crate) struct Converted {
+    pub architecture: &'static str,
+    pub metadata: Vec<(String, MetaValue)>,
+    pub tensors: Vec<OutTensor>,
+    pub pooling: Option<Pooling>,
+    pub vocab_size: usize,
+    pub embedding_length: usize,
+}
+
+/// Reads every tensor of the folder's safetensors.
+pub(crate) fn load_weights(folder: &HfFolder) -> Result<HashMap<String, Tensor>, ConvertError> {
+    candle_core::safetensors::load(&folder.weights, &Device::Cpu).map_err(|source| {
+        ConvertError::Safetensors {
+            path: folder.weights.clone(),
+            source,
+        }
+    })
+}
+
+fn convert_bert(folder: &HfFolder, options: &ConvertOptions) -> Result<Converted, ConvertError> {
+    let config = BertConfig::load(&folder.config)?;
+    let pooling = hf::read_pooling(&folder.dir)?;
+    let vocab = Vocab::load(folder, &config)?;
+    let weights = load_weights(folder)?;
+    let named = weights::map_weights(weights, &bert_layout(&config), &folder.weights)?;
+    let tensors = weights::convert_tensors(named, options.output_type, options.progress)?;
+    Ok(Converted {
+        architecture: bert::ARCHITECTURE,
+        metadata: metadata(folder, &config, pooling, &vocab, options.output_type),
+        tensors,
         pooling,
         vocab_size: vocab.tokens.len(),
         embedding_length: config.hidden_size,
     })
 }
 
-/// Renames the safetensors tensors to GGUF names and checks them against
-/// what `config` implies: every required tensor present, every shape
-/// right, nothing unknown. Returns them in writing order.
-fn map_weights(
-    weights: HashMap<String, Tensor>,
-    config: &BertConfig,
-    path: &Path,
-) -> Result<Vec<(String, Tensor)>, ConvertError> {
-    let mut by_gguf: HashMap<String, (String, Tensor)> = HashMap::new();
-    // Sorted, so that the first offending tensor reported is the same every run.
-    let mut weights: Vec<(String, Tensor)> = weights.into_iter().collect();
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
-    for (hf_name, tensor) in weights {
-        match bert::map_name(&hf_name) {
-            Some(Mapping::Skip) => {}
-            Some(Mapping::Gguf(gguf)) => {
-                by_gguf.insert(gguf, (hf_name, tensor));
-            }
-            None => {
-                return Err(ConvertError::UnexpectedTensor {
-                    path: path.to_owned(),
-                    tensor: hf_name,
-                })
-            }
-        }
+/// The tensors of a BERT with `config`, for [`weights::map_weights`].
+fn bert_layout(config: &BertConfig) -> weights::Layout<'static> {
+    weights::Layout {
+        family: "BERT",
+        map_name: &bert::map_name,
+        specs: bert::tensor_specs(config),
+        hf_name: &bert::hf_name,
     }
-    let mut ordered = Vec::with_capacity(by_gguf.len());
-    for spec in bert::tensor_specs(config) {
-        let Some((hf_name, tensor)) = by_gguf.remove(&spec.gguf) else {
-            if spec.required {
-                return Err(ConvertError::MissingTensor {
-                    path: path.to_owned(),
-                    tensor: hf_name_hint(&spec.gguf),
-                    gguf: spec.gguf,
-                });
-            }
-            continue;
-        };
-        if tensor.dims() != spec.shape.as_slice() {
-            return Err(ConvertError::TensorShape {
-                path: path.to_owned(),
-                tensor: hf_name,
-                expected: spec.shape,
-                found: tensor.dims().to_vec(),
-            });
-        }
-        ordered.push((spec.gguf, tensor));
-    }
-    // Whatever is left mapped to a name the config does not have (a block
-    // beyond num_hidden_layers).
-    if let Some((hf_name, _)) = by_gguf.into_values().min_by(|a, b| a.0.cmp(&b.0)) {
-        return Err(ConvertError::UnexpectedTensor {
-            path: path.to_owned(),
-            tensor: hf_name,
-        });
-    }
-    Ok(ordered)
-}
-
-/// The Hugging Face name a GGUF tensor comes from, for error messages.
-fn hf_name_hint(gguf: &str) -> String {
-    let (stem, suffix) = gguf.rsplit_once('.').unwrap_or((gguf, ""));
-    let hf = match stem {
-        "token_embd" => "embeddings.word_embeddings".to_owned(),
-        "token_types" => "embeddings.token_type_embeddings".to_owned(),
-        "position_embd" => "embeddings.position_embeddings".to_owned(),
-        "token_embd_norm" => "embeddings.LayerNorm".to_owned(),
-        _ => {
-            let rest = stem.strip_prefix("blk.").unwrap_or(stem);
-            let (block, part) = rest.split_once('.').unwrap_or((rest, ""));
-            let part = match part {
-                "attn_q" => "attention.self.query",
-                "attn_k" => "attention.self.key",
-                "attn_v" => "attention.self.value",
-                "attn_output" => "attention.output.dense",
-                "attn_output_norm" => "attention.output.LayerNorm",
-                "ffn_up" => "intermediate.dense",
-                "ffn_down" => "output.dense",
-                "layer_output_norm" => "output.LayerNorm",
-                other => other,
-            };
-            format!("encoder.layer.{block}.{part}")
-        }
-    };
-    format!("{hf}.{suffix}")
-}
-
-/// Converts every tensor to its output type, advancing a progress bar.
-fn convert_tensors(
-    named: Vec<(String, Tensor)>,
-    options: &ConvertOptions,
-) -> Result<Vec<OutTensor>, ConvertError> {
-    let bar = if options.progress {
-        let bar = ProgressBar::new(named.len() as u64);
-        let style = ProgressStyle::with_template(
-            "{spinner} converting to {prefix} [{bar:30}] {pos}/{len} tensors {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(options.output_type.to_string());
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut out = Vec::with_capacity(named.len());
-    for (name, tensor) in named {
-        bar.set_message(name.clone());
-        let dtype = output::tensor_dtype(options.output_type, &name, tensor.dims());
-        let data = output::convert_tensor(&name, &tensor, dtype)?;
-        out.push(OutTensor { name, data });
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(out)
 }
 
 /// The GGUF key-value metadata, in the order `convert_hf_to_gguf.py`
@@ -321,11 +257,11 @@ mod tests {
     #[test]
     fn missing_tensors_are_named_in_hugging_face_terms() {
         assert_eq!(
-            hf_name_hint("blk.3.ffn_down.bias"),
+            bert::hf_name("blk.3.ffn_down.bias"),
             "encoder.layer.3.output.dense.bias"
         );
         assert_eq!(
-            hf_name_hint("token_embd_norm.weight"),
+            bert::hf_name("token_embd_norm.weight"),
             "embeddings.LayerNorm.weight"
         );
     }
@@ -350,7 +286,7 @@ mod tests {
             .map(|spec| {
                 let t = Tensor::zeros(spec.shape.as_slice(), candle_core::DType::F32, &Device::Cpu)
                     .expect("zeros");
-                (hf_name_hint(&spec.gguf), t)
+                (bert::hf_name(&spec.gguf), t)
             })
             .collect()
     }
@@ -362,7 +298,12 @@ mod tests {
             "pooler.dense.weight".into(),
             Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).expect("zeros"),
         );
-        let mapped = map_weights(weights, &tiny_config(), Path::new("m.safetensors")).expect("map");
+        let mapped = weights::map_weights(
+            weights,
+            &bert_layout(&tiny_config()),
+            Path::new("m.safetensors"),
+        )
+        .expect("map");
         assert_eq!(mapped.len(), 5 + 16);
         assert_eq!(mapped[0].0, "token_embd.weight");
         assert!(mapped.iter().all(|(n, _)| !n.contains("pooler")));
@@ -372,7 +313,12 @@ mod tests {
     fn a_missing_tensor_a_wrong_shape_and_a_stranger_are_refused() {
         let mut weights = tiny_weights();
         weights.remove("encoder.layer.0.output.LayerNorm.weight");
-        let err = map_weights(weights, &tiny_config(), Path::new("m.safetensors")).unwrap_err();
+        let err = weights::map_weights(
+            weights,
+            &bert_layout(&tiny_config()),
+            Path::new("m.safetensors"),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, ConvertError::MissingTensor { tensor, gguf, .. }
                 if tensor == "encoder.layer.0.output.LayerNorm.weight" && gguf == "blk.0.layer_output_norm.weight"),
@@ -384,7 +330,12 @@ mod tests {
             "encoder.layer.0.intermediate.dense.weight".into(),
             Tensor::zeros((4, 8), candle_core::DType::F32, &Device::Cpu).expect("zeros"),
         );
-        let err = map_weights(weights, &tiny_config(), Path::new("m.safetensors")).unwrap_err();
+        let err = weights::map_weights(
+            weights,
+            &bert_layout(&tiny_config()),
+            Path::new("m.safetensors"),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, ConvertError::TensorShape { expected, found, .. } if expected == &[8, 4] && found == &[4, 8]),
             "{err}"
@@ -395,7 +346,12 @@ mod tests {
             "classifier.weight".into(),
             Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).expect("zeros"),
         );
-        let err = map_weights(weights, &tiny_config(), Path::new("m.safetensors")).unwrap_err();
+        let err = weights::map_weights(
+            weights,
+            &bert_layout(&tiny_config()),
+            Path::new("m.safetensors"),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, ConvertError::UnexpectedTensor { .. }),
             "{err}"
@@ -406,7 +362,12 @@ mod tests {
             "encoder.layer.1.output.dense.bias".into(),
             Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).expect("zeros"),
         );
-        let err = map_weights(weights, &tiny_config(), Path::new("m.safetensors")).unwrap_err();
+        let err = weights::map_weights(
+            weights,
+            &bert_layout(&tiny_config()),
+            Path::new("m.safetensors"),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, ConvertError::UnexpectedTensor { tensor, .. } if tensor == "encoder.layer.1.output.dense.bias"),
             "{err}"

@@ -21,13 +21,21 @@ pub enum OutputType {
     F32,
     /// Matrices in 16-bit floats; norms, biases and small embeddings stay f32.
     F16,
+    /// Matrices in bfloat16 (the range of f32, the precision of 8 bits);
+    /// the rest as for f16.
+    BF16,
     /// Matrices in 8-bit blocks of 32 (ggml `Q8_0`); the rest as for f16.
     Q8_0,
 }
 
 impl OutputType {
     /// All types, in the order `--type` lists them.
-    pub const ALL: [OutputType; 3] = [OutputType::F32, OutputType::F16, OutputType::Q8_0];
+    pub const ALL: [OutputType; 4] = [
+        OutputType::F32,
+        OutputType::F16,
+        OutputType::BF16,
+        OutputType::Q8_0,
+    ];
 
     /// `general.file_type` (llama.cpp's `LLAMA_FTYPE_*`).
     pub fn file_type(self) -> u32 {
@@ -35,6 +43,7 @@ impl OutputType {
             OutputType::F32 => 0,
             OutputType::F16 => 1,
             OutputType::Q8_0 => 7,
+            OutputType::BF16 => 32,
         }
     }
 
@@ -42,6 +51,7 @@ impl OutputType {
         match self {
             OutputType::F32 => "f32",
             OutputType::F16 => "f16",
+            OutputType::BF16 => "bf16",
             OutputType::Q8_0 => "q8_0",
         }
     }
@@ -55,7 +65,7 @@ impl fmt::Display for OutputType {
 
 /// Why a string is not an [`OutputType`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown output type {0:?}; use f32, f16 or q8_0")]
+#[error("unknown output type {0:?}; use f32, f16, bf16 or q8_0")]
 pub struct ParseOutputTypeError(String);
 
 impl FromStr for OutputType {
@@ -84,6 +94,7 @@ pub fn tensor_dtype(output: OutputType, gguf_name: &str, shape: &[usize]) -> Ggm
     match output {
         OutputType::F32 => GgmlDType::F32,
         OutputType::F16 => GgmlDType::F16,
+        OutputType::BF16 => GgmlDType::BF16,
         OutputType::Q8_0 => {
             let row = shape.last().copied().unwrap_or(0);
             if row % GgmlDType::Q8_0.block_size() == 0 {
@@ -99,6 +110,7 @@ fn dtype_name(dtype: GgmlDType) -> &'static str {
     match dtype {
         GgmlDType::F32 => "f32",
         GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
         GgmlDType::Q8_0 => "q8_0",
         _ => "another ggml type",
     }
@@ -184,7 +196,7 @@ mod tests {
         }
         assert_eq!("Q8_0".parse::<OutputType>(), Ok(OutputType::Q8_0));
         let err = "q4_k".parse::<OutputType>().unwrap_err();
-        assert!(err.to_string().contains("f32, f16 or q8_0"));
+        assert!(err.to_string().contains("f32, f16, bf16 or q8_0"));
     }
 
     #[test]

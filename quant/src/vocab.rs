@@ -7,20 +7,18 @@
 //!   `##`, control tokens stay as they are;
 //! - token types (normal, control, user-defined, unused);
 //! - `tokenizer.ggml.pre` from the hash of a fixed probe text's token ids;
-//! - the special-token ids and `add_*_token` flags that gguf-py's
-//!   `SpecialVocab` derives from `tokenizer_config.json`, the tokenizer's
-//!   post-processor and `config.json`.
+//! - the special-token ids and `add_*_token` flags ([`crate::special`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
 
 use crate::error::ConvertError;
-use crate::hf::{read_json, BertConfig, HfFolder};
+use crate::hf::{BertConfig, HfFolder};
+use crate::special::SpecialVocab;
 
 /// gguf-py's `TokenType` numbering, which llama.cpp reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +48,7 @@ pub struct Vocab {
 
 /// The probe text of `convert_hf_to_gguf.py`'s `get_vocab_base_pre`: the
 /// hash of its token ids names the pre-tokenizer.
-const PRE_TOKENIZER_PROBE: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\u{1f680} (normal) \u{1f636}\u{200d}\u{1f32b}\u{fe0f} (multiple emojis concatenated) \u{2705} \u{1f999}\u{1f999} 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 \u{1780}\u{17b6}\u{1793}\u{17cb}\u{178f}\u{17c2}\u{1796}\u{17b7}\u{179f}\u{17c1}\u{179f}\u{17a2}\u{17b6}\u{1785}\u{1f601} ?\u{6211}\u{60f3}\u{5728}apple\u{5de5}\u{4f5c}1314151\u{5929}\u{ff5e} ------======= \u{43d}\u{435}\u{449}\u{43e} \u{43d}\u{430} \u{411}\u{44a}\u{43b}\u{433}\u{430}\u{440}\u{441}\u{43a}\u{438} ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL";
+pub(crate) const PRE_TOKENIZER_PROBE: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\u{1f680} (normal) \u{1f636}\u{200d}\u{1f32b}\u{fe0f} (multiple emojis concatenated) \u{2705} \u{1f999}\u{1f999} 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 \u{1780}\u{17b6}\u{1793}\u{17cb}\u{178f}\u{17c2}\u{1796}\u{17b7}\u{179f}\u{17c1}\u{179f}\u{17a2}\u{17b6}\u{1785}\u{1f601} ?\u{6211}\u{60f3}\u{5728}apple\u{5de5}\u{4f5c}1314151\u{5929}\u{ff5e} ------======= \u{43d}\u{435}\u{449}\u{43e} \u{43d}\u{430} \u{411}\u{44a}\u{43b}\u{433}\u{430}\u{440}\u{441}\u{43a}\u{438} ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL";
 
 /// Probe hashes of WordPiece tokenizers and the name `convert_hf_to_gguf.py`
 /// gives them. Its checks run in order and the last match wins, which is
@@ -71,9 +69,6 @@ const KNOWN_PRE_TOKENIZERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The special-token kinds gguf-py looks for, in its order.
-const SPECIAL_KINDS: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
-
 impl Vocab {
     /// Builds the GGUF vocabulary of `folder`'s WordPiece tokenizer.
     pub fn load(folder: &HfFolder, config: &BertConfig) -> Result<Self, ConvertError> {
@@ -93,6 +88,7 @@ impl Vocab {
             return Err(ConvertError::UnsupportedTokenizer {
                 path: path.clone(),
                 found: found.into(),
+                need: "llama.cpp's BERT vocabulary needs a WordPiece tokenizer",
             });
         }
         let vocab = tokenizer.get_vocab(true);
@@ -116,18 +112,7 @@ impl Vocab {
                 source,
             })?;
         let pre = pre_tokenizer_name(probe.get_ids());
-        let tokenizer_json = read_json(path)?;
-        let tokenizer_config = match &folder.tokenizer_config {
-            Some(p) => read_json(p)?.as_object().cloned(),
-            None => None,
-        };
-        let config_json = read_json(&folder.config)?;
-        let special = special_tokens(
-            &tokenizer_json,
-            tokenizer_config,
-            &config_json,
-            tokens.len(),
-        );
+        let special = SpecialVocab::load(folder, Some(tokens.len()), false)?;
         Ok(Vocab {
             tokens,
             token_types,
@@ -187,18 +172,16 @@ fn phantom(token: String, kind: TokenType) -> String {
 
 /// gguf-py's `does_token_look_special`: added tokens some models forget to
 /// mark special.
-fn looks_special(token: &str) -> bool {
+pub(crate) fn looks_special(token: &str) -> bool {
     matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
         || (token.starts_with("<|") && token.ends_with("|>"))
         || (token.starts_with("<\u{ff5c}") && token.ends_with("\u{ff5c}>"))
         || (token.starts_with("<unused") && token.ends_with('>'))
 }
 
-/// `tokenizer.ggml.pre` for the probe's token ids: the hash of their Python
-/// list form (`[101, 100, ...]`), looked up in [`KNOWN_PRE_TOKENIZERS`].
-/// llama.cpp does not read it for WordPiece vocabularies, so an unknown
-/// hash falls back to `default` (where the Python script would stop).
-fn pre_tokenizer_name(ids: &[u32]) -> &'static str {
+/// The hash `convert_hf_to_gguf.py` names a pre-tokenizer by: SHA-256 of
+/// the probe's token ids in their Python list form (`[101, 100, ...]`).
+pub(crate) fn probe_hash(ids: &[u32]) -> String {
     let list = format!(
         "[{}]",
         ids.iter()
@@ -206,7 +189,15 @@ fn pre_tokenizer_name(ids: &[u32]) -> &'static str {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let hash = hex::encode(Sha256::digest(list.as_bytes()));
+    hex::encode(Sha256::digest(list.as_bytes()))
+}
+
+/// `tokenizer.ggml.pre` for the probe's token ids, looked up in
+/// [`KNOWN_PRE_TOKENIZERS`]. llama.cpp does not read it for WordPiece
+/// vocabularies, so an unknown hash falls back to `default` (where the
+/// Python script would stop).
+fn pre_tokenizer_name(ids: &[u32]) -> &'static str {
+    let hash = probe_hash(ids);
     match KNOWN_PRE_TOKENIZERS.iter().find(|(h, _)| *h == hash) {
         Some((_, name)) => name,
         None => {
@@ -219,211 +210,9 @@ fn pre_tokenizer_name(ids: &[u32]) -> &'static str {
     }
 }
 
-/// Special-token ids and add flags, as gguf-py's `SpecialVocab` finds them.
-struct SpecialTokens {
-    ids: Vec<(&'static str, u32)>,
-    add: Vec<(&'static str, bool)>,
-}
-
-impl SpecialTokens {
-    fn set_id(&mut self, kind: &'static str, id: Option<u64>, n_vocab: usize) {
-        let Some(id) = id.and_then(|id| u32::try_from(id).ok()) else {
-            return;
-        };
-        if (id as usize) < n_vocab && !self.ids.iter().any(|(k, _)| *k == kind) {
-            self.ids.push((kind, id));
-        }
-    }
-
-    fn set_add(&mut self, kind: &'static str, add: bool) {
-        match self.add.iter_mut().find(|(k, _)| *k == kind) {
-            Some(slot) => slot.1 = add,
-            None => self.add.push((kind, add)),
-        }
-    }
-}
-
-/// The text of a `tokenizer_config.json` token entry: a string or an
-/// `AddedToken` object with `content`.
-fn token_text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
-        _ => None,
-    }
-}
-
-/// The id of a `SpecialToken` step of a `TemplateProcessing` template.
-fn template_special(step: Option<&Value>) -> Option<String> {
-    step?["SpecialToken"]["id"].as_str().map(str::to_owned)
-}
-
-/// A port of gguf-py's `SpecialVocab._try_load_from_tokenizer_json` and
-/// `_try_load_from_config_json` for the special kinds llama.cpp reads.
-fn special_tokens(
-    tokenizer_json: &Value,
-    mut tokenizer_config: Option<Map<String, Value>>,
-    config_json: &Value,
-    n_vocab: usize,
-) -> SpecialTokens {
-    let mut out = SpecialTokens {
-        ids: Vec::new(),
-        add: Vec::new(),
-    };
-    let mut kinds: Vec<&'static str> = SPECIAL_KINDS.to_vec();
-    let tc_text = |tc: &Option<Map<String, Value>>, key: &str| {
-        tc.as_ref().and_then(|tc| token_text(tc.get(key)))
-    };
-    let mut special_bos = tc_text(&tokenizer_config, "bos_token");
-    let special_cls = tc_text(&tokenizer_config, "cls_token");
-    let mut special_eos = tc_text(&tokenizer_config, "eos_token");
-    let special_sep = tc_text(&tokenizer_config, "sep_token");
-    if let Some(tc) = tokenizer_config.as_mut() {
-        if special_bos.is_none() {
-            if let Some(cls) = &special_cls {
-                tc.insert("bos_token".into(), Value::String(cls.clone()));
-                special_bos = Some(cls.clone());
-            }
-        }
-        if special_eos.is_none() {
-            if let Some(sep) = &special_sep {
-                tc.insert("eos_token".into(), Value::String(sep.clone()));
-                special_eos = Some(sep.clone());
-            }
-        }
-    }
-    let post = &tokenizer_json["post_processor"];
-    let processors: Vec<&Value> = match post["processors"].as_array() {
-        Some(list) => list.iter().collect(),
-        None if post.is_object() => vec![post],
-        None => Vec::new(),
-    };
-    for processor in processors {
-        match processor["type"].as_str() {
-            Some("RobertaProcessing") => {
-                for kind in ["bos", "eos", "sep"] {
-                    out.set_add(kind, true);
-                }
-            }
-            Some("TemplateProcessing") => {
-                let single = processor["single"].as_array().cloned().unwrap_or_default();
-                let pair = processor["pair"].as_array().cloned().unwrap_or_default();
-                let mut special_first = None;
-                let mut special_last = None;
-                if single.len() > 1 {
-                    special_first = template_special(single.first());
-                    if let Some(first) = &special_first {
-                        if tokenizer_config.is_none() {
-                            special_bos = Some(first.clone());
-                        }
-                        let known = special_bos.as_ref() == Some(first)
-                            || special_cls.as_ref() == Some(first);
-                        out.set_add("bos", known);
-                    }
-                    special_last = template_special(single.last());
-                    if let Some(last) = &special_last {
-                        match tokenizer_config.as_mut() {
-                            None => special_eos = Some(last.clone()),
-                            Some(tc) if special_eos.as_ref() != Some(last) => {
-                                let kind = if !kinds.contains(&"eot") {
-                                    Some("eot")
-                                } else if !kinds.contains(&"eom") {
-                                    Some("eom")
-                                } else {
-                                    None
-                                };
-                                if let Some(kind) = kind {
-                                    kinds.push(kind);
-                                    let old = special_eos.clone().map(Value::String);
-                                    tc.insert(format!("{kind}_token"), old.unwrap_or(Value::Null));
-                                }
-                                tc.insert("eos_token".into(), Value::String(last.clone()));
-                                special_eos = Some(last.clone());
-                            }
-                            Some(_) => {}
-                        }
-                        out.set_add("eos", special_eos.as_ref() == Some(last));
-                    }
-                }
-                if !pair.is_empty() {
-                    let start = usize::from(
-                        special_first.is_some() && template_special(pair.first()) == special_first,
-                    );
-                    let stop_trim = usize::from(
-                        special_last.is_some() && template_special(pair.last()) == special_last,
-                    );
-                    let inner = pair
-                        .get(start..pair.len().saturating_sub(stop_trim).max(start))
-                        .unwrap_or_default();
-                    let seq = |step: Option<&Value>| {
-                        step.and_then(|s| s["Sequence"]["id"].as_str().map(str::to_owned))
-                    };
-                    let is_sep = |t: &Option<String>| {
-                        t.is_some() && (*t == special_sep || *t == special_eos)
-                    };
-                    if seq(inner.first()).as_deref() == Some("A")
-                        && seq(inner.last()).as_deref() == Some("B")
-                        && inner.len() > 2
-                    {
-                        let middle = &inner[1..inner.len() - 1];
-                        let mut add_sep =
-                            is_sep(&template_special(middle.first())) && special_last.is_none();
-                        if middle.len() == 2 && is_sep(&template_special(middle.get(1))) {
-                            add_sep = true;
-                        }
-                        out.set_add("sep", add_sep);
-                        if add_sep && special_sep.is_none() {
-                            if let (Some(tc), Some(eos)) = (tokenizer_config.as_mut(), &special_eos)
-                            {
-                                tc.insert("sep_token".into(), Value::String(eos.clone()));
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let added_tokens: Vec<&Value> = tokenizer_json["added_tokens"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    if let Some(tc) = &tokenizer_config {
-        for kind in &kinds {
-            if let Some(add) = tc
-                .get(&format!("add_{kind}_token"))
-                .and_then(Value::as_bool)
-            {
-                out.set_add(kind, add);
-            }
-            let Some(text) = token_text(tc.get(&format!("{kind}_token"))) else {
-                continue;
-            };
-            let id = added_tokens
-                .iter()
-                .find(|t| t["content"].as_str() == Some(text.as_str()))
-                .and_then(|t| t["id"].as_u64());
-            out.set_id(kind, id, n_vocab);
-        }
-    }
-    for kind in &kinds {
-        let id = config_json
-            .get(format!("{kind}_token_id"))
-            .or_else(|| {
-                config_json
-                    .get("text_config")?
-                    .get(format!("{kind}_token_id"))
-            })
-            .and_then(Value::as_u64);
-        out.set_id(kind, id, n_vocab);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn phantom_form_marks_word_starts_and_strips_continuations() {
@@ -468,72 +257,6 @@ mod tests {
         );
         let err = token_list(&vocab, &added, 2, Path::new("t.json")).unwrap_err();
         assert!(matches!(err, ConvertError::Vocab { .. }), "{err}");
-    }
-
-    fn bert_tokenizer_json() -> Value {
-        json!({
-            "added_tokens": [
-                {"id": 0, "content": "[PAD]", "special": true},
-                {"id": 100, "content": "[UNK]", "special": true},
-                {"id": 101, "content": "[CLS]", "special": true},
-                {"id": 102, "content": "[SEP]", "special": true},
-                {"id": 103, "content": "[MASK]", "special": true}
-            ],
-            "post_processor": {
-                "type": "TemplateProcessing",
-                "single": [
-                    {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                    {"Sequence": {"id": "A", "type_id": 0}},
-                    {"SpecialToken": {"id": "[SEP]", "type_id": 0}}
-                ],
-                "pair": [
-                    {"SpecialToken": {"id": "[CLS]", "type_id": 0}},
-                    {"Sequence": {"id": "A", "type_id": 0}},
-                    {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                    {"Sequence": {"id": "B", "type_id": 1}},
-                    {"SpecialToken": {"id": "[SEP]", "type_id": 1}}
-                ]
-            }
-        })
-    }
-
-    #[test]
-    fn bert_special_tokens_match_what_gguf_py_writes() {
-        let tc = json!({
-            "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-            "cls_token": "[CLS]", "mask_token": "[MASK]", "do_lower_case": true
-        });
-        let special = special_tokens(
-            &bert_tokenizer_json(),
-            tc.as_object().cloned(),
-            &json!({"pad_token_id": 0}),
-            30522,
-        );
-        assert_eq!(
-            special.ids,
-            [
-                ("bos", 101),
-                ("eos", 102),
-                ("unk", 100),
-                ("sep", 102),
-                ("pad", 0),
-                ("cls", 101),
-                ("mask", 103)
-            ]
-        );
-        assert_eq!(special.add, [("bos", true), ("eos", true), ("sep", false)]);
-    }
-
-    #[test]
-    fn without_a_tokenizer_config_only_config_json_ids_are_used() {
-        let special = special_tokens(
-            &bert_tokenizer_json(),
-            None,
-            &json!({"pad_token_id": 0}),
-            30522,
-        );
-        assert_eq!(special.ids, [("pad", 0)]);
-        assert_eq!(special.add, [("bos", true), ("eos", true), ("sep", false)]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! `outpost quant …`: `convert` turns a Hugging Face BERT model folder into
-//! a GGUF embedding model (through `outpost_quant`); `quantize` runs
-//! llama.cpp's quantizer and `report` scores what it lost (both through
-//! `outpost_runtime`, which owns llama.cpp).
+//! `outpost quant …`: `convert` turns a Hugging Face model folder (a BERT
+//! embedder or a Llama decoder) into a GGUF (through `outpost_quant`);
+//! `quantize` runs llama.cpp's quantizer and `report` scores what it lost
+//! (both through `outpost_runtime`, which owns llama.cpp).
 
 use std::path::{Path, PathBuf};
 
@@ -30,14 +30,16 @@ pub fn run(command: QuantCommand) -> anyhow::Result<()> {
             };
             let summary = outpost_quant::convert(&input, &output, &options)
                 .with_context(|| format!("converting {}", input.display()))?;
-            let pooling = match summary.pooling {
-                Some(Pooling::Mean) => "mean",
-                Some(Pooling::Cls) => "cls",
-                Some(Pooling::Last) => "last",
-                None => "none (the embedder will use mean)",
+            // Pooling only means something for an embedder.
+            let pooling = match (summary.architecture, summary.pooling) {
+                (_, Some(Pooling::Mean)) => ", pooling mean",
+                (_, Some(Pooling::Cls)) => ", pooling cls",
+                (_, Some(Pooling::Last)) => ", pooling last",
+                ("bert", None) => ", pooling none (the embedder will use mean)",
+                _ => "",
             };
             println!(
-                "{}\t{} {}, {} tensors, {} dimensions, {} tokens, pooling {}, {:.1} MB",
+                "{}\t{} {}, {} tensors, {} dimensions, {} tokens{}, {:.1} MB",
                 summary.output.display(),
                 summary.architecture,
                 summary.output_type,
