@@ -117,3 +117,18 @@ deb-test:
 	@test -f $(BINARY) || $(CARGO) build --release --bin outpost
 	bash packaging/test-install.sh $(BINARY)
 	bash packaging/sandbox-check.sh $(BINARY)
+
+# The aarch64 Linux build (Raspberry Pi 4/5 class boards and up), crossed
+# from this x86-64 Debian 12 box with Debian's toolchain and Rust, and its
+# check under qemu-user as a Cortex-A53: ELF/loader/baseline checks, then the
+# default model answers the France question (docs/cross.md). Not in
+# `make test`: a clean cross build of llama.cpp and the crate graph is long.
+.PHONY: cross-deps cross-build cross-test
+cross-deps: deps
+	@bash cross/install-deps.sh
+
+cross-build: cross-deps
+	bash cross/build.sh
+
+cross-test: cross-deps
+	bin="$$(bash cross/build.sh)" && bash cross/test.sh "$$bin"
