@@ -242,7 +242,7 @@ fn the_device_refuses_a_context_that_cannot_fit_its_memory() {
     let _serial = serial();
     // 256 MiB for the box: the model (94 MiB) fits, 4 slots of 8192
     // tokens of KV cache (755 MiB) do not.
-    let out = run(outpost()
+    let mut child = outpost()
         .args([
             "serve",
             "--port",
@@ -253,7 +253,22 @@ fn the_device_refuses_a_context_that_cannot_fit_its_memory() {
             "4",
         ])
         .args(["--ctx-per-slot", "8192", "--model"])
-        .arg(model_path()));
+        .arg(model_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without the check the server would come up and serve: give it a
+    // minute to refuse, then fail instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve started a model and context that cannot fit 512 MiB");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("needs about"), "{err}");
