@@ -153,21 +153,17 @@ fn every_offered_type_loads_answers_and_orders_sanely() {
     // asserted: from a Q4_1 source, q4_k_m's grid nearly reproduces the
     // source's while q5_k_m's does not (README, "Quantization").
     let q8 = 3;
-    for other in 0..3 {
-        assert!(
-            metric(q8, "kl_mean") < metric(other, "kl_mean"),
-            "{}",
-            names[other]
-        );
+    for (other, name) in names.iter().enumerate().take(3) {
+        assert!(metric(q8, "kl_mean") < metric(other, "kl_mean"), "{}", name);
         assert!(
             metric(q8, "top1_agreement") >= metric(other, "top1_agreement"),
             "{}",
-            names[other]
+            name
         );
         assert!(
             metric(q8, "perplexity") <= metric(other, "perplexity") * 1.02,
             "{}",
-            names[other]
+            name
         );
         assert!(metric(other, "kl_mean") > 0.0);
     }

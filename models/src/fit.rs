@@ -279,7 +279,7 @@ pub fn check_fit(
     (per_slot, parallel, ubatch): (u64, u64, u64),
     extra: u64,
     limit: &MemoryLimit,
-) -> Result<Footprint, DoesNotFit> {
+) -> Result<Footprint, Box<DoesNotFit>> {
     let budget = budget(limit);
     let at = |per_slot: u64| {
         Footprint::estimate(
@@ -302,7 +302,7 @@ pub fn check_fit(
     })
     .filter(|&n| n >= 256 && n < per_slot)
     .find(|&n| at(n).total() <= budget);
-    Err(DoesNotFit {
+    Err(Box::new(DoesNotFit {
         model: model.to_path_buf(),
         footprint,
         limit: limit.clone(),
@@ -310,7 +310,7 @@ pub fn check_fit(
         per_slot,
         parallel,
         fitting_per_slot,
-    })
+    }))
 }
 
 /// Parses `512M`, `1G`, `1.5GiB`, `2048` (bytes) and the like; units are
@@ -404,7 +404,7 @@ mod tests {
         )
         .unwrap_err();
         let fitting = err.fitting_per_slot.unwrap();
-        assert!(fitting < 16384 && fitting >= 256, "{fitting}");
+        assert!((256..16384).contains(&fitting), "{fitting}");
         assert!(check_fit(
             Path::new("m.gguf"),
             98_362_432,
