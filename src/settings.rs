@@ -224,8 +224,15 @@ pub fn check_memory(config: &DeviceConfig, model: &Path, kb: Option<&Path>) -> a
             }
         },
     };
-    let summary = outpost_models::gguf::inspect(model)
-        .with_context(|| format!("model {}", model.display()))?;
+    // A damaged file is the engine's to refuse: it reports it through
+    // /health, which the boot watchdog and the fleet's health check read.
+    let summary = match outpost_models::gguf::inspect(model) {
+        Ok(summary) => summary,
+        Err(e) => {
+            tracing::warn!(error = %e, "the model's memory is not checked");
+            return Ok(());
+        }
+    };
     let Some(shape) = ModelShape::from_gguf(&summary) else {
         tracing::warn!(model = %model.display(), "the GGUF header does not give the model's shape: its memory is not checked");
         return Ok(());
