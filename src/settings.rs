@@ -79,14 +79,9 @@ pub fn data_dir(name: &str) -> PathBuf {
 }
 
 pub fn models_dir(configured: Option<&Path>) -> PathBuf {
-    if let Some(dir) = configured {
-        return dir.to_path_buf();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("outpost").join("models")
+    configured
+        .map(Path::to_path_buf)
+        .unwrap_or_else(ModelStore::default_root)
 }
 
 /// The GGUF path the configuration names (a path or a catalog name).

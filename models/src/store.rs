@@ -166,6 +166,19 @@ pub enum FetchError {
 }
 
 impl ModelStore {
+    /// The cache `outpost` uses when none is given: `$OUTPOST_MODELS_DIR`,
+    /// else `$XDG_CACHE_HOME/outpost/models` (`~/.cache/outpost/models`).
+    pub fn default_root() -> PathBuf {
+        if let Some(dir) = std::env::var_os("OUTPOST_MODELS_DIR") {
+            return PathBuf::from(dir);
+        }
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        cache.join("outpost").join("models")
+    }
+
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }

@@ -4,26 +4,13 @@
 //! suite fetches the default generator first; others are checked where a
 //! developer has fetched them, and named as skipped otherwise).
 
-use std::path::PathBuf;
-
 use outpost_models::fit::ModelShape;
 use outpost_models::{gguf, Catalog, ModelStore, Role};
-
-fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OUTPOST_MODELS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME");
-    cache.join("outpost/models")
-}
 
 #[test]
 fn catalog_shapes_match_the_gguf_headers() {
     let catalog = Catalog::builtin();
-    let store = ModelStore::new(models_dir());
+    let store = ModelStore::new(ModelStore::default_root());
     let default = catalog.default_generator().name().as_str().to_string();
     let mut checked = Vec::new();
     for entry in catalog

@@ -59,14 +59,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// The model cache the `outpost` binary uses (`--models-dir` default).
 fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OUTPOST_MODELS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("outpost").join("models")
+    ModelStore::default_root()
 }
 
 /// The tiny model folder, written once per test run from the catalog's

@@ -52,14 +52,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// The model cache the `outpost` binary uses (`--models-dir` default).
 fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OUTPOST_MODELS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("outpost").join("models")
+    ModelStore::default_root()
 }
 
 /// The all-MiniLM-L6-v2 folder, fetched into the cache on first use.
