@@ -1,0 +1,1 @@
+//! The training dataset: its JSONL contract and how it is built.
