@@ -45,3 +45,4 @@ pub mod prompt_set;
 pub mod quantize;
 pub mod router;
 pub mod trial;
+pub mod vocab;

@@ -10,7 +10,10 @@ use std::str::FromStr;
 use candle_core::Tensor;
 
 /// A projection of a Llama block that LoRA can adapt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     Q,
     K,
