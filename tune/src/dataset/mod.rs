@@ -28,7 +28,7 @@
 //! held-out question), dedupe by normalised text hash (`normalize.rs`),
 //! rendering through the device's own prompt pipeline ([`PromptRenderer`],
 //! implemented by the binary over the runtime: this crate never depends on
-//! it), and a deterministic train/validation split by hash. [`write`]
+//! it), and a deterministic train/validation split by hash. [`write()`]
 //! replaces both files atomically.
 
 mod build;

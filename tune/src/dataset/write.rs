@@ -12,7 +12,7 @@ use super::build::Built;
 use super::manifest::{Manifest, MANIFEST_FORMAT};
 use super::DatasetError;
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
     /// The JSONL file.
