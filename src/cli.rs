@@ -66,6 +66,9 @@ pub enum Command {
     /// in one file, for devices that never reach the broker.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Fine-tuning: datasets from the hub's rated answers (`configs/tune.toml`).
+    #[command(subcommand)]
+    Tune(crate::tune_cli::TuneCommand),
 }
 
 #[derive(Debug, Subcommand)]

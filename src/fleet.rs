@@ -653,7 +653,7 @@ pub fn confirm_when_healthy(
     });
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<ArtifactDigest> {
     use sha2::Digest;
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;

@@ -8,8 +8,10 @@ mod commands;
 mod evaluator;
 mod fleet;
 mod judge;
+mod prompt_renderer;
 mod responder;
 mod settings;
+mod tune_cli;
 
 use std::process::ExitCode;
 
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(command) => commands::eval::flags(command),
         Command::Prompts(command) => commands::prompts::flags(command),
         Command::Bundle(command) => commands::bundle::flags(command),
+        Command::Tune(command) => commands::tune::flags(command),
         Command::Config(_)
         | Command::Models(_)
         | Command::Hub(_)
@@ -94,7 +97,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // `ask` keeps the terminal for the answer: only warnings unless asked.
     let quiet = matches!(
         cli.command,
-        Command::Ask(_) | Command::Kb(_) | Command::Eval(_) | Command::Prompts(_)
+        Command::Ask(_)
+            | Command::Kb(_)
+            | Command::Eval(_)
+            | Command::Prompts(_)
+            | Command::Tune(_)
     ) && cli.log.is_none();
     init_logging(&config, quiet);
     match cli.command {
@@ -105,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kb(command) => commands::kb::run(config, command),
         Command::Eval(command) => commands::eval::run(config, command),
         Command::Prompts(command) => commands::prompts::run(config, command),
+        Command::Tune(command) => commands::tune::run(config, command),
         Command::Bundle(cli::BundleCommand::Import(args)) => {
             runtime()?.block_on(commands::bundle::import(config, *args))
         }

@@ -39,6 +39,10 @@
 //!   device's newest health sample, kept at ingest, so the dashboard
 //!   ([`http`]'s `dashboard` module, behind the admin token or a login
 //!   cookie) never scans raw telemetry; [`roi`] is the ROI view's formula.
+//! - `store/curation.rs`: operators' corrections of rated answers
+//!   (`POST /admin/feedback/corrections`) and
+//!   [`store::Store::training_candidates`], what `outpost tune dataset
+//!   build` turns into a fine-tuning dataset.
 //!
 //! # Sync guarantees
 //!
@@ -126,7 +130,8 @@
 //!   thumbs-down rate, p95 latency per version; telemetry is stored per
 //!   event with its versions, ready for those queries) and automatic
 //!   rollback.
-//! - Dataset curation from feedback, LoRA fine-tuning, evaluation reports.
+//! - LoRA fine-tuning jobs and their evaluation reports (the dataset is
+//!   built by `outpost tune dataset build` from the store's candidates).
 //! - `cmd` publishing.
 
 use std::future::Future;

@@ -3,7 +3,10 @@
 //! live in `store/ingest.rs` ([`Store::ingest_telemetry`], [`Store::record_feedback`],
 //! [`Store::record_dead_letter`]); rollouts, their audit log, labels and the
 //! canary gates' per-device windows in `store/rollouts.rs`
-//! ([`Store::rollout_step`], [`Store::rollout_window`]).
+//! ([`Store::rollout_step`], [`Store::rollout_window`]); operators'
+//! corrections of rated answers and the fine-tuning dataset's candidates in
+//! `store/curation.rs` ([`Store::correct_feedback`],
+//! [`Store::training_candidates`]).
 //!
 //! [`Store`] is synchronous and owns the one [`rusqlite::Connection`]; its
 //! methods are the store's typed commands, each one transaction. Async code
@@ -31,12 +34,17 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod aggregates;
 mod artifacts;
+mod curation;
 mod evals;
 mod ingest;
 mod rollouts;
 mod routing;
 
 pub use artifacts::{ArtifactRecord, PutArtifact};
+pub use curation::{
+    CandidateSource, CorrectionRow, FeedbackKey, FeedbackKeyError, FeedbackRow, TrainingCandidate,
+    MAX_CORRECTION_CHARS,
+};
 pub use evals::{EvalJobRow, EvalJobUpdate};
 pub use ingest::{BadInput, DeadLetter, IngestError, IngestOutcome, MAX_DEAD_LETTERS};
 pub use rollouts::{
@@ -439,6 +447,7 @@ impl Store {
         Self::init_retention(&conn)?;
         Self::init_rollouts(&conn)?;
         Self::init_evals(&conn)?;
+        Self::init_curation(&conn)?;
         conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
             .map_err(sql("aggregates schema"))?;
         conn.execute_batch(routing::ROUTING_SCHEMA)

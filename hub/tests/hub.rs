@@ -989,6 +989,67 @@ async fn feedback_is_acknowledged_by_id_after_the_commit_and_never_to_a_v2_agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_corrects_a_rated_answer_and_the_store_offers_it_for_training() {
+    let (data, hub, base, port) = start_embedded().await;
+    let mut device = Device::connect("kiosk-1", port).await;
+    let id = FeedbackId {
+        epoch: OutboxEpoch(u64::MAX - 3),
+        seq: Seq(5),
+    };
+    device
+        .publish("feedback", encode(&feedback(id)).expect("encodes"), false)
+        .await;
+    let _: FeedbackAck = decode(&device.next("feedback/ack").await).expect("ack decodes");
+    let listed = http(
+        "GET",
+        format!("{base}/admin/feedback?rating=thumbs_down"),
+        vec![],
+        vec![],
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    let row = &listed.json()["feedback"][0];
+    let key = row["id"].as_str().expect("an id").to_owned();
+    assert_eq!(key, format!("kiosk-1/{}/5", u64::MAX - 3), "{row}");
+    assert_eq!(row["correction"], serde_json::Value::Null);
+    let correct = |answer: &str, feedback: &str| {
+        let body = serde_json::json!({"feedback": feedback, "answer": answer}).to_string();
+        http(
+            "POST",
+            format!("{base}/admin/feedback/corrections"),
+            vec![("content-type", "application/json".into())],
+            body.into_bytes(),
+        )
+    };
+    let pii = correct("Write to orders@example.com.", &key).await;
+    assert_eq!(pii.status, 400);
+    assert_eq!(pii.json()["error"]["kind"], "bad_request");
+    assert!(pii.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("personal data (email)"));
+    let missing = correct("It ships in 3 days.", "kiosk-1/1/1").await;
+    assert_eq!(missing.status, 404, "{:?}", missing.json());
+    let created = correct("Orders ship within 3 working days.", &key).await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let replaced = correct("Orders ship within 2 working days.", &key).await;
+    assert_eq!(replaced.status, 200);
+    let listed = http("GET", format!("{base}/admin/feedback"), vec![], vec![]).await;
+    assert_eq!(
+        listed.json()["feedback"][0]["correction"],
+        "Orders ship within 2 working days."
+    );
+    hub.shutdown().await.expect("clean shutdown");
+    // The hub's own database file offers the correction for training.
+    let store = outpost_hub::store::Store::open(&data.path().join(DB_FILE)).expect("open");
+    let candidates = store.training_candidates().expect("candidates");
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0].feedback.to_string(), key);
+    assert_eq!(candidates[0].answer, b"Orders ship within 2 working days.");
+    assert_eq!(candidates[0].question, b"Where is my order?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_are_not_served_on_the_device_listener() {
     let data = tempfile::tempdir().expect("tempdir");
     let hub = Hub::start(config(data.path(), embedded()).validate().expect("valid"))

@@ -147,6 +147,44 @@ pub struct Answered {
     pub faithfulness: Option<faithful::Faithfulness>,
 }
 
+/// What [`Answerer::prepare`] decided for a question.
+enum Prepared {
+    /// Hand over, for `reason`.
+    HandOver { answered: Answered, reason: String },
+    /// Quote the best sentence of `hits` (`style = "extract"`).
+    Quote {
+        answered: Answered,
+        question: String,
+        hits: Vec<Hit>,
+    },
+    /// Let the model write.
+    Generate(Box<Generation>),
+}
+
+/// A question ready for the model.
+struct Generation {
+    answered: Answered,
+    question: String,
+    hits: Vec<Hit>,
+    sources: Vec<Citation>,
+    context: Vec<ContextChunk>,
+    system_prompt: String,
+    messages: Vec<ChatMessage>,
+}
+
+/// The outcome of [`Answerer::render_prompt`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptText {
+    /// The model is given `text`, with these numbered sources in it.
+    Prompt {
+        text: String,
+        sources: Vec<Citation>,
+    },
+    /// The device answers without the model: it hands over for `reason`,
+    /// or quotes a source (`extract`).
+    NotGenerated { reason: String },
+}
+
 /// What a streaming caller receives before the finished answer.
 #[derive(Debug, Clone)]
 pub enum AnswerDelta {
@@ -283,6 +321,11 @@ impl Answerer {
         &self.config
     }
 
+    /// The prompt set answering now.
+    pub fn prompt_set(&self) -> Arc<PromptSet> {
+        self.prompts.current()
+    }
+
     /// The knowledge base answering now.
     pub fn knowledge(&self) -> Result<KnowledgeHandle, AnswerError> {
         self.knowledge
@@ -297,13 +340,11 @@ impl Answerer {
         self
     }
 
-    /// Answers `request`; with `deltas`, streams sources and text as they come.
-    pub async fn answer(
-        &self,
-        request: AnswerRequest,
-        deltas: Option<mpsc::Sender<AnswerDelta>>,
-    ) -> Result<Answered, AnswerError> {
-        let started = Instant::now();
+    /// Everything [`answer`](Self::answer) does before the model writes:
+    /// checks, route, retrieval, the hand-over decisions, and the prompt
+    /// set's messages. [`render_prompt`](Self::render_prompt) shares it, so
+    /// a training example's prompt is the one the device serves.
+    async fn prepare(&self, request: &AnswerRequest) -> Result<Prepared, AnswerError> {
         let question = request.question.trim().to_owned();
         if question.is_empty() {
             return Err(AnswerError::Empty);
@@ -347,7 +388,8 @@ impl Answerer {
         let route = prompts.route(&question);
         answered.route = route.name().to_owned();
         if let Some(reason) = route.escalate() {
-            return Ok(self.hand_over(answered, reason.to_owned(), started));
+            let reason = reason.to_owned();
+            return Ok(Prepared::HandOver { answered, reason });
         }
 
         let hits = self
@@ -365,7 +407,17 @@ impl Answerer {
             })
             .collect();
         answered.retrieved = hits.clone();
-        let hand_over = self.retrieval_hand_over(&hits);
+        if let Some(reason) = self.retrieval_hand_over(&hits) {
+            let reason = reason.into();
+            return Ok(Prepared::HandOver { answered, reason });
+        }
+        if self.config.style == AnswerStyle::Extract {
+            return Ok(Prepared::Quote {
+                answered,
+                question,
+                hits,
+            });
+        }
         let sources: Vec<Citation> = hits
             .iter()
             .enumerate()
@@ -377,18 +429,6 @@ impl Answerer {
                 score: h.similarity,
             })
             .collect();
-        if let Some(reason) = hand_over {
-            return Ok(self.hand_over(answered, reason.into(), started));
-        }
-        if self.config.style == AnswerStyle::Extract {
-            return Ok(self.quote(answered, &question, &hits, started));
-        }
-        if let Some(d) = &deltas {
-            d.send(AnswerDelta::Sources(sources.clone()))
-                .await
-                .map_err(|_| AnswerError::Cancelled)?;
-        }
-
         let context: Vec<ContextChunk> = hits
             .iter()
             .enumerate()
@@ -407,7 +447,7 @@ impl Answerer {
             })
             .map_err(|e| AnswerError::Render(e.to_string()))?;
         if let Some(reason) = rendered.escalate {
-            return Ok(self.hand_over(answered, reason, started));
+            return Ok(Prepared::HandOver { answered, reason });
         }
         let system_prompt: String = rendered
             .messages
@@ -423,6 +463,115 @@ impl Answerer {
                 content: m.content,
             })
             .collect();
+        Ok(Prepared::Generate(Box::new(Generation {
+            answered,
+            question,
+            hits,
+            sources,
+            context,
+            system_prompt,
+            messages,
+        })))
+    }
+
+    /// The exact text the model is given for `question` (a first turn,
+    /// no filters), as [`answer`](Self::answer) would build it: route,
+    /// retrieval and its hand-over rules, the prompt set with the retrieved
+    /// passages, and the model's chat template up to and including the
+    /// assistant header. `NotGenerated` when the device would answer
+    /// without the model (a hand-over, or a quotation).
+    pub async fn render_prompt(&self, question: &str) -> Result<PromptText, AnswerError> {
+        let request = AnswerRequest {
+            question: question.to_owned(),
+            ..AnswerRequest::default()
+        };
+        match self.prepare(&request).await? {
+            Prepared::HandOver { reason, .. } => Ok(PromptText::NotGenerated { reason }),
+            Prepared::Quote { .. } => Ok(PromptText::NotGenerated {
+                reason: "extract".into(),
+            }),
+            Prepared::Generate(generation) => {
+                let text = self
+                    .engine
+                    .render_chat(generation.messages, true)
+                    .await
+                    .map_err(|e| AnswerError::Render(e.to_string()))?;
+                Ok(PromptText::Prompt {
+                    text,
+                    sources: generation.sources,
+                })
+            }
+        }
+    }
+
+    /// What the chat template closes an assistant turn with (e.g.
+    /// `<|im_end|>`): what follows the answer when a conversation with
+    /// `answer` after `messages` is rendered, line breaks after it left
+    /// out (the model stops at the marker). `None` when the template
+    /// renders no such text.
+    pub async fn end_of_turn(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> Result<Option<String>, AnswerError> {
+        const PROBE: &str = "outpost-end-of-turn-probe";
+        let render_err = |e: crate::engine::EngineError| AnswerError::Render(e.to_string());
+        let prompt = self
+            .engine
+            .render_chat(messages.clone(), true)
+            .await
+            .map_err(render_err)?;
+        let mut turn = messages;
+        turn.push(ChatMessage {
+            role: "assistant".into(),
+            content: PROBE.into(),
+        });
+        let full = self
+            .engine
+            .render_chat(turn, false)
+            .await
+            .map_err(render_err)?;
+        let Some(after) = full
+            .strip_prefix(prompt.as_str())
+            .and_then(|rest| rest.strip_prefix(PROBE))
+        else {
+            return Ok(None);
+        };
+        let marker = after.trim_end_matches(['\n', '\r', ' ']);
+        Ok((!marker.is_empty()).then(|| marker.to_owned()))
+    }
+
+    /// Answers `request`; with `deltas`, streams sources and text as they come.
+    pub async fn answer(
+        &self,
+        request: AnswerRequest,
+        deltas: Option<mpsc::Sender<AnswerDelta>>,
+    ) -> Result<Answered, AnswerError> {
+        let started = Instant::now();
+        let generation = match self.prepare(&request).await? {
+            Prepared::HandOver { answered, reason } => {
+                return Ok(self.hand_over(answered, reason, started))
+            }
+            Prepared::Quote {
+                answered,
+                question,
+                hits,
+            } => return Ok(self.quote(answered, &question, &hits, started)),
+            Prepared::Generate(generation) => generation,
+        };
+        let Generation {
+            mut answered,
+            question,
+            hits,
+            sources,
+            context,
+            system_prompt,
+            messages,
+        } = *generation;
+        if let Some(d) = &deltas {
+            d.send(AnswerDelta::Sources(sources.clone()))
+                .await
+                .map_err(|_| AnswerError::Cancelled)?;
+        }
         let max_tokens = request.max_tokens.unwrap_or(self.config.max_tokens);
         let sampling = request
             .sampling

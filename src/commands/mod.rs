@@ -13,3 +13,4 @@ pub mod prompts;
 pub mod quant;
 pub mod roi;
 pub mod serve;
+pub mod tune;

@@ -1,10 +1,22 @@
 //! LoRA fine-tuning for the model the devices run: the training dataset
 //! (rendered exactly as the runtime serves it), the trainer (candle, on the
 //! dequantized GGUF base), and the GGUF / PEFT adapter formats.
+//!
+//! - [`dataset`]: rated feedback, operators' corrections and evaluation
+//!   sets' reference answers → a JSONL dataset and its manifest. Prompts
+//!   come from a [`dataset::PromptRenderer`], which the binary implements
+//!   over the runtime's own answer pipeline.
+//! - [`adapter`]: a trained adapter as plain data.
+//! - [`config`]: `configs/tune.toml`, raw and validated.
+//! - [`base`]: the frozen model, dequantized from the device's GGUF.
+//! - [`model`], [`lora`], [`train`], [`optim`], [`checkpoint`]: the
+//!   trainer — the Llama forward pass with LoRA, AdamW, the loop, resume.
+//! - [`gguf`]: the adapter file llama.cpp loads.
 
 pub mod adapter;
 pub mod base;
 pub mod checkpoint;
+pub mod config;
 pub mod dataset;
 pub mod error;
 mod frozen;

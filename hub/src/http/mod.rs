@@ -24,6 +24,10 @@
 //! PUT  /admin/devices/{device}/tags    {"tags": [...]}
 //! GET  /admin/devices                  status, versions, last seen
 //! GET  /admin/telemetry?device&limit   newest telemetry events
+//! GET  /admin/feedback?rating&limit    rated answers (thumbs_up, thumbs_down, handover),
+//!                                      newest first, each with its id and correction
+//! POST /admin/feedback/corrections     {"feedback": "device/epoch/seq", "answer"}: the right
+//!                                      answer to a rated question (fine-tuning data)
 //! GET  /admin/bundle?device|tag        an offline bundle (zip): the stored signed desired
 //!                                      states of the device(s) and their artifacts
 //! GET  /dashboard, /login, /admin/dashboard/...
@@ -47,6 +51,7 @@ mod bundle;
 mod dashboard;
 mod device;
 mod device_evals;
+mod feedback;
 mod rollouts;
 
 pub use auth::{Access, Sessions, CSRF_HEADER, SESSION_COOKIE};
@@ -265,6 +270,9 @@ pub fn operator_router(state: App) -> Router {
         .route("/admin/devices/{device}/eval", post(device_evals::run))
         .route("/admin/devices/{device}/evals", get(device_evals::list))
         .route("/admin/telemetry", get(admin::telemetry))
+        // Curating rated answers into fine-tuning data (feedback.rs).
+        .route("/admin/feedback", get(feedback::list))
+        .route("/admin/feedback/corrections", post(feedback::correct))
         // Staged rollouts and offline evaluations (rollouts.rs).
         .route("/admin/rollouts", post(rollouts::start).get(rollouts::list))
         .route("/admin/rollouts/{id}", get(rollouts::show))

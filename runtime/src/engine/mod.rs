@@ -348,6 +348,12 @@ pub(crate) enum Command {
         adapter: LoraSpec,
         job: Job,
     },
+    /// The text `Prompt::Chat(messages)` is tokenized from.
+    Render {
+        messages: Vec<ChatMessage>,
+        add_assistant: bool,
+        reply: oneshot::Sender<Result<String, EngineError>>,
+    },
 }
 
 /// Cloneable access to the engine thread. The engine stops when the last
@@ -445,6 +451,28 @@ impl EngineHandle {
             .await
             .map_err(|_| SubmitError::Stopped)?;
         Ok(rx)
+    }
+
+    /// The text the model's chat template makes of `messages`, exactly as
+    /// a [`Prompt::Chat`] request is rendered before it is tokenized; with
+    /// `add_assistant`, up to and including the assistant header the model
+    /// answers after. Waits for room in the queue, and for a free slot: it
+    /// is answered between decode steps.
+    pub async fn render_chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        add_assistant: bool,
+    ) -> Result<String, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Render {
+                messages,
+                add_assistant,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
     }
 
     /// Swaps the LoRA adapter (or removes it with `None`) without reloading

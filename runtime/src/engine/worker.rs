@@ -443,6 +443,13 @@ impl<'m> Scheduler<'m> {
                             self.pending_swap = Some(Outcome::Trial { adapter, job });
                             break;
                         }
+                        Command::Render {
+                            messages,
+                            add_assistant,
+                            reply,
+                        } => {
+                            let _ = reply.send(self.render(&messages, add_assistant));
+                        }
                     }
                 }
             }

@@ -1,1 +1,0 @@
-//! The training dataset: its JSONL contract and how it is built.
