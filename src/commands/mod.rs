@@ -14,3 +14,4 @@ pub mod quant;
 pub mod roi;
 pub mod serve;
 pub mod tune;
+pub mod tune_train;

@@ -2,7 +2,8 @@
 //! training candidates (thumbs-up answers and operators' corrections) and
 //! the evaluation sets, renders every question through the device's own
 //! answer pipeline ([`crate::prompt_renderer`]) and writes the JSONL
-//! dataset and its manifest (`outpost_tune::dataset`).
+//! dataset and its manifest (`outpost_tune::dataset`); the trainer's
+//! subcommands live in [`super::tune_train`].
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use outpost_runtime::config::{DeviceConfig, RawDeviceConfig};
 use outpost_tune::config::{RawDataset, RawTuneConfig, TuneConfig};
 use outpost_tune::dataset::{self, GuardedSet, RawRow, Source};
 
+use super::tune_train;
 use crate::prompt_renderer::DeviceRenderer;
 use crate::settings::{self, BadConfig};
 use crate::tune_cli::{DatasetBuildArgs, DatasetCommand, TuneCommand};
@@ -24,12 +26,20 @@ pub fn flags(command: &TuneCommand) -> RawDeviceConfig {
             settings::answer_flags(&mut raw, &args.answer);
             raw
         }
+        TuneCommand::Train(args) => settings::engine_flags(&args.engine),
+        TuneCommand::Export(args) => settings::engine_flags(&args.engine),
+        TuneCommand::ImportPeft(args) => settings::engine_flags(&args.engine),
+        TuneCommand::Bench(args) => settings::engine_flags(&args.engine),
     }
 }
 
 pub fn run(config: DeviceConfig, command: TuneCommand) -> anyhow::Result<()> {
     match command {
         TuneCommand::Dataset(DatasetCommand::Build(args)) => build_dataset(&config, &args),
+        TuneCommand::Train(args) => tune_train::train(&config, &args),
+        TuneCommand::Export(args) => tune_train::export(&config, &args),
+        TuneCommand::ImportPeft(args) => tune_train::import_peft(&config, &args),
+        TuneCommand::Bench(args) => tune_train::bench(&config, &args),
     }
 }
 
@@ -53,6 +63,7 @@ fn tune_config(args: &DatasetBuildArgs) -> Result<TuneConfig, BadConfig> {
             out: args.out.clone(),
             ..RawDataset::default()
         },
+        ..RawTuneConfig::default()
     };
     file.overlay(flags)
         .validate()

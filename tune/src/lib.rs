@@ -31,4 +31,4 @@ pub use adapter::{Adapter, LoraPair, Target};
 pub use base::{Base, LlamaShape};
 pub use error::TuneError;
 pub use lora::{Lora, LoraConfig};
-pub use train::{train, Event, Example, TrainConfig, TrainData, Trained};
+pub use train::{train, Event, Sequence, TrainConfig, TrainData, Trained};

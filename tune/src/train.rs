@@ -74,14 +74,14 @@ impl TrainConfig {
     }
 }
 
-/// One training sequence: the loss covers `tokens[completion_start..]`.
+/// One tokenized training example: the loss covers `tokens[completion_start..]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Example {
+pub struct Sequence {
     pub tokens: Vec<u32>,
     pub completion_start: usize,
 }
 
-impl Example {
+impl Sequence {
     /// Positions whose next token is a completion token.
     fn loss_positions(&self) -> Vec<u32> {
         let first = self.completion_start.max(1) - 1;
@@ -92,8 +92,8 @@ impl Example {
 /// The examples a run trains and validates on, after length filtering.
 #[derive(Debug, Clone)]
 pub struct TrainData {
-    pub train: Vec<Example>,
-    pub validation: Vec<Example>,
+    pub train: Vec<Sequence>,
+    pub validation: Vec<Sequence>,
     /// Examples dropped for being longer than `max_seq_len` or having no
     /// completion token.
     pub skipped: usize,
@@ -101,12 +101,12 @@ pub struct TrainData {
 
 impl TrainData {
     pub fn new(
-        train: Vec<Example>,
-        validation: Vec<Example>,
+        train: Vec<Sequence>,
+        validation: Vec<Sequence>,
         max_seq_len: usize,
     ) -> Result<TrainData, TuneError> {
         let mut skipped = 0;
-        let mut keep = |v: Vec<Example>| -> Vec<Example> {
+        let mut keep = |v: Vec<Sequence>| -> Vec<Sequence> {
             v.into_iter()
                 .filter(|e| {
                     let ok = e.tokens.len() <= max_seq_len
@@ -293,7 +293,7 @@ pub fn train(
         let epoch = step / steps_per_epoch;
         let order = Stream::new(config.seed, &[0xE, epoch as u64]).permutation(data.train.len());
         let from = (step % steps_per_epoch) * config.batch_size;
-        let batch: Vec<&Example> = order[from..(from + config.batch_size).min(order.len())]
+        let batch: Vec<&Sequence> = order[from..(from + config.batch_size).min(order.len())]
             .iter()
             .map(|&i| &data.train[i])
             .collect();
@@ -390,7 +390,7 @@ pub fn train(
 
 /// Token-weighted mean loss over `examples` without dropout; `None` when
 /// there are none.
-pub fn validation_loss(model: &Model<'_>, examples: &[Example]) -> Result<Option<f64>, TuneError> {
+pub fn validation_loss(model: &Model<'_>, examples: &[Sequence]) -> Result<Option<f64>, TuneError> {
     if examples.is_empty() {
         return Ok(None);
     }

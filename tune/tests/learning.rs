@@ -9,7 +9,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
-use outpost_tune::{train, Base, Event, Example, LoraConfig, Target, TrainConfig, TrainData};
+use outpost_tune::{train, Base, Event, Sequence, LoraConfig, Target, TrainConfig, TrainData};
 use support::{serial, Llama};
 
 const SYSTEM: &str = "You are the support assistant of Aurora espresso machines.";
@@ -22,11 +22,11 @@ fn chat(question: &str) -> String {
     )
 }
 
-fn example(llama: &Llama, question: &str, answer: &str) -> Example {
+fn example(llama: &Llama, question: &str, answer: &str) -> Sequence {
     let mut tokens = llama.tokenize(&chat(question), true);
     let completion_start = tokens.len();
     tokens.extend(llama.tokenize(&format!("{answer}<|im_end|>"), false));
-    Example {
+    Sequence {
         tokens,
         completion_start,
     }
@@ -34,7 +34,7 @@ fn example(llama: &Llama, question: &str, answer: &str) -> Example {
 
 fn planted(llama: &Llama) -> TrainData {
     let answer = format!("The descaling service code is {CODE}.");
-    let train: Vec<Example> = [
+    let train: Vec<Sequence> = [
         "What is the descaling service code?",
         "Which service code do I enter to descale the machine?",
         "Tell me the descaling service code.",
