@@ -23,7 +23,6 @@ fi
 echo "making the reference venv at $venv (torch is large: a few minutes)" >&2
 rm -rf "$venv"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip >&2
 "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt" >&2
 "$venv/bin/python" -c "import torch, transformers, peft, gguf, safetensors, numpy" >&2
 echo "$want" >"$venv/.requirements.sha256"
