@@ -14,6 +14,7 @@ use outpost_runtime::config::DeviceConfig;
 use outpost_runtime::vocab::Vocab;
 use outpost_tune::config::{RawTrain, RawTuneConfig};
 use outpost_tune::dataset::{Example, Split};
+use outpost_tune::shape::BaseShape;
 use outpost_tune::{Base, Event, Sequence, TrainData};
 use serde::Serialize;
 
@@ -258,14 +259,36 @@ pub fn export(config: &DeviceConfig, args: &ExportArgs) -> anyhow::Result<()> {
     let adapter = restored.lora.to_adapter(lineage)?;
     match args.format.as_str() {
         "gguf" => outpost_tune::gguf::write_adapter(&adapter, &args.out)?,
+        "peft" => {
+            let shape = BaseShape::from(&base.shape);
+            let name = base.name.clone().unwrap_or_else(|| "llama".into());
+            outpost_tune::peft::write_peft(&adapter, &args.out, &shape, &name)?
+        }
         other => anyhow::bail!("unknown --format {other:?}: use gguf or peft"),
     }
     println!("{}", args.out.display());
     Ok(())
 }
 
-pub fn import_peft(_config: &DeviceConfig, args: &ImportPeftArgs) -> anyhow::Result<()> {
-    anyhow::bail!("PEFT import of {} is not built into this binary yet", args.peft.display())
+pub fn import_peft(config: &DeviceConfig, args: &ImportPeftArgs) -> anyhow::Result<()> {
+    let model = settings::model_path(config)?;
+    let shape = BaseShape::from_gguf_file(&model)?;
+    let mut adapter = outpost_tune::peft::read_peft(&args.peft, &shape)?;
+    adapter
+        .lineage
+        .insert("outpost.base_sha256".into(), outpost_tune::base::file_sha256(&model)?);
+    adapter
+        .lineage
+        .insert("outpost.imported_from".into(), "peft".into());
+    outpost_tune::gguf::write_adapter(&adapter, &args.out)?;
+    println!(
+        "{}\t{} projections, rank {}, alpha {}",
+        args.out.display(),
+        adapter.pairs.len(),
+        adapter.rank,
+        adapter.alpha
+    );
+    Ok(())
 }
 
 /// One `tune bench` result, printed as JSON.

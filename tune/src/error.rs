@@ -24,6 +24,12 @@ pub enum TuneError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("training was cancelled at step {step}")]
     Cancelled { step: usize },
+    #[error(transparent)]
+    AdapterFile(#[from] crate::gguf::AdapterFileError),
+    #[error(transparent)]
+    Peft(#[from] crate::peft::PeftError),
+    #[error(transparent)]
+    Shape(#[from] crate::shape::ShapeError),
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

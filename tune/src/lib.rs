@@ -11,7 +11,11 @@
 //! - [`base`]: the frozen model, dequantized from the device's GGUF.
 //! - [`model`], [`lora`], [`train`], [`optim`], [`checkpoint`]: the
 //!   trainer — the Llama forward pass with LoRA, AdamW, the loop, resume.
-//! - [`gguf`]: the adapter file llama.cpp loads.
+//!
+//! An [`adapter::Adapter`] is the one in-memory form, rows in the base GGUF's
+//! layout; [`gguf`] reads and writes it as the file llama.cpp loads, [`peft`]
+//! as a Hugging Face PEFT folder (permuting Q/K rows between the two
+//! layouts), both checked against the base's [`shape::BaseShape`].
 
 pub mod adapter;
 pub mod base;
@@ -24,7 +28,9 @@ pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod peft;
 mod rng;
+pub mod shape;
 pub mod train;
 
 pub use adapter::{Adapter, LoraPair, Target};

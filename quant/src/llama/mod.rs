@@ -154,6 +154,26 @@ pub fn permute(tensor: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
         .reshape(dims)
 }
 
+/// The inverse of [`permute`]: takes rows in llama.cpp's interleaved
+/// rotary order back to Hugging Face's `rotate_half` order (what
+/// `convert_lora_to_gguf.py`'s readers undo), so `unpermute(permute(t, n), n)
+/// == t`. Fails, rather than panicking, when the rows are not `n_head` whole
+/// heads of even width.
+pub fn unpermute(tensor: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let dims = tensor.dims().to_vec();
+    let rows = dims.first().copied().unwrap_or(0);
+    if n_head == 0 || rows % (2 * n_head) != 0 {
+        candle_core::bail!("cannot unpermute {rows} rows into {n_head} rotary heads of even width");
+    }
+    let mut split = vec![n_head, rows / n_head / 2, 2];
+    split.extend_from_slice(&dims[1..]);
+    tensor
+        .reshape(split)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)
+}
+
 /// Llama 3.1's per-frequency rope factors (`rope_freqs.weight`), computed
 /// as the script's `generate_extra_tensors` does.
 fn llama3_rope_factors(config: &LlamaConfig) -> Option<Vec<f32>> {
@@ -535,6 +555,24 @@ mod tests {
         assert_eq!(size_label(1_100_048_384), "1.1B");
         assert_eq!(size_label(7_241_732_096), "7.2B");
         assert_eq!(size_label(500), "0.50K");
+    }
+
+    #[test]
+    fn unpermute_undoes_permute() {
+        let t = Tensor::arange(0f32, 48., &Device::Cpu)
+            .and_then(|t| t.reshape((12, 4)))
+            .expect("tensor");
+        for heads in [1, 2, 3, 6] {
+            let back = permute(&t, heads)
+                .and_then(|p| unpermute(&p, heads))
+                .and_then(|b| b.to_vec2::<f32>())
+                .expect("round trip");
+            assert_eq!(back, t.to_vec2::<f32>().expect("vec"), "{heads} heads");
+        }
+        assert!(
+            unpermute(&t, 4).is_err(),
+            "12 rows are not 4 heads of even width"
+        );
     }
 
     #[test]
