@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality bench-quantize
+.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality bench-quantize bench-tune
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -34,6 +34,10 @@ clippy:
 # Criterion micro-benchmarks of the pure-Rust hot paths.
 bench:
 	$(CARGO) bench --bench engine
+
+# LoRA training throughput against PyTorch + PEFT (benches/peer/results-tune.md).
+bench-tune: deps
+	bash benches/peer/tune.sh
 
 # outpost quant quantize against llama-quantize (time, identical bytes) and the
 # per-type quality table (benches/peer/results-quantize.md).

@@ -43,7 +43,7 @@ pub struct TrainFlags {
     /// Dropout on adapted projections' inputs.
     #[arg(long, env = "OUTPOST_TUNE_DROPOUT")]
     pub dropout: Option<f32>,
-    /// Projections to adapt: q,k,v,o[,gate,up,down].
+    /// Projections to adapt: q,k,v,o (add gate,up,down for the MLP).
     #[arg(long, env = "OUTPOST_TUNE_TARGETS", value_delimiter = ',')]
     pub targets: Vec<String>,
     /// Peak learning rate (AdamW, warm-up then cosine).
@@ -85,7 +85,12 @@ pub struct TrainArgs {
     #[arg(long, env = "OUTPOST_TUNE_DATASET")]
     pub dataset: Option<PathBuf>,
     /// The run folder: checkpoints/, adapter.gguf, run.json.
-    #[arg(long, short = 'o', env = "OUTPOST_TUNE_RUN", default_value = "tune-out/run")]
+    #[arg(
+        long,
+        short = 'o',
+        env = "OUTPOST_TUNE_RUN",
+        default_value = "tune-out/run"
+    )]
     pub out: PathBuf,
     /// Continue from the run folder's newest checkpoint.
     #[arg(long)]

@@ -27,12 +27,11 @@ impl Vocab {
     pub fn open(path: &Path) -> Result<Vocab, VocabError> {
         let backend = crate::backend::llama_backend().ok_or(VocabError::Backend)?;
         let params = LlamaModelParams::default().with_vocab_only(true);
-        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
-            VocabError::Load {
+        let model =
+            LlamaModel::load_from_file(backend, path, &params).map_err(|e| VocabError::Load {
                 path: path.display().to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Vocab { model })
     }
 

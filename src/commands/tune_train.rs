@@ -19,7 +19,9 @@ use outpost_tune::{Base, Event, Sequence, TrainData};
 use serde::Serialize;
 
 use crate::settings::{self, BadConfig};
-use crate::tune_cli::{ExportArgs, ImportPeftArgs, TrainArgs, TrainFlags, TuneBenchArgs, TuneConfigArgs};
+use crate::tune_cli::{
+    ExportArgs, ImportPeftArgs, TrainArgs, TrainFlags, TuneBenchArgs, TuneConfigArgs,
+};
 
 /// The adapter file a run folder ends with.
 pub const ADAPTER_FILE: &str = "adapter.gguf";
@@ -93,8 +95,9 @@ fn read_dataset(path: &Path) -> anyhow::Result<Vec<Example>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {}: not a dataset example", path.display(), i + 1))
+            serde_json::from_str(l).with_context(|| {
+                format!("{} line {}: not a dataset example", path.display(), i + 1)
+            })
         })
         .collect()
 }
@@ -149,15 +152,14 @@ pub fn train(config: &DeviceConfig, args: &TrainArgs) -> anyhow::Result<()> {
         );
     }
     let base = load_base(&model)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{bar:30}] step {pos}/{len} {msg} ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -168,14 +170,24 @@ pub fn train(config: &DeviceConfig, args: &TrainArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
         }
         match e {
-            Event::Started { step, total_steps, .. } => {
+            Event::Started {
+                step, total_steps, ..
+            } => {
                 bar.set_length(*total_steps as u64);
                 bar.set_position(*step as u64);
                 bar.reset_eta();
             }
-            Event::Step { step, loss, tokens_per_s, lr, .. } => {
+            Event::Step {
+                step,
+                loss,
+                tokens_per_s,
+                lr,
+                ..
+            } => {
                 bar.set_position(*step as u64);
-                bar.set_message(format!("loss {loss:.4} lr {lr:.1e} {tokens_per_s:.0} tok/s"));
+                bar.set_message(format!(
+                    "loss {loss:.4} lr {lr:.1e} {tokens_per_s:.0} tok/s"
+                ));
             }
             Event::Validation { epoch, loss, .. } => {
                 bar.println(format!("epoch {epoch}: validation loss {loss:.4}"));
@@ -240,7 +252,10 @@ pub fn export(config: &DeviceConfig, args: &ExportArgs) -> anyhow::Result<()> {
     let dir = match args.step {
         Some(step) => root.join(format!("step-{step:06}")),
         None => outpost_tune::checkpoint::latest(&root)?.with_context(|| {
-            format!("{} holds no checkpoint; train first (`outpost tune train`)", args.run.display())
+            format!(
+                "{} holds no checkpoint; train first (`outpost tune train`)",
+                args.run.display()
+            )
         })?,
     };
     let model = settings::model_path(config)?;
@@ -274,9 +289,10 @@ pub fn import_peft(config: &DeviceConfig, args: &ImportPeftArgs) -> anyhow::Resu
     let model = settings::model_path(config)?;
     let shape = BaseShape::from_gguf_file(&model)?;
     let mut adapter = outpost_tune::peft::read_peft(&args.peft, &shape)?;
-    adapter
-        .lineage
-        .insert("outpost.base_sha256".into(), outpost_tune::base::file_sha256(&model)?);
+    adapter.lineage.insert(
+        "outpost.base_sha256".into(),
+        outpost_tune::base::file_sha256(&model)?,
+    );
     adapter
         .lineage
         .insert("outpost.imported_from".into(), "peft".into());

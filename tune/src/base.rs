@@ -44,14 +44,21 @@ impl LlamaShape {
         }
         let u = |key: &str| -> Result<usize, String> {
             md.get(key)
-                .and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)))
+                .and_then(|v| {
+                    v.to_u32()
+                        .ok()
+                        .or_else(|| v.to_u64().ok().map(|x| x as u32))
+                })
                 .map(|v| v as usize)
                 .ok_or_else(|| format!("missing or non-integer {key}"))
         };
         let f = |key: &str, default: f32| -> f32 {
             md.get(key).and_then(|v| v.to_f32().ok()).unwrap_or(default)
         };
-        if let Some(kind) = md.get("llama.rope.scaling.type").and_then(|v| v.to_string().ok()) {
+        if let Some(kind) = md
+            .get("llama.rope.scaling.type")
+            .and_then(|v| v.to_string().ok())
+        {
             if kind != "none" {
                 return Err(format!(
                     "rope scaling {kind:?} is not implemented by the trainer"

@@ -130,7 +130,12 @@ pub fn load(dir: &Path, base: &Base, device: &Device) -> Result<Restored, TuneEr
     let bytes = fs::read(&state_path).map_err(TuneError::io(&state_path))?;
     let state: RunState =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("state.json: {e}")))?;
-    let lora = Lora::init(state.config.lora.clone(), &base.shape, state.config.seed, device)?;
+    let lora = Lora::init(
+        state.config.lora.clone(),
+        &base.shape,
+        state.config.seed,
+        device,
+    )?;
     let factors = candle_core::safetensors::load(dir.join(LORA), device)
         .map_err(|e| bad(format!("{LORA}: {e}")))?;
     let moments = candle_core::safetensors::load(dir.join(OPTIMIZER), device)

@@ -77,9 +77,10 @@ impl RawTrain {
 
     fn validate(self, problems: &mut Vec<String>) -> TrainConfig {
         let mut targets = Vec::new();
-        for name in self.targets.unwrap_or_else(|| {
-            ["q", "k", "v", "o"].iter().map(|s| s.to_string()).collect()
-        }) {
+        for name in self
+            .targets
+            .unwrap_or_else(|| ["q", "k", "v", "o"].iter().map(|s| s.to_string()).collect())
+        {
             match name.parse::<Target>() {
                 Ok(t) if !targets.contains(&t) => targets.push(t),
                 Ok(_) => {}
@@ -108,7 +109,11 @@ impl RawTrain {
             keep_checkpoints: self.keep_checkpoints.unwrap_or(3),
         };
         if let Err(e) = config.validate() {
-            problems.push(format!("train: {}", e.to_string().trim_start_matches("the training configuration is invalid: ")));
+            problems.push(format!(
+                "train: {}",
+                e.to_string()
+                    .trim_start_matches("the training configuration is invalid: ")
+            ));
         }
         config
     }
@@ -283,7 +288,10 @@ mod tests {
         assert_eq!(valid.dataset.out, PathBuf::from("b.jsonl"));
         assert_eq!(valid.dataset.build.validation_fraction, 0.2);
         assert_eq!(valid.train.lora.rank, 8);
-        assert_eq!(valid.train.lora.alpha, 16.0, "alpha follows the rank unless set");
+        assert_eq!(
+            valid.train.lora.alpha, 16.0,
+            "alpha follows the rank unless set"
+        );
         let bad = RawTuneConfig::from_toml(
             "[dataset]\nvalidation_fraction = 1.5\nmax_answer_chars = 0\n\
              [train]\ntargets = [\"q\", \"lm_head\"]\n",

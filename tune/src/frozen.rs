@@ -16,11 +16,15 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-linear needs a contiguous input".into()))?;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("frozen-linear needs a contiguous input".into())
+        })?;
         let input = storage.as_slice::<f32>()?;
-        let x = Tensor::from_slice(&input[start..end], layout.shape(), &candle_core::Device::Cpu)?;
+        let x = Tensor::from_slice(
+            &input[start..end],
+            layout.shape(),
+            &candle_core::Device::Cpu,
+        )?;
         let y = x.matmul(&self.weight.t()?)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))

@@ -9,7 +9,7 @@
 //! - [`adapter`]: a trained adapter as plain data.
 //! - [`config`]: `configs/tune.toml`, raw and validated.
 //! - [`base`]: the frozen model, dequantized from the device's GGUF.
-//! - [`model`], [`lora`], [`train`], [`optim`], [`checkpoint`]: the
+//! - [`model`], [`lora`], [`mod@train`], [`optim`], [`checkpoint`]: the
 //!   trainer — the Llama forward pass with LoRA, AdamW, the loop, resume.
 //!
 //! An [`adapter::Adapter`] is the one in-memory form, rows in the base GGUF's

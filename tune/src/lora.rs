@@ -82,7 +82,10 @@ impl Lora {
                     .collect();
                 let a = Tensor::from_vec(a, (config.rank, inp), device)?;
                 let b = Tensor::zeros((out, config.rank), candle_core::DType::F32, device)?;
-                pairs.insert((layer, target), (Var::from_tensor(&a)?, Var::from_tensor(&b)?));
+                pairs.insert(
+                    (layer, target),
+                    (Var::from_tensor(&a)?, Var::from_tensor(&b)?),
+                );
             }
         }
         Ok(Lora { config, pairs })
@@ -120,10 +123,7 @@ impl Lora {
     }
 
     /// A snapshot as plain data, on the CPU.
-    pub fn to_adapter(
-        &self,
-        lineage: BTreeMap<String, String>,
-    ) -> Result<Adapter, TuneError> {
+    pub fn to_adapter(&self, lineage: BTreeMap<String, String>) -> Result<Adapter, TuneError> {
         let mut pairs = Vec::with_capacity(self.pairs.len());
         for (&(layer, target), (a, b)) in &self.pairs {
             pairs.push(LoraPair {

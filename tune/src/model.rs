@@ -4,7 +4,7 @@
 //! grouped KV heads → RMS-norm → SwiGLU MLP, then the output projection.
 //! Built from candle ops that have a backward pass (candle's fused
 //! `rms_norm`, `rope_i` and `softmax_last_dim` have none), with the frozen
-//! weights behind [`crate::frozen::linear`] and LoRA's `scale · B·A·x`
+//! weights behind a frozen linear op (no weight gradient) and LoRA's `scale · B·A·x`
 //! added to each adapted projection.
 
 use candle_core::{Device, Tensor, D};
@@ -114,7 +114,10 @@ impl<'a> Model<'a> {
         let k = self.project(layer, Target::K, block, h, dropout)?;
         let v = self.project(layer, Target::V, block, h, dropout)?;
         let heads = |x: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            x.reshape((t, n, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)
+            x.reshape((t, n, hd))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)
         };
         let q = rope_interleaved(&heads(q, shape.n_head)?, cos, sin)?;
         let k = rope_interleaved(&heads(k, shape.n_head_kv)?, cos, sin)?;
@@ -125,7 +128,11 @@ impl<'a> Model<'a> {
         let scores = scores.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs.matmul(&v)?; // (1, n_head, t, hd)
-        let out = out.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape((t, shape.n_embd))?;
+        let out = out
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((t, shape.n_embd))?;
         self.project(layer, Target::O, block, &out, dropout)
     }
 
@@ -255,4 +262,3 @@ pub fn merged_base(base: &Base, lora: &Lora) -> candle_core::Result<Base> {
         blocks,
     })
 }
-

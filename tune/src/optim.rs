@@ -99,7 +99,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let s = Schedule { peak: 1e-3, warmup: 10, total: 110, floor: 0.1 };
+        let s = Schedule {
+            peak: 1e-3,
+            warmup: 10,
+            total: 110,
+            floor: 0.1,
+        };
         assert!((s.at(0) - 1e-4).abs() < 1e-12);
         assert!((s.at(9) - 1e-3).abs() < 1e-12);
         assert!((s.at(10) - 1e-3).abs() < 1e-12);

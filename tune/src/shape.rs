@@ -159,6 +159,34 @@ impl BaseShape {
     }
 }
 
+/// The trainer's view of the same model has everything PEFT's layout needs.
+impl From<&crate::base::LlamaShape> for BaseShape {
+    fn from(s: &crate::base::LlamaShape) -> BaseShape {
+        BaseShape {
+            n_layer: s.n_layer,
+            n_head: s.n_head,
+            n_head_kv: s.n_head_kv,
+            n_embd: s.n_embd,
+            n_ff: s.n_ff,
+            head_dim: s.head_dim,
+        }
+    }
+}
+
+impl BaseShape {
+    /// The shape of the GGUF model at `path`.
+    pub fn from_gguf_file(path: &std::path::Path) -> Result<BaseShape, crate::TuneError> {
+        let file = std::fs::File::open(path).map_err(crate::error::TuneError::io(path))?;
+        let content = Content::read(&mut std::io::BufReader::new(file)).map_err(|e| {
+            crate::TuneError::Base {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(BaseShape::from_gguf(&content)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,33 +253,5 @@ mod tests {
             BaseShape::from_gguf(&content(&md)),
             Err(ShapeError::NotAnInteger { .. })
         ));
-    }
-}
-
-/// The trainer's view of the same model has everything PEFT's layout needs.
-impl From<&crate::base::LlamaShape> for BaseShape {
-    fn from(s: &crate::base::LlamaShape) -> BaseShape {
-        BaseShape {
-            n_layer: s.n_layer,
-            n_head: s.n_head,
-            n_head_kv: s.n_head_kv,
-            n_embd: s.n_embd,
-            n_ff: s.n_ff,
-            head_dim: s.head_dim,
-        }
-    }
-}
-
-impl BaseShape {
-    /// The shape of the GGUF model at `path`.
-    pub fn from_gguf_file(path: &std::path::Path) -> Result<BaseShape, crate::TuneError> {
-        let file = std::fs::File::open(path).map_err(crate::error::TuneError::io(path))?;
-        let content = Content::read(&mut std::io::BufReader::new(file)).map_err(|e| {
-            crate::TuneError::Base {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(BaseShape::from_gguf(&content)?)
     }
 }

@@ -68,7 +68,10 @@ impl TrainConfig {
             return bad(format!("max_seq_len {} is too short", self.max_seq_len));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(format!("min_lr_ratio {} must be in [0, 1]", self.min_lr_ratio));
+            return bad(format!(
+                "min_lr_ratio {} must be in [0, 1]",
+                self.min_lr_ratio
+            ));
         }
         Ok(())
     }
@@ -232,7 +235,11 @@ pub fn train(
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
     let mut total_steps = steps_per_epoch * config.epochs;
     if let Some(max) = config.max_steps {
-        total_steps = if config.epochs == 0 { max } else { total_steps.min(max) };
+        total_steps = if config.epochs == 0 {
+            max
+        } else {
+            total_steps.min(max)
+        };
     }
     let schedule = Schedule {
         peak: config.learning_rate,
@@ -412,7 +419,10 @@ pub fn lineage(base: &Base, state: &RunState) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("outpost.base_sha256".into(), base.sha256.clone());
     m.insert("outpost.dataset_digest".into(), state.data_digest.clone());
-    m.insert("outpost.trainer".into(), format!("outpost-tune {}", env!("CARGO_PKG_VERSION")));
+    m.insert(
+        "outpost.trainer".into(),
+        format!("outpost-tune {}", env!("CARGO_PKG_VERSION")),
+    );
     m.insert("outpost.steps".into(), state.step.to_string());
     m.insert("outpost.rank".into(), c.lora.rank.to_string());
     m.insert("outpost.alpha".into(), c.lora.alpha.to_string());

@@ -9,7 +9,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
-use outpost_tune::{train, Base, Event, Sequence, LoraConfig, Target, TrainConfig, TrainData};
+use outpost_tune::{train, Base, Event, LoraConfig, Sequence, Target, TrainConfig, TrainData};
 use support::{serial, Llama};
 
 const SYSTEM: &str = "You are the support assistant of Aurora espresso machines.";
@@ -123,8 +123,14 @@ fn a_planted_fact_is_learned_and_answered_by_llama_cpp_with_the_adapter() {
     let mut handle = llama.adapter(&file);
     let with = llama.detokenize(&llama.greedy(&prompt, 24, Some(&mut handle)));
     eprintln!("without adapter: {without:?}\nwith adapter:    {with:?}");
-    assert!(!without.contains("4417"), "the base model knew the code: {without}");
-    assert!(with.contains(CODE), "the adapter did not answer the code: {with}");
+    assert!(
+        !without.contains("4417"),
+        "the base model knew the code: {without}"
+    );
+    assert!(
+        with.contains(CODE),
+        "the adapter did not answer the code: {with}"
+    );
 
     let back = outpost_tune::gguf::read_adapter(&file).unwrap();
     assert_eq!(back.lineage["outpost.base_sha256"], base.sha256);
@@ -180,7 +186,18 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     )
     .unwrap();
     assert_eq!(resumed_from, Some(3));
-    assert_eq!(resumed.state.history, straight.state.history);
+    // The same loss curve (the checkpoint's JSON may move a loss by an ulp).
+    assert_eq!(resumed.state.history.len(), straight.state.history.len());
+    for (a, b) in resumed.state.history.iter().zip(&straight.state.history) {
+        assert_eq!((a.step, a.lr), (b.step, b.lr));
+        assert!(
+            (a.loss - b.loss).abs() < 1e-9,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
     let mut worst = 0f32;
     for (a, b) in straight.lora.vars().iter().zip(resumed.lora.vars()) {
         let d = (a.as_tensor() - b.as_tensor()).unwrap().abs().unwrap();
@@ -192,6 +209,17 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     // A checkpoint from another configuration is refused, not silently used.
     let mut other = cfg.clone();
     other.learning_rate = 1e-4;
-    let refused = train(&base, &data, &other, split.path(), true, &mut |_| {}, &never);
-    assert!(matches!(refused, Err(outpost_tune::TuneError::Checkpoint { .. })));
+    let refused = train(
+        &base,
+        &data,
+        &other,
+        split.path(),
+        true,
+        &mut |_| {},
+        &never,
+    );
+    assert!(matches!(
+        refused,
+        Err(outpost_tune::TuneError::Checkpoint { .. })
+    ));
 }

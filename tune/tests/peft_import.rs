@@ -18,16 +18,17 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use outpost_models::{Catalog, FetchOptions, ModelStore};
 use outpost_tune::adapter::{Adapter, Target};
 use outpost_tune::shape::BaseShape;
 use outpost_tune::{gguf, peft};
 use serde_json::Value;
+use support::{backend, default_model as model_gguf};
+
+mod support;
 
 /// The change llama.cpp makes to the last-position logits must point the
 /// same way as Python's: cosine of (with − without) at least this. Measured
@@ -74,26 +75,6 @@ fn python() -> &'static Path {
             out.status
         );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-/// The catalog's default generator, fetched into the model cache if needed.
-fn model_gguf() -> &'static Path {
-    static GGUF: OnceLock<PathBuf> = OnceLock::new();
-    GGUF.get_or_init(|| {
-        let catalog = Catalog::builtin();
-        let entry = catalog
-            .get("smollm2-135m-instruct-q4_1")
-            .expect("catalog entry");
-        let store = ModelStore::new(ModelStore::default_root());
-        let fetched = store
-            .fetch(entry, &FetchOptions::default())
-            .unwrap_or_else(|e| panic!("fetching smollm2-135m-instruct-q4_1: {e}"));
-        if fetched.is_dir() {
-            fetched.join(entry.file())
-        } else {
-            fetched
-        }
     })
 }
 
@@ -189,14 +170,6 @@ fn delta(a: &[f32], b: &[f32]) -> Vec<f32> {
 struct Run {
     logits: Vec<f32>,
     greedy: Vec<i32>,
-}
-
-fn backend() -> &'static LlamaBackend {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
-        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        LlamaBackend::init().expect("llama.cpp backend")
-    })
 }
 
 fn llama_run(
