@@ -806,3 +806,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a subcommand's flags only when it is parsed: two flags of
+    /// one name (a flattened `EngineArgs` and the command's own) would
+    /// otherwise panic only when a user runs that command.
+    #[test]
+    fn every_subcommands_flags_are_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

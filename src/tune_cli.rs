@@ -58,9 +58,10 @@ pub struct TrainFlags {
     /// Stop after this many optimizer steps (0: the epochs decide).
     #[arg(long, env = "OUTPOST_TUNE_MAX_STEPS")]
     pub max_steps: Option<usize>,
-    /// Examples per optimizer step (gradient accumulation).
+    /// Examples per optimizer step (gradient accumulation; `--batch-size`
+    /// is llama.cpp's).
     #[arg(long, env = "OUTPOST_TUNE_BATCH_SIZE")]
-    pub batch_size: Option<usize>,
+    pub train_batch_size: Option<usize>,
     /// Longest example in tokens; longer ones are skipped and counted.
     #[arg(long, env = "OUTPOST_TUNE_MAX_SEQ_LEN")]
     pub max_seq_len: Option<usize>,
@@ -147,7 +148,7 @@ pub struct TuneBenchArgs {
     pub targets: Vec<String>,
     /// Sequences per optimizer step.
     #[arg(long, default_value_t = 1)]
-    pub batch_size: usize,
+    pub train_batch_size: usize,
     /// Timed optimizer steps (one more runs first, untimed).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,

@@ -31,7 +31,7 @@ fi
 python=$(bash "$root/tune/reference/venv.sh")
 
 ours=$("$OUTPOST_BIN" tune bench --model "$model" --threads "$threads" \
-    --seq-len "$seq" --rank "$rank" --targets q,k,v,o --batch-size 1 --steps "$steps" | tail -1)
+    --seq-len "$seq" --rank "$rank" --targets q,k,v,o --train-batch-size 1 --steps "$steps" | tail -1)
 theirs=$("$python" "$root/tune/reference/peer_train.py" --gguf "$model" --threads "$threads" \
     --seq-len "$seq" --rank "$rank" --targets q,k,v,o --batch 1 --steps "$((steps + 1))" | tail -1)
 

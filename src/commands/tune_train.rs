@@ -45,7 +45,7 @@ fn raw_train(flags: &TrainFlags) -> RawTrain {
         warmup_steps: flags.warmup_steps,
         epochs: flags.epochs,
         max_steps: flags.max_steps,
-        batch_size: flags.batch_size,
+        batch_size: flags.train_batch_size,
         max_seq_len: flags.max_seq_len,
         seed: flags.seed,
         checkpoint_every: flags.checkpoint_every,
@@ -352,7 +352,7 @@ pub fn bench(config: &DeviceConfig, args: &TuneBenchArgs) -> anyhow::Result<()> 
         min_lr_ratio: 1.0,
         epochs: 0,
         max_steps: Some(args.steps + 1),
-        batch_size: args.batch_size,
+        batch_size: args.train_batch_size,
         max_seq_len: args.seq_len,
         clip_norm: 0.0,
         weight_decay: 0.0,
@@ -364,7 +364,7 @@ pub fn bench(config: &DeviceConfig, args: &TuneBenchArgs) -> anyhow::Result<()> 
         tokens,
         completion_start: 1,
     };
-    let data = TrainData::new(vec![seq; args.batch_size], Vec::new(), args.seq_len)?;
+    let data = TrainData::new(vec![seq; args.train_batch_size], Vec::new(), args.seq_len)?;
     let run = tempdir()?;
     let mut times = Vec::new();
     let mut last = Instant::now();
@@ -386,13 +386,13 @@ pub fn bench(config: &DeviceConfig, args: &TuneBenchArgs) -> anyhow::Result<()> 
     let mut timed: Vec<f64> = times.into_iter().skip(1).collect();
     timed.sort_by(f64::total_cmp);
     let median = timed[timed.len() / 2];
-    let tokens = (args.seq_len * args.batch_size) as f64;
+    let tokens = (args.seq_len * args.train_batch_size) as f64;
     let report = BenchReport {
         side: "outpost",
         seq_len: args.seq_len,
         rank: args.rank,
         targets: args.targets.clone(),
-        batch_size: args.batch_size,
+        batch_size: args.train_batch_size,
         threads: config.engine.threads as usize,
         steps: args.steps,
         tokens_per_s: tokens * timed.len() as f64 / timed.iter().sum::<f64>(),
