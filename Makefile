@@ -6,7 +6,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality bench-quantize bench-tune
+.PHONY: demo test test-peft bench-lift deps build models fmt-check clippy doc unit bench bench-peer redteam bench-peer-cache bench-peer-grammar bench-retrieval-real bench-router eval-judge bench-quality eval-quality bench-quantize bench-tune
 
 demo: deps
 	$(CARGO) build --release --bin outpost
@@ -20,7 +20,14 @@ test: deps fmt-check
 	./target/debug/outpost models fetch smollm2-135m-instruct-q4_1 all-minilm-l6-v2
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
-	$(CARGO) test --workspace --no-fail-fast
+	# The PEFT check needs a 5.6 GB torch venv (about 7 minutes to make):
+	# `make test-peft` runs it; here it says it was skipped.
+	OUTPOST_SKIP_PYTHON=1 $(CARGO) test --workspace --no-fail-fast
+
+# A PEFT adapter trained in Python imports and changes llama.cpp's output as
+# in PyTorch (tune/reference/venv.sh makes the venv on first run).
+test-peft: deps
+	$(CARGO) test -p outpost-tune --test peft_import -- --nocapture
 
 deps:
 	@bash scripts/install-deps.sh
@@ -38,6 +45,12 @@ bench:
 # LoRA training throughput against PyTorch + PEFT (benches/peer/results-tune.md).
 bench-tune: deps
 	bash benches/peer/tune.sh
+
+# Fact recall and escalation on the sample set's held-out half, base against
+# base + an adapter trained on the train half (benches/results-lift.md).
+bench-lift: deps
+	$(CARGO) build --bin outpost
+	bash benches/lift.sh
 
 # outpost quant quantize against llama-quantize (time, identical bytes) and the
 # per-type quality table (benches/peer/results-quantize.md).

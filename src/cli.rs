@@ -450,6 +450,11 @@ pub enum FleetCommand {
     /// configuration on an evaluation set.
     #[command(subcommand)]
     Eval(FleetEvalCommand),
+    /// Fine-tuning jobs on the hub: rated answers and corrections → a LoRA
+    /// adapter, published, evaluated against what the fleet serves, and
+    /// rolled out when it is better and a plan came with it.
+    #[command(subcommand)]
+    Tune(crate::tune_cli::FleetTuneCommand),
     /// What the `production` and `canary` labels name, per kind.
     Labels,
 }

@@ -3,6 +3,7 @@
 //! 64 for a bad configuration, 1 for any other failure, 0 on a broken pipe.
 
 mod answering;
+mod child;
 mod cli;
 mod commands;
 mod evaluator;
@@ -11,6 +12,7 @@ mod judge;
 mod prompt_renderer;
 mod responder;
 mod settings;
+mod trainer;
 mod tune_cli;
 
 use std::process::ExitCode;

@@ -205,4 +205,55 @@ pub struct DatasetBuildArgs {
     /// Print the manifest as JSON instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Build from the evaluation sets' train halves alone, without a hub
+    /// database (the lift benchmark's dataset).
+    #[arg(long, conflicts_with = "hub_db")]
+    pub no_feedback: bool,
+}
+
+/// `outpost fleet tune …`: the hub's training jobs.
+#[derive(Debug, Subcommand)]
+pub enum FleetTuneCommand {
+    /// Queue a job; what is not named is what the fleet serves (the
+    /// `production` label, else what most devices run).
+    Start(Box<FleetTuneStartArgs>),
+    /// Every job, or one with its loss curve, adapter and evaluation.
+    Status { id: Option<u64> },
+    /// Stop a queued or running job (its child process is killed).
+    Cancel { id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct FleetTuneStartArgs {
+    /// The evaluation set, NAME:VERSION (kind eval_set): its train half
+    /// joins the dataset, its test half judges the adapter.
+    #[arg(long)]
+    pub eval_set: String,
+    /// The new adapter's catalog name.
+    #[arg(long, default_value = "tuned")]
+    pub adapter: String,
+    /// Its version (default tune-JOB, JOB the job id).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The base model, NAME:VERSION.
+    #[arg(long = "base-model")]
+    pub base_model: Option<String>,
+    /// The prompt set the fleet answers with, NAME:VERSION.
+    #[arg(long)]
+    pub prompt_set: Option<String>,
+    /// The knowledge base, NAME:VERSION.
+    #[arg(long = "knowledge-base")]
+    pub knowledge_base: Option<String>,
+    /// The adapter the fleet serves now (the baseline), NAME:VERSION.
+    #[arg(long)]
+    pub current_adapter: Option<String>,
+    /// A rollout plan file (TOML or JSON) without `candidate`, started when
+    /// the adapter passes and scores higher.
+    #[arg(long)]
+    pub rollout: Option<PathBuf>,
+    /// Wait for the job to end, printing its progress.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub train: TrainFlags,
 }

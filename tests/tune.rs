@@ -31,29 +31,17 @@ const MILK: &str = "How do I clean the milk system after use?";
 const MILK_FIX: &str =
     "Run the milk cleaning program at the end of every day and rinse the milk tube.";
 
-/// A few pages of the sample knowledge base, ingested (the whole set takes
-/// minutes to embed on a small box; these answer the test's questions).
+/// The pages that answer the test's questions.
 fn small_kb(dir: &Path) -> PathBuf {
-    support::embedder_folder();
-    let docs = dir.join("docs");
-    for page in [
-        "manual/descaling.md",
-        "manual/cleaning.md",
-        "manual/milk-system-bs3000.md",
-        "faq/general-faq.md",
-    ] {
-        let to = docs.join(page);
-        std::fs::create_dir_all(to.parent().expect("folder")).expect("mkdir");
-        std::fs::copy(repo().join("configs/kb/brewstation").join(page), &to).expect("copy");
-    }
-    let kb = dir.join("kb.sqlite");
-    let out = run(outpost().args(["kb", "ingest", "--kb"]).arg(&kb).arg(&docs));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    kb
+    support::brewstation::some_pages(
+        dir,
+        &[
+            "manual/descaling.md",
+            "manual/cleaning.md",
+            "manual/milk-system-bs3000.md",
+            "faq/general-faq.md",
+        ],
+    )
 }
 
 fn feedback(seq: u64, rating: Rating, question: &str, answer: &str) -> Feedback {

@@ -26,10 +26,21 @@ impl ItemId {
 /// One of the two fixed halves of a set: settings are tuned on `Train`
 /// and reported on `Test`, so a figure is never measured on what it was
 /// tuned on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Half {
     Train,
     Test,
+}
+
+impl Half {
+    /// The name `--half` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Half::Train => "train",
+            Half::Test => "test",
+        }
+    }
 }
 
 impl std::str::FromStr for Half {

@@ -11,8 +11,10 @@ use outpost_protocol::{ArtifactUrl, DeviceId, FleetId};
 use serde::{Deserialize, Serialize};
 
 mod rollout;
+mod training;
 
 pub use self::rollout::{EvaluationConfig, EvaluationSettings, RolloutConfig};
+pub use self::training::{TrainingConfig, TrainingSettings};
 pub use crate::store::retention::RetentionPolicy;
 
 /// The commented default configuration (`outpost config print-default`).
@@ -82,6 +84,9 @@ pub struct HubConfig {
     /// The offline evaluation gate.
     #[serde(default)]
     pub evaluation: EvaluationConfig,
+    /// Fine-tuning jobs.
+    #[serde(default)]
+    pub training: TrainingConfig,
     /// The dashboard's ROI view.
     #[serde(default)]
     pub roi: RoiConfig,
@@ -259,6 +264,8 @@ pub struct ValidConfig {
     pub rollout: crate::rollout::service::RolloutSettings,
     /// The offline evaluation gate.
     pub evaluation: EvaluationSettings,
+    /// Fine-tuning jobs.
+    pub training: TrainingSettings,
     /// The dashboard's ROI view.
     pub roi: RoiSettings,
 }
@@ -533,6 +540,7 @@ impl HubConfig {
         let retention = retention_policy(&self.retention, &mut problems);
         let rollout = rollout::rollout_settings(&self.rollout, &mut problems);
         let evaluation = rollout::evaluation_settings(&self.evaluation, &mut problems);
+        let training = training::training_settings(&self.training, &mut problems);
         let roi = roi_settings(&self.roi, &mut problems);
         if let (Some(device_bind), Some(operator_bind), Some(broker)) =
             (device_bind, operator_bind, &broker)
@@ -569,6 +577,7 @@ impl HubConfig {
                     },
                     rollout,
                     evaluation,
+                    training,
                     roi,
                 })
             }

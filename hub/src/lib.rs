@@ -144,6 +144,7 @@ pub mod artifacts;
 pub mod assign;
 pub mod broker;
 pub mod bundle;
+mod cancel;
 pub mod config;
 pub mod control;
 pub mod evaluation;
@@ -155,6 +156,7 @@ pub mod roi;
 pub mod rollout;
 pub mod signing;
 pub mod store;
+pub mod training;
 
 pub use config::{BrokerMode, ConfigError, HubConfig, ValidConfig, DEFAULT_TOML};
 pub use signing::ArtifactSigner;
@@ -260,6 +262,16 @@ impl Hub {
     pub async fn start_with(
         config: ValidConfig,
         evaluator: Option<Arc<dyn evaluation::Evaluator>>,
+    ) -> Result<Hub, HubError> {
+        Self::start_with_workers(config, evaluator, None).await
+    }
+
+    /// [`Hub::start_with`] and the trainer training jobs run (the binary's;
+    /// without one, or with `[training] enabled = false`, they are refused).
+    pub async fn start_with_workers(
+        config: ValidConfig,
+        evaluator: Option<Arc<dyn evaluation::Evaluator>>,
+        trainer: Option<Arc<dyn training::Trainer>>,
     ) -> Result<Hub, HubError> {
         // Validation refuses this too; checked again here for a
         // `ValidConfig` built by hand, before anything listens.
@@ -400,13 +412,29 @@ impl Hub {
             .public_base_url
             .clone()
             .unwrap_or_else(|| format!("http://{device_addr}"));
-        let artifacts = artifacts::ArtifactStore::open(
+        let artifacts = Arc::new(artifacts::ArtifactStore::open(
             &config.data_dir,
             signer,
-            store,
+            store.clone(),
             public_base_url,
             config.max_upload_bytes,
-        )?;
+        )?);
+        let training = match trainer.filter(|_| config.training.enabled) {
+            Some(trainer) => {
+                let services = training::jobs::Services {
+                    artifacts: artifacts.clone(),
+                    evaluations: evaluations.clone(),
+                    rollouts: rollouts.clone(),
+                    hub_db: config.data_dir.join(DB_FILE),
+                    work_dir: config.data_dir.join("training"),
+                };
+                let (jobs, task) =
+                    training::TrainingJobs::spawn(trainer, store, services, shutdown_rx.clone());
+                tasks.push(task);
+                jobs
+            }
+            None => training::TrainingJobs::disabled(),
+        };
         let state = Arc::new(http::AppState {
             ctx,
             artifacts,
@@ -414,6 +442,7 @@ impl Hub {
             download_credentials: config.download_credentials.clone(),
             rollouts,
             evaluations,
+            training,
             sessions: http::Sessions::default(),
             roi: config.roi.clone(),
         });

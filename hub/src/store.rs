@@ -39,6 +39,7 @@ mod evals;
 mod ingest;
 mod rollouts;
 mod routing;
+mod training;
 
 pub use artifacts::{ArtifactRecord, PutArtifact};
 pub use curation::{
@@ -52,6 +53,7 @@ pub use rollouts::{
     WindowSlice,
 };
 pub use routing::{RoutingRow, RoutingTotals};
+pub use training::{TrainJobRow, TrainJobUpdate};
 pub mod retention;
 
 /// Jobs queued for the store thread at most; senders wait beyond that.
@@ -420,6 +422,20 @@ impl Store {
         Self::init(conn, durability)
     }
 
+    /// Opens a running hub's database to read it (`outpost tune dataset
+    /// build`): read-only, and without the schema work [`open`](Self::open)
+    /// does, which would mark the hub's running jobs `interrupted`.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql("open read-only"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("busy_timeout"))?;
+        Ok(Self { conn })
+    }
+
     /// An in-memory database (unit tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Self::init(
@@ -447,6 +463,7 @@ impl Store {
         Self::init_retention(&conn)?;
         Self::init_rollouts(&conn)?;
         Self::init_evals(&conn)?;
+        Self::init_training(&conn)?;
         Self::init_curation(&conn)?;
         conn.execute_batch(aggregates::AGGREGATES_SCHEMA)
             .map_err(sql("aggregates schema"))?;

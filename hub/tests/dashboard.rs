@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use outpost_hub::config::{BrokerConfig, HttpConfig};
+use outpost_hub::store::{Store, TrainJobUpdate};
 use outpost_hub::{Hub, HubConfig};
 use outpost_protocol::{
     encode, ActiveVersions, AgentVersion, AnswerEvent, ArtifactDigest, DeviceId, DeviceMetrics,
-    OutboxEpoch, PiiCounts, Presence, ProtocolVersion, Rating, RetrievalScores, Seq, Status,
-    TelemetryBatch, TelemetryEvent, TelemetryPayload,
+    Feedback, FeedbackId, FleetId, OutboxEpoch, PiiCounts, Presence, ProtocolVersion, Rating,
+    RetrievalScores, Seq, Status, TelemetryBatch, TelemetryEvent, TelemetryPayload,
 };
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
@@ -472,6 +473,8 @@ async fn an_operator_logs_in_and_watches_live_fleet_data_and_roi_in_a_real_brows
     })
     .await;
 
+    seed_training_and_feedback(&_data.path().join(outpost_hub::DB_FILE));
+
     let driver = Chromedriver::start();
     let client = driver.connect().await;
     let result = browse(&client, &base, &mut kiosk, versions, port).await;
@@ -480,6 +483,64 @@ async fn an_operator_logs_in_and_watches_live_fleet_data_and_roi_in_a_real_brows
         panic!("{e}");
     }
     hub.shutdown().await.expect("shutdown");
+}
+
+/// A finished training job and a rated-down answer with its text, written
+/// beside the running hub as its own workers would (the job's trainer and
+/// the kiosk's shared feedback are not part of this test).
+fn seed_training_and_feedback(db: &Path) {
+    let mut store = Store::open(db).expect("hub store");
+    let job = store
+        .insert_train_job(r#"{"adapter_name":"support"}"#, now_ms())
+        .expect("job");
+    let progress = serde_json::json!({
+        "step": 4, "total_steps": 4, "tokens_per_s": 50.0, "eta_s": 0.0,
+        "dataset": {"train": 3, "validation": 1, "sha256": "ab"},
+        "curve": [[1.0, 2.4, 1e-4], [2.0, 1.9, 2e-4], [3.0, 1.2, 2e-4], [4.0, 0.7, 1e-4]],
+        "validation": [{"epoch": 1, "step": 4, "loss": 0.9}]
+    });
+    let result = serde_json::json!({
+        "adapter": {"kind": "Adapter", "name": "support", "version": "tune-1"},
+        "lineage": {},
+        "evaluation": {"job": 1, "items": 5, "current_mean": 0.4, "candidate_mean": 0.8,
+                       "decision": {"verdict": "pass"}},
+        "decision": "candidate", "rollout": null
+    });
+    let (progress, result) = (progress.to_string(), result.to_string());
+    store
+        .update_train_job(
+            job,
+            &TrainJobUpdate {
+                status: "done",
+                phase: "done",
+                progress_json: Some(&progress),
+                result_json: Some(&result),
+                error: None,
+            },
+            now_ms(),
+        )
+        .expect("job done");
+    let feedback = Feedback {
+        id: FeedbackId {
+            epoch: OutboxEpoch(42),
+            seq: Seq(900),
+        },
+        answer_seq: Seq(9),
+        rating: Rating::ThumbsDown,
+        question: outpost_protocol::redact("How long does descaling take?").text,
+        answer: outpost_protocol::redact("Two hours.").text,
+        versions: ActiveVersions::default(),
+        at_unix_ms: now_ms(),
+    };
+    store
+        .record_feedback(
+            &FleetId::parse("acme").expect("fleet"),
+            &DeviceId::parse("kiosk-1").expect("device"),
+            &feedback,
+            ProtocolVersion::CURRENT,
+            now_ms(),
+        )
+        .expect("feedback");
 }
 
 type Check = Result<(), String>;
@@ -592,6 +653,59 @@ async fn browse(
         .map_err(e)?;
     if mark != "still here" {
         return Err(format!("the page reloaded: {mark}"));
+    }
+
+    // The finished training job with its loss curve and evaluation.
+    wait_text(client, "[data-testid='training-status']", "job 1 · done").await?;
+    wait_text(
+        client,
+        "[data-testid='training-result']",
+        "0.400 → 0.800 on 5 items (pass)",
+    )
+    .await?;
+    let paths = client
+        .find_all(Locator::Css("[data-testid='loss-curve'] path"))
+        .await
+        .map_err(e)?;
+    if paths.len() != 2 {
+        return Err(format!(
+            "the loss curve has {} lines, not train + validation",
+            paths.len()
+        ));
+    }
+    // The operator writes the right answer to the rated-down question.
+    wait_text(
+        client,
+        "[data-testid='feedback']",
+        "How long does descaling take?",
+    )
+    .await?;
+    let input = client
+        .find(Locator::Css("[data-testid='correction-input']"))
+        .await
+        .map_err(e)?;
+    input.send_keys("About 25 minutes.").await.map_err(e)?;
+    client
+        .find(Locator::Css("[data-testid='correction-save']"))
+        .await
+        .map_err(e)?
+        .click()
+        .await
+        .map_err(e)?;
+    wait_text(client, "[data-testid='correction-status']", "saved").await?;
+    save_screenshot(client, "dashboard-training.png").await?;
+    let rated = http(
+        "GET",
+        format!("{base}/admin/feedback?rating=thumbs_down"),
+        bearer(),
+        "",
+    )
+    .await;
+    if json(&rated)["feedback"][0]["correction"] != "About 25 minutes." {
+        return Err(format!(
+            "the correction did not reach the hub: {}",
+            rated.body
+        ));
     }
 
     // ROI inputs recompute at once: 1000 tickets × 80 % (12 of 15) × 0.1 h

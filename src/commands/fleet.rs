@@ -10,6 +10,7 @@ use crate::cli::{FleetArgs, FleetCommand};
 use crate::settings::BadConfig;
 
 mod rollout;
+mod tune;
 
 /// `KIND:NAME:VERSION` as the admin API's artifact key.
 pub(crate) fn artifact_key(text: &str) -> Result<Value, BadConfig> {
@@ -80,6 +81,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
         }
         FleetCommand::Rollout(command) => return rollout::rollout(&hub, command),
         FleetCommand::Eval(command) => return rollout::eval(&hub, command),
+        FleetCommand::Tune(command) => return tune::run(&hub, command),
         FleetCommand::Labels => hub.send(hub.request("GET", "/admin/labels").call())?,
     };
     println!("{}", serde_json::to_string_pretty(&reply)?);

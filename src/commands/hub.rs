@@ -53,9 +53,15 @@ pub fn run(config_path: Option<&Path>, log_json: bool, args: HubArgs) -> anyhow:
     crate::runtime()?.block_on(async {
         let evaluator = crate::evaluator::ChildEvaluator::new(valid.evaluation.clone())
             .context("finding this binary for the hub's evaluator")?;
-        let hub = outpost_hub::Hub::start_with(valid, Some(std::sync::Arc::new(evaluator)))
-            .await
-            .context("starting the hub")?;
+        let trainer = crate::trainer::ChildTrainer::new(valid.training.clone(), &valid.evaluation)
+            .context("finding this binary for the hub's trainer")?;
+        let hub = outpost_hub::Hub::start_with_workers(
+            valid,
+            Some(std::sync::Arc::new(evaluator)),
+            Some(std::sync::Arc::new(trainer)),
+        )
+        .await
+        .context("starting the hub")?;
         println!(
             "outpost hub: admin on http://{}, artifacts on http://{}, MQTT on {}, signing key {}",
             hub.operator_addr(),

@@ -95,15 +95,21 @@ fn build_dataset(config: &DeviceConfig, args: &DatasetBuildArgs) -> anyhow::Resu
     let tune = tune_config(args)?;
     let d = tune.dataset;
     // What can be checked without the model comes first.
-    let db = hub_db_path(d.hub_db.as_deref())?;
+    let db = match args.no_feedback {
+        true => None,
+        false => Some(hub_db_path(d.hub_db.as_deref())?),
+    };
     let sets = d
         .eval_sets
         .iter()
         .map(|path| GuardedSet::load(path).map_err(|e| BadConfig(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let candidates = Store::open(&db)
-        .and_then(|store| store.training_candidates())
-        .with_context(|| format!("reading training candidates from {}", db.display()))?;
+    let candidates = match &db {
+        Some(db) => Store::open_read_only(db)
+            .and_then(|store| store.training_candidates())
+            .with_context(|| format!("reading training candidates from {}", db.display()))?,
+        None => Vec::new(),
+    };
     let rows: Vec<RawRow> = candidates
         .into_iter()
         .map(|c| RawRow {

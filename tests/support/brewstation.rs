@@ -23,6 +23,33 @@ pub fn knowledge_base(dir: &Path) -> PathBuf {
     kb
 }
 
+/// A few pages of the sample knowledge base, ingested (the whole set takes
+/// minutes to embed on a small box): `pages` are paths under
+/// `configs/kb/brewstation`.
+pub fn some_pages(dir: &Path, pages: &[&str]) -> PathBuf {
+    super::embedder_folder();
+    let docs = dir.join("docs");
+    for page in pages {
+        let to = docs.join(page);
+        std::fs::create_dir_all(to.parent().expect("folder")).expect("mkdir");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs/kb/brewstation")
+                .join(page),
+            &to,
+        )
+        .expect("copy");
+    }
+    let kb = dir.join("kb.sqlite");
+    let out = run(outpost().args(["kb", "ingest", "--kb"]).arg(&kb).arg(&docs));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kb
+}
+
 /// The sample prompt set packed as `label`, its `prompt-set.toml` passed
 /// through `edit` first.
 pub fn pack(dir: &Path, label: &str, edit: impl Fn(String) -> String) -> PathBuf {

@@ -1,15 +1,15 @@
 //! The evaluation job queue: bounded, one job at a time, cancellable, with
 //! its state in the store and each finished job broadcast.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use outpost_protocol::{ArtifactKind, ArtifactRef};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{pair, EvalRequest, EvalRun, Evaluator};
+use crate::cancel::CancelFlags;
 use crate::store::{EvalJobUpdate, StoreError, StoreHandle};
 
 /// Jobs waiting at most; a submit beyond that is refused, not queued.
@@ -47,7 +47,7 @@ pub enum EvalError {
 #[derive(Clone)]
 pub struct EvalJobs {
     queue: Option<mpsc::Sender<(u64, EvalRequest)>>,
-    cancels: Arc<Mutex<HashMap<u64, Arc<AtomicBool>>>>,
+    cancels: CancelFlags,
     done: broadcast::Sender<EvalOutcome>,
     store: Option<StoreHandle>,
 }
@@ -65,7 +65,7 @@ impl EvalJobs {
     pub fn disabled() -> Self {
         Self {
             queue: None,
-            cancels: Arc::default(),
+            cancels: CancelFlags::default(),
             done: broadcast::channel(16).0,
             store: None,
         }
@@ -81,7 +81,7 @@ impl EvalJobs {
         let (tx, rx) = mpsc::channel(EVAL_QUEUE);
         let jobs = Self {
             queue: Some(tx),
-            cancels: Arc::default(),
+            cancels: CancelFlags::default(),
             done: broadcast::channel(64).0,
             store: Some(store.clone()),
         };
@@ -124,14 +124,7 @@ impl EvalJobs {
 
     /// Asks job `id` to stop; false if it is not queued or running.
     pub fn cancel(&self, id: u64) -> bool {
-        let flags = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
-        match flags.get(&id) {
-            Some(flag) => {
-                flag.store(true, Ordering::SeqCst);
-                true
-            }
-            None => false,
-        }
+        self.cancels.cancel(id)
     }
 
     /// Every finished job from now on.
@@ -140,13 +133,11 @@ impl EvalJobs {
     }
 
     fn cancel_flag(&self, id: u64) -> Arc<AtomicBool> {
-        let mut flags = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
-        flags.entry(id).or_default().clone()
+        self.cancels.flag(id)
     }
 
     fn forget(&self, id: u64) {
-        let mut flags = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
-        flags.remove(&id);
+        self.cancels.forget(id);
     }
 }
 
@@ -256,6 +247,7 @@ impl Worker {
                 adapter: None,
                 prompt_set: None,
                 knowledge_base: None,
+                half: request.half,
                 out_dir: self.work_dir.join(format!("job-{id}")).join(label),
             };
             for artifact in refs {
@@ -297,17 +289,24 @@ impl Worker {
     }
 
     async fn path_of(&self, artifact: &ArtifactRef) -> Result<PathBuf, String> {
-        let digest = artifact.sha256;
-        let record = self
-            .store
-            .call(move |s| s.artifact_by_digest(&digest))
-            .await
-            .map_err(|e| e.to_string())?;
-        record.map(|r| r.path).ok_or_else(|| {
-            format!(
-                "{} {} {} is not stored on this hub",
-                artifact.kind, artifact.name, artifact.version
-            )
-        })
+        stored_path(&self.store, artifact).await
     }
+}
+
+/// Where the hub keeps `artifact`'s bytes, or why it has none.
+pub(crate) async fn stored_path(
+    store: &StoreHandle,
+    artifact: &ArtifactRef,
+) -> Result<PathBuf, String> {
+    let digest = artifact.sha256;
+    let record = store
+        .call(move |s| s.artifact_by_digest(&digest))
+        .await
+        .map_err(|e| e.to_string())?;
+    record.map(|r| r.path).ok_or_else(|| {
+        format!(
+            "{} {} {} is not stored on this hub",
+            artifact.kind, artifact.name, artifact.version
+        )
+    })
 }

@@ -33,6 +33,7 @@ use outpost_eval::{ItemResult, Report};
 use outpost_protocol::ArtifactRef;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use jobs::stored_path;
 pub use jobs::{EvalError, EvalJobs, EvalOutcome, EVAL_QUEUE};
 
 /// Runs one evaluation set against one configuration (blocking; the hub
@@ -57,6 +58,8 @@ pub struct EvalRun {
     pub prompt_set: Option<PathBuf>,
     /// The knowledge base, if any.
     pub knowledge_base: Option<PathBuf>,
+    /// Only this half of the set (`None`: every item).
+    pub half: Option<outpost_eval::Half>,
     /// A folder of its own for the run's outputs.
     pub out_dir: PathBuf,
 }
@@ -73,6 +76,10 @@ pub struct EvalRequest {
     /// The rollout that asked, if any.
     #[serde(default)]
     pub rollout: Option<outpost_protocol::RolloutId>,
+    /// Only this half of the set: a training job evaluates its adapter on
+    /// the `test` half, the one its dataset never draws from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half: Option<outpost_eval::Half>,
 }
 
 /// A finished job's stored report.

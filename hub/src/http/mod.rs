@@ -28,6 +28,10 @@
 //!                                      newest first, each with its id and correction
 //! POST /admin/feedback/corrections     {"feedback": "device/epoch/seq", "answer"}: the right
 //!                                      answer to a rated question (fine-tuning data)
+//! POST /admin/training                {"eval_set", "adapter", "hyperparameters"?, "rollout"?, ...}:
+//!                                      a fine-tuning job (see `training`)
+//! GET  /admin/training[/{id}]          jobs with phase, loss curve, adapter, lineage, evaluation
+//! POST /admin/training/{id}/cancel     stop one
 //! GET  /admin/bundle?device|tag        an offline bundle (zip): the stored signed desired
 //!                                      states of the device(s) and their artifacts
 //! GET  /dashboard, /login, /admin/dashboard/...
@@ -53,6 +57,7 @@ mod device;
 mod device_evals;
 mod feedback;
 mod rollouts;
+mod training;
 
 pub use auth::{Access, Sessions, CSRF_HEADER, SESSION_COOKIE};
 
@@ -78,7 +83,7 @@ pub struct AppState {
     /// Control-loop context (store, MQTT client, metrics, fleet).
     pub ctx: Context,
     /// Artifact store.
-    pub artifacts: ArtifactStore,
+    pub artifacts: Arc<ArtifactStore>,
     /// Bearer token for `/admin/*`.
     pub admin_token: Option<Secret>,
     /// Username → password allowed to download artifacts (HTTP Basic);
@@ -88,6 +93,8 @@ pub struct AppState {
     pub rollouts: crate::rollout::service::RolloutHandle,
     /// The evaluation job queue.
     pub evaluations: crate::evaluation::EvalJobs,
+    /// The training job queue.
+    pub training: crate::training::TrainingJobs,
     /// Logged-in dashboard sessions.
     pub sessions: Sessions,
     /// The ROI view's defaults and window.
@@ -284,6 +291,12 @@ pub fn operator_router(state: App) -> Router {
         )
         .route("/admin/evals/{id}", get(rollouts::show_eval))
         .route("/admin/evals/{id}/cancel", post(rollouts::cancel_eval))
+        .route(
+            "/admin/training",
+            post(training::submit).get(training::list),
+        )
+        .route("/admin/training/{id}", get(training::show))
+        .route("/admin/training/{id}/cancel", post(training::cancel))
         // The dashboard and operator login (see `dashboard`, `auth`).
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/assets/{file}", get(dashboard::asset))

@@ -22,7 +22,7 @@ use crate::evaluation::{EvalError, EvalRequest};
 use crate::rollout::controller::Controller;
 use crate::rollout::plan::Plan;
 use crate::rollout::service::{OperatorCommand, RolloutError};
-use crate::rollout::smoke::attach_gate;
+use crate::rollout::smoke::{launch, LaunchError};
 
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> Self {
@@ -37,6 +37,15 @@ impl From<RolloutError> for ApiError {
             RolloutError::Store(s) => s.into(),
             RolloutError::Stopped => ApiError::Unavailable(e.to_string()),
             RolloutError::NotResumed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<LaunchError> for ApiError {
+    fn from(e: LaunchError) -> Self {
+        match e {
+            LaunchError::Rollout(e) => e.into(),
+            other => ApiError::BadRequest(other.to_string()),
         }
     }
 }
@@ -57,7 +66,11 @@ fn rollout_id(text: &str) -> Result<RolloutId, ApiError> {
 
 /// Replaces the artifact names at `pointer` (a JSON pointer) of `plan`
 /// with the published refs.
-async fn resolve_field(app: &App, plan: &mut Value, pointer: &str) -> Result<(), ApiError> {
+pub(super) async fn resolve_field(
+    app: &App,
+    plan: &mut Value,
+    pointer: &str,
+) -> Result<(), ApiError> {
     let Some(value) = plan.pointer_mut(pointer) else {
         return Ok(());
     };
@@ -99,20 +112,9 @@ pub(super) async fn start(
     for pointer in ["/candidate", "/eval_set", "/smoke/eval_set"] {
         resolve_field(&app, &mut plan, pointer).await?;
     }
-    let mut plan: Plan =
+    let plan: Plan =
         serde_json::from_value(plan).map_err(|e| ApiError::BadRequest(format!("plan: {e}")))?;
-    // Checked before the gate is published, so a bad plan leaves nothing.
-    plan.clone()
-        .validate()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    attach_gate(&app.artifacts, &mut plan)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let plan = plan
-        .validate()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let id = plan.id.clone();
-    app.rollouts.start(plan).await?;
+    let id = launch(&app.artifacts, &app.rollouts, plan).await?;
     let detail = rollout_detail(&app, &id).await?;
     Ok(Json(detail))
 }
@@ -262,6 +264,7 @@ pub(super) async fn submit_eval(
         current: resolve,
         candidate,
         rollout: None,
+        half: None,
     };
     let id = app.evaluations.submit(request).await?;
     Ok(Json(json!({ "job": id })))
@@ -269,7 +272,7 @@ pub(super) async fn submit_eval(
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
-    limit: Option<u32>,
+    pub(super) limit: Option<u32>,
 }
 
 pub(super) async fn list_evals(

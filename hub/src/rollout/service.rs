@@ -657,6 +657,7 @@ impl Service {
             current,
             candidate,
             rollout: Some(id.clone()),
+            half: None,
         }))
     }
 
@@ -693,7 +694,7 @@ fn baseline(facts: &CohortFacts, candidate: &[ArtifactRef]) -> Vec<ArtifactRef> 
         .collect()
 }
 
-fn most_common_baseline(
+pub(crate) fn most_common_baseline(
     facts: &[CohortFacts],
     candidate: &[ArtifactRef],
     kind: ArtifactKind,

@@ -111,3 +111,34 @@ pub async fn attach_gate(artifacts: &ArtifactStore, plan: &mut Plan) -> Result<(
     }
     Ok(())
 }
+
+/// Why a plan did not start ([`launch`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// The plan is invalid.
+    #[error("{0}")]
+    Plan(#[from] super::plan::PlanErrors),
+    /// Its smoke gate could not be derived.
+    #[error(transparent)]
+    Gate(#[from] SmokeGateError),
+    /// The rollout service refused it.
+    #[error(transparent)]
+    Rollout(#[from] super::service::RolloutError),
+}
+
+/// Validates `plan`, derives its smoke gate and starts it: the one way in
+/// for the admin API and for a training job's rollout. Validated before the
+/// gate is published, so a bad plan leaves nothing behind.
+pub async fn launch(
+    artifacts: &ArtifactStore,
+    rollouts: &super::service::RolloutHandle,
+    mut plan: Plan,
+) -> Result<outpost_protocol::RolloutId, LaunchError> {
+    plan.clone().validate()?;
+    attach_gate(artifacts, &mut plan).await?;
+    let plan = plan.validate()?;
+    let id = plan.id.clone();
+    rollouts.start(plan).await?;
+    Ok(id)
+}

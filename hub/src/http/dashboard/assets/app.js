@@ -147,6 +147,97 @@ async function renderRollouts() {
   box.replaceChildren(...cards);
 }
 
+// ---- fine-tuning (GET /admin/training) and corrections (/admin/feedback) ----
+
+function lossChart(job) {
+  const W = 400, H = 120, L = 40, R = 8, T = 8, B = 16;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "Loss curve", "data-testid": "loss-curve" });
+  const p = job.progress || {};
+  const curve = (p.curve || []).map((c) => [c[0], c[1]]);
+  const val = (p.validation || []).map((v) => [v.step, v.loss]);
+  const all = curve.concat(val);
+  if (!all.length) return svg;
+  const x1 = Math.max(p.total_steps || 0, ...all.map((q) => q[0]), 1);
+  const y1 = Math.max(...all.map((q) => q[1])) * 1.1 || 1;
+  const sx = (x) => L + (x / x1) * (W - L - R);
+  const sy = (y) => H - B - (y / y1) * (H - T - B);
+  for (let i = 0; i <= 2; i++) {
+    const y = (y1 * i) / 2;
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: sy(y), y2: sy(y), stroke: "#e5e7eb" }));
+    svg.append(Object.assign(svgEl("text", { x: L - 4, y: sy(y) + 3, "text-anchor": "end" }), { textContent: y.toFixed(2) }));
+  }
+  svg.append(Object.assign(svgEl("text", { x: W - R, y: H - 3, "text-anchor": "end" }), { textContent: "step " + x1 }));
+  const line = (pts, color, dash) => {
+    if (!pts.length) return;
+    const d = pts.map((q, i) => `${i ? "L" : "M"}${sx(q[0]).toFixed(1)},${sy(q[1]).toFixed(1)}`).join(" ");
+    svg.append(svgEl("path", { d, fill: "none", stroke: color, "stroke-width": 1.5, "stroke-dasharray": dash || "" }));
+  };
+  line(curve, COLORS[0]);
+  line(val, COLORS[1], "4 3");
+  for (const q of val) svg.append(svgEl("circle", { cx: sx(q[0]), cy: sy(q[1]), r: 2.5, fill: COLORS[1] }));
+  return svg;
+}
+
+function trainingText(job) {
+  const p = job.progress || {};
+  const last = (p.curve || []).slice(-1)[0];
+  let text = `job ${job.id} · ${job.status}` + (job.phase && job.phase !== job.status ? ` · ${job.phase}` : "");
+  if (p.total_steps) text += ` · step ${p.step}/${p.total_steps}`;
+  if (last) text += ` · loss ${last[1].toFixed(3)}`;
+  if (p.tokens_per_s) text += ` · ${p.tokens_per_s.toFixed(0)} tok/s`;
+  if (p.eta_s != null && job.status === "running" && job.phase === "training") text += ` · ETA ${Math.round(p.eta_s)} s`;
+  return text;
+}
+
+function trainingResult(job) {
+  const r = job.result;
+  if (!r) return job.error ? el("p", { class: "small bad" }, job.error) : el("span", {});
+  const e = r.evaluation;
+  return el("p", { class: "small", "data-testid": "training-result" },
+    `${r.adapter.name} ${r.adapter.version}: held-out score ${e.current_mean.toFixed(3)} → ${e.candidate_mean.toFixed(3)} ` +
+    `on ${e.items} items (${e.decision.verdict}); ${r.decision.replace(/_/g, " ")}` + (r.rollout ? ` (${r.rollout})` : ""));
+}
+
+async function renderTraining() {
+  const box = $("training");
+  const r = await getJson("/admin/training?limit=5");
+  const jobs = r.body ? r.body.jobs : [];
+  if (!jobs.length) { box.replaceChildren(el("p", { class: "muted" }, "no training jobs")); return; }
+  box.replaceChildren(...jobs.map((job) => {
+    const live = job.status === "queued" || job.status === "running";
+    const cancel = live ? el("button", { type: "button", onclick: async () => { await send("POST", `/admin/training/${job.id}/cancel`); refresh(); } }, "Cancel") : "";
+    return el("div", { class: "job", "data-testid": "training-job", "data-status": job.status },
+      el("p", { "data-testid": "training-status" }, trainingText(job), " ", cancel),
+      lossChart(job), trainingResult(job));
+  }));
+}
+
+async function saveCorrection(id, input, status) {
+  const answer = input.value.trim();
+  if (!answer) { status.textContent = "write the answer first"; return; }
+  const r = await send("POST", "/admin/feedback/corrections", { feedback: id, answer });
+  if (r.ok) { status.textContent = "saved"; input.dataset.saved = answer; }
+  else { const b = await r.json().catch(() => null); status.textContent = (b && b.error && b.error.message) || ("failed: " + r.status); }
+}
+
+async function renderFeedback() {
+  const box = $("feedback");
+  // Typing into a correction must not be wiped by the next poll.
+  if (box.contains(document.activeElement)) return;
+  const r = await getJson("/admin/feedback?rating=thumbs_down&limit=10");
+  const rows = r.body ? r.body.feedback : [];
+  if (!rows.length) { box.replaceChildren(el("p", { class: "muted" }, "no thumbs-down answers")); return; }
+  box.replaceChildren(...rows.map((f) => {
+    const input = el("input", { type: "text", value: f.correction || "", placeholder: "the right answer", "aria-label": "Correct answer", "data-testid": "correction-input" });
+    const status = el("span", { class: "muted small", "data-testid": "correction-status" }, f.correction ? "corrected" : "");
+    const save = el("button", { type: "button", "data-testid": "correction-save", onclick: () => saveCorrection(f.id, input, status) }, "Save");
+    return el("div", { class: "rated", "data-feedback": f.id },
+      el("p", { class: "small" }, el("strong", {}, f.question)),
+      el("p", { class: "small muted" }, f.answer),
+      el("p", {}, input, " ", save, " ", status));
+  }));
+}
+
 // ---- quality charts ------------------------------------------------------
 
 function lineChart(svg, lines, opts) {
@@ -286,6 +377,8 @@ async function refresh() {
     if (quality.body) renderQuality(quality.body);
     if (roi.body) applyRoi(roi.body);
     await renderRollouts();
+    await renderTraining();
+    await renderFeedback();
     lastOk = Date.now();
     const live = $("live");
     live.textContent = "live · updated " + new Date(lastOk).toLocaleTimeString();
