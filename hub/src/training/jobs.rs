@@ -54,9 +54,9 @@ pub enum TrainError {
         /// What it must name.
         expected: ArtifactKind,
     },
-    /// The hyperparameters are out of range.
+    /// The hyperparameters or the plan's gate are out of range.
     #[error("{0}")]
-    Hyperparameters(String),
+    Invalid(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -165,8 +165,8 @@ impl TrainingJobs {
         request
             .hyperparameters
             .check()
-            .map_err(TrainError::Hyperparameters)?;
-        request.gate().map_err(TrainError::Hyperparameters)?;
+            .map_err(TrainError::Invalid)?;
+        request.gate().map_err(TrainError::Invalid)?;
         let permit = queue.try_reserve().map_err(|_| TrainError::QueueFull)?;
         let json = serde_json::to_string(&request).map_err(|e| StoreError::Corrupt {
             table: "train_jobs",

@@ -113,6 +113,9 @@ pub struct Hyperparameters {
     pub seed: Option<u64>,
 }
 
+/// The largest LoRA rank a job may ask for.
+pub const MAX_RANK: u32 = 256;
+
 impl Hyperparameters {
     /// Refuses values no trainer accepts, before a job is queued.
     pub fn check(&self) -> Result<(), String> {
@@ -126,6 +129,11 @@ impl Hyperparameters {
             if value == Some(0) {
                 return Err(format!("hyperparameters.{name}: must be above 0"));
             }
+        }
+        // A rank past this would not fit the hub's memory for any base
+        // the devices run; the trainer's child would be killed for it.
+        if self.rank.is_some_and(|r| r > MAX_RANK) {
+            return Err(format!("hyperparameters.rank: at most {MAX_RANK}"));
         }
         if self
             .learning_rate

@@ -11,6 +11,10 @@ fn hyperparameters_out_of_range_are_refused_before_a_job_is_queued() {
             ..Hyperparameters::default()
         },
         Hyperparameters {
+            rank: Some(MAX_RANK + 1),
+            ..Hyperparameters::default()
+        },
+        Hyperparameters {
             learning_rate: Some(0.0),
             ..Hyperparameters::default()
         },
