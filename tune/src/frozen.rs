@@ -3,7 +3,8 @@
 //! computes the weight's gradient, which for a frozen base is pure waste —
 //! for the 49k-row output projection alone, as much work as the forward pass.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 
 struct FrozenLinear {
     /// `(out, in)`.
@@ -16,18 +17,23 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("frozen-linear needs a contiguous input".into())
-        })?;
-        let input = storage.as_slice::<f32>()?;
-        let x = Tensor::from_slice(
-            &input[start..end],
-            layout.shape(),
-            &candle_core::Device::Cpu,
+        // candle's own CPU matmul on the storages, with the weight's layout
+        // transposed: no copy of the input or of the (up to 100 MB) output.
+        let (n, k) = layout.shape().dims2()?;
+        let (weight, weight_layout) = self.weight.storage_and_layout();
+        let Storage::Cpu(weight) = &*weight else {
+            return Err(candle_core::Error::Msg(
+                "frozen-linear: the weight is not on the CPU".into(),
+            ));
+        };
+        let (out, _) = weight_layout.shape().dims2()?;
+        let y = storage.matmul(
+            weight,
+            (1, n, out, k),
+            layout,
+            &weight_layout.transpose(0, 1)?,
         )?;
-        let y = x.matmul(&self.weight.t()?)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+        Ok((y, Shape::from((n, out))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

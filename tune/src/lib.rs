@@ -24,6 +24,7 @@ pub mod config;
 pub mod dataset;
 pub mod error;
 mod frozen;
+mod fused;
 pub mod gguf;
 pub mod lora;
 pub mod model;

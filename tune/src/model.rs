@@ -2,15 +2,17 @@
 //! RMS-norm → attention with interleaved rotary embedding (llama.cpp's
 //! `LLAMA_ROPE_TYPE_NORM`, which the GGUF's permuted Q/K rows expect) and
 //! grouped KV heads → RMS-norm → SwiGLU MLP, then the output projection.
-//! Built from candle ops that have a backward pass (candle's fused
-//! `rms_norm`, `rope_i` and `softmax_last_dim` have none), with the frozen
-//! weights behind a frozen linear op (no weight gradient) and LoRA's `scale · B·A·x`
-//! added to each adapted projection.
+//! The norm, rotary, causal-softmax, SwiGLU and loss steps are the CPU
+//! kernels of [`crate::fused`], each with its own backward pass (candle's
+//! fused `rms_norm`, `rope_i` and `softmax_last_dim` have none); the frozen
+//! weights sit behind a frozen linear op (no weight gradient) and LoRA's
+//! `scale · B·A·x` is added to each adapted projection.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::adapter::Target;
 use crate::base::{Base, Block};
+use crate::fused;
 use crate::lora::Lora;
 use crate::rng::Stream;
 
@@ -49,19 +51,18 @@ impl<'a> Model<'a> {
         let ids = Tensor::from_slice(tokens, t, dev)?;
         let mut x = self.base.token_embd.index_select(&ids, 0)?;
         let (cos, sin) = rope_tables(t, shape.head_dim, shape.rope_theta, dev)?;
-        let mask = causal_mask(t, dev)?;
         for (layer, block) in self.base.blocks.iter().enumerate() {
-            let h = rms_norm(&x, &block.attn_norm, shape.rms_eps)?;
-            let attn = self.attention(layer, block, &h, &cos, &sin, &mask, dropout)?;
+            let h = fused::rms_norm(&x, &block.attn_norm, shape.rms_eps)?;
+            let attn = self.attention(layer, block, &h, &cos, &sin, dropout)?;
             x = (x + attn)?;
-            let h = rms_norm(&x, &block.ffn_norm, shape.rms_eps)?;
+            let h = fused::rms_norm(&x, &block.ffn_norm, shape.rms_eps)?;
             let gate = self.project(layer, Target::Gate, block, &h, dropout)?;
             let up = self.project(layer, Target::Up, block, &h, dropout)?;
-            let act = (gate.silu()? * up)?;
+            let act = fused::swiglu(&gate, &up)?;
             let down = self.project(layer, Target::Down, block, &act, dropout)?;
             x = (x + down)?;
         }
-        rms_norm(&x, &self.base.output_norm, shape.rms_eps)
+        fused::rms_norm(&x, &self.base.output_norm, shape.rms_eps)
     }
 
     /// Logits `(rows, n_vocab)` for chosen rows of the hidden states.
@@ -90,10 +91,7 @@ impl<'a> Model<'a> {
         let hidden = self.hidden(tokens, dropout)?;
         let logits = self.logits_at(&hidden, positions)?;
         let targets: Vec<u32> = positions.iter().map(|&p| tokens[p as usize + 1]).collect();
-        let targets = Tensor::from_slice(&targets, targets.len(), logits.device())?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-        picked.sum_all()?.neg()? / denominator as f64
+        fused::cross_entropy_sum(&logits, &targets)? / denominator as f64
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -104,7 +102,6 @@ impl<'a> Model<'a> {
         h: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
         dropout: Option<DropoutKey>,
     ) -> candle_core::Result<Tensor> {
         let shape = &self.base.shape;
@@ -119,17 +116,23 @@ impl<'a> Model<'a> {
                 .contiguous()?
                 .unsqueeze(0)
         };
-        let q = rope_interleaved(&heads(q, shape.n_head)?, cos, sin)?;
-        let k = rope_interleaved(&heads(k, shape.n_head_kv)?, cos, sin)?;
+        let q = fused::rope_interleaved(&heads(q, shape.n_head)?, cos, sin)?;
+        let k = fused::rope_interleaved(&heads(k, shape.n_head_kv)?, cos, sin)?;
         let v = heads(v, shape.n_head_kv)?;
-        let k = repeat_kv(k, shape.n_head / shape.n_head_kv)?;
-        let v = repeat_kv(v, shape.n_head / shape.n_head_kv)?;
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
-        let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?; // (1, n_head, t, hd)
+        // Grouped-query attention without copying K and V per head: head h
+        // reads KV head h / groups, so the `groups` query heads of one KV
+        // head are stacked as rows, (kv, groups · T, d) against (kv, T, d).
+        let kv = shape.n_head_kv;
+        let groups = shape.n_head / kv;
+        let q = q.reshape((kv, groups * t, hd))?;
+        let k = k.squeeze(0)?;
+        let v = v.squeeze(0)?;
+        let scores = q.matmul(&k.transpose(1, 2)?.contiguous()?)?;
+        // Row r of the stacked scores is position r mod T: the mask holds.
+        let probs = fused::causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let out = probs.matmul(&v)?; // (kv, groups · t, hd)
         let out = out
-            .squeeze(0)?
+            .reshape((shape.n_head, t, hd))?
             .transpose(0, 1)?
             .contiguous()?
             .reshape((t, shape.n_embd))?;
@@ -171,11 +174,6 @@ impl<'a> Model<'a> {
     }
 }
 
-/// `x / √(mean(x²) + ε) · w`, row-wise.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
-    candle_nn::ops::rms_norm_slow(x, weight, eps)
-}
-
 /// cos/sin `(T, head_dim / 2)` for positions `0..T`, θᵢ = base^(−2i/d).
 fn rope_tables(
     t: usize,
@@ -200,31 +198,6 @@ fn rope_tables(
         Tensor::from_vec(cos, (t, half), dev)?,
         Tensor::from_vec(sin, (t, half), dev)?,
     ))
-}
-
-/// Rotates adjacent pairs `(x₂ᵢ, x₂ᵢ₊₁)` of `(1, heads, T, d)`.
-fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::rotary_emb::rope_i_slow(x, cos, sin)
-}
-
-/// `(T, T)` with −∞ above the diagonal.
-fn causal_mask(t: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (t, t), dev)
-}
-
-/// `(1, kv, T, d)` → `(1, kv · groups, T, d)`, head h reading kv head h / groups.
-fn repeat_kv(x: Tensor, groups: usize) -> candle_core::Result<Tensor> {
-    if groups == 1 {
-        return Ok(x);
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, groups, t, d))?
-        .contiguous()?
-        .reshape((b, kv * groups, t, d))
 }
 
 /// The model with `B · A · scale` merged into each adapted weight: the
