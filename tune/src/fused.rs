@@ -59,6 +59,43 @@ fn map_rows2(
     out
 }
 
+/// A gradient kernel over the rows of two same-shaped inputs (it has no
+/// backward pass of its own).
+struct Rows2<F> {
+    name: &'static str,
+    width: usize,
+    f: F,
+}
+
+impl<F: Fn(usize, &[f32], &[f32], &mut [f32]) + Sync + Send> CustomOp2 for Rows2<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = slice(s1, l1, self.name)?;
+        let b = slice(s2, l2, self.name)?;
+        output(map_rows2(a, b, self.width, &self.f), l1.shape())
+    }
+}
+
+fn rows2(
+    a: &Tensor,
+    b: &Tensor,
+    name: &'static str,
+    width: usize,
+    f: impl Fn(usize, &[f32], &[f32], &mut [f32]) + Sync + Send,
+) -> Result<Tensor> {
+    a.contiguous()?
+        .apply_op2_no_bwd(&b.contiguous()?, &Rows2 { name, width, f })
+}
+
 // ---------------------------------------------------------------- RMS-norm
 
 /// `x / √(mean(x²) + ε) · w` row-wise, `w` frozen (no gradient).
@@ -99,41 +136,25 @@ impl CustomOp1 for RmsNorm {
         output(out, layout.shape())
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &RmsNormBackward(self))?))
-    }
-}
-
-struct RmsNormBackward<'a>(&'a RmsNorm);
-
-impl CustomOp2 for RmsNormBackward<'_> {
-    fn name(&self) -> &'static str {
-        "fused-rms-norm-backward"
-    }
-
     /// `dx = r·(w⊙dy) − r³/D · x · Σ(x⊙w⊙dy)`.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let dy = slice(s2, l2, self.name())?;
-        let norm = self.0;
-        let w = &norm.weight;
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let w = &self.weight;
         let d = w.len() as f32;
-        let out = map_rows2(x, dy, w.len(), |_, x, dy, o| {
-            let r = norm.inv_rms(x);
-            let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, g), w)| x * g * w).sum();
-            let c = r * r * r * dot / d;
-            for (((o, x), g), w) in o.iter_mut().zip(x).zip(dy).zip(w) {
-                *o = r * w * g - c * x;
-            }
-        });
-        output(out, l1.shape())
+        let dx = rows2(
+            arg,
+            grad,
+            "fused-rms-norm-backward",
+            w.len(),
+            |_, x, dy, o| {
+                let r = self.inv_rms(x);
+                let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, g), w)| x * g * w).sum();
+                let c = r * r * r * dot / d;
+                for (((o, x), g), w) in o.iter_mut().zip(x).zip(dy).zip(w) {
+                    *o = r * w * g - c * x;
+                }
+            },
+        )?;
+        Ok(Some(dx))
     }
 }
 
@@ -254,40 +275,17 @@ impl CustomOp1 for CausalSoftmax {
         output(out, layout.shape())
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad, &CausalSoftmaxBackward(self))?,
-        ))
-    }
-}
-
-struct CausalSoftmaxBackward<'a>(&'a CausalSoftmax);
-
-impl CustomOp2 for CausalSoftmaxBackward<'_> {
-    fn name(&self) -> &'static str {
-        "fused-causal-softmax-backward"
-    }
-
     /// `dS = scale · P ⊙ (dP − Σ P⊙dP)`; masked entries have `P = 0`.
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let p = slice(s1, l1, self.name())?;
-        let dp = slice(s2, l2, self.name())?;
-        let op = self.0;
-        let out = map_rows2(p, dp, op.seq, |row, p, dp, o| {
-            let visible = row % op.seq + 1;
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let name = "fused-causal-softmax-backward";
+        let ds = rows2(res, grad, name, self.seq, |row, p, dp, o| {
+            let visible = row % self.seq + 1;
             let dot: f32 = p[..visible].iter().zip(dp).map(|(p, g)| p * g).sum();
             for ((o, p), g) in o[..visible].iter_mut().zip(p).zip(dp) {
-                *o = op.scale * p * (g - dot);
+                *o = self.scale * p * (g - dot);
             }
-        });
-        output(out, l1.shape())
+        })?;
+        Ok(Some(ds))
     }
 }
 
@@ -310,6 +308,12 @@ fn sigmoid(x: f32) -> f32 {
 /// Elementwise width per parallel task.
 const CHUNK: usize = 4096;
 
+fn swiglu_rows(_: usize, g: &[f32], u: &[f32], o: &mut [f32]) {
+    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+        *o = g * sigmoid(g) * u;
+    }
+}
+
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "fused-swiglu"
@@ -324,14 +328,10 @@ impl CustomOp2 for SwiGlu {
     ) -> Result<(CpuStorage, Shape)> {
         let g = slice(s1, l1, self.name())?;
         let u = slice(s2, l2, self.name())?;
-        let out = map_rows2(g, u, CHUNK, |_, g, u, o| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g * sigmoid(g) * u;
-            }
-        });
-        output(out, l1.shape())
+        output(map_rows2(g, u, CHUNK, swiglu_rows), l1.shape())
     }
 
+    /// `d up = dy · silu(g)`; `d gate = (dy·up) · σ(g)·(1 + g·(1 − σ(g)))`.
     fn bwd(
         &self,
         gate: &Tensor,
@@ -339,37 +339,15 @@ impl CustomOp2 for SwiGlu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let d_gate = gate.apply_op2_no_bwd(&up.mul(&grad)?, &SwiGluGateBackward)?;
-        let d_up = gate.apply_op2_no_bwd(&grad, &SwiGlu)?;
-        Ok((Some(d_gate), Some(d_up)))
-    }
-}
-
-/// `d gate = (dy·up) · σ(g)·(1 + g·(1 − σ(g)))`, given `g` and `dy·up`.
-struct SwiGluGateBackward;
-
-impl CustomOp2 for SwiGluGateBackward {
-    fn name(&self) -> &'static str {
-        "fused-swiglu-gate-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = slice(s1, l1, self.name())?;
-        let gu = slice(s2, l2, self.name())?;
-        let out = map_rows2(g, gu, CHUNK, |_, g, gu, o| {
+        let name = "fused-swiglu-gate-backward";
+        let d_gate = rows2(gate, &up.mul(grad)?, name, CHUNK, |_, g, gu, o| {
             for ((o, &g), &gu) in o.iter_mut().zip(g).zip(gu) {
                 let s = sigmoid(g);
                 *o = gu * s * (1.0 + g * (1.0 - s));
             }
-        });
-        output(out, l1.shape())
+        })?;
+        let d_up = rows2(gate, grad, "fused-swiglu-up-backward", CHUNK, swiglu_rows)?;
+        Ok((Some(d_gate), Some(d_up)))
     }
 }
 
