@@ -3,7 +3,7 @@
 //! `LLAMA_ROPE_TYPE_NORM`, which the GGUF's permuted Q/K rows expect) and
 //! grouped KV heads → RMS-norm → SwiGLU MLP, then the output projection.
 //! The norm, rotary, causal-softmax, SwiGLU and loss steps are the CPU
-//! kernels of [`crate::fused`], each with its own backward pass (candle's
+//! kernels of `fused`, each with its own backward pass (candle's
 //! fused `rms_norm`, `rope_i` and `softmax_last_dim` have none); the frozen
 //! weights sit behind a frozen linear op (no weight gradient) and LoRA's
 //! `scale · B·A·x` is added to each adapted projection.
