@@ -48,8 +48,8 @@ fn set_threads(config: &DeviceConfig) {
 /// (a fifth of the CPU time). This process only trains: keep what it frees.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before the
-    // trainer's threads start.
+    // SAFETY: mallopt only changes allocator parameters, under glibc's own
+    // arena locks; no pointer is involved.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
