@@ -429,8 +429,14 @@ pub fn query_words(text: &str) -> Vec<String> {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
-        let lower = word.to_lowercase();
-        if STOPWORDS.contains(&lower.as_str()) || words.contains(&lower) {
+        // Lowercasing can add combining marks ("İ" → "i̇"); FTS5's unicode61
+        // tokenizer drops them, so the query does too.
+        let lower: String = word
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect();
+        if lower.is_empty() || STOPWORDS.contains(&lower.as_str()) || words.contains(&lower) {
             continue;
         }
         words.push(lower);
@@ -516,6 +522,7 @@ mod tests {
             Some("\"drop\" OR \"table\" OR \"chunks\"".into())
         );
         assert_eq!(fts_query("the of ?!"), None);
+        assert_eq!(fts_query("İstanbul"), Some("\"istanbul\"".into()));
     }
 
     #[test]
